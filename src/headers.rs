@@ -1,0 +1,198 @@
+//! Header hygiene at the proxy boundary: hop-by-hop headers out (RFC 9110 7.6.1),
+//! `X-Forwarded-*` in, and the one-Host rule for HTTP/1.1.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message (plus the legacy
+/// `proxy-connection` that some clients still send).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_GEOROUTER_REGION: HeaderName = HeaderName::from_static("x-georouter-region");
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+/// `TE: trailers` survives (gRPC needs it end to end); other `TE` values do not.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` + `Upgrade: x`).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Puts back what an upgrade needs after [`strip_hop_by_hop`].
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. `peer` is the peer IP already rendered (once per connection).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    proto: &HeaderValue,
+    host: Option<&HeaderValue>,
+) {
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Vacant(e) => {
+            e.insert(peer.clone());
+        }
+        header::Entry::Occupied(mut e) => {
+            // Fold every earlier hop into one comma-separated value, then append.
+            let mut joined = Vec::with_capacity(64);
+            for v in e.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(peer.as_bytes());
+            match HeaderValue::from_bytes(&joined) {
+                Ok(v) => {
+                    e.insert(v);
+                }
+                Err(_) => {
+                    e.insert(peer.clone());
+                }
+            }
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, proto.clone());
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+    }
+}
+
+/// Why a request's `Host` is unacceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostProblem {
+    Missing,
+    Repeated,
+}
+
+/// HTTP/1.1 requires exactly one `Host` (RFC 9112 3.2); hyper accepts none or two.
+pub fn check_single_host(headers: &HeaderMap) -> Result<(), HostProblem> {
+    let mut all = headers.get_all(header::HOST).iter();
+    match (all.next(), all.next()) {
+        (Some(_), None) => Ok(()),
+        (None, _) => Err(HostProblem::Missing),
+        (Some(_), Some(_)) => Err(HostProblem::Repeated),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_removed() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_survives_other_te_does_not() {
+        let mut h = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key("te"));
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("te"));
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade() {
+        let h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+        let h = map(&[("upgrade", "websocket")]);
+        assert_eq!(upgrade_protocol(&h), None);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let peer = HeaderValue::from_static("192.0.2.9");
+        let proto = HeaderValue::from_static("https");
+        let host = HeaderValue::from_static("api.example.com");
+        let mut h = map(&[("x-forwarded-for", "203.0.113.1"), ("x-forwarded-for", "10.0.0.1")]);
+        set_forwarded(&mut h, &peer, &proto, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 10.0.0.1, 192.0.2.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, &peer, &proto, None);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.9");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        assert_eq!(check_single_host(&map(&[("host", "a")])), Ok(()));
+        assert_eq!(check_single_host(&map(&[])), Err(HostProblem::Missing));
+        assert_eq!(
+            check_single_host(&map(&[("host", "a"), ("host", "b")])),
+            Err(HostProblem::Repeated)
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! The per-request service: checks the request, runs the decision chain
+//! (identity -> geo -> policy -> select), forwards, and maps every error to a
+//! response in one place.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::config::RegionName;
+use crate::forward::{self, Upstreams};
+use crate::headers::{self, HostProblem};
+use crate::identity::{self, PeerAddr};
+use crate::policy::{self, Refusal, RequestFacts};
+use crate::select;
+use crate::server::Activity;
+use crate::table::RoutingTable;
+use crate::State;
+
+/// What a proxied response carries: the upstream's body, streamed, or a short
+/// text the router wrote itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// One accepted connection, shared by its requests.
+#[derive(Debug)]
+pub struct Connection {
+    pub state: Arc<State>,
+    pub peer: PeerAddr,
+    /// The peer IP as a header value, rendered once per connection.
+    pub peer_header: HeaderValue,
+    pub tls: bool,
+    pub activity: Activity,
+}
+
+impl Connection {
+    pub fn new(state: Arc<State>, peer: PeerAddr, tls: bool) -> Self {
+        let ip = identity::client_ip(peer).0;
+        Self {
+            state,
+            peer,
+            peer_header: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
+            tls,
+            activity: Activity::new(),
+        }
+    }
+
+    fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.tls { "https" } else { "http" })
+    }
+}
+
+/// Everything the router itself answers instead of an upstream. Each is a fact.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: no Host header")]
+    MissingHost,
+    #[error("bad request: more than one Host header")]
+    RepeatedHost,
+    #[error("request URI longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("no serving region for route {route}")]
+    NoServingRegion { route: Box<str> },
+    #[error("region {region} unreachable: {detail}")]
+    UpstreamConnect { region: RegionName, detail: String },
+    #[error("region {region} did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        region: RegionName,
+        timeout: std::time::Duration,
+    },
+    #[error("region {region} failed before answering: {detail}")]
+    UpstreamFailed { region: RegionName, detail: String },
+}
+
+impl ProxyError {
+    /// The one mapping from router error to HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost | ProxyError::RepeatedHost => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoServingRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, where waiting helps.
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::NoServingRegion { .. } => Some("5"),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut text = self.to_string();
+        text.push('\n');
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Some(secs) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        resp
+    }
+}
+
+/// The hyper service entry point for one request.
+pub async fn handle(
+    conn: Arc<Connection>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let _active = conn.activity.begin();
+    let table = conn.state.table.load_full();
+    let log = table.settings.access_log.then(|| {
+        (req.method().clone(), req.uri().clone(), req.version())
+    });
+    let (resp, region) = match proxy(&conn, &table, req).await {
+        Ok((resp, region)) => (resp, Some(region)),
+        Err(e) => {
+            if log.is_none() && e.status().is_server_error() {
+                tracing::warn!(peer = %conn.peer.0, error = %e, "request failed");
+            }
+            (e.into_response(), None)
+        }
+    };
+    if let Some((method, uri, version)) = log {
+        tracing::info!(
+            target: "georouter::access",
+            peer = %conn.peer.0,
+            method = %method,
+            uri = %uri,
+            version = ?version,
+            status = resp.status().as_u16(),
+            region = region.as_ref().map_or("-", |r| r.as_str()),
+            micros = started.elapsed().as_micros() as u64,
+        );
+    }
+    Ok(resp)
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The request's host, lower case and without port, in `buf` when it had to be
+/// lowered (no allocation either way).
+fn request_host<'b>(req: &'b Request<Incoming>, buf: &'b mut [u8; 256]) -> &'b str {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => raw.rsplit_once(':').map_or(raw, |(h, _)| h),
+    };
+    let host = host.trim_end_matches('.');
+    if !host.bytes().any(|b| b.is_ascii_uppercase()) || host.len() > buf.len() {
+        return host;
+    }
+    let out = &mut buf[..host.len()];
+    out.copy_from_slice(host.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).unwrap_or("")
+}
+
+async fn proxy(
+    conn: &Connection,
+    table: &RoutingTable,
+    mut req: Request<Incoming>,
+) -> Result<(Response<ProxyBody>, RegionName), ProxyError> {
+    let settings = &table.settings;
+    if req.version() == Version::HTTP_11 {
+        headers::check_single_host(req.headers()).map_err(|p| match p {
+            HostProblem::Missing => ProxyError::MissingHost,
+            HostProblem::Repeated => ProxyError::RepeatedHost,
+        })?;
+    }
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > settings.max_uri_bytes {
+        return Err(ProxyError::UriTooLong {
+            limit: settings.max_uri_bytes,
+        });
+    }
+    if req.body().size_hint().lower() > settings.max_body_bytes {
+        return Err(ProxyError::BodyTooLarge {
+            limit: settings.max_body_bytes,
+        });
+    }
+
+    // The decision: pure, over the snapshots this request started with.
+    let client = identity::client_ip(conn.peer);
+    let mut host_buf = [0u8; 256];
+    let facts = RequestFacts {
+        client,
+        geo: table.geo().lookup(client.0),
+        host: request_host(&req, &mut host_buf),
+        path: req.uri().path(),
+    };
+    let decision = policy::decide(table, &facts).map_err(|r| match r {
+        Refusal::NoRoute => ProxyError::NoRoute,
+    })?;
+    let route = decision.route;
+    let states = conn.state.states.load_full();
+    let mut regions = select::serving(table, &states, decision.candidates).peekable();
+    if regions.peek().is_none() {
+        return Err(ProxyError::NoServingRegion {
+            route: route.name.clone(),
+        });
+    }
+
+    // The upstream request head, built once.
+    let upgrade = if req.version() == Version::HTTP_11 {
+        headers::upgrade_protocol(req.headers())
+    } else {
+        None
+    };
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let original_host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = upgrade.clone() {
+        headers::set_upgrade(&mut parts.headers, proto);
+    }
+    headers::set_forwarded(
+        &mut parts.headers,
+        &conn.peer_header,
+        &conn.proto(),
+        original_host.as_ref(),
+    );
+    match (&original_host, settings.preserve_host) {
+        (Some(h), true) => {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+        _ => {
+            parts.headers.remove(header::HOST);
+        }
+    }
+    // A request without a body can be sent again as long as nothing came back.
+    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let mut body = Some(if body.is_end_stream() {
+        Either::Right(Empty::new())
+    } else {
+        let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
+        Either::Left(Limited::new(body, limit))
+    });
+
+    let upstreams = Upstreams::for_table(table);
+    let mut last_error = None;
+    while let Some(id) = regions.next() {
+        let region = table.region(id);
+        let endpoint = upstreams.endpoint(region);
+        let (uri, version) = forward::target(endpoint, parts.uri.path_and_query());
+        let may_retry = replayable && regions.peek().is_some();
+        let mut up = Request::new(match body.take() {
+            Some(b) => b,
+            None => Either::Right(Empty::new()),
+        });
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.version_mut() = version;
+        *up.headers_mut() = if may_retry {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+        let sent = upstreams.send(region, endpoint.protocol, up);
+        let timeout = settings.upstream.response_timeout;
+        let error = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(resp)) => {
+                return Ok((
+                    respond(resp, region, settings.region_header, client_upgrade),
+                    region.name.clone(),
+                ))
+            }
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    region: region.name.clone(),
+                    timeout,
+                })
+            }
+            Ok(Err(e)) => upstream_error(e, region.name.clone(), settings.max_body_bytes),
+        };
+        if let ProxyError::BodyTooLarge { .. } = error {
+            return Err(error);
+        }
+        tracing::warn!(region = %region.name, error = %error, retry = may_retry, "upstream attempt failed");
+        last_error = Some(error);
+        if !may_retry {
+            break;
+        }
+    }
+    Err(last_error.expect("at least one region was tried"))
+}
+
+fn upstream_error(
+    e: hyper_util::client::legacy::Error,
+    region: RegionName,
+    max_body: u64,
+) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyTooLarge { limit: max_body };
+        }
+        source = s.source();
+    }
+    let detail = error_chain(&e);
+    if e.is_connect() {
+        ProxyError::UpstreamConnect { region, detail }
+    } else {
+        ProxyError::UpstreamFailed { region, detail }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The client's response from the upstream's: hop-by-hop headers out, region in,
+/// and for a `101 Switching Protocols` the two upgraded connections spliced.
+fn respond(
+    mut resp: Response<Incoming>,
+    region: &crate::table::Region,
+    region_header: bool,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let switched = match client_upgrade {
+        Some(client_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tunnel(client_side, hyper::upgrade::on(&mut resp));
+            resp.headers().get(header::UPGRADE).cloned()
+        }
+        _ => None,
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = switched {
+        headers::set_upgrade(&mut parts.headers, protocol);
+    }
+    if region_header {
+        parts
+            .headers
+            .insert(headers::X_GEOROUTER_REGION, region.header_value.clone());
+    }
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// Splices an upgraded client connection to the upgraded upstream connection.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (c, u) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,273 @@
+//! Accept loops: TCP or TLS, HTTP/1.1 and HTTP/2 (h2c prior knowledge, ALPN h2) on
+//! one listener; connection cap, header and idle deadlines; graceful shutdown.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerSettings;
+use crate::identity::PeerAddr;
+use crate::proxy::{self, Connection};
+use crate::State;
+
+/// A bound listening socket, ready to serve; TLS when it has an acceptor.
+pub struct Listener {
+    pub name: String,
+    pub tcp: std::net::TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// Another handle on the same socket, for another worker thread.
+    pub fn try_clone(&self) -> std::io::Result<Listener> {
+        Ok(Listener {
+            name: self.name.clone(),
+            tcp: self.tcp.try_clone()?,
+            tls: self.tls.clone(),
+        })
+    }
+}
+
+/// Fires once, when the process should stop accepting and drain.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// Connection-level limits; fixed at start (a reload does not rebind sockets).
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub max_connections: Arc<Semaphore>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub shutdown_grace: Duration,
+}
+
+impl ConnLimits {
+    /// The limits of `settings`; `max_connections` is shared by every listener and
+    /// worker that gets a clone.
+    pub fn new(settings: &ServerSettings) -> Self {
+        Self {
+            max_connections: Arc::new(Semaphore::new(settings.max_connections)),
+            header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_header_bytes: settings.max_header_bytes,
+            max_headers: settings.max_headers,
+            http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
+            shutdown_grace: settings.shutdown_grace,
+        }
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            // Also the keep-alive idle limit: hyper starts this timer whenever the
+            // connection waits for a request head, first or next.
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes.max(8192))
+            .max_headers(self.max_headers);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.http2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(self.idle_timeout / 2))
+            .keep_alive_timeout(Duration::from_secs(20));
+        b
+    }
+}
+
+/// Serves every listener on the current runtime until `shutdown` fires, then
+/// drains for at most the grace period.
+pub async fn run(listeners: Vec<Listener>, state: Arc<State>, limits: ConnLimits, shutdown: Shutdown) {
+    let tasks = TaskTracker::new();
+    for l in listeners {
+        tasks.spawn(serve(l, state.clone(), limits.clone(), shutdown.clone()));
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// One accept loop. Returns when shut down and drained (or the grace ran out).
+pub async fn serve(listener: Listener, state: Arc<State>, limits: ConnLimits, mut shutdown: Shutdown) {
+    let name = listener.name;
+    let tcp = match listener.tcp.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener.tcp)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let builder = Arc::new(limits.builder());
+    let connections = TaskTracker::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = limits.max_connections.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    if is_per_connection(&e) {
+                        continue;
+                    }
+                    // EMFILE, ENFILE, ENOBUFS...: wait for resources, never exit.
+                    tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        backoff = Duration::from_millis(5);
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(Connection::new(state.clone(), PeerAddr(peer), listener.tls.is_some()));
+        let builder = builder.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        match listener.tls.clone() {
+            None => {
+                connections.spawn(async move {
+                    serve_connection(stream, &builder, conn, &limits, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                connections.spawn(async move {
+                    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls)) => serve_connection(tls, &builder, conn, &limits, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(tcp);
+    connections.close();
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(listener = %name, open, grace = ?limits.shutdown_grace, "draining connections");
+    }
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait()).await.is_err() {
+        tracing::warn!(listener = %name, left = connections.len(), "shutdown grace expired; closing the rest");
+    }
+}
+
+/// Errors that concern one failed connection, not the listener.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted)
+}
+
+/// Activity of one connection, for the idle deadline.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    /// Milliseconds after `opened` when the last request started.
+    last_request_ms: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// Marks a request as started; the guard marks it finished when dropped.
+    pub fn begin(&self) -> ActiveRequest<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_request_ms.store(ms, Ordering::Relaxed);
+        ActiveRequest(self)
+    }
+
+    /// How long the connection has had no request in flight; `None` while busy.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct ActiveRequest<'a>(&'a Activity);
+
+impl Drop for ActiveRequest<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    conn: Arc<Connection>,
+    limits: &ConnLimits,
+    mut shutdown: Shutdown,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req| proxy::handle(svc_conn.clone(), req));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(served);
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer.0, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+            }
+            _ = &mut idle, if !draining => {
+                match conn.activity.idle_for() {
+                    Some(d) if d >= limits.idle_timeout => {
+                        // Graceful: HTTP/2 sends GOAWAY and lets open streams finish.
+                        draining = true;
+                        served.as_mut().graceful_shutdown();
+                    }
+                    Some(d) => idle.as_mut().reset(Instant::now() + (limits.idle_timeout - d)),
+                    None => idle.as_mut().reset(Instant::now() + limits.idle_timeout),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The immutable routing table compiled from a validated `Config`: regions by index,
+//! routes pre-sorted per host, per-request settings. Swapped whole on reload.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::config::{Config, EndpointSpec, Location, RegionName, UpstreamSettings};
+use crate::geo::{GeoLookup, NoGeo};
+use crate::tls::{self, TlsError};
+
+/// Index of a region in [`RoutingTable::regions`]; only meaningful with its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RegionId(pub u16);
+
+#[derive(Debug)]
+pub struct Region {
+    pub id: RegionId,
+    pub name: RegionName,
+    /// `x-georouter-region` value, built once.
+    pub header_value: HeaderValue,
+    pub jurisdiction: Option<String>,
+    pub location: Option<Location>,
+    pub endpoints: Box<[EndpointSpec]>,
+    /// Present when any endpoint is `https://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Box<str>,
+    pub path_prefix: Box<str>,
+    /// Candidate regions in priority order.
+    pub candidates: Box<[RegionId]>,
+}
+
+/// Settings the data plane reads per request; they change with a reload.
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub preserve_host: bool,
+    pub region_header: bool,
+    pub access_log: bool,
+    pub upstream: UpstreamSettings,
+}
+
+#[derive(Debug)]
+pub struct RoutingTable {
+    generation: u64,
+    regions: Box<[Region]>,
+    routes: Box<[Route]>,
+    /// Route indices per exact host, longest path prefix first.
+    exact: HashMap<Box<str>, Box<[usize]>>,
+    /// Route indices per wildcard parent (`example.com` for `*.example.com`).
+    wildcard: HashMap<Box<str>, Box<[usize]>>,
+    /// Routes without a host, longest path prefix first.
+    any_host: Box<[usize]>,
+    pub settings: RequestSettings,
+    geo: Arc<dyn GeoLookup>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("regions[{index}] ({region}): {source}")]
+    RegionTls {
+        index: usize,
+        region: RegionName,
+        source: TlsError,
+    },
+    #[error("more than {} regions", u16::MAX)]
+    TooManyRegions,
+}
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl RoutingTable {
+    /// Compiles a validated config; reads the regions' CA and client certificate files.
+    pub fn compile(config: &Config) -> Result<RoutingTable, TableError> {
+        if config.regions.len() > usize::from(u16::MAX) {
+            return Err(TableError::TooManyRegions);
+        }
+        let mut regions = Vec::with_capacity(config.regions.len());
+        for (index, r) in config.regions.iter().enumerate() {
+            let needs_tls = r
+                .endpoints
+                .iter()
+                .any(|e| e.scheme == http::uri::Scheme::HTTPS);
+            let tls = if needs_tls {
+                let cfg = tls::client_config(&r.tls).map_err(|source| TableError::RegionTls {
+                    index,
+                    region: r.name.clone(),
+                    source,
+                })?;
+                Some(Arc::new(cfg))
+            } else {
+                None
+            };
+            regions.push(Region {
+                id: RegionId(index as u16),
+                name: r.name.clone(),
+                header_value: HeaderValue::from_str(r.name.as_str())
+                    .expect("region names are validated as header-safe"),
+                jurisdiction: r.jurisdiction.clone(),
+                location: r.location,
+                endpoints: r.endpoints.clone().into_boxed_slice(),
+                tls,
+            });
+        }
+        let id_of = |name: &RegionName| {
+            regions
+                .iter()
+                .find(|r| &r.name == name)
+                .map(|r| r.id)
+                .expect("route regions are validated against the region list")
+        };
+        let routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.as_str().into(),
+                path_prefix: r.path_prefix.as_str().into(),
+                candidates: r.regions.iter().map(id_of).collect(),
+            })
+            .collect();
+
+        let mut exact: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            match r.host.as_deref() {
+                None => any_host.push(i),
+                Some(h) => match h.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.into()).or_default().push(i),
+                    None => exact.entry(h.into()).or_default().push(i),
+                },
+            }
+        }
+        let by_prefix = |mut v: Vec<usize>| -> Box<[usize]> {
+            v.sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
+            v.into_boxed_slice()
+        };
+        let exact = exact.into_iter().map(|(k, v)| (k, by_prefix(v))).collect();
+        let wildcard = wildcard.into_iter().map(|(k, v)| (k, by_prefix(v))).collect();
+        let any_host = by_prefix(any_host);
+        let s = &config.server;
+        Ok(RoutingTable {
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            regions: regions.into_boxed_slice(),
+            routes: routes.into_boxed_slice(),
+            exact,
+            wildcard,
+            any_host,
+            settings: RequestSettings {
+                max_uri_bytes: s.max_uri_bytes,
+                max_body_bytes: s.max_body_bytes,
+                preserve_host: s.preserve_host,
+                region_header: s.region_header,
+                access_log: s.access_log,
+                upstream: config.upstream.clone(),
+            },
+            geo: Arc::new(NoGeo),
+        })
+    }
+
+    /// Unique per compiled table in this process; caches keyed by it never go stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    pub fn region(&self, id: RegionId) -> &Region {
+        &self.regions[usize::from(id.0)]
+    }
+
+    pub fn region_by_name(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name.as_str() == name)
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route for a lower-case host (without port) and a path: exact host, then
+    /// `*.parent`, then host-less routes; within each, the longest matching prefix.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+        let pick = |list: &[usize]| {
+            list.iter()
+                .map(|&i| &self.routes[i])
+                .find(|r| path.starts_with(&*r.path_prefix))
+        };
+        if !host.is_empty() {
+            if let Some(r) = self.exact.get(host).and_then(|l| pick(l)) {
+                return Some(r);
+            }
+            if let Some((_, parent)) = host.split_once('.') {
+                if let Some(r) = self.wildcard.get(parent).and_then(|l| pick(l)) {
+                    return Some(r);
+                }
+            }
+        }
+        pick(&self.any_host)
+    }
+
+    /// The geography source this table was compiled with.
+    pub fn geo(&self) -> &dyn GeoLookup {
+        &*self.geo
+    }
+}

@@ -1,0 +1,173 @@
+//! rustls configuration: the server side (certificates chosen by SNI, ALPN h2 and
+//! http/1.1) and the client side per region (CA bundle, optional client certificate).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{CertificateSpec, RegionTls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read PEM certificates: {source}")]
+    Certs {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path}: no certificate in the file")]
+    NoCert { path: PathBuf },
+    #[error("{path}: cannot read a PEM private key: {source}")]
+    Key {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path}: unsupported private key: {source}")]
+    KeyType { path: PathBuf, source: rustls::Error },
+    #[error("{cert} and {key} do not belong together: {source}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{path}: bad CA certificate: {source}")]
+    Ca { path: PathBuf, source: rustls::Error },
+    #[error("TLS settings rejected: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Certs {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Key {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certs(cert)?;
+    let der = read_key(key)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|source| TlsError::KeyType {
+            path: key.to_owned(),
+            source,
+        })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|source| TlsError::Mismatch {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        source,
+    })?;
+    Ok(ck)
+}
+
+/// Picks a certificate by SNI: exact name, then `*.parent`, then the first certificate.
+#[derive(Debug)]
+struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn lookup(&self, sni: &str) -> Arc<CertifiedKey> {
+        let sni = sni.to_ascii_lowercase();
+        if let Some(k) = self.by_name.get(&sni) {
+            return k.clone();
+        }
+        if let Some((_, parent)) = sni.split_once('.') {
+            if let Some(k) = self.by_name.get(&format!("*.{parent}")) {
+                return k.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(match hello.server_name() {
+            Some(name) => self.lookup(name),
+            None => self.default.clone(),
+        })
+    }
+}
+
+/// Server-side config for one TLS listener; advertises h2 and http/1.1 by ALPN.
+pub fn server_config(certs: &[CertificateSpec]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut by_name = HashMap::new();
+    let mut default = None;
+    for c in certs {
+        let key = Arc::new(certified_key(&c.cert, &c.key)?);
+        for n in &c.server_names {
+            by_name.entry(n.clone()).or_insert_with(|| key.clone());
+        }
+        default.get_or_insert(key);
+    }
+    let default = default.ok_or_else(|| TlsError::NoCert {
+        path: PathBuf::from("(no certificate configured)"),
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client-side config for one region: its CA bundle (or the Mozilla roots) and
+/// its client certificate for mTLS, when set. ALPN is left to the connector.
+pub fn client_config(tls: &RegionTls) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(path) => {
+            for c in read_certs(path)? {
+                roots.add(c).map_err(|source| TlsError::Ca {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert)?;
+            let der = read_key(key)?;
+            builder
+                .with_client_auth_cert(chain, der)
+                .map_err(|source| TlsError::Mismatch {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
+                })?
+        }
+        _ => builder.with_no_client_auth(),
+    })
+}
