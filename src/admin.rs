@@ -1,0 +1,95 @@
+//! The admin API on its own listener (loopback by default): liveness, readiness and
+//! the regions the router knows. Read-only for now; mutating routes need a token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::server::Shutdown;
+use crate::State;
+
+/// Serves the admin API until `shutdown` fires.
+pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: Shutdown) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(state.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[derive(Serialize)]
+struct RegionView<'a> {
+    name: &'a str,
+    jurisdiction: Option<&'a str>,
+    healthy: bool,
+    drained: bool,
+    endpoints: Vec<String>,
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n"),
+        (&Method::GET, "/readyz") => reply(StatusCode::OK, TEXT, "ready\n"),
+        (&Method::GET, "/regions") => {
+            let table = state.table.load();
+            let states = state.states.load();
+            let views: Vec<RegionView<'_>> = table
+                .regions()
+                .iter()
+                .map(|r| {
+                    let s = states.get(&table, r.id);
+                    RegionView {
+                        name: r.name.as_str(),
+                        jurisdiction: r.jurisdiction.as_deref(),
+                        healthy: s.healthy,
+                        drained: s.drained,
+                        endpoints: r
+                            .endpoints
+                            .iter()
+                            .map(|e| format!("{}://{}", e.scheme, e.authority))
+                            .collect(),
+                    }
+                })
+                .collect();
+            let mut body = serde_json::to_vec_pretty(&views).unwrap_or_default();
+            body.push(b'\n');
+            reply(StatusCode::OK, "application/json", body)
+        }
+        (_, "/healthz" | "/readyz" | "/regions") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
+        }
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),
+    })
+}

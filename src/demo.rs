@@ -1,0 +1,73 @@
+//! The embedded default: four simulated regions on loopback and the policy in
+//! `config/demo.toml` in front of them, so a fresh clone has something to curl.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::{Config, FromTomlError};
+use crate::sim::SimRegion;
+
+/// The demo's policy template.
+pub const POLICY: &str = include_str!("../config/demo.toml");
+
+/// The demo's regions, in the order they are declared.
+pub const REGIONS: [&str; 4] = ["us-east", "eu-west", "eu-central", "ap-southeast"];
+
+/// Starts the simulated regions on ephemeral loopback ports, each with its
+/// artificial latency (`latency(name)`).
+pub async fn spawn_regions(
+    latency: impl Fn(&str) -> Duration,
+) -> std::io::Result<Vec<SimRegion>> {
+    let mut regions = Vec::with_capacity(REGIONS.len());
+    for name in REGIONS {
+        let r = SimRegion::spawn(name).await?;
+        r.set_latency(latency(name));
+        regions.push(r);
+    }
+    Ok(regions)
+}
+
+/// The demo policy with its listener, admin address and region URLs filled in.
+pub fn config(listen: SocketAddr, admin: SocketAddr, regions: &[SimRegion]) -> Result<Config, FromTomlError> {
+    let mut text = POLICY
+        .replace("@LISTEN@", &listen.to_string())
+        .replace("@ADMIN@", &admin.to_string());
+    for r in regions {
+        text = text.replace(&format!("@URL:{}@", r.name()), &r.url());
+    }
+    Config::from_toml(&text)
+}
+
+/// What the demo prints once it serves.
+pub fn banner(listen: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        "georouter demo: 4 simulated regions ({regions}) behind http://{listen}\n\
+         admin API on http://{admin}\n\n\
+         Try:\n  \
+         curl -i http://{listen}/                                  # default route: us-east first\n  \
+         curl -i http://{listen}/eu/orders                         # europe route: eu-west, then eu-central\n  \
+         curl -i --http2-prior-knowledge http://{listen}/ap/       # h2c, asia route: ap-southeast\n  \
+         curl -s http://{listen}/echo                              # what the region received (X-Forwarded-*)\n  \
+         curl -s http://{admin}/regions                      # regions and their state\n\n\
+         Ctrl-C stops it (in-flight requests finish first).\n",
+        regions = REGIONS.join(", "),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn demo_policy_is_valid() {
+        let regions = spawn_regions(|_| Duration::ZERO).await.unwrap();
+        let c = config(
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:9901".parse().unwrap(),
+            &regions,
+        )
+        .unwrap();
+        assert_eq!(c.regions.len(), 4);
+        assert_eq!(c.routes.len(), 3);
+    }
+}

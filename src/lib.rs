@@ -21,7 +21,7 @@
 //! table; [`regions`] region state snapshot; [`identity`], [`geo`], [`policy`],
 //! [`select`] the decision; [`headers`] header hygiene; [`forward`] upstream
 //! clients; [`proxy`] the per-request service; [`server`] accept loops and
-//! shutdown; [`tls`] rustls configs; [`admin`] the admin API; [`sim`] simulated
+//! shutdown; [`launch`] worker threads and the admin listener; [`tls`] rustls configs; [`admin`] the admin API; [`sim`] simulated
 //! regional backends for the demo and the tests; [`demo`] the embedded default.
 
 #![forbid(unsafe_code)]
@@ -33,6 +33,7 @@ pub mod forward;
 pub mod geo;
 pub mod headers;
 pub mod identity;
+pub mod launch;
 pub mod policy;
 pub mod proxy;
 pub mod regions;

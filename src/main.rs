@@ -1,1 +1,203 @@
-fn main(){}
+//! The `georouter` binary: CLI, logging, sockets and signals. Everything else is
+//! in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use georouter::config::Config;
+use georouter::{demo, launch, server, table::RoutingTable, tls};
+
+#[derive(Parser)]
+#[command(name = "georouter", version, about = "A geo-aware global traffic router")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with a policy file.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a policy file without serving (like `nginx -t`); exit 0 or 1.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the embedded default: four simulated regions and the router in front.
+    Demo {
+        /// Where the router listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the admin API listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Bearer token for mutating admin calls.
+        #[arg(long)]
+        admin_token: Option<String>,
+        /// Artificial latency of a simulated region, e.g. `eu-west=40ms` (repeatable).
+        #[arg(long, value_name = "REGION=DURATION", value_parser = parse_latency)]
+        latency: Vec<(String, Duration)>,
+    },
+}
+
+fn parse_latency(s: &str) -> Result<(String, Duration), String> {
+    let (name, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected REGION=DURATION, e.g. eu-west=40ms"))?;
+    let d = humantime::parse_duration(d).map_err(|e| format!("{d:?}: {e}"))?;
+    Ok((name.to_owned(), d))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => control_runtime().and_then(|rt| rt.block_on(run(config))),
+        Command::Demo {
+            listen,
+            admin,
+            admin_token,
+            latency,
+        } => control_runtime()
+            .and_then(|rt| rt.block_on(run_demo(listen, admin, admin_token, latency))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("georouter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The control plane (admin API, signals) runs on the main thread; traffic runs
+/// on worker threads with a runtime each.
+fn control_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")
+}
+
+fn check(path: &std::path::Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let table = RoutingTable::compile(&config)?;
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(certs) = &l.tls {
+            tls::server_config(certs).with_context(|| format!("listeners[{i}].tls"))?;
+        }
+    }
+    println!(
+        "{}: ok: {} listener(s), {} region(s), {} route(s)",
+        path.display(),
+        config.listeners.len(),
+        table.regions().len(),
+        table.routes().len()
+    );
+    for l in &config.listeners {
+        let tls = if l.tls.is_some() { "tls" } else { "plain" };
+        println!("  listener {:<16} {} ({tls})", l.name, l.address);
+    }
+    for r in table.regions() {
+        let endpoints: Vec<String> = r
+            .endpoints
+            .iter()
+            .map(|e| format!("{}://{}", e.scheme, e.authority))
+            .collect();
+        println!(
+            "  region   {:<16} jurisdiction={} endpoints={}",
+            r.name,
+            r.jurisdiction.as_deref().unwrap_or("-"),
+            endpoints.join(",")
+        );
+    }
+    for (route, spec) in table.routes().iter().zip(&config.routes) {
+        let regions: Vec<&str> = route
+            .candidates
+            .iter()
+            .map(|&id| table.region(id).name.as_str())
+            .collect();
+        println!(
+            "  route    {:<16} host={} prefix={} -> {}",
+            route.name,
+            spec.host.as_deref().unwrap_or("*"),
+            route.path_prefix,
+            regions.join(" > ")
+        );
+    }
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let listeners = server::bind(&config.listeners)?;
+    let admin = std::net::TcpListener::bind(config.admin.address)
+        .with_context(|| format!("admin.address: cannot listen on {}", config.admin.address))?;
+    for l in &listeners {
+        tracing::info!(listener = %l.name, address = %l.tcp.local_addr()?, tls = l.tls.is_some(), "listening");
+    }
+    tracing::info!(address = %admin.local_addr()?, "admin API listening");
+    let running = launch::start(config, listeners, admin)?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn run(path: PathBuf) -> Result<()> {
+    let config = Config::load(&path)?;
+    serve(config).await
+}
+
+async fn run_demo(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    _admin_token: Option<String>,
+    latency: Vec<(String, Duration)>,
+) -> Result<()> {
+    for (name, _) in &latency {
+        anyhow::ensure!(
+            demo::REGIONS.contains(&name.as_str()),
+            "--latency {name}=...: no demo region {name:?} (regions: {})",
+            demo::REGIONS.join(", ")
+        );
+    }
+    let regions = demo::spawn_regions(|name| {
+        latency
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(Duration::ZERO, |(_, d)| *d)
+    })
+    .await
+    .context("cannot start the simulated regions")?;
+    let config = demo::config(listen, admin, &regions)?;
+    println!("{}", demo::banner(listen, admin));
+    serve(config).await
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}

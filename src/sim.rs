@@ -1,0 +1,287 @@
+//! Simulated regional backends: in-process HTTP/1.1 + HTTP/2 servers that say which
+//! region they are and can be told to fail, hang, reset, slow down or die. The demo
+//! and the integration tests use the same code.
+//!
+//! Paths: `/echo` answers with the request head it received (one `name: value` a
+//! line); `/mirror` streams the request body back; `/bytes/N` streams N bytes; `/count`
+//! reads the whole body and answers its length; `/status/N` answers status N;
+//! `/health` answers 200. Anything else answers the region name. A request with
+//! `Upgrade` gets `101` and an echo of every byte over the upgraded connection.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How a simulated region answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Answers normally.
+    Normal = 0,
+    /// Answers every request with 503.
+    Fail = 1,
+    /// Reads requests and never answers.
+    Hang = 2,
+    /// Closes the connection on every request, before any response byte.
+    Reset = 3,
+}
+
+impl Mode {
+    fn from_u8(v: u8) -> Mode {
+        match v {
+            1 => Mode::Fail,
+            2 => Mode::Hang,
+            3 => Mode::Reset,
+            _ => Mode::Normal,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Control {
+    name: String,
+    mode: AtomicU8,
+    latency_us: AtomicU64,
+    requests: AtomicU64,
+}
+
+type SimBody = BoxBody<Bytes, std::io::Error>;
+
+/// A running simulated region on 127.0.0.1. Dropping it kills it.
+#[derive(Debug)]
+pub struct SimRegion {
+    addr: SocketAddr,
+    control: Arc<Control>,
+    kill: watch::Sender<bool>,
+}
+
+impl SimRegion {
+    /// Starts a region on an ephemeral loopback port.
+    pub async fn spawn(name: &str) -> std::io::Result<SimRegion> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Ok(Self::serve(name, listener))
+    }
+
+    /// Starts a region on a listener the caller bound.
+    pub fn serve(name: &str, listener: TcpListener) -> SimRegion {
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        let control = Arc::new(Control {
+            name: name.to_owned(),
+            mode: AtomicU8::new(Mode::Normal as u8),
+            latency_us: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        });
+        let (kill, killed) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, control.clone(), killed));
+        SimRegion {
+            addr,
+            control,
+            kill,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.control.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for an endpoint `url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.control.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Artificial latency added before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.control
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Requests received so far (including failed and hung ones).
+    pub fn requests(&self) -> u64 {
+        self.control.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes every open connection at once, like a dead host.
+    pub fn kill(&self) {
+        let _ = self.kill.send(true);
+    }
+}
+
+impl Drop for SimRegion {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, control: Arc<Control>, mut killed: watch::Receiver<bool>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            _ = killed.changed() => return,
+        };
+        let control = control.clone();
+        let builder = builder.clone();
+        let mut killed = killed.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(control.clone(), req));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = killed.changed() => {}
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<SimBody> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// A body of `n` bytes, produced 64 KiB at a time as the reader asks for it.
+struct Generated {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl http_body::Body for Generated {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.left.min(self.chunk.len() as u64);
+        self.left -= take;
+        let data = self.chunk.slice(..take as usize);
+        std::task::Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+fn generated(n: u64) -> SimBody {
+    Generated {
+        left: n,
+        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+    }
+    .boxed()
+}
+
+async fn answer(control: Arc<Control>, mut req: Request<Incoming>) -> Result<Response<SimBody>, std::io::Error> {
+    control.requests.fetch_add(1, Ordering::SeqCst);
+    let latency = control.latency_us.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_micros(latency)).await;
+    }
+    match Mode::from_u8(control.mode.load(Ordering::SeqCst)) {
+        Mode::Normal => {}
+        Mode::Fail => {
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} is failing\n", control.name),
+            ))
+        }
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Reset => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated reset",
+            ))
+        }
+    }
+    let name = control.name.clone();
+    let mut resp = if req.headers().contains_key(header::UPGRADE) {
+        upgrade_echo(&mut req)
+    } else {
+        let path = req.uri().path().to_owned();
+        if path == "/echo" {
+            let mut head = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+            for (k, v) in req.headers() {
+                head.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
+            }
+            text(StatusCode::OK, head)
+        } else if path == "/mirror" {
+            Response::new(req.into_body().map_err(std::io::Error::other).boxed())
+        } else if let Some(n) = path.strip_prefix("/bytes/") {
+            match n.parse() {
+                Ok(n) => Response::new(generated(n)),
+                Err(_) => text(StatusCode::BAD_REQUEST, "bad length\n"),
+            }
+        } else if path == "/count" {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(std::io::Error::other)?;
+                if let Some(d) = frame.data_ref() {
+                    total += d.len() as u64;
+                }
+            }
+            text(StatusCode::OK, format!("{total}\n"))
+        } else if let Some(code) = path.strip_prefix("/status/") {
+            match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+                Some(s) => text(s, format!("{name}\n")),
+                None => text(StatusCode::BAD_REQUEST, "bad status\n"),
+            }
+        } else {
+            text(StatusCode::OK, format!("{name}\n"))
+        }
+    };
+    resp.headers_mut().insert(
+        "x-sim-region",
+        http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("?")),
+    );
+    Ok(resp)
+}
+
+fn upgrade_echo(req: &mut Request<Incoming>) -> Response<SimBody> {
+    let protocol = req.headers()[header::UPGRADE].clone();
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on.await {
+            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    r.headers_mut().insert(header::UPGRADE, protocol);
+    r.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    r
+}

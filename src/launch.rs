@@ -1,0 +1,70 @@
+//! Starting and stopping a router process: worker threads over bound listeners,
+//! the admin listener, and one shutdown signal for all of them.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::server::{self, ConnLimits, Listener};
+use crate::table::TableError;
+use crate::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
+    #[error("cannot use the admin listener: {0}")]
+    Admin(std::io::Error),
+}
+
+/// A router that is serving. Stop it with [`Running::shutdown`].
+pub struct Running {
+    pub state: Arc<State>,
+    stop: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+/// Starts serving `listeners` on worker threads and the admin API on the current
+/// runtime. Sockets are bound by the caller.
+pub fn start(
+    config: Config,
+    listeners: Vec<Listener>,
+    admin: std::net::TcpListener,
+) -> Result<Running, StartError> {
+    let workers = server::worker_count(config.server.workers);
+    let limits = ConnLimits::new(&config.server);
+    let state = Arc::new(State::new(config)?);
+    let (stop, shutdown) = watch::channel(false);
+    let workers = server::spawn_workers(workers, &listeners, &state, &limits, &shutdown)
+        .map_err(StartError::Workers)?;
+    drop(listeners);
+    admin.set_nonblocking(true).map_err(StartError::Admin)?;
+    let admin = tokio::net::TcpListener::from_std(admin).map_err(StartError::Admin)?;
+    let admin = tokio::spawn(crate::admin::serve(admin, state.clone(), shutdown));
+    Ok(Running {
+        state,
+        stop,
+        workers,
+        admin,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within the grace period,
+    /// and returns when every worker has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+        let _ = self.admin.await;
+    }
+}
