@@ -363,11 +363,7 @@ fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<ListenerSpec
                     })
                     .collect()
             });
-            ListenerSpec {
-                name,
-                address,
-                tls,
-            }
+            ListenerSpec { name, address, tls }
         })
         .collect()
 }
@@ -549,11 +545,17 @@ fn routes(raw: Vec<raw::RawRoute>, regions: &[RegionSpec], errs: &mut Invalid) -
     let known: HashSet<&str> = regions.iter().map(|r| r.name.as_str()).collect();
     let raw = if raw.is_empty() {
         // No route: every request goes to the regions in the order they are declared.
+        let mut names: Vec<String> = Vec::new();
+        for r in regions {
+            if !names.iter().any(|n| n == r.name.as_str()) {
+                names.push(r.name.as_str().to_owned());
+            }
+        }
         vec![raw::RawRoute {
             name: Some("default".to_owned()),
             host: None,
             path_prefix: None,
-            regions: regions.iter().map(|r| r.name.as_str().to_owned()).collect(),
+            regions: names,
         }]
     } else {
         raw

@@ -15,9 +15,7 @@ pub const REGIONS: [&str; 4] = ["us-east", "eu-west", "eu-central", "ap-southeas
 
 /// Starts the simulated regions on ephemeral loopback ports, each with its
 /// artificial latency (`latency(name)`).
-pub async fn spawn_regions(
-    latency: impl Fn(&str) -> Duration,
-) -> std::io::Result<Vec<SimRegion>> {
+pub async fn spawn_regions(latency: impl Fn(&str) -> Duration) -> std::io::Result<Vec<SimRegion>> {
     let mut regions = Vec::with_capacity(REGIONS.len());
     for name in REGIONS {
         let r = SimRegion::spawn(name).await?;
@@ -28,7 +26,11 @@ pub async fn spawn_regions(
 }
 
 /// The demo policy with its listener, admin address and region URLs filled in.
-pub fn config(listen: SocketAddr, admin: SocketAddr, regions: &[SimRegion]) -> Result<Config, FromTomlError> {
+pub fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    regions: &[SimRegion],
+) -> Result<Config, FromTomlError> {
     let mut text = POLICY
         .replace("@LISTEN@", &listen.to_string())
         .replace("@ADMIN@", &admin.to_string());

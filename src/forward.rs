@@ -136,11 +136,7 @@ fn client(
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(settings.connect_timeout));
-    let tls = region
-        .tls
-        .as_deref()
-        .cloned()
-        .unwrap_or_else(default_tls);
+    let tls = region.tls.as_deref().cloned().unwrap_or_else(default_tls);
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();

@@ -163,7 +163,10 @@ mod tests {
 
     #[test]
     fn upgrade_needs_connection_upgrade() {
-        let h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
         let h = map(&[("upgrade", "websocket")]);
         assert_eq!(upgrade_protocol(&h), None);
@@ -174,7 +177,10 @@ mod tests {
         let peer = HeaderValue::from_static("192.0.2.9");
         let proto = HeaderValue::from_static("https");
         let host = HeaderValue::from_static("api.example.com");
-        let mut h = map(&[("x-forwarded-for", "203.0.113.1"), ("x-forwarded-for", "10.0.0.1")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
         set_forwarded(&mut h, &peer, &proto, Some(&host));
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 10.0.0.1, 192.0.2.9");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -13,7 +13,11 @@ use georouter::config::Config;
 use georouter::{demo, launch, server, table::RoutingTable, tls};
 
 #[derive(Parser)]
-#[command(name = "georouter", version, about = "A geo-aware global traffic router")]
+#[command(
+    name = "georouter",
+    version,
+    about = "A geo-aware global traffic router"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

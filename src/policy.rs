@@ -27,8 +27,13 @@ pub enum Refusal {
     NoRoute,
 }
 
-pub fn decide<'t>(table: &'t RoutingTable, facts: &RequestFacts<'_>) -> Result<Decision<'t>, Refusal> {
-    let route = table.route(facts.host, facts.path).ok_or(Refusal::NoRoute)?;
+pub fn decide<'t>(
+    table: &'t RoutingTable,
+    facts: &RequestFacts<'_>,
+) -> Result<Decision<'t>, Refusal> {
+    let route = table
+        .route(facts.host, facts.path)
+        .ok_or(Refusal::NoRoute)?;
     Ok(Decision {
         route,
         candidates: &route.candidates,
@@ -78,7 +83,10 @@ mod tests {
         decide(t, &facts).ok().map(|d| {
             (
                 d.route.name.to_string(),
-                d.candidates.iter().map(|&id| t.region(id).name.to_string()).collect(),
+                d.candidates
+                    .iter()
+                    .map(|&id| t.region(id).name.to_string())
+                    .collect(),
             )
         })
     }
@@ -87,7 +95,10 @@ mod tests {
     fn longest_path_prefix_wins_within_a_host() {
         let t = table(POLICY);
         assert_eq!(names(&t, "api.example.com", "/v2/users").unwrap().1, ["b"]);
-        assert_eq!(names(&t, "api.example.com", "/v1/users").unwrap().1, ["a", "b"]);
+        assert_eq!(
+            names(&t, "api.example.com", "/v1/users").unwrap().1,
+            ["a", "b"]
+        );
     }
 
     #[test]

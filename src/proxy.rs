@@ -131,9 +131,10 @@ pub async fn handle(
     let started = Instant::now();
     let _active = conn.activity.begin();
     let table = conn.state.table.load_full();
-    let log = table.settings.access_log.then(|| {
-        (req.method().clone(), req.uri().clone(), req.version())
-    });
+    let log = table
+        .settings
+        .access_log
+        .then(|| (req.method().clone(), req.uri().clone(), req.version()));
     let (resp, region) = match proxy(&conn, &table, req).await {
         Ok((resp, region)) => (resp, Some(region)),
         Err(e) => {

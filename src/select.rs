@@ -53,8 +53,20 @@ mod tests {
     fn unhealthy_and_drained_regions_are_skipped() {
         let t = table();
         let mut s = RegionStates::all_serving(&t);
-        s.set(RegionId(0), RegionState { healthy: false, drained: false });
-        s.set(RegionId(2), RegionState { healthy: true, drained: true });
+        s.set(
+            RegionId(0),
+            RegionState {
+                healthy: false,
+                drained: false,
+            },
+        );
+        s.set(
+            RegionId(2),
+            RegionState {
+                healthy: true,
+                drained: true,
+            },
+        );
         assert_eq!(serving(&t, &s, &ALL).collect::<Vec<_>>(), [RegionId(1)]);
     }
 
@@ -63,7 +75,13 @@ mod tests {
         let t = table();
         let mut s = RegionStates::all_serving(&t);
         for id in ALL {
-            s.set(id, RegionState { healthy: false, drained: false });
+            s.set(
+                id,
+                RegionState {
+                    healthy: false,
+                    drained: false,
+                },
+            );
         }
         assert_eq!(serving(&t, &s, &ALL).next(), None);
     }

@@ -62,15 +62,17 @@ pub fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, BindError> {
         .map(|(index, spec)| {
             let tls = match &spec.tls {
                 Some(certs) => Some(TlsAcceptor::from(
-                    crate::tls::server_config(certs).map_err(|source| BindError::Tls { index, source })?,
+                    crate::tls::server_config(certs)
+                        .map_err(|source| BindError::Tls { index, source })?,
                 )),
                 None => None,
             };
-            let tcp = std::net::TcpListener::bind(spec.address).map_err(|source| BindError::Listen {
-                index,
-                address: spec.address,
-                source,
-            })?;
+            let tcp =
+                std::net::TcpListener::bind(spec.address).map_err(|source| BindError::Listen {
+                    index,
+                    address: spec.address,
+                    source,
+                })?;
             Ok(Listener {
                 name: spec.name.clone(),
                 tcp,
@@ -104,7 +106,9 @@ pub fn spawn_workers(
                 .iter()
                 .map(Listener::try_clone)
                 .collect::<std::io::Result<Vec<_>>>()?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let (state, limits, shutdown) = (state.clone(), limits.clone(), shutdown.clone());
             std::thread::Builder::new()
                 .name(format!("georouter-worker-{i}"))
@@ -164,7 +168,12 @@ impl ConnLimits {
 
 /// Serves every listener on the current runtime until `shutdown` fires, then
 /// drains for at most the grace period.
-pub async fn run(listeners: Vec<Listener>, state: Arc<State>, limits: ConnLimits, shutdown: Shutdown) {
+pub async fn run(
+    listeners: Vec<Listener>,
+    state: Arc<State>,
+    limits: ConnLimits,
+    shutdown: Shutdown,
+) {
     let tasks = TaskTracker::new();
     for l in listeners {
         tasks.spawn(serve(l, state.clone(), limits.clone(), shutdown.clone()));
@@ -174,9 +183,18 @@ pub async fn run(listeners: Vec<Listener>, state: Arc<State>, limits: ConnLimits
 }
 
 /// One accept loop. Returns when shut down and drained (or the grace ran out).
-pub async fn serve(listener: Listener, state: Arc<State>, limits: ConnLimits, mut shutdown: Shutdown) {
+pub async fn serve(
+    listener: Listener,
+    state: Arc<State>,
+    limits: ConnLimits,
+    mut shutdown: Shutdown,
+) {
     let name = listener.name;
-    let tcp = match listener.tcp.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener.tcp)) {
+    let tcp = match listener
+        .tcp
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener.tcp))
+    {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listener = %name, error = %e, "cannot register listener");
@@ -212,7 +230,11 @@ pub async fn serve(listener: Listener, state: Arc<State>, limits: ConnLimits, mu
         };
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(Connection::new(state.clone(), PeerAddr(peer), listener.tls.is_some()));
+        let conn = Arc::new(Connection::new(
+            state.clone(),
+            PeerAddr(peer),
+            listener.tls.is_some(),
+        ));
         let builder = builder.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
@@ -225,10 +247,15 @@ pub async fn serve(listener: Listener, state: Arc<State>, limits: ConnLimits, mu
             }
             Some(acceptor) => {
                 connections.spawn(async move {
-                    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
                     match handshake.await {
-                        Ok(Ok(tls)) => serve_connection(tls, &builder, conn, &limits, shutdown).await,
-                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, &builder, conn, &limits, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                     }
                     drop(permit);
@@ -242,7 +269,10 @@ pub async fn serve(listener: Listener, state: Arc<State>, limits: ConnLimits, mu
     if open > 0 {
         tracing::info!(listener = %name, open, grace = ?limits.shutdown_grace, "draining connections");
     }
-    if tokio::time::timeout(limits.shutdown_grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = %name, left = connections.len(), "shutdown grace expired; closing the rest");
     }
 }
@@ -250,7 +280,10 @@ pub async fn serve(listener: Listener, state: Arc<State>, limits: ConnLimits, mu
 /// Errors that concern one failed connection, not the listener.
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted)
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
 }
 
 /// Activity of one connection, for the idle deadline.

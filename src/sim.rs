@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 /// How a simulated region answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,7 @@ type SimBody = BoxBody<Bytes, std::io::Error>;
 #[derive(Debug)]
 pub struct SimRegion {
     addr: SocketAddr,
+    tls: bool,
     control: Arc<Control>,
     kill: watch::Sender<bool>,
 }
@@ -75,9 +77,24 @@ impl SimRegion {
         Ok(Self::serve(name, listener))
     }
 
+    /// Starts a region that speaks TLS (ALPN h2 and http/1.1) with `tls`.
+    pub async fn spawn_tls(
+        name: &str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<SimRegion> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Ok(Self::start(name, listener, Some(TlsAcceptor::from(tls))))
+    }
+
     /// Starts a region on a listener the caller bound.
     pub fn serve(name: &str, listener: TcpListener) -> SimRegion {
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        Self::start(name, listener, None)
+    }
+
+    fn start(name: &str, listener: TcpListener, tls: Option<TlsAcceptor>) -> SimRegion {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let control = Arc::new(Control {
             name: name.to_owned(),
             mode: AtomicU8::new(Mode::Normal as u8),
@@ -85,9 +102,11 @@ impl SimRegion {
             requests: AtomicU64::new(0),
         });
         let (kill, killed) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, control.clone(), killed));
+        let is_tls = tls.is_some();
+        tokio::spawn(accept_loop(listener, tls, control.clone(), killed));
         SimRegion {
             addr,
+            tls: is_tls,
             control,
             kill,
         }
@@ -101,9 +120,14 @@ impl SimRegion {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, for an endpoint `url`.
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` for a TLS region), for an
+    /// endpoint `url`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -134,7 +158,12 @@ impl Drop for SimRegion {
     }
 }
 
-async fn accept_loop(listener: TcpListener, control: Arc<Control>, mut killed: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    control: Arc<Control>,
+    mut killed: watch::Receiver<bool>,
+) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let stream = tokio::select! {
@@ -147,12 +176,27 @@ async fn accept_loop(listener: TcpListener, control: Arc<Control>, mut killed: w
         let control = control.clone();
         let builder = builder.clone();
         let mut killed = killed.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(control.clone(), req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = killed.changed() => {}
+            match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.changed() => {}
+                    }
+                }
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.changed() => {}
+                    }
+                }
             }
         });
     }
@@ -204,7 +248,10 @@ fn generated(n: u64) -> SimBody {
     .boxed()
 }
 
-async fn answer(control: Arc<Control>, mut req: Request<Incoming>) -> Result<Response<SimBody>, std::io::Error> {
+async fn answer(
+    control: Arc<Control>,
+    mut req: Request<Incoming>,
+) -> Result<Response<SimBody>, std::io::Error> {
     control.requests.fetch_add(1, Ordering::SeqCst);
     let latency = control.latency_us.load(Ordering::SeqCst);
     if latency > 0 {
@@ -234,7 +281,11 @@ async fn answer(control: Arc<Control>, mut req: Request<Incoming>) -> Result<Res
         if path == "/echo" {
             let mut head = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
             for (k, v) in req.headers() {
-                head.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
+                head.push_str(&format!(
+                    "{}: {}\n",
+                    k,
+                    String::from_utf8_lossy(v.as_bytes())
+                ));
             }
             text(StatusCode::OK, head)
         } else if path == "/mirror" {
@@ -255,7 +306,11 @@ async fn answer(control: Arc<Control>, mut req: Request<Incoming>) -> Result<Res
             }
             text(StatusCode::OK, format!("{total}\n"))
         } else if let Some(code) = path.strip_prefix("/status/") {
-            match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            match code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
                 Some(s) => text(s, format!("{name}\n")),
                 None => text(StatusCode::BAD_REQUEST, "bad status\n"),
             }
@@ -281,7 +336,9 @@ fn upgrade_echo(req: &mut Request<Incoming>) -> Response<SimBody> {
     });
     let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
     r.headers_mut().insert(header::UPGRADE, protocol);
-    r.headers_mut()
-        .insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    r.headers_mut().insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
     r
 }

@@ -68,7 +68,7 @@ pub enum TableError {
     RegionTls {
         index: usize,
         region: RegionName,
-        source: TlsError,
+        source: Box<TlsError>,
     },
     #[error("more than {} regions", u16::MAX)]
     TooManyRegions,
@@ -92,7 +92,7 @@ impl RoutingTable {
                 let cfg = tls::client_config(&r.tls).map_err(|source| TableError::RegionTls {
                     index,
                     region: r.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 Some(Arc::new(cfg))
             } else {
@@ -143,7 +143,10 @@ impl RoutingTable {
             v.into_boxed_slice()
         };
         let exact = exact.into_iter().map(|(k, v)| (k, by_prefix(v))).collect();
-        let wildcard = wildcard.into_iter().map(|(k, v)| (k, by_prefix(v))).collect();
+        let wildcard = wildcard
+            .into_iter()
+            .map(|(k, v)| (k, by_prefix(v)))
+            .collect();
         let any_host = by_prefix(any_host);
         let s = &config.server;
         Ok(RoutingTable {

@@ -27,7 +27,10 @@ pub enum TlsError {
         source: rustls::pki_types::pem::Error,
     },
     #[error("{path}: unsupported private key: {source}")]
-    KeyType { path: PathBuf, source: rustls::Error },
+    KeyType {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{cert} and {key} do not belong together: {source}")]
     Mismatch {
         cert: PathBuf,
@@ -35,7 +38,10 @@ pub enum TlsError {
         source: rustls::Error,
     },
     #[error("{path}: bad CA certificate: {source}")]
-    Ca { path: PathBuf, source: rustls::Error },
+    Ca {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("TLS settings rejected: {0}")]
     Config(#[from] rustls::Error),
 }

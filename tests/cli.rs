@@ -1,0 +1,54 @@
+//! The binary's `check` verb: exit 0 with a summary, or 1 with every error and its path.
+
+use std::process::Command;
+
+fn georouter(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args(args)
+        .output()
+        .expect("run georouter");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_example_policy_and_summarises_it() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/georouter.toml");
+    let (code, out, err) = georouter(&["check", "-c", example]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok: 1 listener(s), 4 region(s), 3 route(s)"),
+        "{out}"
+    );
+    assert!(out.contains("eu-west > eu-central"), "{out}");
+}
+
+#[test]
+fn check_rejects_a_bad_policy_with_every_path() {
+    let dir = std::env::temp_dir().join(format!("georouter-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listeners]]\naddress = \"nowhere\"\n[[regions]]\nname = \"a\"\nendpoints = []\n",
+    )
+    .unwrap();
+    let (code, out, err) = georouter(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("bad.toml: 2 errors in policy"), "{err}");
+    assert!(err.contains("listeners[0].address"), "{err}");
+    assert!(err.contains("regions[0].endpoints"), "{err}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let (code, _, err) = georouter(&["check", "-c", "/nonexistent/georouter.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read /nonexistent/georouter.toml"),
+        "{err}"
+    );
+}

@@ -1,0 +1,134 @@
+//! Policy validation: every error at once, each with the path of the offending value.
+
+use georouter::config::{Config, FromTomlError};
+
+const REGION: &str = "[[regions]]\nname = \"a\"\nendpoints = [{ url = \"http://127.0.0.1:1\" }]\n";
+const LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
+
+/// The paths of the validation errors for `toml`, or a parse error's text.
+fn errors(toml: &str) -> Vec<String> {
+    match Config::from_toml(toml) {
+        Ok(_) => vec![],
+        Err(FromTomlError::Invalid(inv)) => inv.0.into_iter().map(|e| e.path).collect(),
+        Err(FromTomlError::Parse(e)) => vec![format!("parse: {e}")],
+    }
+}
+
+#[test]
+fn a_minimal_policy_is_valid() {
+    assert_eq!(errors(&format!("{LISTENER}{REGION}")), Vec::<String>::new());
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let cases: &[(&str, String, &[&str])] = &[
+        ("no listener", REGION.to_string(), &["listeners"]),
+        ("no region", LISTENER.to_string(), &["regions", "routes[0].regions"]),
+        (
+            "bad listener address",
+            format!("[[listeners]]\naddress = \"localhost\"\n{REGION}"),
+            &["listeners[0].address"],
+        ),
+        (
+            "duplicate listener address",
+            format!("{LISTENER}[[listeners]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\n{REGION}"),
+            &["listeners[1].address"],
+        ),
+        (
+            "bad region name and endpoint",
+            format!("{LISTENER}[[regions]]\nname = \"EU West\"\nendpoints = [{{ url = \"ftp://x\" }}, {{ url = \"http://h:1/path\" }}]\n"),
+            &["regions[0].name", "regions[0].endpoints[0].url", "regions[0].endpoints[1].url"],
+        ),
+        (
+            "duplicate region",
+            format!("{LISTENER}{REGION}{REGION}"),
+            &["regions[1].name"],
+        ),
+        (
+            "unknown protocol",
+            format!("{LISTENER}[[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://h:1\", protocol = \"h3\" }}]\n"),
+            &["regions[0].endpoints[0].protocol"],
+        ),
+        (
+            "latitude out of range",
+            format!("{LISTENER}[[regions]]\nname = \"a\"\nlocation = {{ lat = 91.0, lon = 0.0 }}\nendpoints = [{{ url = \"http://h:1\" }}]\n"),
+            &["regions[0].location.lat"],
+        ),
+        (
+            "client cert without key",
+            format!("{LISTENER}{REGION}[regions.tls]\nclient_cert = \"c.pem\"\n"),
+            &["regions[0].tls"],
+        ),
+        (
+            "route to an unknown region, listed twice",
+            format!("{LISTENER}{REGION}[[routes]]\nregions = [\"a\", \"nowhere\", \"a\"]\n"),
+            &["routes[0].regions[1]", "routes[0].regions[2]"],
+        ),
+        (
+            "route without regions, bad prefix",
+            format!("{LISTENER}{REGION}[[routes]]\npath_prefix = \"api\"\nregions = []\n"),
+            &["routes[0].path_prefix", "routes[0].regions"],
+        ),
+        (
+            "two routes for the same host and prefix",
+            format!("{LISTENER}{REGION}[[routes]]\nhost = \"x.com\"\nregions = [\"a\"]\n[[routes]]\nhost = \"X.com\"\nregions = [\"a\"]\n"),
+            &["routes[1]"],
+        ),
+        (
+            "limits below their minimum",
+            format!("{LISTENER}{REGION}[server]\nmax_header_bytes = 100\nmax_uri_bytes = 10\nmax_connections = 0\n"),
+            &["server.max_connections", "server.max_header_bytes", "server.max_uri_bytes"],
+        ),
+        (
+            "zero timeouts",
+            format!("{LISTENER}{REGION}[upstream]\nconnect_timeout = \"0s\"\n"),
+            &["upstream.connect_timeout"],
+        ),
+        (
+            "tls listener without certificates",
+            format!("[[listeners]]\naddress = \"127.0.0.1:0\"\ntls = {{ certificates = [] }}\n{REGION}"),
+            &["listeners[0].tls.certificates"],
+        ),
+    ];
+    for (name, toml, want) in cases {
+        assert_eq!(errors(toml), *want, "case: {name}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_types_are_parse_errors_that_name_the_key() {
+    let e = errors(&format!("{LISTENER}{REGION}[server]\nmax_conections = 5\n"));
+    assert!(e[0].contains("max_conections"), "{e:?}");
+    let e = errors(&format!(
+        "{LISTENER}{REGION}[server]\nheader_read_timeout = \"soon\"\n"
+    ));
+    assert!(e[0].contains("header_read_timeout"), "{e:?}");
+}
+
+#[test]
+fn the_error_text_lists_every_problem_with_its_path() {
+    let err = Config::from_toml(&format!(
+        "{LISTENER}[[regions]]\nname = \"a\"\nendpoints = []\n[[routes]]\nregions = [\"b\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("2 errors in policy"), "{err}");
+    assert!(
+        err.contains("\n  regions[0].endpoints: a region needs at least one endpoint"),
+        "{err}"
+    );
+    assert!(
+        err.contains("\n  routes[0].regions[0]: no region named \"b\" (known: a)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_and_demo_policies_are_valid() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/georouter.toml"
+    ))
+    .unwrap();
+    Config::from_toml(&example).unwrap_or_else(|e| panic!("config/georouter.toml: {e}"));
+}

@@ -1,0 +1,86 @@
+//! Connection lifecycle: header deadline for slow clients, idle connections, and
+//! graceful shutdown that finishes what is in flight.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn slow_client_is_closed_at_the_header_deadline() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\nheader_read_timeout = \"200ms\"\n",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    // Half a request head, then nothing: the router must give up on it.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the router kept a slow client open");
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_with_goaway() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nidle_timeout = \"300ms\"\n")).await;
+    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://x/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    // Nothing more is sent: the connection must end from the router's side.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "idle HTTP/2 connection was not closed");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_request_in_flight() {
+    let a = region("a").await;
+    a.set_latency(Duration::from_millis(300));
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let addr = router.addr();
+    let url = router.url("/");
+    let in_flight = tokio::spawn(async move { get(&h1_client(), &url).await });
+    eventually("the request to reach the region", || a.requests() == 1).await;
+
+    let drained = router.shutdown();
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "a\n"));
+    tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .expect("router drained")
+        .unwrap();
+    // Drained means closed: nobody accepts on the port any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_the_wait_for_a_hung_request() {
+    let a = region("a").await;
+    a.set_mode(georouter::sim::Mode::Hang);
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nshutdown_grace = \"100ms\"\n")).await;
+    let url = router.url("/");
+    let _hung = tokio::spawn(async move {
+        let _ = h1_client().get(url.parse().unwrap()).await;
+    });
+    eventually("the request to reach the region", || a.requests() == 1).await;
+    let drained = router.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .expect("shutdown is bounded by the grace period")
+        .unwrap();
+}

@@ -1,0 +1,319 @@
+//! The data plane through a real router and simulated regions: protocols on both
+//! sides, header hygiene, request limits, and what the router answers itself.
+
+mod support;
+
+use bytes::Bytes;
+use georouter::sim::Mode;
+use http_body_util::Full;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn h1_request_reaches_the_first_region_and_says_which() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&policy(&[&a, &b], "")).await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "a\n");
+    assert_eq!(r.headers["x-georouter-region"], "a");
+}
+
+#[tokio::test]
+async fn h2c_client_is_served_over_http1_upstream() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let r = get(&h2c_client(), &router.url("/echo")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert!(r.body.starts_with("GET /echo HTTP/1.1\n"), "{}", r.body);
+    // An HTTP/2 request has no Host header; the upstream still gets one.
+    assert!(
+        r.body.contains(&format!("host: {}\n", router.addr())),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn http2_endpoint_is_reached_with_prior_knowledge() {
+    let a = region("a").await;
+    let toml = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"a\"\n\
+         endpoints = [{{ url = \"{}\", protocol = \"http2\" }}]\n",
+        a.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    for client in [h1_client(), h2c_client()] {
+        let r = get(&client, &router.url("/echo")).await;
+        assert_eq!(r.status, 200);
+        // HTTP/2 requests carry the absolute URI (:scheme, :authority, :path).
+        let first = r.body.lines().next().unwrap();
+        assert!(
+            first.starts_with("GET http://") && first.ends_with("/echo HTTP/2.0"),
+            "{}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn routes_pick_regions_by_host_and_path() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let extra = r#"
+        [[routes]]
+        host = "api.example.com"
+        regions = ["b"]
+        [[routes]]
+        path_prefix = "/b/"
+        regions = ["b", "a"]
+        [[routes]]
+        regions = ["a"]
+    "#;
+    let router = TestRouter::spawn(&policy(&[&a, &b], extra)).await;
+    let c = h1_client();
+    let req = |host: &str, path: &str| {
+        http::Request::get(router.url(path))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(send(&c, req("API.Example.com:443", "/")).await.body, "b\n");
+    assert_eq!(send(&c, req("other", "/b/x")).await.body, "b\n");
+    assert_eq!(send(&c, req("other", "/x")).await.body, "a\n");
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_named_headers_are_stripped() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let req = http::Request::get(router.url("/echo"))
+        .header("host", "shop.example.com")
+        .header("connection", "x-secret")
+        .header("x-secret", "do not forward")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-kept", "yes")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&h1_client(), req).await;
+    let seen = r.body.to_ascii_lowercase();
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "connection:",
+    ] {
+        assert!(!seen.contains(gone), "{gone} reached the upstream:\n{seen}");
+    }
+    assert!(seen.contains("x-kept: yes\n"), "{seen}");
+    assert!(seen.contains("host: shop.example.com\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-host: shop.example.com\n"),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn region_header_can_be_switched_off() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nregion_header = false\n")).await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("x-georouter-region"));
+}
+
+#[tokio::test]
+async fn two_host_headers_get_400() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let reply = raw(
+        router.addr(),
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert!(reply.contains("more than one Host header"), "{reply}");
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn http11_without_host_gets_400() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let reply = raw(
+        router.addr(),
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_gets_413() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nmax_body_bytes = 1000\n")).await;
+    // Declared length over the limit: refused before anything goes upstream.
+    let req = http::Request::post(router.url("/count"))
+        .body(Full::new(Bytes::from(vec![b'x'; 1001])))
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.status, 413);
+    assert_eq!(a.requests(), 0);
+    // At the limit: passes.
+    let req = http::Request::post(router.url("/count"))
+        .body(Full::new(Bytes::from(vec![b'x'; 1000])))
+        .unwrap();
+    let r = send(&h1_client(), req).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "1000\n"));
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_gets_413() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nmax_body_bytes = 1000\n")).await;
+    let chunk = format!("{:x}\r\n{}\r\n", 800, "y".repeat(800));
+    let request = format!(
+        "POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}{chunk}0\r\n\r\n"
+    );
+    let reply = raw(router.addr(), request.as_bytes()).await;
+    assert_eq!(status_of(&reply), 413, "{reply}");
+}
+
+#[tokio::test]
+async fn uri_over_the_limit_gets_414() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nmax_uri_bytes = 100\n")).await;
+    let r = get(&h1_client(), &router.url(&format!("/{}", "u".repeat(100)))).await;
+    assert_eq!(r.status, 414);
+    let r = get(&h1_client(), &router.url(&format!("/{}", "u".repeat(98)))).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn headers_over_the_limit_get_431() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nmax_header_bytes = 8192\n")).await;
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(10_000)
+    );
+    let reply = raw(router.addr(), request.as_bytes()).await;
+    assert_eq!(status_of(&reply), 431, "{reply}");
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn hanging_region_gets_504_at_the_response_timeout() {
+    let a = region("a").await;
+    a.set_mode(Mode::Hang);
+    let router =
+        TestRouter::spawn(&policy(&[&a], "[upstream]\nresponse_timeout = \"200ms\"\n")).await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.status, 504);
+    assert!(r.body.contains("region a did not answer"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn refused_region_gets_502() {
+    let toml = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
+         endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n",
+        refused_port()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("region dead unreachable"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn refused_region_fails_over_to_the_next_candidate() {
+    let b = region("b").await;
+    let toml = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
+         endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n\
+         [[regions]]\nname = \"b\"\nendpoints = [{{ url = \"{}\" }}]\n",
+        refused_port(),
+        b.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "b\n"));
+    assert_eq!(r.headers["x-georouter-region"], "b");
+}
+
+#[tokio::test]
+async fn reset_before_response_retries_idempotent_but_not_post() {
+    let a = region("a").await;
+    let b = region("b").await;
+    a.set_mode(Mode::Reset);
+    let router = TestRouter::spawn(&policy(&[&a, &b], "")).await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "b\n"));
+    let post = http::Request::post(router.url("/count"))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    assert_eq!(send(&h1_client(), post).await.status, 502);
+}
+
+#[tokio::test]
+async fn upgrade_passes_through_after_101() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let mut s = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed before 101: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping over the tunnel").await.unwrap();
+    let mut buf = [0u8; 20];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping over the tunnel");
+}
+
+#[tokio::test]
+async fn upgrade_refused_upstream_is_a_plain_response() {
+    let a = region("a").await;
+    a.set_mode(Mode::Fail);
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let reply = raw(
+        router.addr(),
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 503, "{reply}");
+}
+
+#[tokio::test]
+async fn no_route_gets_404_with_a_reason() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(
+        &[&a],
+        "[[routes]]\nhost = \"only.example.com\"\nregions = [\"a\"]\n",
+    ))
+    .await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no route"), "{}", r.body);
+}

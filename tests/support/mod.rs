@@ -1,0 +1,241 @@
+//! Test support: a real router on 127.0.0.1 port 0, simulated regions, clients,
+//! and certificates made on the spot. No fixed ports, no sleeps.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use georouter::config::Config;
+use georouter::server::{self, ConnLimits};
+use georouter::sim::SimRegion;
+use georouter::State;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// A router serving on the test's runtime.
+pub struct TestRouter {
+    /// Address of each listener, in config order.
+    pub addrs: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub state: Arc<State>,
+    stop: watch::Sender<bool>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl TestRouter {
+    /// Starts a router from policy text; its listeners should use port 0.
+    pub async fn spawn(toml: &str) -> TestRouter {
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("test policy invalid: {e}"));
+        let listeners = server::bind(&config.listeners).expect("bind listeners");
+        let addrs = listeners
+            .iter()
+            .map(|l| l.tcp.local_addr().unwrap())
+            .collect();
+        let limits = ConnLimits::new(&config.server);
+        let state = Arc::new(State::new(config).expect("compile table"));
+        let (stop, shutdown) = watch::channel(false);
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        tokio::spawn(georouter::admin::serve(
+            admin_listener,
+            state.clone(),
+            shutdown.clone(),
+        ));
+        let served = tokio::spawn(server::run(listeners, state.clone(), limits, shutdown));
+        TestRouter {
+            addrs,
+            admin,
+            state,
+            stop,
+            served,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    /// Signals shutdown and returns the future that ends when the router has drained.
+    pub fn shutdown(self) -> tokio::task::JoinHandle<()> {
+        let _ = self.stop.send(true);
+        self.served
+    }
+}
+
+/// `[[listeners]]` on port 0, `[[regions]]` one per simulated region (HTTP/1.1),
+/// then `extra` (routes, settings).
+pub fn policy(regions: &[&SimRegion], extra: &str) -> String {
+    let mut s = String::from("[[listeners]]\naddress = \"127.0.0.1:0\"\n\n");
+    for r in regions {
+        s.push_str(&format!(
+            "[[regions]]\nname = \"{}\"\nendpoints = [{{ url = \"{}\" }}]\n\n",
+            r.name(),
+            r.url()
+        ));
+    }
+    s.push_str(extra);
+    s
+}
+
+pub async fn region(name: &str) -> SimRegion {
+    SimRegion::spawn(name)
+        .await
+        .expect("start simulated region")
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn h1_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub version: http::Version,
+    pub body: String,
+}
+
+pub async fn get(client: &TestClient, url: &str) -> Reply {
+    send(
+        client,
+        http::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+pub async fn send(client: &TestClient, req: http::Request<Full<Bytes>>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("response within 20 s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        version: parts.version,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Writes raw bytes on a new connection and reads until the peer closes (or the
+/// bound runs out); for requests a compliant client library cannot make.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"))
+}
+
+/// Polls `cond` every few milliseconds until it holds, for at most 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A loopback port with nothing listening on it.
+pub fn refused_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A CA and certificates it signs, written as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("georouter-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "georouter test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issues a certificate for `names`; returns (cert path, key path, DER).
+    pub fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert_path = self.dir.join(format!("{file}.pem"));
+        let key_path = self.dir.join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path, cert.der().to_vec())
+    }
+
+    /// A rustls client config that trusts this CA, with the given ALPN.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        c
+    }
+}
+
+pub fn toml_path(p: &Path) -> String {
+    p.display().to_string().replace('\\', "/")
+}
+
+pub fn empty() -> Empty<Bytes> {
+    Empty::new()
+}

@@ -1,0 +1,226 @@
+//! TLS on both sides, with certificates the test makes: SNI certificate choice and
+//! ALPN h2 on the listener; custom CA and client certificates towards regions.
+
+mod support;
+
+use std::sync::Arc;
+
+use georouter::sim::SimRegion;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use support::*;
+use tokio_rustls::TlsConnector;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+async fn tls_router(pki: &Pki, upstream: &SimRegion) -> TestRouter {
+    let (a_cert, a_key, _) = pki.issue("a", &["a.test"]);
+    let (b_cert, b_key, _) = pki.issue("b", &["b.test", "*.b.test"]);
+    let toml = format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [[listeners.tls.certificates]]
+        cert = "{}"
+        key = "{}"
+        server_names = ["a.test"]
+        [[listeners.tls.certificates]]
+        cert = "{}"
+        key = "{}"
+        server_names = ["b.test", "*.b.test"]
+        [[regions]]
+        name = "r"
+        endpoints = [{{ url = "{}" }}]
+        "#,
+        toml_path(&a_cert),
+        toml_path(&a_key),
+        toml_path(&b_cert),
+        toml_path(&b_key),
+        upstream.url()
+    );
+    TestRouter::spawn(&toml).await
+}
+
+/// Connects with SNI `name` and ALPN `alpn`; returns the stream, the leaf
+/// certificate presented and the negotiated protocol.
+async fn connect(
+    pki: &Pki,
+    router: &TestRouter,
+    name: &str,
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+    Option<Vec<u8>>,
+) {
+    let connector = TlsConnector::from(Arc::new(pki.client_config(alpn)));
+    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let (_, session) = tls.get_ref();
+    let leaf = session.peer_certificates().unwrap()[0].to_vec();
+    let alpn = session.alpn_protocol().map(|p| p.to_vec());
+    (tls, leaf, alpn)
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate() {
+    let pki = Pki::new("sni");
+    let up = region("r").await;
+    let router = tls_router(&pki, &up).await;
+    let a_der = std::fs::read_to_string(pki.dir.join("a.pem")).unwrap();
+    let b_der = std::fs::read_to_string(pki.dir.join("b.pem")).unwrap();
+    assert_ne!(a_der, b_der);
+    for (sni, want) in [("a.test", "a"), ("b.test", "b"), ("www.b.test", "b")] {
+        let (_, leaf, _) = connect(&pki, &router, sni, &[b"http/1.1"]).await;
+        let expected =
+            rustls::pki_types::CertificateDer::from_pem_file(pki.dir.join(format!("{want}.pem")));
+        assert_eq!(
+            leaf,
+            expected.unwrap().to_vec(),
+            "SNI {sni} should get certificate {want}"
+        );
+    }
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn alpn_h2_and_http11_are_both_served_over_tls() {
+    let pki = Pki::new("alpn");
+    let up = region("r").await;
+    let router = tls_router(&pki, &up).await;
+
+    let (tls, _, alpn) = connect(&pki, &router, "a.test", &[b"h2", b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://a.test/echo")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+
+    let (tls, _, alpn) = connect(&pki, &router, "a.test", &[b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-georouter-region"], "r");
+}
+
+fn server_config(pki: &Pki, client_auth: bool) -> Arc<rustls::ServerConfig> {
+    let (cert, key, _) = pki.issue("upstream", &["localhost"]);
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca_path()).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut c = builder.with_single_cert(chain, key).unwrap();
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+fn https_policy(up: &SimRegion, tls: &str, protocol: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"secure\"\n\
+         endpoints = [{{ url = \"{}\", protocol = \"{protocol}\" }}]\n{tls}\n",
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn https_region_with_custom_ca_over_http1_and_http2() {
+    let pki = Pki::new("upstream-ca");
+    let up = SimRegion::spawn_tls("secure", server_config(&pki, false))
+        .await
+        .unwrap();
+    let tls = format!("[regions.tls]\nca = \"{}\"\n", toml_path(&pki.ca_path()));
+    for (protocol, first_line) in [
+        ("http1", "GET /echo HTTP/1.1".to_owned()),
+        (
+            "http2",
+            format!("GET https://localhost:{}/echo HTTP/2.0", up.addr().port()),
+        ),
+    ] {
+        let router = TestRouter::spawn(&https_policy(&up, &tls, protocol)).await;
+        let r = get(&h1_client(), &router.url("/echo")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.body.lines().next(),
+            Some(first_line.as_str()),
+            "{}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn https_region_signed_by_an_unknown_ca_is_unreachable() {
+    let pki = Pki::new("upstream-unknown");
+    let up = SimRegion::spawn_tls("secure", server_config(&pki, false))
+        .await
+        .unwrap();
+    // No `ca`: the public roots, which do not know the test CA.
+    let router = TestRouter::spawn(&https_policy(&up, "", "http1")).await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test]
+async fn mtls_region_needs_the_client_certificate() {
+    let pki = Pki::new("mtls");
+    let up = SimRegion::spawn_tls("secure", server_config(&pki, true))
+        .await
+        .unwrap();
+    let (cert, key, _) = pki.issue("router-client", &["georouter.test"]);
+    let with_cert = format!(
+        "[regions.tls]\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+        toml_path(&pki.ca_path()),
+        toml_path(&cert),
+        toml_path(&key)
+    );
+    let router = TestRouter::spawn(&https_policy(&up, &with_cert, "http1")).await;
+    assert_eq!(get(&h1_client(), &router.url("/")).await.status, 200);
+
+    let without = format!("[regions.tls]\nca = \"{}\"\n", toml_path(&pki.ca_path()));
+    let router = TestRouter::spawn(&https_policy(&up, &without, "http1")).await;
+    assert_eq!(get(&h1_client(), &router.url("/")).await.status, 502);
+}
