@@ -1,154 +1,179 @@
-//! Upstream clients: one pooled hyper-util client pair (HTTP/1.1, HTTP/2) per region,
-//! per worker thread, rebuilt when the routing table changes generation.
-//!
-//! Workers run one single-threaded runtime each, so a per-thread pool keeps every
-//! upstream connection on the thread that uses it: no cross-thread wake-ups and an
-//! uncontended pool lock.
+//! Forwarding one request over its serving candidates: the next region when a
+//! connection cannot be had (nothing was sent), or when a replayable request
+//! failed before any response; one fresh connection when a pooled one was stale.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-
-use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Uri, Version};
-use http_body_util::{Either, Empty, Limited};
-use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Empty};
 
-use crate::config::{EndpointSpec, Protocol, UpstreamSettings};
-use crate::table::{Region, RoutingTable};
+use crate::config::{EndpointSpec, Protocol, RegionName};
+use crate::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
+use crate::table::{Region, RegionId, RoutingTable};
 
-/// A request body on its way upstream: the client's (with the size limit), or none.
-pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
-
-type Connector = HttpsConnector<HttpConnector>;
-
-struct RegionClients {
-    http1: Client<Connector, UpstreamBody>,
-    http2: Client<Connector, UpstreamBody>,
-    /// Round-robin position over the region's endpoints (uncontended: one thread).
-    next: AtomicUsize,
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("region {region} unreachable: {source}")]
+    Connect {
+        region: RegionName,
+        source: ConnectError,
+    },
+    #[error("region {region} did not answer within {timeout:?}")]
+    Timeout {
+        region: RegionName,
+        timeout: std::time::Duration,
+    },
+    #[error("region {region} failed before answering: {source}")]
+    Failed {
+        region: RegionName,
+        source: hyper::Error,
+    },
+    #[error("request body over the limit")]
+    BodyTooLarge,
 }
 
-/// The clients of one thread for one routing table generation.
-pub struct Upstreams {
-    generation: u64,
-    regions: Box<[RegionClients]>,
+/// The response and the region that gave it.
+pub struct Forwarded<'t> {
+    pub response: Response<PooledBody>,
+    pub region: &'t Region,
 }
 
-thread_local! {
-    static UPSTREAMS: RefCell<Option<Arc<Upstreams>>> = const { RefCell::new(None) };
-}
-
-impl Upstreams {
-    /// This thread's clients for `table`, built on first use of a new generation.
-    /// Connections of the old generation close as their pools are dropped.
-    pub fn for_table(table: &RoutingTable) -> Arc<Upstreams> {
-        UPSTREAMS.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            match &*slot {
-                Some(u) if u.generation == table.generation() => u.clone(),
-                _ => {
-                    let u = Arc::new(Upstreams::build(table));
-                    *slot = Some(u.clone());
-                    u
+/// Points a request at an endpoint: origin-form URI for HTTP/1.1 (with the
+/// endpoint as `Host` unless the client's is preserved), absolute URI
+/// (`:scheme`, `:authority`) for HTTP/2.
+fn retarget(req: &mut Request<UpstreamBody>, ep: &EndpointSpec, preserve_host: bool) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match ep.protocol {
+        Protocol::Http1 => {
+            *req.uri_mut() = Uri::from(path);
+            *req.version_mut() = Version::HTTP_11;
+            if !preserve_host || !req.headers().contains_key(header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(ep.authority.as_str()) {
+                    req.headers_mut().insert(header::HOST, host);
                 }
             }
-        })
-    }
-
-    fn build(table: &RoutingTable) -> Upstreams {
-        let settings = &table.settings.upstream;
-        Upstreams {
-            generation: table.generation(),
-            regions: table
-                .regions()
-                .iter()
-                .map(|r| RegionClients {
-                    http1: client(r, settings, Protocol::Http1),
-                    http2: client(r, settings, Protocol::Http2),
-                    next: AtomicUsize::new(0),
-                })
-                .collect(),
         }
-    }
-
-    /// The next endpoint of a region, round-robin.
-    pub fn endpoint<'t>(&self, region: &'t Region) -> &'t EndpointSpec {
-        let c = &self.regions[usize::from(region.id.0)];
-        let i = c.next.fetch_add(1, Ordering::Relaxed);
-        &region.endpoints[i % region.endpoints.len()]
-    }
-
-    /// Sends a request to an endpoint of `region`; the request's URI and version
-    /// must already point at that endpoint (see [`target`]).
-    pub fn send(
-        &self,
-        region: &Region,
-        protocol: Protocol,
-        req: Request<UpstreamBody>,
-    ) -> ResponseFuture {
-        let c = &self.regions[usize::from(region.id.0)];
-        match protocol {
-            Protocol::Http1 => c.http1.request(req),
-            Protocol::Http2 => c.http2.request(req),
+        Protocol::Http2 => {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(ep.scheme.clone());
+            parts.authority = Some(ep.authority.clone());
+            parts.path_and_query = Some(path);
+            *req.uri_mut() =
+                Uri::from_parts(parts).expect("scheme, authority and path are all set");
+            *req.version_mut() = Version::HTTP_2;
         }
     }
 }
 
-/// The absolute URI and HTTP version of a request to `ep`.
-pub fn target(ep: &EndpointSpec, path: Option<&PathAndQuery>) -> (Uri, Version) {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(ep.scheme.clone());
-    parts.authority = Some(ep.authority.clone());
-    parts.path_and_query = Some(
-        path.cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    let uri = Uri::from_parts(parts).expect("scheme, authority and path are all set");
-    let version = match ep.protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::Http2 => Version::HTTP_2,
-    };
-    (uri, version)
+/// A bodiless copy of a request head, to replay it elsewhere.
+fn replay_copy(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
-fn default_tls() -> rustls::ClientConfig {
-    static DEFAULT: OnceLock<rustls::ClientConfig> = OnceLock::new();
-    DEFAULT
-        .get_or_init(|| {
-            crate::tls::client_config(&Default::default())
-                .expect("the built-in root store is valid")
-        })
-        .clone()
+fn is_body_limit(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
-fn client(
-    region: &Region,
-    settings: &UpstreamSettings,
-    protocol: Protocol,
-) -> Client<Connector, UpstreamBody> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    let tls = region.tls.as_deref().cloned().unwrap_or_else(default_tls);
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let connector = match protocol {
-        Protocol::Http1 => builder.enable_http1().wrap_connector(http),
-        Protocol::Http2 => builder.enable_http2().wrap_connector(http),
-    };
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(settings.pool_idle_timeout)
-        .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(protocol == Protocol::Http2);
-    b.build(connector)
+/// Sends `req` to the first candidate that answers. `replayable` says the request
+/// may be sent again after it was sent once (idempotent, no body).
+pub async fn forward<'t>(
+    table: &'t RoutingTable,
+    candidates: impl Iterator<Item = RegionId>,
+    req: Request<UpstreamBody>,
+    replayable: bool,
+) -> Result<Forwarded<'t>, ForwardError> {
+    let timeout = table.settings.upstream.response_timeout;
+    let mut candidates = candidates.peekable();
+    let mut req = Some(req);
+    let mut last_error = None;
+    while let Some(id) = candidates.next() {
+        let region = table.region(id);
+        let endpoint = pool::pick_endpoint(table, region);
+        let mut stale_retry = true;
+        loop {
+            let mut current = req.take().expect("a request is in hand for every attempt");
+            retarget(
+                &mut current,
+                &region.endpoints[endpoint],
+                table.settings.preserve_host,
+            );
+            let lease = match pool::checkout(table, region, endpoint).await {
+                Ok(lease) => lease,
+                Err(source) => {
+                    tracing::debug!(region = %region.name, error = %source, "connect failed");
+                    req = Some(current);
+                    last_error = Some(ForwardError::Connect {
+                        region: region.name.clone(),
+                        source,
+                    });
+                    break;
+                }
+            };
+            let reused = lease.reused;
+            let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
+            match tokio::time::timeout(timeout, lease.send(current)).await {
+                Ok(Ok(response)) => return Ok(Forwarded { response, region }),
+                Err(_) => {
+                    return Err(ForwardError::Timeout {
+                        region: region.name.clone(),
+                        timeout,
+                    })
+                }
+                Ok(Err(SendError {
+                    error,
+                    unsent: Some(back),
+                })) => {
+                    req = Some(back);
+                    if reused && stale_retry {
+                        // A pooled connection that died idle: one new connection.
+                        stale_retry = false;
+                        continue;
+                    }
+                    last_error = Some(ForwardError::Failed {
+                        region: region.name.clone(),
+                        source: error,
+                    });
+                    break;
+                }
+                Ok(Err(SendError {
+                    error,
+                    unsent: None,
+                })) => {
+                    if is_body_limit(&error) {
+                        return Err(ForwardError::BodyTooLarge);
+                    }
+                    let failed = ForwardError::Failed {
+                        region: region.name.clone(),
+                        source: error,
+                    };
+                    match copy {
+                        Some(copy) => {
+                            tracing::debug!(error = %failed, "replaying on the next region");
+                            req = Some(copy);
+                            last_error = Some(failed);
+                            break;
+                        }
+                        None => return Err(failed),
+                    }
+                }
+            }
+        }
+    }
+    Err(last_error.expect("forward is called with at least one candidate"))
 }

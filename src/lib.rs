@@ -35,6 +35,7 @@ pub mod headers;
 pub mod identity;
 pub mod launch;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod regions;
 pub mod select;

@@ -15,10 +15,11 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::config::RegionName;
-use crate::forward::{self, Upstreams};
+use crate::forward::{self, ForwardError};
 use crate::headers::{self, HostProblem};
 use crate::identity::{self, PeerAddr};
 use crate::policy::{self, Refusal, RequestFacts};
+use crate::pool::PooledBody;
 use crate::select;
 use crate::server::Activity;
 use crate::table::RoutingTable;
@@ -26,7 +27,7 @@ use crate::State;
 
 /// What a proxied response carries: the upstream's body, streamed, or a short
 /// text the router wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// One accepted connection, shared by its requests.
 #[derive(Debug)]
@@ -269,79 +270,41 @@ async fn proxy(
     }
     // A request without a body can be sent again as long as nothing came back.
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
-    let mut body = Some(if body.is_end_stream() {
+    let body = if body.is_end_stream() {
         Either::Right(Empty::new())
     } else {
         let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
         Either::Left(Limited::new(body, limit))
-    });
-
-    let upstreams = Upstreams::for_table(table);
-    let mut last_error = None;
-    while let Some(id) = regions.next() {
-        let region = table.region(id);
-        let endpoint = upstreams.endpoint(region);
-        let (uri, version) = forward::target(endpoint, parts.uri.path_and_query());
-        let may_retry = replayable && regions.peek().is_some();
-        let mut up = Request::new(match body.take() {
-            Some(b) => b,
-            None => Either::Right(Empty::new()),
-        });
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.version_mut() = version;
-        *up.headers_mut() = if may_retry {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
-        let sent = upstreams.send(region, endpoint.protocol, up);
-        let timeout = settings.upstream.response_timeout;
-        let error = match tokio::time::timeout(timeout, sent).await {
-            Ok(Ok(resp)) => {
-                return Ok((
-                    respond(resp, region, settings.region_header, client_upgrade),
-                    region.name.clone(),
-                ))
+    };
+    let req = Request::from_parts(parts, body);
+    let forwarded = forward::forward(table, regions, req, replayable)
+        .await
+        .map_err(|e| match e {
+            ForwardError::Connect { region, source } => ProxyError::UpstreamConnect {
+                region,
+                detail: source.to_string(),
+            },
+            ForwardError::Timeout { region, timeout } => {
+                ProxyError::UpstreamTimeout { region, timeout }
             }
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    region: region.name.clone(),
-                    timeout,
-                })
-            }
-            Ok(Err(e)) => upstream_error(e, region.name.clone(), settings.max_body_bytes),
-        };
-        if let ProxyError::BodyTooLarge { .. } = error {
-            return Err(error);
-        }
-        tracing::warn!(region = %region.name, error = %error, retry = may_retry, "upstream attempt failed");
-        last_error = Some(error);
-        if !may_retry {
-            break;
-        }
-    }
-    Err(last_error.expect("at least one region was tried"))
-}
-
-fn upstream_error(
-    e: hyper_util::client::legacy::Error,
-    region: RegionName,
-    max_body: u64,
-) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return ProxyError::BodyTooLarge { limit: max_body };
-        }
-        source = s.source();
-    }
-    let detail = error_chain(&e);
-    if e.is_connect() {
-        ProxyError::UpstreamConnect { region, detail }
-    } else {
-        ProxyError::UpstreamFailed { region, detail }
-    }
+            ForwardError::Failed { region, source } => ProxyError::UpstreamFailed {
+                region,
+                detail: error_chain(&source),
+            },
+            ForwardError::BodyTooLarge => ProxyError::BodyTooLarge {
+                limit: settings.max_body_bytes,
+            },
+        })?;
+    let region = forwarded.region;
+    Ok((
+        respond(
+            forwarded.response,
+            region,
+            settings.region_header,
+            client_upgrade,
+        ),
+        region.name.clone(),
+    ))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -358,7 +321,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The client's response from the upstream's: hop-by-hop headers out, region in,
 /// and for a `101 Switching Protocols` the two upgraded connections spliced.
 fn respond(
-    mut resp: Response<Incoming>,
+    mut resp: Response<PooledBody>,
     region: &crate::table::Region,
     region_header: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,

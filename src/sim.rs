@@ -57,6 +57,9 @@ struct Control {
     mode: AtomicU8,
     latency_us: AtomicU64,
     requests: AtomicU64,
+    connections: AtomicU64,
+    /// Bumped to close every open connection while still accepting.
+    sever: watch::Sender<u64>,
 }
 
 type SimBody = BoxBody<Bytes, std::io::Error>;
@@ -100,6 +103,8 @@ impl SimRegion {
             mode: AtomicU8::new(Mode::Normal as u8),
             latency_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            sever: watch::channel(0).0,
         });
         let (kill, killed) = watch::channel(false);
         let is_tls = tls.is_some();
@@ -146,6 +151,17 @@ impl SimRegion {
         self.control.requests.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.control.connections.load(Ordering::SeqCst)
+    }
+
+    /// Closes every open connection (as an idle timeout on the far side would) and
+    /// keeps accepting new ones.
+    pub fn sever(&self) {
+        self.control.sever.send_modify(|n| *n += 1);
+    }
+
     /// Stops accepting and closes every open connection at once, like a dead host.
     pub fn kill(&self) {
         let _ = self.kill.send(true);
@@ -173,6 +189,8 @@ async fn accept_loop(
             },
             _ = killed.changed() => return,
         };
+        control.connections.fetch_add(1, Ordering::SeqCst);
+        let mut severed = control.sever.subscribe();
         let control = control.clone();
         let builder = builder.clone();
         let mut killed = killed.clone();
@@ -185,6 +203,7 @@ async fn accept_loop(
                     tokio::select! {
                         _ = conn => {}
                         _ = killed.changed() => {}
+                        _ = severed.changed() => {}
                     }
                 }
                 Some(acceptor) => {
@@ -195,6 +214,7 @@ async fn accept_loop(
                     tokio::select! {
                         _ = conn => {}
                         _ = killed.changed() => {}
+                        _ = severed.changed() => {}
                     }
                 }
             }

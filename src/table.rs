@@ -24,8 +24,9 @@ pub struct Region {
     pub jurisdiction: Option<String>,
     pub location: Option<Location>,
     pub endpoints: Box<[EndpointSpec]>,
-    /// Present when any endpoint is `https://`.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS with ALPN `http/1.1` and `h2`; present when any endpoint is `https://`.
+    pub tls_http1: Option<Arc<rustls::ClientConfig>>,
+    pub tls_http2: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug)]
@@ -88,15 +89,16 @@ impl RoutingTable {
                 .endpoints
                 .iter()
                 .any(|e| e.scheme == http::uri::Scheme::HTTPS);
-            let tls = if needs_tls {
+            let (tls_http1, tls_http2) = if needs_tls {
                 let cfg = tls::client_config(&r.tls).map_err(|source| TableError::RegionTls {
                     index,
                     region: r.name.clone(),
                     source: Box::new(source),
                 })?;
-                Some(Arc::new(cfg))
+                let (h1, h2) = crate::pool::alpn_configs(&cfg);
+                (Some(h1), Some(h2))
             } else {
-                None
+                (None, None)
             };
             regions.push(Region {
                 id: RegionId(index as u16),
@@ -106,7 +108,8 @@ impl RoutingTable {
                 jurisdiction: r.jurisdiction.clone(),
                 location: r.location,
                 endpoints: r.endpoints.clone().into_boxed_slice(),
-                tls,
+                tls_http1,
+                tls_http2,
             });
         }
         let id_of = |name: &RegionName| {

@@ -317,3 +317,71 @@ async fn no_route_gets_404_with_a_reason() {
     assert_eq!(r.status, 404);
     assert!(r.body.contains("no route"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn refused_region_fails_over_even_for_a_post_with_a_body() {
+    let b = region("b").await;
+    let toml = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
+         endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n\
+         [[regions]]\nname = \"b\"\nendpoints = [{{ url = \"{}\" }}]\n",
+        refused_port(),
+        b.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    // Nothing was sent to the dead region, so the body still goes somewhere.
+    let post = http::Request::post(router.url("/count"))
+        .body(Full::new(Bytes::from_static(b"twelve bytes")))
+        .unwrap();
+    let r = send(&h1_client(), post).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "12\n"));
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let c = h1_client();
+    for _ in 0..10 {
+        assert_eq!(get(&c, &router.url("/")).await.status, 200);
+    }
+    assert_eq!(a.requests(), 10);
+    assert_eq!(a.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_region_is_replaced_without_error() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let c = h1_client();
+    assert_eq!(get(&c, &router.url("/")).await.status, 200);
+    a.sever();
+    // The router may not have seen the close yet; either way the client sees no error.
+    let post = http::Request::post(router.url("/count"))
+        .body(Full::new(Bytes::from_static(b"abc")))
+        .unwrap();
+    let r = send(&c, post).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "3\n"));
+    assert_eq!(a.connections(), 2);
+}
+
+#[tokio::test]
+async fn host_can_be_rewritten_to_the_endpoint() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\npreserve_host = false\n")).await;
+    let req = http::Request::get(router.url("/echo"))
+        .header("host", "shop.example.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&h1_client(), req).await;
+    assert!(
+        r.body.contains(&format!("host: {}\n", a.addr())),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("x-forwarded-host: shop.example.com\n"),
+        "{}",
+        r.body
+    );
+}

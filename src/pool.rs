@@ -1,0 +1,386 @@
+//! Upstream connections, pooled per worker thread and per endpoint: HTTP/1.1 senders
+//! reused most-recent-first, one multiplexed HTTP/2 sender, TLS by rustls.
+//!
+//! Why not hyper-util's legacy client: it hands the request over before it
+//! connects, so a connect failure loses the request (no failover for a POST), and
+//! it spawns a task per HTTP/1.1 request to return the connection. Here the
+//! connection exists before the request is committed, and a sender goes back to
+//! the pool when its response body ends. See README "Performance" for numbers.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::{EndpointSpec, Protocol};
+use crate::table::{Region, RoutingTable};
+
+/// A request body on its way upstream: the client's (with the size limit), or none.
+pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+
+/// Where a pooled sender belongs: table generation, region, endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    generation: u64,
+    region: u16,
+    endpoint: u16,
+}
+
+#[derive(Default)]
+struct EndpointPool {
+    /// Idle HTTP/1.1 senders, most recently returned last.
+    idle: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    http2: Option<http2::SendRequest<UpstreamBody>>,
+}
+
+#[derive(Default)]
+struct ThreadPools {
+    generation: u64,
+    /// `[region][endpoint]`.
+    endpoints: Vec<Vec<EndpointPool>>,
+    /// Round-robin position per region.
+    next: Vec<usize>,
+    max_idle: usize,
+    idle_timeout: std::time::Duration,
+}
+
+thread_local! {
+    static POOLS: RefCell<ThreadPools> = RefCell::new(ThreadPools::default());
+}
+
+fn with_pools<R>(table: &RoutingTable, f: impl FnOnce(&mut ThreadPools) -> R) -> R {
+    POOLS.with(|cell| {
+        let mut pools = cell.borrow_mut();
+        if pools.generation != table.generation() {
+            // A new table: start afresh; the old connections close as they drop.
+            *pools = ThreadPools {
+                generation: table.generation(),
+                endpoints: table
+                    .regions()
+                    .iter()
+                    .map(|r| {
+                        r.endpoints
+                            .iter()
+                            .map(|_| EndpointPool::default())
+                            .collect()
+                    })
+                    .collect(),
+                next: vec![0; table.regions().len()],
+                max_idle: table.settings.upstream.pool_max_idle_per_endpoint,
+                idle_timeout: table.settings.upstream.pool_idle_timeout,
+            };
+        }
+        f(&mut pools)
+    })
+}
+
+/// Why no connection could be had. The request was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {authority} timed out")]
+    Timeout { authority: String },
+    #[error("connect to {authority}: {source}")]
+    Io {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("TLS to {authority}: {source}")]
+    Tls {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("{authority} is not a valid TLS server name")]
+    ServerName { authority: String },
+    #[error("HTTP handshake with {authority}: {source}")]
+    Handshake {
+        authority: String,
+        source: hyper::Error,
+    },
+}
+
+/// A failed send: with the request back when none of it reached the upstream.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: hyper::Error,
+    pub unsent: Option<Request<UpstreamBody>>,
+}
+
+/// A connection ready for one request.
+pub struct Lease {
+    sender: Sender,
+    slot: Slot,
+    /// Came from the pool (it may have gone stale) rather than freshly connected.
+    pub reused: bool,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<UpstreamBody>),
+    Http2(http2::SendRequest<UpstreamBody>),
+}
+
+/// The next endpoint of `region` for this thread, round-robin.
+pub fn pick_endpoint(table: &RoutingTable, region: &Region) -> usize {
+    if region.endpoints.len() == 1 {
+        return 0;
+    }
+    with_pools(table, |p| {
+        let n = &mut p.next[usize::from(region.id.0)];
+        *n = n.wrapping_add(1);
+        *n % region.endpoints.len()
+    })
+}
+
+/// A pooled connection to endpoint `endpoint` of `region`, or a new one.
+pub async fn checkout(
+    table: &RoutingTable,
+    region: &Region,
+    endpoint: usize,
+) -> Result<Lease, ConnectError> {
+    let slot = Slot {
+        generation: table.generation(),
+        region: region.id.0,
+        endpoint: endpoint as u16,
+    };
+    let ep = &region.endpoints[endpoint];
+    let pooled = with_pools(table, |p| {
+        let idle_timeout = p.idle_timeout;
+        let pool = &mut p.endpoints[usize::from(slot.region)][endpoint];
+        match ep.protocol {
+            Protocol::Http1 => {
+                while let Some((s, since)) = pool.idle.pop() {
+                    if !s.is_closed() && since.elapsed() < idle_timeout {
+                        return Some(Sender::Http1(s));
+                    }
+                }
+                None
+            }
+            Protocol::Http2 => match &pool.http2 {
+                Some(s) if !s.is_closed() => Some(Sender::Http2(s.clone())),
+                _ => None,
+            },
+        }
+    });
+    if let Some(sender) = pooled {
+        return Ok(Lease {
+            sender,
+            slot,
+            reused: true,
+        });
+    }
+    let timeout = table.settings.upstream.connect_timeout;
+    let sender = tokio::time::timeout(timeout, connect(region, ep))
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            authority: ep.authority.to_string(),
+        })??;
+    if let Sender::Http2(s) = &sender {
+        let s = s.clone();
+        with_pools(table, |p| {
+            p.endpoints[usize::from(slot.region)][endpoint].http2 = Some(s);
+        });
+    }
+    Ok(Lease {
+        sender,
+        slot,
+        reused: false,
+    })
+}
+
+impl Lease {
+    /// Sends the request. An HTTP/1.1 sender returns to the pool when the response
+    /// body has been read to its end.
+    pub async fn send(self, req: Request<UpstreamBody>) -> Result<Response<PooledBody>, SendError> {
+        match self.sender {
+            Sender::Http1(mut s) => {
+                if let Err(error) = s.ready().await {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    });
+                }
+                match s.try_send_request(req).await {
+                    Ok(resp) => {
+                        // An upgraded connection is no longer HTTP: never pool it.
+                        let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                            .then_some((s, self.slot));
+                        Ok(resp.map(|body| PooledBody { body, back }))
+                    }
+                    Err(mut e) => Err(SendError {
+                        unsent: e.take_message(),
+                        error: e.into_error(),
+                    }),
+                }
+            }
+            Sender::Http2(mut s) => match s.try_send_request(req).await {
+                Ok(resp) => Ok(resp.map(|body| PooledBody { body, back: None })),
+                Err(mut e) => Err(SendError {
+                    unsent: e.take_message(),
+                    error: e.into_error(),
+                }),
+            },
+        }
+    }
+}
+
+/// An upstream response body that gives its connection back when it ends.
+#[derive(Debug)]
+pub struct PooledBody {
+    body: Incoming,
+    back: Option<(http1::SendRequest<UpstreamBody>, Slot)>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        let Some((sender, slot)) = self.back.take() else {
+            return;
+        };
+        POOLS.with(|cell| {
+            let Ok(mut p) = cell.try_borrow_mut() else {
+                return;
+            };
+            if p.generation != slot.generation {
+                return;
+            }
+            let max_idle = p.max_idle;
+            let Some(pool) = p
+                .endpoints
+                .get_mut(usize::from(slot.region))
+                .and_then(|r| r.get_mut(usize::from(slot.endpoint)))
+            else {
+                return;
+            };
+            if pool.idle.len() >= max_idle {
+                // Full: the oldest idle connection makes room.
+                pool.idle.remove(0);
+            }
+            pool.idle.push((sender, Instant::now()));
+        });
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+async fn connect(region: &Region, ep: &EndpointSpec) -> Result<Sender, ConnectError> {
+    let authority = || ep.authority.to_string();
+    let host = ep.authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let default_port = if ep.scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let port = ep.authority.port_u16().unwrap_or(default_port);
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|source| ConnectError::Io {
+            authority: authority(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    if ep.scheme != http::uri::Scheme::HTTPS {
+        return handshake(tcp, ep).await;
+    }
+    let tls = match ep.protocol {
+        Protocol::Http1 => region.tls_http1.clone(),
+        Protocol::Http2 => region.tls_http2.clone(),
+    }
+    .expect("regions with https endpoints have TLS configs");
+    let name = ServerName::try_from(host.to_owned()).map_err(|_| ConnectError::ServerName {
+        authority: authority(),
+    })?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|source| ConnectError::Tls {
+            authority: authority(),
+            source,
+        })?;
+    handshake(stream, ep).await
+}
+
+async fn handshake<I>(io: I, ep: &EndpointSpec) -> Result<Sender, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let failed = |source| ConnectError::Handshake {
+        authority: ep.authority.to_string(),
+        source,
+    };
+    match ep.protocol {
+        Protocol::Http1 => {
+            let (sender, conn) = http1::handshake(io).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+        Protocol::Http2 => {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(std::time::Duration::from_secs(20))
+                .handshake(io)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            Ok(Sender::Http2(sender))
+        }
+    }
+}
+
+/// TLS client configs with the ALPN of each protocol, built once per region.
+pub fn alpn_configs(
+    base: &rustls::ClientConfig,
+) -> (Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>) {
+    let mut h1 = base.clone();
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut h2 = base.clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    (Arc::new(h1), Arc::new(h2))
+}
