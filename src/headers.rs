@@ -5,7 +5,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never the message (plus the legacy
 /// `proxy-connection` that some clients still send).
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_COUNT: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -24,26 +25,70 @@ pub const X_GEOROUTER_REGION: HeaderName = HeaderName::from_static("x-georouter-
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `TE: trailers` survives (gRPC needs it end to end); other `TE` values do not.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    // One pass over the names finds what is there; most messages carry none of
+    // these or only `Connection`, and a removal costs a hash and a probe.
+    let mut found: [Option<HeaderName>; HOP_COUNT + 1] = Default::default();
+    let mut n = 0;
+    let mut connection = false;
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || name == header::TE {
+            connection |= name == header::CONNECTION;
+            if n < found.len() {
+                found[n] = Some(name.clone());
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    if connection {
+        remove_connection_named(headers);
+    }
+    for name in found.into_iter().flatten() {
+        if name == header::TE {
+            let keep = headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            if keep {
+                continue;
+            }
+        }
+        headers.remove(name);
+    }
+}
+
+/// Removes the headers that `Connection` names (RFC 9110 7.6.1). `keep-alive`,
+/// `close` and `upgrade` name nothing extra: the common case allocates nothing.
+fn remove_connection_named(headers: &mut HeaderMap) {
+    let names_extra = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| !is_connection_option(t.trim_ascii()));
+    if !names_extra {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|t| !is_connection_option(t.trim_ascii()))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        if name != header::TE {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
-        }
-    }
+}
+
+/// Connection options that are not header names (or name one removed anyway).
+fn is_connection_option(token: &[u8]) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// The protocol a request asks to switch to (`Connection: upgrade` + `Upgrade: x`).

@@ -54,6 +54,10 @@ struct ThreadPools {
     next: Vec<usize>,
     max_idle: usize,
     idle_timeout: std::time::Duration,
+    /// When a sender last came back: a clock reading that checkouts reuse. It can
+    /// only be earlier than now, so at worst a stale connection is tried, found
+    /// closed, and replaced (see `forward`).
+    last_return: Option<Instant>,
 }
 
 thread_local! {
@@ -80,6 +84,7 @@ fn with_pools<R>(table: &RoutingTable, f: impl FnOnce(&mut ThreadPools) -> R) ->
                 next: vec![0; table.regions().len()],
                 max_idle: table.settings.upstream.pool_max_idle_per_endpoint,
                 idle_timeout: table.settings.upstream.pool_idle_timeout,
+                last_return: None,
             };
         }
         f(&mut pools)
@@ -156,11 +161,14 @@ pub async fn checkout(
     let ep = &region.endpoints[endpoint];
     let pooled = with_pools(table, |p| {
         let idle_timeout = p.idle_timeout;
+        let now = p.last_return;
         let pool = &mut p.endpoints[usize::from(slot.region)][endpoint];
         match ep.protocol {
             Protocol::Http1 => {
                 while let Some((s, since)) = pool.idle.pop() {
-                    if !s.is_closed() && since.elapsed() < idle_timeout {
+                    let idle_for =
+                        now.map_or(Default::default(), |n| n.saturating_duration_since(since));
+                    if !s.is_closed() && idle_for < idle_timeout {
                         return Some(Sender::Http1(s));
                     }
                 }
@@ -180,7 +188,9 @@ pub async fn checkout(
         });
     }
     let timeout = table.settings.upstream.connect_timeout;
-    let sender = tokio::time::timeout(timeout, connect(region, ep))
+    // Boxed: a TLS handshake's state is large, and it would otherwise make every
+    // request's future (moved into each HTTP/2 stream's task) as large.
+    let sender = Box::pin(tokio::time::timeout(timeout, connect(region, ep)))
         .await
         .map_err(|_| ConnectError::Timeout {
             authority: ep.authority.to_string(),
@@ -254,6 +264,8 @@ impl PooledBody {
                 return;
             }
             let max_idle = p.max_idle;
+            let now = Instant::now();
+            p.last_return = Some(now);
             let Some(pool) = p
                 .endpoints
                 .get_mut(usize::from(slot.region))
@@ -265,7 +277,7 @@ impl PooledBody {
                 // Full: the oldest idle connection makes room.
                 pool.idle.remove(0);
             }
-            pool.idle.push((sender, Instant::now()));
+            pool.idle.push((sender, now));
         });
     }
 }

@@ -129,14 +129,15 @@ pub async fn handle(
     conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
     let _active = conn.activity.begin();
     let table = conn.state.table.load_full();
-    let log = table
-        .settings
-        .access_log
-        .then(|| (req.method().clone(), req.uri().clone(), req.version()));
-    let (resp, region) = match proxy(&conn, &table, req).await {
+    let log = table.settings.access_log.then(|| {
+        let head = (req.method().clone(), req.uri().clone(), req.version());
+        (Instant::now(), head)
+    });
+    // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
+    // future several times while spawning its task; a box is moved as a pointer.
+    let (resp, region) = match Box::pin(proxy(&conn, &table, req)).await {
         Ok((resp, region)) => (resp, Some(region)),
         Err(e) => {
             if log.is_none() && e.status().is_server_error() {
@@ -145,7 +146,7 @@ pub async fn handle(
             (e.into_response(), None)
         }
     };
-    if let Some((method, uri, version)) = log {
+    if let Some((started, (method, uri, version))) = log {
         tracing::info!(
             target: "georouter::access",
             peer = %conn.peer.0,

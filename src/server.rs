@@ -286,45 +286,32 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     )
 }
 
-/// Activity of one connection, for the idle deadline.
-#[derive(Debug)]
+/// Activity of one connection, for the idle deadline: requests started and in
+/// flight. Counters only, so a request costs no clock read.
+#[derive(Debug, Default)]
 pub struct Activity {
-    opened: Instant,
-    /// Milliseconds after `opened` when the last request started.
-    last_request_ms: AtomicU64,
+    started: AtomicU64,
     in_flight: AtomicU32,
 }
 
 impl Activity {
     pub fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            last_request_ms: AtomicU64::new(0),
-            in_flight: AtomicU32::new(0),
-        }
+        Self::default()
     }
 
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn begin(&self) -> ActiveRequest<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_request_ms.store(ms, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(self)
     }
 
-    /// How long the connection has had no request in flight; `None` while busy.
-    fn idle_for(&self) -> Option<Duration> {
+    /// Requests started so far, or `None` while one is in flight.
+    fn quiet_mark(&self) -> Option<u64> {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
-        Some(self.opened.elapsed().saturating_sub(last))
-    }
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
+        Some(self.started.load(Ordering::Relaxed))
     }
 }
 
@@ -350,11 +337,18 @@ async fn serve_connection<I>(
     let svc = service_fn(move |req| proxy::handle(svc_conn.clone(), req));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(served);
-    let idle = tokio::time::sleep(limits.idle_timeout);
+    // The idle check runs every half idle_timeout: a connection that started no
+    // request over two checks in a row (and has none in flight) has been idle for
+    // at least idle_timeout, and at most 1.5 times it.
+    let period = limits.idle_timeout / 2;
+    let idle = tokio::time::sleep(period);
     tokio::pin!(idle);
+    let mut last_mark = conn.activity.quiet_mark();
+    let mut quiet_checks = 0u32;
     let mut draining = false;
     loop {
         tokio::select! {
+            biased;
             r = served.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %peer.0, error = %e, "connection ended with an error");
@@ -366,14 +360,15 @@ async fn serve_connection<I>(
                 served.as_mut().graceful_shutdown();
             }
             _ = &mut idle, if !draining => {
-                match conn.activity.idle_for() {
-                    Some(d) if d >= limits.idle_timeout => {
-                        // Graceful: HTTP/2 sends GOAWAY and lets open streams finish.
-                        draining = true;
-                        served.as_mut().graceful_shutdown();
-                    }
-                    Some(d) => idle.as_mut().reset(Instant::now() + (limits.idle_timeout - d)),
-                    None => idle.as_mut().reset(Instant::now() + limits.idle_timeout),
+                let mark = conn.activity.quiet_mark();
+                quiet_checks = if mark.is_some() && mark == last_mark { quiet_checks + 1 } else { 0 };
+                last_mark = mark;
+                if quiet_checks >= 2 {
+                    // Graceful: HTTP/2 sends GOAWAY and lets open streams finish.
+                    draining = true;
+                    served.as_mut().graceful_shutdown();
+                } else {
+                    idle.as_mut().reset(Instant::now() + period);
                 }
             }
         }
