@@ -130,6 +130,8 @@ pub struct ConnLimits {
     pub max_headers: usize,
     pub http2_max_concurrent_streams: u32,
     pub shutdown_grace: Duration,
+    /// Accept failures that were not about one connection (EMFILE, ENFILE, ...).
+    pub accept_errors: Arc<AtomicU64>,
 }
 
 impl ConnLimits {
@@ -144,6 +146,7 @@ impl ConnLimits {
             max_headers: settings.max_headers,
             http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
             shutdown_grace: settings.shutdown_grace,
+            accept_errors: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -217,6 +220,7 @@ pub async fn serve(
                         continue;
                     }
                     // EMFILE, ENFILE, ENOBUFS...: wait for resources, never exit.
+                    limits.accept_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

@@ -84,3 +84,38 @@ async fn shutdown_grace_bounds_the_wait_for_a_hung_request() {
         .expect("shutdown is bounded by the grace period")
         .unwrap();
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\nmax_connections = 1\n")).await;
+    let first = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(first))
+        .await
+        .unwrap();
+    let first_conn = tokio::spawn(conn);
+    let req = || {
+        http::Request::get("/")
+            .header("host", "x")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(send.send_request(req()).await.unwrap().status(), 200);
+
+    // The second connection is not accepted while the first one holds the slot.
+    let url = router.url("/");
+    let second = tokio::spawn(async move { get(&h1_client(), &url).await });
+    let waited = tokio::time::timeout(Duration::from_millis(300), async {
+        while !second.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "a connection over the cap was served");
+    assert_eq!(a.requests(), 1);
+
+    drop(send);
+    first_conn.await.unwrap().unwrap();
+    let r = second.await.unwrap();
+    assert_eq!(r.status, 200);
+}

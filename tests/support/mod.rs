@@ -27,6 +27,8 @@ pub struct TestRouter {
     pub addrs: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub state: Arc<State>,
+    /// Accept failures such as EMFILE, as the accept loop counts them.
+    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
     stop: watch::Sender<bool>,
     served: tokio::task::JoinHandle<()>,
 }
@@ -41,6 +43,7 @@ impl TestRouter {
             .map(|l| l.tcp.local_addr().unwrap())
             .collect();
         let limits = ConnLimits::new(&config.server);
+        let accept_errors = limits.accept_errors.clone();
         let state = Arc::new(State::new(config).expect("compile table"));
         let (stop, shutdown) = watch::channel(false);
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -55,6 +58,7 @@ impl TestRouter {
             addrs,
             admin,
             state,
+            accept_errors,
             stop,
             served,
         }
