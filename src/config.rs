@@ -69,6 +69,9 @@ impl Invalid {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerSettings,
+    pub client: ClientSettings,
+    /// The geo database, if any.
+    pub geo_database: Option<PathBuf>,
     pub listeners: Vec<ListenerSpec>,
     pub admin: AdminSettings,
     pub upstream: UpstreamSettings,
@@ -92,6 +95,11 @@ pub struct ServerSettings {
     pub preserve_host: bool,
     pub region_header: bool,
     pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +235,7 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Config, Invalid> {
         let mut errs = Invalid::default();
         let server = server(raw.server, &mut errs);
+        let client = client(raw.client, &mut errs);
         let listeners = listeners(raw.listeners, &mut errs);
         let admin = admin(raw.admin, &mut errs);
         let upstream = upstream(raw.upstream, &mut errs);
@@ -235,6 +244,8 @@ impl TryFrom<RawConfig> for Config {
         if errs.0.is_empty() {
             Ok(Config {
                 server,
+                client,
+                geo_database: raw.geo.database,
                 listeners,
                 admin,
                 upstream,
@@ -292,6 +303,32 @@ fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
         region_header: s.region_header,
         access_log: s.access_log,
     }
+}
+
+fn client(c: raw::RawClient, errs: &mut Invalid) -> ClientSettings {
+    let trusted_proxies = c
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let parsed = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    errs.push(
+                        format!("client.trusted_proxies[{i}]"),
+                        format!(
+                            "{s:?} is not a CIDR or an IP address (e.g. \"10.0.0.0/8\", \"::1\")"
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    ClientSettings { trusted_proxies }
 }
 
 fn socket_addr(path: &str, value: &str, errs: &mut Invalid) -> SocketAddr {

@@ -1,23 +1,96 @@
-//! Geography of a client address. This issue ships the seam only: a lookup that
-//! knows nothing; the mmdb reader plugs in behind the same trait.
+//! Geography of a client address: a MaxMind DB (GeoIP2/GeoLite2 Country and City
+//! records, or the flat `country_code` records of free country databases), read
+//! memory-mapped, with the continent and centroid of a country filled in when the
+//! database has only the country.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
 
 use crate::config::Location;
+
+mod countries;
+
+pub use countries::{centroid, continent_of};
+
+/// The free country database shipped in `data/` (see `data/README.md`).
+pub const DEFAULT_DATABASE: &str = "data/geo-whois-asn-country.mmdb";
 
 /// What the router knows about where an address is. All optional: a private or
 /// unknown address has none of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GeoFacts {
     /// ISO 3166-1 alpha-2, upper case.
-    pub country: Option<[u8; 2]>,
-    /// Two-letter continent code (EU, NA, SA, AS, AF, OC, AN).
-    pub continent: Option<[u8; 2]>,
+    pub country: Option<Code>,
+    /// Two-letter continent code (AF, AN, AS, EU, NA, OC, SA).
+    pub continent: Option<Code>,
+    /// First-level subdivision, ISO 3166-2 without the country (`BY` for DE-BY).
+    pub subdivision: Option<Code3>,
     pub location: Option<Location>,
+}
+
+/// A two-letter upper-case code, stored inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Code(pub [u8; 2]);
+
+impl Code {
+    /// Parses two ASCII letters, any case.
+    pub fn parse(s: &str) -> Option<Code> {
+        match s.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Code([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A subdivision code of one to three ASCII alphanumerics, stored inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Code3 {
+    bytes: [u8; 3],
+    len: u8,
+}
+
+impl Code3 {
+    pub fn parse(s: &str) -> Option<Code3> {
+        let b = s.as_bytes();
+        if b.is_empty() || b.len() > 3 || !b.iter().all(u8::is_ascii_alphanumeric) {
+            return None;
+        }
+        let mut bytes = [0u8; 3];
+        for (d, s) in bytes.iter_mut().zip(b) {
+            *d = s.to_ascii_uppercase();
+        }
+        Some(Code3 {
+            bytes,
+            len: b.len() as u8,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
 }
 
 pub trait GeoLookup: std::fmt::Debug + Send + Sync + 'static {
     fn lookup(&self, ip: IpAddr) -> GeoFacts;
+
+    /// What the database is, for `explain` and logs.
+    fn describe(&self) -> String {
+        "no geo database".to_owned()
+    }
 }
 
 /// The lookup used when no database is configured.
@@ -27,5 +100,172 @@ pub struct NoGeo;
 impl GeoLookup for NoGeo {
     fn lookup(&self, _ip: IpAddr) -> GeoFacts {
         GeoFacts::default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("{path}: cannot open the geo database: {source}")]
+    Open {
+        path: PathBuf,
+        source: maxminddb::MaxMindDbError,
+    },
+    #[error("{path}: the geo database is empty")]
+    Empty { path: PathBuf },
+    #[error("{path}: the geo database is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: maxminddb::MaxMindDbError,
+    },
+}
+
+/// A MaxMind DB file, memory-mapped.
+pub struct MmdbGeo {
+    reader: maxminddb::Reader<maxminddb::Mmap>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for MmdbGeo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmdbGeo").field("path", &self.path).finish()
+    }
+}
+
+/// The fields georouter reads from either record schema; everything else in a
+/// record is skipped.
+#[derive(Deserialize, Default)]
+struct Record<'a> {
+    #[serde(borrow, default)]
+    country: Option<IsoCode<'a>>,
+    #[serde(borrow, default)]
+    registered_country: Option<IsoCode<'a>>,
+    #[serde(borrow, default)]
+    continent: Option<ContinentCode<'a>>,
+    #[serde(borrow, default)]
+    subdivisions: Option<Vec<IsoCode<'a>>>,
+    #[serde(default)]
+    location: Option<RecordLocation>,
+    /// The flat schema of free country databases.
+    #[serde(borrow, default)]
+    country_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct IsoCode<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct ContinentCode<'a> {
+    #[serde(borrow, default)]
+    code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct RecordLocation {
+    #[serde(default)]
+    latitude: Option<f64>,
+    #[serde(default)]
+    longitude: Option<f64>,
+}
+
+impl MmdbGeo {
+    /// Opens and checks a database: a file that is not a MaxMind DB, is
+    /// truncated, or holds no record is refused here, not at the first request.
+    pub fn open(path: &Path) -> Result<MmdbGeo, GeoError> {
+        // SAFETY: the map is read-only; it is undefined behaviour only if the file is
+        // changed in place while mapped. Databases are replaced by renaming a new
+        // file over the old one (as geoipupdate does), which leaves this map intact;
+        // the configuration reference says so.
+        #[allow(unsafe_code)]
+        let opened = unsafe { maxminddb::Reader::open_mmap(path) };
+        let reader = opened.map_err(|source| GeoError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        if reader.metadata().node_count == 0 {
+            return Err(GeoError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        // A full `verify()` also rejects real databases over cosmetic metadata
+        // (an empty description map); probing lookups catches broken trees and data.
+        let geo = MmdbGeo {
+            reader,
+            path: path.to_owned(),
+        };
+        for probe in ["1.1.1.1", "80.128.0.1", "203.0.113.1", "2001:4860::1"] {
+            let ip: IpAddr = probe.parse().expect("probe addresses are valid");
+            if ip.is_ipv6() && geo.reader.metadata().ip_version == 4 {
+                continue;
+            }
+            let found = geo.reader.lookup(ip).map_err(|source| GeoError::Corrupt {
+                path: path.to_owned(),
+                source,
+            })?;
+            found
+                .decode::<Record<'_>>()
+                .map_err(|source| GeoError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(geo)
+    }
+
+    /// The database's type and build time, as its metadata says.
+    pub fn build(&self) -> (String, u64) {
+        let m = self.reader.metadata();
+        (m.database_type.clone(), m.build_epoch)
+    }
+
+    fn record(&self, ip: IpAddr) -> Option<GeoFacts> {
+        let found = self.reader.lookup(ip).ok()?;
+        let r: Record<'_> = found.decode().ok()??;
+        let country = r
+            .country
+            .and_then(|c| c.iso_code)
+            .or(r.country_code)
+            .or(r.registered_country.and_then(|c| c.iso_code))
+            .and_then(Code::parse);
+        let continent = r
+            .continent
+            .and_then(|c| c.code)
+            .and_then(Code::parse)
+            .or_else(|| country.and_then(continent_of));
+        let subdivision = r
+            .subdivisions
+            .as_ref()
+            .and_then(|s| s.first())
+            .and_then(|s| s.iso_code)
+            .and_then(Code3::parse);
+        let location = match r.location {
+            Some(RecordLocation {
+                latitude: Some(lat),
+                longitude: Some(lon),
+            }) => Some(Location { lat, lon }),
+            _ => country.and_then(centroid),
+        };
+        Some(GeoFacts {
+            country,
+            continent,
+            subdivision,
+            location,
+        })
+    }
+}
+
+impl GeoLookup for MmdbGeo {
+    fn lookup(&self, ip: IpAddr) -> GeoFacts {
+        self.record(ip).unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        let (kind, epoch) = self.build();
+        let built = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch),
+        );
+        format!("{} ({kind}, built {built})", self.path.display())
     }
 }

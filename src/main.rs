@@ -38,6 +38,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Geography tools.
+    Geo {
+        #[command(subcommand)]
+        command: GeoCommand,
+    },
     /// Run the embedded default: four simulated regions and the router in front.
     Demo {
         /// Where the router listens.
@@ -52,6 +57,17 @@ enum Command {
         /// Artificial latency of a simulated region, e.g. `eu-west=40ms` (repeatable).
         #[arg(long, value_name = "REGION=DURATION", value_parser = parse_latency)]
         latency: Vec<(String, Duration)>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeoCommand {
+    /// Print what the router knows about an address.
+    Lookup {
+        ip: std::net::IpAddr,
+        /// A MaxMind DB file (default: the database shipped in data/).
+        #[arg(long, value_name = "FILE", default_value = georouter::geo::DEFAULT_DATABASE)]
+        db: PathBuf,
     },
 }
 
@@ -75,6 +91,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
+        Command::Geo {
+            command: GeoCommand::Lookup { ip, db },
+        } => geo_lookup(ip, &db),
         Command::Run { config } => control_runtime().and_then(|rt| rt.block_on(run(config))),
         Command::Demo {
             listen,
@@ -100,6 +119,26 @@ fn control_runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the control runtime")
+}
+
+fn geo_lookup(ip: std::net::IpAddr, db: &std::path::Path) -> Result<()> {
+    use georouter::geo::{GeoLookup, MmdbGeo};
+    let geo = MmdbGeo::open(db)?;
+    let f = geo.lookup(ip);
+    let show = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    println!("ip           {ip}");
+    println!("country      {}", show(f.country.map(|c| c.to_string())));
+    println!("continent    {}", show(f.continent.map(|c| c.to_string())));
+    println!(
+        "subdivision  {}",
+        show(f.subdivision.map(|c| c.as_str().to_owned()))
+    );
+    println!(
+        "location     {}",
+        show(f.location.map(|l| format!("{:.4}, {:.4}", l.lat, l.lon)))
+    );
+    println!("database     {}", geo.describe());
+    Ok(())
 }
 
 fn check(path: &std::path::Path) -> Result<()> {

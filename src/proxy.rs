@@ -42,7 +42,7 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(state: Arc<State>, peer: PeerAddr, tls: bool) -> Self {
-        let ip = identity::client_ip(peer).0;
+        let ip = peer.ip();
         Self {
             state,
             peer,
@@ -216,7 +216,7 @@ async fn proxy(
     }
 
     // The decision: pure, over the snapshots this request started with.
-    let client = identity::client_ip(conn.peer);
+    let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
     let mut host_buf = [0u8; 256];
     let facts = RequestFacts {
         client,

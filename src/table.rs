@@ -8,7 +8,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::config::{Config, EndpointSpec, Location, RegionName, UpstreamSettings};
-use crate::geo::{GeoLookup, NoGeo};
+use crate::geo::{GeoLookup, MmdbGeo, NoGeo};
+use crate::identity::TrustedProxies;
 use crate::tls::{self, TlsError};
 
 /// Index of a region in [`RoutingTable::regions`]; only meaningful with its table.
@@ -40,6 +41,7 @@ pub struct Route {
 /// Settings the data plane reads per request; they change with a reload.
 #[derive(Debug, Clone)]
 pub struct RequestSettings {
+    pub trusted_proxies: TrustedProxies,
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
     pub preserve_host: bool,
@@ -73,6 +75,8 @@ pub enum TableError {
     },
     #[error("more than {} regions", u16::MAX)]
     TooManyRegions,
+    #[error("geo.database: {0}")]
+    Geo(#[from] crate::geo::GeoError),
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -151,6 +155,10 @@ impl RoutingTable {
             .map(|(k, v)| (k, by_prefix(v)))
             .collect();
         let any_host = by_prefix(any_host);
+        let geo: Arc<dyn GeoLookup> = match &config.geo_database {
+            Some(path) => Arc::new(MmdbGeo::open(path)?),
+            None => Arc::new(NoGeo),
+        };
         let s = &config.server;
         Ok(RoutingTable {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
@@ -160,6 +168,7 @@ impl RoutingTable {
             wildcard,
             any_host,
             settings: RequestSettings {
+                trusted_proxies: TrustedProxies::new(config.client.trusted_proxies.clone()),
                 max_uri_bytes: s.max_uri_bytes,
                 max_body_bytes: s.max_body_bytes,
                 preserve_host: s.preserve_host,
@@ -167,7 +176,7 @@ impl RoutingTable {
                 access_log: s.access_log,
                 upstream: config.upstream.clone(),
             },
-            geo: Arc::new(NoGeo),
+            geo,
         })
     }
 

@@ -14,6 +14,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
+    pub client: RawClient,
+    #[serde(default)]
+    pub geo: RawGeo,
+    #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
     pub upstream: RawUpstream,
@@ -88,6 +92,20 @@ pub struct RawCertificate {
     /// SNI names this certificate answers; `*.example.com` matches one label.
     #[serde(default)]
     pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClient {
+    /// CIDRs (or addresses) of proxies whose X-Forwarded-For / Forwarded is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGeo {
+    /// A MaxMind DB file (GeoIP2/GeoLite2 Country or City, or a `country_code` database).
+    pub database: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
