@@ -2,6 +2,14 @@
 //! each with its dotted path (`regions[2].endpoints[0].url: ...`) and what to change.
 
 pub mod raw;
+mod routing;
+
+pub use routing::{JurisdictionSpec, RuleSpec, Steering};
+
+/// Limits of the routing part of a policy.
+pub mod routing_limits {
+    pub use super::routing::MAX_CANDIDATES;
+}
 
 use std::collections::HashSet;
 use std::fmt;
@@ -57,7 +65,7 @@ impl fmt::Display for Invalid {
 impl std::error::Error for Invalid {}
 
 impl Invalid {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -76,6 +84,9 @@ pub struct Config {
     pub admin: AdminSettings,
     pub upstream: UpstreamSettings,
     pub regions: Vec<RegionSpec>,
+    pub jurisdictions: Vec<JurisdictionSpec>,
+    /// Header naming the user's home jurisdiction, believed from trusted proxies.
+    pub residency_header: Option<http::HeaderName>,
     pub routes: Vec<RouteSpec>,
 }
 
@@ -191,8 +202,10 @@ pub struct RouteSpec {
     /// Lower-case host (`api.example.com`, `*.example.com`), or `None` for any host.
     pub host: Option<String>,
     pub path_prefix: String,
-    /// Candidate regions in priority order.
+    /// Candidate regions in priority order, when no rule matches.
     pub regions: Vec<RegionName>,
+    pub steering: Steering,
+    pub rules: Vec<RuleSpec>,
 }
 
 impl Config {
@@ -240,7 +253,10 @@ impl TryFrom<RawConfig> for Config {
         let admin = admin(raw.admin, &mut errs);
         let upstream = upstream(raw.upstream, &mut errs);
         let regions = regions(raw.regions, &mut errs);
-        let routes = routes(raw.routes, &regions, &mut errs);
+        let jurisdictions = routing::jurisdictions(raw.jurisdictions, &regions, &mut errs);
+        let residency_header = routing::residency_header(raw.residency, &mut errs);
+        let routes = routing::routes(raw.routes, &regions, &mut errs);
+        routing::check_fences(&routes, &regions, &jurisdictions, &mut errs);
         if errs.0.is_empty() {
             Ok(Config {
                 server,
@@ -250,6 +266,8 @@ impl TryFrom<RawConfig> for Config {
                 admin,
                 upstream,
                 regions,
+                jurisdictions,
+                residency_header,
                 routes,
             })
         } else {
@@ -576,88 +594,4 @@ fn endpoint(path: &str, e: &raw::RawEndpoint, errs: &mut Invalid) -> Option<Endp
         authority: authority.clone(),
         protocol,
     })
-}
-
-fn routes(raw: Vec<raw::RawRoute>, regions: &[RegionSpec], errs: &mut Invalid) -> Vec<RouteSpec> {
-    let known: HashSet<&str> = regions.iter().map(|r| r.name.as_str()).collect();
-    let raw = if raw.is_empty() {
-        // No route: every request goes to the regions in the order they are declared.
-        let mut names: Vec<String> = Vec::new();
-        for r in regions {
-            if !names.iter().any(|n| n == r.name.as_str()) {
-                names.push(r.name.as_str().to_owned());
-            }
-        }
-        vec![raw::RawRoute {
-            name: Some("default".to_owned()),
-            host: None,
-            path_prefix: None,
-            regions: names,
-        }]
-    } else {
-        raw
-    };
-    let mut seen = HashSet::new();
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let path = format!("routes[{i}]");
-            let host = r.host.as_deref().and_then(|h| {
-                let h = h.trim_end_matches('.').to_ascii_lowercase();
-                let bare = h.strip_prefix("*.").unwrap_or(&h);
-                if bare.is_empty() || bare.contains(['/', '*', ' ']) {
-                    errs.push(
-                        format!("{path}.host"),
-                        format!("{h:?} is not a host name (e.g. \"api.example.com\", \"*.example.com\", or leave it out for any host)"),
-                    );
-                }
-                (h != "*").then_some(h)
-            });
-            let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_owned());
-            if !path_prefix.starts_with('/') {
-                errs.push(
-                    format!("{path}.path_prefix"),
-                    format!("{path_prefix:?} must start with '/'"),
-                );
-            }
-            if !seen.insert((host.clone(), path_prefix.clone())) {
-                errs.push(
-                    path.clone(),
-                    format!(
-                        "another route already matches host {} and path prefix {path_prefix:?}",
-                        host.as_deref().unwrap_or("*")
-                    ),
-                );
-            }
-            if r.regions.is_empty() {
-                errs.push(format!("{path}.regions"), "a route needs at least one region");
-            }
-            let mut listed = HashSet::new();
-            for (j, name) in r.regions.iter().enumerate() {
-                if !known.contains(name.as_str()) {
-                    errs.push(
-                        format!("{path}.regions[{j}]"),
-                        format!("no region named {name:?} (known: {})", sorted(&known)),
-                    );
-                } else if !listed.insert(name) {
-                    errs.push(
-                        format!("{path}.regions[{j}]"),
-                        format!("{name:?} is listed twice"),
-                    );
-                }
-            }
-            RouteSpec {
-                name: r.name.unwrap_or_else(|| format!("routes[{i}]")),
-                host,
-                path_prefix,
-                regions: r.regions.iter().map(|n| RegionName::new(n)).collect(),
-            }
-        })
-        .collect()
-}
-
-fn sorted(names: &HashSet<&str>) -> String {
-    let mut v: Vec<&str> = names.iter().copied().collect();
-    v.sort_unstable();
-    v.join(", ")
 }

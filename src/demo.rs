@@ -2,6 +2,7 @@
 //! `config/demo.toml` in front of them, so a fresh clone has something to curl.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, FromTomlError};
@@ -25,17 +26,23 @@ pub async fn spawn_regions(latency: impl Fn(&str) -> Duration) -> std::io::Resul
     Ok(regions)
 }
 
-/// The demo policy with its listener, admin address and region URLs filled in.
+/// The demo policy with its listener, admin address and region URLs filled in,
+/// and the geo database when there is one.
 pub fn config(
     listen: SocketAddr,
     admin: SocketAddr,
     regions: &[SimRegion],
+    geo_database: Option<&Path>,
 ) -> Result<Config, FromTomlError> {
     let mut text = POLICY
         .replace("@LISTEN@", &listen.to_string())
         .replace("@ADMIN@", &admin.to_string());
     for r in regions {
         text = text.replace(&format!("@URL:{}@", r.name()), &r.url());
+    }
+    if let Some(db) = geo_database {
+        let path = db.display().to_string().replace('\\', "/");
+        text.push_str(&format!("\n[geo]\ndatabase = {path:?}\n"));
     }
     Config::from_toml(&text)
 }
@@ -45,12 +52,15 @@ pub fn banner(listen: SocketAddr, admin: SocketAddr) -> String {
     format!(
         "georouter demo: 4 simulated regions ({regions}) behind http://{listen}\n\
          admin API on http://{admin}\n\n\
-         Try:\n  \
-         curl -i http://{listen}/                                  # default route: us-east first\n  \
-         curl -i http://{listen}/eu/orders                         # europe route: eu-west, then eu-central\n  \
-         curl -i --http2-prior-knowledge http://{listen}/ap/       # h2c, asia route: ap-southeast\n  \
-         curl -s http://{listen}/echo                              # what the region received (X-Forwarded-*)\n  \
-         curl -s http://{admin}/regions                      # regions and their state\n\n\
+         Loopback is a trusted proxy here, so X-Forwarded-For plays a client anywhere:\n  \
+         curl -i -H 'X-Forwarded-For: 80.128.0.1' http://{listen}/    # Germany (EU resident): eu-west\n  \
+         curl -i -H 'X-Forwarded-For: 8.8.8.8' http://{listen}/       # United States: us-east\n  \
+         curl -i -H 'X-Forwarded-For: 1.0.16.1' http://{listen}/      # Japan: ap-southeast\n  \
+         curl -i -H 'X-Forwarded-For: 8.8.8.8' -H 'x-georouter-home: eu' http://{listen}/\n  \
+                                                                 # EU resident travelling in the US: eu-west\n  \
+         curl -i --http2-prior-knowledge http://{listen}/             # h2c\n  \
+         curl -s http://{listen}/echo                                 # what the region received\n  \
+         curl -s http://{admin}/regions                         # regions and their state\n\n\
          Ctrl-C stops it (in-flight requests finish first).\n",
         regions = REGIONS.join(", "),
     )
@@ -67,9 +77,12 @@ mod tests {
             "127.0.0.1:8080".parse().unwrap(),
             "127.0.0.1:9901".parse().unwrap(),
             &regions,
+            Some(Path::new("data/geo-whois-asn-country.mmdb")),
         )
         .unwrap();
         assert_eq!(c.regions.len(), 4);
-        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.jurisdictions.len(), 1);
+        assert_eq!(c.routes[0].rules.len(), 3);
+        assert!(c.geo_database.is_some());
     }
 }

@@ -28,8 +28,8 @@ pub enum ForwardError {
         region: RegionName,
         source: hyper::Error,
     },
-    #[error("request body over the limit")]
-    BodyTooLarge,
+    #[error("request body over {limit} bytes")]
+    BodyTooLarge { limit: u64 },
 }
 
 /// The response and the region that gave it.
@@ -156,7 +156,9 @@ pub async fn forward<'t>(
                     unsent: None,
                 })) => {
                     if is_body_limit(&error) {
-                        return Err(ForwardError::BodyTooLarge);
+                        return Err(ForwardError::BodyTooLarge {
+                            limit: table.settings.max_body_bytes,
+                        });
                     }
                     let failed = ForwardError::Failed {
                         region: region.name.clone(),

@@ -54,6 +54,9 @@ enum Command {
         /// Bearer token for mutating admin calls.
         #[arg(long)]
         admin_token: Option<String>,
+        /// Geo database (the shipped country database by default).
+        #[arg(long, value_name = "FILE", default_value = georouter::geo::DEFAULT_DATABASE)]
+        db: PathBuf,
         /// Artificial latency of a simulated region, e.g. `eu-west=40ms` (repeatable).
         #[arg(long, value_name = "REGION=DURATION", value_parser = parse_latency)]
         latency: Vec<(String, Duration)>,
@@ -99,9 +102,10 @@ fn main() -> ExitCode {
             listen,
             admin,
             admin_token,
+            db,
             latency,
         } => control_runtime()
-            .and_then(|rt| rt.block_on(run_demo(listen, admin, admin_token, latency))),
+            .and_then(|rt| rt.block_on(run_demo(listen, admin, admin_token, db, latency))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -215,6 +219,7 @@ async fn run_demo(
     listen: SocketAddr,
     admin: SocketAddr,
     _admin_token: Option<String>,
+    db: PathBuf,
     latency: Vec<(String, Duration)>,
 ) -> Result<()> {
     for (name, _) in &latency {
@@ -232,7 +237,11 @@ async fn run_demo(
     })
     .await
     .context("cannot start the simulated regions")?;
-    let config = demo::config(listen, admin, &regions)?;
+    let db = db.exists().then_some(db.as_path()).or_else(|| {
+        tracing::warn!(db = %db.display(), "no geo database: every client takes the default regions (run from the repository root, or pass --db)");
+        None
+    });
+    let config = demo::config(listen, admin, &regions, db)?;
     println!("{}", demo::banner(listen, admin));
     serve(config).await
 }

@@ -72,6 +72,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("no serving region for route {route}")]
     NoServingRegion { route: Box<str> },
+    #[error("no serving region in jurisdiction {jurisdiction}; data residency forbids serving this request from another region")]
+    ResidencyRefused { jurisdiction: Box<str> },
     #[error("region {region} unreachable: {detail}")]
     UpstreamConnect { region: RegionName, detail: String },
     #[error("region {region} did not answer within {timeout:?}")]
@@ -91,7 +93,9 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoServingRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServingRegion { .. } | ProxyError::ResidencyRefused { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -102,7 +106,7 @@ impl ProxyError {
     /// Seconds a client should wait before retrying, where waiting helps.
     fn retry_after(&self) -> Option<&'static str> {
         match self {
-            ProxyError::NoServingRegion { .. } => Some("5"),
+            ProxyError::NoServingRegion { .. } | ProxyError::ResidencyRefused { .. } => Some("5"),
             _ => None,
         }
     }
@@ -216,24 +220,43 @@ async fn proxy(
     }
 
     // The decision: pure, over the snapshots this request started with.
+    let peer_trusted = settings.trusted_proxies.contains(conn.peer.ip());
     let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
+    let home = match &table.residency_header {
+        Some(name) if peer_trusted => req.headers().get(name).and_then(|v| v.to_str().ok()),
+        _ => None,
+    };
     let mut host_buf = [0u8; 256];
     let facts = RequestFacts {
         client,
         geo: table.geo().lookup(client.0),
         host: request_host(&req, &mut host_buf),
         path: req.uri().path(),
+        home,
     };
     let decision = policy::decide(table, &facts).map_err(|r| match r {
         Refusal::NoRoute => ProxyError::NoRoute,
     })?;
     let route = decision.route;
     let states = conn.state.states.load_full();
-    let mut regions = select::serving(table, &states, decision.candidates).peekable();
+    let mut regions = select::serving(table, &states, &decision.candidates).peekable();
     if regions.peek().is_none() {
-        return Err(ProxyError::NoServingRegion {
-            route: route.name.clone(),
+        return Err(match decision.pin {
+            Some(pin) if decision.fenced => {
+                let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
+                tracing::warn!(%jurisdiction, client = %client.0, route = %route.name, "residency refusal: no serving region inside the jurisdiction");
+                ProxyError::ResidencyRefused { jurisdiction }
+            }
+            _ => ProxyError::NoServingRegion {
+                route: route.name.clone(),
+            },
         });
+    }
+    if !peer_trusted {
+        if let Some(name) = &table.residency_header {
+            // A client may not choose its own jurisdiction.
+            req.headers_mut().remove(name);
+        }
     }
 
     // The upstream request head, built once.
@@ -278,23 +301,20 @@ async fn proxy(
         Either::Left(Limited::new(body, limit))
     };
     let req = Request::from_parts(parts, body);
+    let fenced_in = decision
+        .pin
+        .filter(|_| decision.fenced)
+        .map(|p| table.jurisdiction(p.jurisdiction).name.clone());
     let forwarded = forward::forward(table, regions, req, replayable)
         .await
-        .map_err(|e| match e {
-            ForwardError::Connect { region, source } => ProxyError::UpstreamConnect {
-                region,
-                detail: source.to_string(),
-            },
-            ForwardError::Timeout { region, timeout } => {
-                ProxyError::UpstreamTimeout { region, timeout }
+        .map_err(|e| match (e, fenced_in) {
+            // Every region of the jurisdiction is unreachable: say so, and that
+            // the request was not sent anywhere else.
+            (ForwardError::Connect { .. }, Some(jurisdiction)) => {
+                tracing::warn!(%jurisdiction, client = %client.0, "residency refusal: every region inside the jurisdiction is unreachable");
+                ProxyError::ResidencyRefused { jurisdiction }
             }
-            ForwardError::Failed { region, source } => ProxyError::UpstreamFailed {
-                region,
-                detail: error_chain(&source),
-            },
-            ForwardError::BodyTooLarge => ProxyError::BodyTooLarge {
-                limit: settings.max_body_bytes,
-            },
+            (e, _) => e.into(),
         })?;
     let region = forwarded.region;
     Ok((
@@ -306,6 +326,25 @@ async fn proxy(
         ),
         region.name.clone(),
     ))
+}
+
+impl From<ForwardError> for ProxyError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Connect { region, source } => ProxyError::UpstreamConnect {
+                region,
+                detail: source.to_string(),
+            },
+            ForwardError::Timeout { region, timeout } => {
+                ProxyError::UpstreamTimeout { region, timeout }
+            }
+            ForwardError::Failed { region, source } => ProxyError::UpstreamFailed {
+                region,
+                detail: error_chain(&source),
+            },
+            ForwardError::BodyTooLarge { limit } => ProxyError::BodyTooLarge { limit },
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

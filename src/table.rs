@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::config::Steering;
 use crate::config::{Config, EndpointSpec, Location, RegionName, UpstreamSettings};
-use crate::geo::{GeoLookup, MmdbGeo, NoGeo};
+use crate::geo::{Code, GeoFacts, GeoLookup, MmdbGeo, NoGeo};
 use crate::identity::TrustedProxies;
 use crate::tls::{self, TlsError};
+use ipnet::IpNet;
 
 /// Index of a region in [`RoutingTable::regions`]; only meaningful with its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,9 +36,85 @@ pub struct Region {
 pub struct Route {
     pub name: Box<str>,
     pub path_prefix: Box<str>,
-    /// Candidate regions in priority order.
+    /// Candidate regions in priority order, when no rule matches.
     pub candidates: Box<[RegionId]>,
+    pub steering: Steering,
+    /// Candidate lists of the route's rules, by rule index.
+    pub rules: Box<[Box<[RegionId]>]>,
+    /// Rule index per country (`Code::index`), `NO_RULE` for none.
+    by_country: Box<[u16; COUNTRY_SLOTS]>,
+    /// Rule index per continent (AF, AN, AS, EU, NA, OC, SA).
+    by_continent: [u16; 7],
+    /// CIDR rules, in policy order; the first that contains the client wins.
+    cidrs: Box<[(IpNet, u16)]>,
 }
+
+/// Which list of a route a request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    Cidr(u16),
+    Country(u16),
+    Continent(u16),
+    Default,
+}
+
+impl Matched {
+    pub fn rule(self) -> Option<u16> {
+        match self {
+            Matched::Cidr(r) | Matched::Country(r) | Matched::Continent(r) => Some(r),
+            Matched::Default => None,
+        }
+    }
+}
+
+impl Route {
+    /// The list for a client: a CIDR rule, then its country, then its continent,
+    /// then the route's own regions. Table lookups only.
+    pub fn candidates_for(&self, ip: std::net::IpAddr, geo: &GeoFacts) -> (Matched, &[RegionId]) {
+        if let Some(&(_, k)) = self.cidrs.iter().find(|(net, _)| net.contains(&ip)) {
+            return (Matched::Cidr(k), &self.rules[usize::from(k)]);
+        }
+        if let Some(k) = geo
+            .country
+            .and_then(|c| slot(&self.by_country[..], c.index()))
+        {
+            return (Matched::Country(k), &self.rules[usize::from(k)]);
+        }
+        if let Some(k) = geo
+            .continent
+            .and_then(|c| slot(&self.by_continent[..], continent_index(c)?))
+        {
+            return (Matched::Continent(k), &self.rules[usize::from(k)]);
+        }
+        (Matched::Default, &self.candidates)
+    }
+}
+
+const NO_RULE: u16 = u16::MAX;
+const COUNTRY_SLOTS: usize = 26 * 26;
+
+fn slot(table: &[u16], index: usize) -> Option<u16> {
+    table.get(index).copied().filter(|&k| k != NO_RULE)
+}
+
+fn continent_index(c: Code) -> Option<usize> {
+    ["AF", "AN", "AS", "EU", "NA", "OC", "SA"]
+        .iter()
+        .position(|k| k.as_bytes() == c.0)
+}
+
+/// A jurisdiction as the decision sees it.
+#[derive(Debug)]
+pub struct Jurisdiction {
+    pub name: Box<str>,
+    pub strict: bool,
+    /// Its regions, in declaration order.
+    pub regions: Box<[RegionId]>,
+}
+
+/// Index of a jurisdiction in [`RoutingTable::jurisdictions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JurisdictionId(pub u8);
 
 /// Settings the data plane reads per request; they change with a reload.
 #[derive(Debug, Clone)]
@@ -63,6 +141,10 @@ pub struct RoutingTable {
     any_host: Box<[usize]>,
     pub settings: RequestSettings,
     geo: Arc<dyn GeoLookup>,
+    jurisdictions: Box<[Jurisdiction]>,
+    /// Jurisdiction index per country (`Code::index`), `u8::MAX` for none.
+    resident_of: Box<[u8; COUNTRY_SLOTS]>,
+    pub residency_header: Option<http::HeaderName>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +157,8 @@ pub enum TableError {
     },
     #[error("more than {} regions", u16::MAX)]
     TooManyRegions,
+    #[error("more than {} jurisdictions", u8::MAX - 1)]
+    TooManyJurisdictions,
     #[error("geo.database: {0}")]
     Geo(#[from] crate::geo::GeoError),
 }
@@ -126,10 +210,59 @@ impl RoutingTable {
         let routes: Vec<Route> = config
             .routes
             .iter()
-            .map(|r| Route {
-                name: r.name.as_str().into(),
-                path_prefix: r.path_prefix.as_str().into(),
-                candidates: r.regions.iter().map(id_of).collect(),
+            .map(|r| {
+                let mut by_country = Box::new([NO_RULE; COUNTRY_SLOTS]);
+                let mut by_continent = [NO_RULE; 7];
+                let mut cidrs = Vec::new();
+                for (k, rule) in r.rules.iter().enumerate() {
+                    let k = k as u16;
+                    for c in &rule.countries {
+                        by_country[c.index()] = k;
+                    }
+                    for c in &rule.continents {
+                        if let Some(i) = continent_index(*c) {
+                            by_continent[i] = k;
+                        }
+                    }
+                    cidrs.extend(rule.cidrs.iter().map(|n| (*n, k)));
+                }
+                Route {
+                    name: r.name.as_str().into(),
+                    path_prefix: r.path_prefix.as_str().into(),
+                    candidates: r.regions.iter().map(id_of).collect(),
+                    steering: r.steering,
+                    rules: r
+                        .rules
+                        .iter()
+                        .map(|rule| rule.regions.iter().map(id_of).collect())
+                        .collect(),
+                    by_country,
+                    by_continent,
+                    cidrs: cidrs.into_boxed_slice(),
+                }
+            })
+            .collect();
+        if config.jurisdictions.len() >= usize::from(u8::MAX) {
+            return Err(TableError::TooManyJurisdictions);
+        }
+        let mut resident_of = Box::new([u8::MAX; COUNTRY_SLOTS]);
+        let jurisdictions = config
+            .jurisdictions
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                for c in &j.countries {
+                    resident_of[c.index()] = i as u8;
+                }
+                Jurisdiction {
+                    name: j.name.as_str().into(),
+                    strict: j.strict,
+                    regions: regions
+                        .iter()
+                        .filter(|r| r.jurisdiction.as_deref() == Some(j.name.as_str()))
+                        .map(|r| r.id)
+                        .collect(),
+                }
             })
             .collect();
 
@@ -177,6 +310,9 @@ impl RoutingTable {
                 upstream: config.upstream.clone(),
             },
             geo,
+            jurisdictions,
+            resident_of,
+            residency_header: config.residency_header.clone(),
         })
     }
 
@@ -220,6 +356,27 @@ impl RoutingTable {
             }
         }
         pick(&self.any_host)
+    }
+
+    pub fn jurisdictions(&self) -> &[Jurisdiction] {
+        &self.jurisdictions
+    }
+
+    pub fn jurisdiction(&self, id: JurisdictionId) -> &Jurisdiction {
+        &self.jurisdictions[usize::from(id.0)]
+    }
+
+    pub fn jurisdiction_by_name(&self, name: &str) -> Option<JurisdictionId> {
+        self.jurisdictions
+            .iter()
+            .position(|j| j.name.eq_ignore_ascii_case(name))
+            .map(|i| JurisdictionId(i as u8))
+    }
+
+    /// The jurisdiction whose residents live in `country`.
+    pub fn resident_of(&self, country: Code) -> Option<JurisdictionId> {
+        let j = *self.resident_of.get(country.index())?;
+        (j != u8::MAX).then_some(JurisdictionId(j))
     }
 
     /// The geography source this table was compiled with.

@@ -4,31 +4,11 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+mod support;
+
 use georouter::geo::{Code, GeoError, GeoLookup, MmdbGeo};
-use maxminddb_writer::paths::IpAddrWithMask;
 use serde_json::json;
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("georouter-geo-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Writes an IPv4 database: each CIDR maps to its record.
-fn write_db(name: &str, kind: &str, entries: &[(&str, serde_json::Value)]) -> PathBuf {
-    let mut db = maxminddb_writer::Database::default();
-    db.metadata.database_type = kind.to_owned();
-    db.metadata.binary_format_major_version = 2;
-    db.metadata.build_epoch = 1_763_769_600; // 2025-11-22
-    for (cidr, record) in entries {
-        let data = db.insert_value(record).unwrap();
-        db.insert_node(cidr.parse::<IpAddrWithMask>().unwrap(), data);
-    }
-    let path = dir().join(name);
-    let file = std::fs::File::create(&path).unwrap();
-    db.write_to(std::io::BufWriter::new(file)).unwrap();
-    path
-}
+use support::{mmdb_dir as dir, write_mmdb as write_db};
 
 fn country_db() -> PathBuf {
     write_db(

@@ -24,7 +24,33 @@ pub struct RawConfig {
     #[serde(default)]
     pub regions: Vec<RawRegion>,
     #[serde(default)]
+    pub jurisdictions: Vec<RawJurisdiction>,
+    #[serde(default)]
+    pub residency: RawResidency,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJurisdiction {
+    pub name: String,
+    /// Strict: residents are served only by this jurisdiction's regions, or refused.
+    #[serde(default = "yes")]
+    pub strict: bool,
+    /// ISO country codes whose residents belong to this jurisdiction.
+    pub countries: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawResidency {
+    /// A header, set by a trusted gateway, naming the user's home jurisdiction.
+    pub header: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -195,5 +221,21 @@ pub struct RawRoute {
     pub host: Option<String>,
     #[serde(default)]
     pub path_prefix: Option<String>,
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub steering: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(default)]
+    pub countries: Vec<String>,
+    #[serde(default)]
+    pub continents: Vec<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
     pub regions: Vec<String>,
 }

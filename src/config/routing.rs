@@ -1,0 +1,346 @@
+//! Validation of the routing part of a policy: routes, their geo rules and
+//! steering, jurisdictions, and the residency fence checked at load.
+
+use std::collections::{HashMap, HashSet};
+
+use ipnet::IpNet;
+
+use super::{raw, Invalid, RegionName, RegionSpec, RouteSpec};
+use crate::geo::{continent_of, Code};
+
+/// How a route orders its candidate regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// The order written in the policy.
+    Failover,
+    /// Nearest region first (great-circle distance from the client).
+    Proximity,
+    /// Lowest measured RTT first; the written order until probes report.
+    Latency,
+}
+
+/// One geo rule of a route: who it matches and where they go.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    pub countries: Vec<Code>,
+    pub continents: Vec<Code>,
+    pub cidrs: Vec<IpNet>,
+    pub regions: Vec<RegionName>,
+}
+
+/// A data-residency jurisdiction. Its regions are those whose `jurisdiction`
+/// names it.
+#[derive(Debug, Clone)]
+pub struct JurisdictionSpec {
+    pub name: String,
+    pub strict: bool,
+    pub countries: Vec<Code>,
+}
+
+/// The most regions one candidate list may hold (decisions keep them inline).
+pub const MAX_CANDIDATES: usize = 16;
+
+const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+
+fn sorted(names: &HashSet<&str>) -> String {
+    let mut v: Vec<&str> = names.iter().copied().collect();
+    v.sort_unstable();
+    v.join(", ")
+}
+
+/// Checks a candidate list: known regions, each once, not too many.
+fn region_list(path: &str, names: &[String], known: &HashSet<&str>, errs: &mut Invalid) {
+    if names.is_empty() {
+        errs.push(format!("{path}.regions"), "needs at least one region");
+    }
+    if names.len() > MAX_CANDIDATES {
+        errs.push(
+            format!("{path}.regions"),
+            format!("{} regions; at most {MAX_CANDIDATES}", names.len()),
+        );
+    }
+    let mut listed = HashSet::new();
+    for (j, name) in names.iter().enumerate() {
+        if !known.contains(name.as_str()) {
+            errs.push(
+                format!("{path}.regions[{j}]"),
+                format!("no region named {name:?} (known: {})", sorted(known)),
+            );
+        } else if !listed.insert(name) {
+            errs.push(
+                format!("{path}.regions[{j}]"),
+                format!("{name:?} is listed twice"),
+            );
+        }
+    }
+}
+
+fn codes(path: &str, values: &[String], what: &str, errs: &mut Invalid) -> Vec<Code> {
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(k, v)| {
+            let code =
+                Code::parse(v).filter(|c| what != "continent" || CONTINENTS.contains(&c.as_str()));
+            if code.is_none() {
+                let hint = if what == "continent" {
+                    "one of AF, AN, AS, EU, NA, OC, SA"
+                } else {
+                    "an ISO 3166-1 alpha-2 code such as \"DE\""
+                };
+                errs.push(
+                    format!("{path}[{k}]"),
+                    format!("{v:?} is not a {what} code: use {hint}"),
+                );
+            }
+            code
+        })
+        .collect()
+}
+
+pub(super) fn routes(
+    raw: Vec<raw::RawRoute>,
+    regions: &[RegionSpec],
+    errs: &mut Invalid,
+) -> Vec<RouteSpec> {
+    let known: HashSet<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+    let raw = if raw.is_empty() {
+        // No route: every request goes to the regions in the order they are declared.
+        let mut names: Vec<String> = Vec::new();
+        for r in regions {
+            if !names.iter().any(|n| n == r.name.as_str()) {
+                names.push(r.name.as_str().to_owned());
+            }
+        }
+        vec![raw::RawRoute {
+            name: Some("default".to_owned()),
+            host: None,
+            path_prefix: None,
+            regions: names,
+            steering: None,
+            rules: Vec::new(),
+        }]
+    } else {
+        raw
+    };
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let path = format!("routes[{i}]");
+            let host = r.host.as_deref().and_then(|h| {
+                let h = h.trim_end_matches('.').to_ascii_lowercase();
+                let bare = h.strip_prefix("*.").unwrap_or(&h);
+                if bare.is_empty() || bare.contains(['/', '*', ' ']) {
+                    errs.push(
+                        format!("{path}.host"),
+                        format!("{h:?} is not a host name (e.g. \"api.example.com\", \"*.example.com\", or leave it out for any host)"),
+                    );
+                }
+                (h != "*").then_some(h)
+            });
+            let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_owned());
+            if !path_prefix.starts_with('/') {
+                errs.push(
+                    format!("{path}.path_prefix"),
+                    format!("{path_prefix:?} must start with '/'"),
+                );
+            }
+            if !seen.insert((host.clone(), path_prefix.clone())) {
+                errs.push(
+                    path.clone(),
+                    format!(
+                        "another route already matches host {} and path prefix {path_prefix:?}",
+                        host.as_deref().unwrap_or("*")
+                    ),
+                );
+            }
+            region_list(&path, &r.regions, &known, errs);
+            let steering = match r.steering.as_deref() {
+                None | Some("failover") => Steering::Failover,
+                Some("proximity") => Steering::Proximity,
+                Some("latency") => Steering::Latency,
+                Some(other) => {
+                    errs.push(
+                        format!("{path}.steering"),
+                        format!("{other:?} is not a steering mode: use \"failover\", \"proximity\" or \"latency\""),
+                    );
+                    Steering::Failover
+                }
+            };
+            let rules = r
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(j, rule)| {
+                    let rpath = format!("{path}.rules[{j}]");
+                    region_list(&rpath, &rule.regions, &known, errs);
+                    if rule.countries.is_empty() && rule.continents.is_empty() && rule.cidrs.is_empty() {
+                        errs.push(rpath.clone(), "a rule needs countries, continents or cidrs to match");
+                    }
+                    let cidrs = rule
+                        .cidrs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, c)| match c.parse::<IpNet>() {
+                            Ok(n) => Some(n.trunc()),
+                            Err(_) => {
+                                errs.push(format!("{rpath}.cidrs[{k}]"), format!("{c:?} is not a CIDR (e.g. \"198.51.100.0/24\")"));
+                                None
+                            }
+                        })
+                        .collect();
+                    RuleSpec {
+                        countries: codes(&format!("{rpath}.countries"), &rule.countries, "country", errs),
+                        continents: codes(&format!("{rpath}.continents"), &rule.continents, "continent", errs),
+                        cidrs,
+                        regions: rule.regions.iter().map(|n| RegionName::new(n)).collect(),
+                    }
+                })
+                .collect::<Vec<_>>();
+            let mut claimed: HashMap<String, usize> = HashMap::new();
+            for (j, rule) in rules.iter().enumerate() {
+                let keys = rule
+                    .countries
+                    .iter()
+                    .map(|c| format!("country {c}"))
+                    .chain(rule.continents.iter().map(|c| format!("continent {c}")));
+                for key in keys {
+                    if let Some(first) = claimed.insert(key.clone(), j) {
+                        errs.push(
+                            format!("{path}.rules[{j}]"),
+                            format!("{key} is already matched by {path}.rules[{first}]"),
+                        );
+                    }
+                }
+            }
+            RouteSpec {
+                name: r.name.unwrap_or_else(|| format!("routes[{i}]")),
+                host,
+                path_prefix,
+                regions: r.regions.iter().map(|n| RegionName::new(n)).collect(),
+                steering,
+                rules,
+            }
+        })
+        .collect()
+}
+
+pub(super) fn jurisdictions(
+    raw: Vec<raw::RawJurisdiction>,
+    regions: &[RegionSpec],
+    errs: &mut Invalid,
+) -> Vec<JurisdictionSpec> {
+    let mut resident_of: HashMap<Code, String> = HashMap::new();
+    let specs: Vec<JurisdictionSpec> = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let path = format!("jurisdictions[{i}]");
+            if !regions
+                .iter()
+                .any(|r| r.jurisdiction.as_deref() == Some(j.name.as_str()))
+            {
+                errs.push(
+                    format!("{path}.name"),
+                    format!(
+                        "no region has jurisdiction = {:?}: its residents could go nowhere",
+                        j.name
+                    ),
+                );
+            }
+            let countries = codes(&format!("{path}.countries"), &j.countries, "country", errs);
+            for (k, c) in countries.iter().enumerate() {
+                if let Some(other) = resident_of.insert(*c, j.name.clone()) {
+                    errs.push(
+                        format!("{path}.countries[{k}]"),
+                        format!("{c} already belongs to jurisdiction {other:?}"),
+                    );
+                }
+            }
+            JurisdictionSpec {
+                name: j.name,
+                strict: j.strict,
+                countries,
+            }
+        })
+        .collect();
+    for (i, r) in regions.iter().enumerate() {
+        if let Some(j) = &r.jurisdiction {
+            if !specs.iter().any(|s| &s.name == j) {
+                errs.push(
+                    format!("regions[{i}].jurisdiction"),
+                    format!("no jurisdiction named {j:?}: add [[jurisdictions]] with name = {j:?}"),
+                );
+            }
+        }
+    }
+    specs
+}
+
+pub(super) fn residency_header(
+    raw: raw::RawResidency,
+    errs: &mut Invalid,
+) -> Option<http::HeaderName> {
+    let name = raw.header?;
+    match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            errs.push("residency.header", format!("{name:?} is not a header name"));
+            None
+        }
+    }
+}
+
+/// A strict jurisdiction's residents must never be routed outside it. Reject a
+/// rule (or a route's default list) that would send them elsewhere: the country
+/// rule that names their country, else the continent rule of their continent,
+/// else the route's default regions.
+pub(super) fn check_fences(
+    routes: &[RouteSpec],
+    regions: &[RegionSpec],
+    jurisdictions: &[JurisdictionSpec],
+    errs: &mut Invalid,
+) {
+    let jurisdiction_of = |name: &RegionName| {
+        regions
+            .iter()
+            .find(|r| &r.name == name)
+            .and_then(|r| r.jurisdiction.as_deref())
+    };
+    for j in jurisdictions.iter().filter(|j| j.strict) {
+        for (i, route) in routes.iter().enumerate() {
+            let mut reported = HashSet::new();
+            for country in &j.countries {
+                let by_country = route
+                    .rules
+                    .iter()
+                    .position(|r| r.countries.contains(country));
+                let by_continent = || {
+                    let cont = continent_of(*country)?;
+                    route
+                        .rules
+                        .iter()
+                        .position(|r| r.continents.contains(&cont))
+                };
+                let (path, list) = match by_country.or_else(by_continent) {
+                    Some(k) => (format!("routes[{i}].rules[{k}]"), &route.rules[k].regions),
+                    None => (format!("routes[{i}]"), &route.regions),
+                };
+                for (n, region) in list.iter().enumerate() {
+                    if jurisdiction_of(region) != Some(j.name.as_str())
+                        && reported.insert((path.clone(), n))
+                    {
+                        errs.push(
+                            format!("{path}.regions[{n}]"),
+                            format!(
+                                "{region} is outside jurisdiction {:?}, and this list serves its residents (e.g. {country}); strict residency allows only its regions here",
+                                j.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
