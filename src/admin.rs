@@ -1,5 +1,6 @@
 //! The admin API on its own listener (loopback by default): liveness, readiness and
-//! the regions the router knows. Read-only for now; mutating routes need a token.
+//! the regions the router knows, and why a request would go where it goes.
+//! Read-only for now; mutating routes will need a token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,6 +50,50 @@ struct RegionView<'a> {
     endpoints: Vec<String>,
 }
 
+/// `GET /explain?ip=..&host=..&path=..&home=..`: the decision for a hypothetical
+/// request from `ip`, as JSON.
+fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let mut ip = None;
+    let (mut host, mut path, mut home) = (String::new(), "/".to_owned(), None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "ip" => ip = Some(v.into_owned()),
+            "host" => host = v.to_ascii_lowercase(),
+            "path" => path = v.into_owned(),
+            "home" => home = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let Some(ip) = ip else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            "explain needs ?ip=ADDRESS (and optionally host, path, home)\n",
+        );
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!("ip={ip:?} is not an IP address\n"),
+        );
+    };
+    let table = state.table.load();
+    let states = state.states.load();
+    let facts = crate::policy::RequestFacts {
+        client: crate::identity::ClientIp(ip),
+        geo: table.geo().lookup(ip),
+        host: &host,
+        path: &path,
+        home: home.as_deref(),
+    };
+    let e = crate::explain::explain(&table, &states, &facts);
+    let mut body = serde_json::to_vec_pretty(&e).unwrap_or_default();
+    body.push(b'\n');
+    reply(StatusCode::OK, "application/json", body)
+}
+
 fn reply(
     status: StatusCode,
     content_type: &'static str,
@@ -96,7 +141,8 @@ async fn route(
             body.push(b'\n');
             reply(StatusCode::OK, "application/json", body)
         }
-        (_, "/healthz" | "/readyz" | "/regions") => {
+        (&Method::GET, "/explain") => explain(&state, req.uri().query().unwrap_or("")),
+        (_, "/healthz" | "/readyz" | "/regions" | "/explain") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),

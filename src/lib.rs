@@ -22,7 +22,8 @@
 //! [`select`] the decision; [`headers`] header hygiene; [`forward`] upstream
 //! clients; [`proxy`] the per-request service; [`server`] accept loops and
 //! shutdown; [`launch`] worker threads and the admin listener; [`tls`] rustls configs; [`admin`] the admin API; [`sim`] simulated
-//! regional backends for the demo and the tests; [`demo`] the embedded default.
+//! regional backends for the demo and the tests; [`demo`] the embedded default;
+//! [`explain`] why a request goes where it goes; [`pool`] upstream connections.
 
 // One audited exception: the geo database is memory-mapped (src/geo.rs).
 #![deny(unsafe_code)]
@@ -30,6 +31,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod forward;
 pub mod geo;
 pub mod headers;

@@ -141,24 +141,31 @@ pub async fn handle(
     });
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
-    let (resp, region) = match Box::pin(proxy(&conn, &table, req)).await {
-        Ok((resp, region)) => (resp, Some(region)),
+    let (resp, served, error) = match Box::pin(proxy(&conn, &table, req)).await {
+        Ok((resp, served)) => (resp, Some(served), None),
         Err(e) => {
             if log.is_none() && e.status().is_server_error() {
                 tracing::warn!(peer = %conn.peer.0, error = %e, "request failed");
             }
-            (e.into_response(), None)
+            let text = log.is_some().then(|| e.to_string());
+            (e.into_response(), None, text)
         }
     };
     if let Some((started, (method, uri, version))) = log {
+        let (region, why) = match &served {
+            Some(s) => (s.region.as_str(), s.reason.as_deref().unwrap_or("")),
+            None => ("-", error.as_deref().unwrap_or("")),
+        };
         tracing::info!(
             target: "georouter::access",
             peer = %conn.peer.0,
+            client = %served.as_ref().map_or(conn.peer.ip(), |s| s.client),
             method = %method,
             uri = %uri,
             version = ?version,
             status = resp.status().as_u16(),
-            region = region.as_ref().map_or("-", |r| r.as_str()),
+            region,
+            why,
             micros = started.elapsed().as_micros() as u64,
         );
     }
@@ -199,7 +206,7 @@ async fn proxy(
     conn: &Connection,
     table: &RoutingTable,
     mut req: Request<Incoming>,
-) -> Result<(Response<ProxyBody>, RegionName), ProxyError> {
+) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let settings = &table.settings;
     if req.version() == Version::HTTP_11 {
         headers::check_single_host(req.headers()).map_err(|p| match p {
@@ -238,6 +245,9 @@ async fn proxy(
         Refusal::NoRoute => ProxyError::NoRoute,
     })?;
     let route = decision.route;
+    let reason = settings
+        .access_log
+        .then(|| crate::explain::short_reason(table, &decision));
     let states = conn.state.states.load_full();
     let mut regions = select::serving(table, &states, &decision.candidates).peekable();
     if regions.peek().is_none() {
@@ -324,8 +334,20 @@ async fn proxy(
             settings.region_header,
             client_upgrade,
         ),
-        region.name.clone(),
+        Served {
+            region: region.name.clone(),
+            client: client.0,
+            reason,
+        },
     ))
+}
+
+/// What the access log says of a proxied request.
+struct Served {
+    region: RegionName,
+    client: std::net::IpAddr,
+    /// Why this region (route, rule, pin); only when the access log is on.
+    reason: Option<String>,
 }
 
 impl From<ForwardError> for ProxyError {

@@ -132,3 +132,53 @@ async fn an_untrusted_peer_cannot_choose_its_jurisdiction_and_its_claim_is_strip
     assert_eq!(r.headers["x-georouter-region"], "us");
     assert!(!r.body.contains("x-georouter-home"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn explain_says_why_and_why_not() {
+    let (router, _us, eu1, _eu2) = world().await;
+    eu1.kill();
+    let admin = format!("http://{}", router.admin);
+    let r = get(
+        &h1_client(),
+        &format!("{admin}/explain?ip=80.128.0.1&path=/cart"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(e["client_ip"], "80.128.0.1");
+    assert_eq!(e["geo"]["country"], "DE");
+    assert_eq!(e["geo"]["continent"], "EU");
+    assert!(
+        e["database"].as_str().unwrap().contains("built 2025-11-22"),
+        "{e}"
+    );
+    assert_eq!(e["matched"], "rules[0] (continent)");
+    assert_eq!(e["pin"]["jurisdiction"], "eu");
+    assert_eq!(e["pin"]["source"], "country");
+    assert_eq!(e["fenced"], true);
+    assert_eq!(e["candidates"], serde_json::json!(["eu1", "eu2"]));
+    // No health checks yet: a killed region still reads as serving.
+    assert_eq!(e["chosen"], "eu1");
+    let verdict = |name: &str| {
+        e["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["region"] == name)
+            .unwrap()["verdict"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(verdict("us"), "excluded: outside jurisdiction eu (strict)");
+    assert_eq!(verdict("eu2"), "fallback #2 if the chosen region fails");
+
+    let r = get(&h1_client(), &format!("{admin}/explain?ip=3.3.3.3&home=eu")).await;
+    let e: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(e["pin"]["source"], "header");
+    assert_eq!(e["chosen"], "eu1");
+
+    let r = get(&h1_client(), &format!("{admin}/explain?ip=nowhere")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("not an IP address"), "{}", r.body);
+}
