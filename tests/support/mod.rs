@@ -261,9 +261,15 @@ pub fn write_mmdb(name: &str, kind: &str, entries: &[(&str, serde_json::Value)])
         let data = db.insert_value(record).unwrap();
         db.insert_node(cidr.parse::<IpAddrWithMask>().unwrap(), data);
     }
+    // Written aside and renamed into place: tests running in parallel may
+    // write the same fixture, and a reader must never see half a file.
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = mmdb_dir().join(name);
-    let file = std::fs::File::create(&path).unwrap();
+    let tmp = mmdb_dir().join(format!(".{name}.{n}.tmp"));
+    let file = std::fs::File::create(&tmp).unwrap();
     db.write_to(std::io::BufWriter::new(file)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     path
 }
 
