@@ -373,6 +373,52 @@ mod tests {
     }
 
     #[test]
+    fn the_most_specific_cidr_wins() {
+        let t = table(
+            r#"
+            [[listeners]]
+            address = "127.0.0.1:0"
+            [[regions]]
+            name = "a"
+            endpoints = [{ url = "http://127.0.0.1:1" }]
+            [[regions]]
+            name = "b"
+            endpoints = [{ url = "http://127.0.0.1:2" }]
+            [[routes]]
+            regions = ["a", "b"]
+            [[routes.rules]]
+            cidrs = ["10.0.0.0/8", "2001:db8::/32"]
+            regions = ["a"]
+            [[routes.rules]]
+            cidrs = ["10.1.0.0/16", "2001:db8:1::/48"]
+            regions = ["b"]
+        "#,
+        );
+        let got = |ip| {
+            let d = decide_for(
+                &t,
+                Ask {
+                    ip,
+                    ..Ask::default()
+                },
+            )
+            .unwrap();
+            (names(&t, &d), d.matched)
+        };
+        assert_eq!(got("10.1.2.3"), (vec!["b".to_owned()], Matched::Cidr(1)));
+        assert_eq!(got("10.2.0.1"), (vec!["a".to_owned()], Matched::Cidr(0)));
+        assert_eq!(
+            got("2001:db8:1::9"),
+            (vec!["b".to_owned()], Matched::Cidr(1))
+        );
+        assert_eq!(
+            got("2001:db8:2::9"),
+            (vec!["a".to_owned()], Matched::Cidr(0))
+        );
+        assert_eq!(got("192.0.2.1").1, Matched::Default);
+    }
+
+    #[test]
     fn unknown_geography_takes_the_default_list() {
         let (r, m, pin, fenced) = world(Ask::default());
         assert_eq!(r, ["us-east", "eu-west", "ap-southeast"]);

@@ -45,8 +45,69 @@ pub struct Route {
     by_country: Box<[u16; COUNTRY_SLOTS]>,
     /// Rule index per continent (AF, AN, AS, EU, NA, OC, SA).
     by_continent: [u16; 7],
-    /// CIDR rules, in policy order; the first that contains the client wins.
-    cidrs: Box<[(IpNet, u16)]>,
+    /// CIDR rules: the longest matching prefix wins.
+    cidrs: CidrTable,
+}
+
+/// Longest-prefix match over CIDR rules: one hash map per prefix length, probed
+/// from the longest length down, so the cost depends on how many distinct
+/// lengths the policy uses, not on how many CIDRs it lists.
+#[derive(Debug, Default)]
+struct CidrTable {
+    v4: Vec<(u8, HashMap<u32, u16>)>,
+    v6: Vec<(u8, HashMap<u128, u16>)>,
+}
+
+impl CidrTable {
+    fn insert(&mut self, net: IpNet, rule: u16) {
+        fn level<K>(levels: &mut Vec<(u8, HashMap<K, u16>)>, len: u8) -> &mut HashMap<K, u16> {
+            let i = match levels.iter().position(|(l, _)| *l == len) {
+                Some(i) => i,
+                None => {
+                    levels.push((len, HashMap::new()));
+                    levels.sort_by(|a, b| b.0.cmp(&a.0));
+                    levels
+                        .iter()
+                        .position(|(l, _)| *l == len)
+                        .expect("just inserted")
+                }
+            };
+            &mut levels[i].1
+        }
+        match net {
+            IpNet::V4(n) => {
+                let key = u32::from(n.network());
+                level(&mut self.v4, n.prefix_len())
+                    .entry(key)
+                    .or_insert(rule);
+            }
+            IpNet::V6(n) => {
+                let key = u128::from(n.network());
+                level(&mut self.v6, n.prefix_len())
+                    .entry(key)
+                    .or_insert(rule);
+            }
+        }
+    }
+
+    fn lookup(&self, ip: std::net::IpAddr) -> Option<u16> {
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().find_map(|(len, m)| {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                    m.get(&(a & mask)).copied()
+                })
+            }
+            std::net::IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().find_map(|(len, m)| {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                    m.get(&(a & mask)).copied()
+                })
+            }
+        }
+    }
 }
 
 /// Which list of a route a request got.
@@ -71,7 +132,7 @@ impl Route {
     /// The list for a client: a CIDR rule, then its country, then its continent,
     /// then the route's own regions. Table lookups only.
     pub fn candidates_for(&self, ip: std::net::IpAddr, geo: &GeoFacts) -> (Matched, &[RegionId]) {
-        if let Some(&(_, k)) = self.cidrs.iter().find(|(net, _)| net.contains(&ip)) {
+        if let Some(k) = self.cidrs.lookup(ip) {
             return (Matched::Cidr(k), &self.rules[usize::from(k)]);
         }
         if let Some(k) = geo
@@ -213,7 +274,7 @@ impl RoutingTable {
             .map(|r| {
                 let mut by_country = Box::new([NO_RULE; COUNTRY_SLOTS]);
                 let mut by_continent = [NO_RULE; 7];
-                let mut cidrs = Vec::new();
+                let mut cidrs = CidrTable::default();
                 for (k, rule) in r.rules.iter().enumerate() {
                     let k = k as u16;
                     for c in &rule.countries {
@@ -224,7 +285,9 @@ impl RoutingTable {
                             by_continent[i] = k;
                         }
                     }
-                    cidrs.extend(rule.cidrs.iter().map(|n| (*n, k)));
+                    for net in &rule.cidrs {
+                        cidrs.insert(*net, k);
+                    }
                 }
                 Route {
                     name: r.name.as_str().into(),
@@ -238,7 +301,7 @@ impl RoutingTable {
                         .collect(),
                     by_country,
                     by_continent,
-                    cidrs: cidrs.into_boxed_slice(),
+                    cidrs,
                 }
             })
             .collect();

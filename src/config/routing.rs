@@ -204,7 +204,8 @@ pub(super) fn routes(
                     .countries
                     .iter()
                     .map(|c| format!("country {c}"))
-                    .chain(rule.continents.iter().map(|c| format!("continent {c}")));
+                    .chain(rule.continents.iter().map(|c| format!("continent {c}")))
+                    .chain(rule.cidrs.iter().map(|c| format!("cidr {c}")));
                 for key in keys {
                     if let Some(first) = claimed.insert(key.clone(), j) {
                         errs.push(
