@@ -100,6 +100,7 @@ fn bench(c: &mut Criterion) {
                 geo: table.geo().lookup(ip),
                 host: "api.example.com",
                 path: "/v1/orders",
+                method: &http::Method::GET,
                 home: None,
             };
             c.bench_function(
@@ -122,6 +123,7 @@ fn bench(c: &mut Criterion) {
                     geo: table.geo().lookup(ip),
                     host: "api.example.com",
                     path: "/v1/orders",
+                    method: &http::Method::GET,
                     home: None,
                 };
                 let d = policy::decide(&table, &facts).unwrap();

@@ -50,18 +50,29 @@ struct RegionView<'a> {
     endpoints: Vec<String>,
 }
 
-/// `GET /explain?ip=..&host=..&path=..&home=..`: the decision for a hypothetical
+/// `GET /explain?ip=..&host=..&path=..&method=..&home=..`: the decision for a hypothetical
 /// request from `ip`, as JSON.
 fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let mut ip = None;
     let (mut host, mut path, mut home) = (String::new(), "/".to_owned(), None);
+    let mut method = http::Method::GET;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
             "ip" => ip = Some(v.into_owned()),
             "host" => host = v.to_ascii_lowercase(),
             "path" => path = v.into_owned(),
             "home" => home = Some(v.into_owned()),
+            "method" => match http::Method::from_bytes(v.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => method = m,
+                Err(_) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        TEXT,
+                        format!("method={v:?} is not an HTTP method\n"),
+                    )
+                }
+            },
             _ => {}
         }
     }
@@ -86,7 +97,10 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
         geo: table.geo().lookup(ip),
         host: &host,
         path: &path,
-        home: home.as_deref(),
+        method: &method,
+        home: home
+            .as_deref()
+            .map(|h| (h, crate::policy::PinSource::Header)),
     };
     let e = crate::explain::explain(&table, &states, &facts);
     let mut body = serde_json::to_vec_pretty(&e).unwrap_or_default();

@@ -4,7 +4,7 @@
 pub mod raw;
 mod routing;
 
-pub use routing::{JurisdictionSpec, RuleSpec, Steering};
+pub use routing::{JurisdictionSpec, Methods, ResidencySpec, RuleSpec, Steering};
 
 /// Limits of the routing part of a policy.
 pub mod routing_limits {
@@ -85,8 +85,8 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub regions: Vec<RegionSpec>,
     pub jurisdictions: Vec<JurisdictionSpec>,
-    /// Header naming the user's home jurisdiction, believed from trusted proxies.
-    pub residency_header: Option<http::HeaderName>,
+    /// How a user's home jurisdiction may be claimed (trusted header, signed cookie).
+    pub residency: ResidencySpec,
     pub routes: Vec<RouteSpec>,
 }
 
@@ -118,6 +118,7 @@ pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
     pub tls: Option<Vec<CertificateSpec>>,
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +205,12 @@ pub struct RouteSpec {
     pub path_prefix: String,
     /// Candidate regions in priority order, when no rule matches.
     pub regions: Vec<RegionName>,
+    pub methods: Methods,
+    /// Whether jurisdictions fence this route's residents.
+    pub residency: bool,
     pub steering: Steering,
+    /// Weights for weighted steering (regions not listed weigh 1).
+    pub weights: Vec<(RegionName, u32)>,
     pub rules: Vec<RuleSpec>,
 }
 
@@ -254,7 +260,7 @@ impl TryFrom<RawConfig> for Config {
         let upstream = upstream(raw.upstream, &mut errs);
         let regions = regions(raw.regions, &mut errs);
         let jurisdictions = routing::jurisdictions(raw.jurisdictions, &regions, &mut errs);
-        let residency_header = routing::residency_header(raw.residency, &mut errs);
+        let residency = routing::residency(raw.residency, &mut errs);
         let routes = routing::routes(raw.routes, &regions, &mut errs);
         routing::check_fences(&routes, &regions, &jurisdictions, &mut errs);
         if errs.0.is_empty() {
@@ -267,7 +273,7 @@ impl TryFrom<RawConfig> for Config {
                 upstream,
                 regions,
                 jurisdictions,
-                residency_header,
+                residency,
                 routes,
             })
         } else {
@@ -418,7 +424,12 @@ fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<ListenerSpec
                     })
                     .collect()
             });
-            ListenerSpec { name, address, tls }
+            ListenerSpec {
+                name,
+                address,
+                tls,
+                proxy_protocol: l.proxy_protocol,
+            }
         })
         .collect()
 }

@@ -12,6 +12,7 @@ use crate::table::{Matched, RoutingTable};
 pub fn short_reason(table: &RoutingTable, d: &Decision<'_>) -> String {
     let matched = match d.matched {
         Matched::Cidr(k) => format!("cidr rule {k}"),
+        Matched::Subdivision(k) => format!("subdivision rule {k}"),
         Matched::Country(k) => format!("country rule {k}"),
         Matched::Continent(k) => format!("continent rule {k}"),
         Matched::Default => "default".to_owned(),
@@ -31,6 +32,7 @@ pub fn short_reason(table: &RoutingTable, d: &Decision<'_>) -> String {
 fn source(s: PinSource) -> &'static str {
     match s {
         PinSource::Header => "header",
+        PinSource::Cookie => "cookie",
         PinSource::Country => "country",
     }
 }
@@ -107,6 +109,7 @@ pub fn explain(
     e.route = Some(d.route.name.to_string());
     e.matched = Some(match d.matched {
         Matched::Cidr(k) => format!("rules[{k}] (client CIDR)"),
+        Matched::Subdivision(k) => format!("rules[{k}] (subdivision)"),
         Matched::Country(k) => format!("rules[{k}] (country)"),
         Matched::Continent(k) => format!("rules[{k}] (continent)"),
         Matched::Default => "the route's regions (no rule matched)".to_owned(),

@@ -177,18 +177,46 @@ fn check(path: &std::path::Path) -> Result<()> {
             endpoints.join(",")
         );
     }
-    for (route, spec) in table.routes().iter().zip(&config.routes) {
-        let regions: Vec<&str> = route
-            .candidates
-            .iter()
+    let names = |ids: &[georouter::table::RegionId]| {
+        ids.iter()
             .map(|&id| table.region(id).name.as_str())
-            .collect();
+            .collect::<Vec<_>>()
+            .join(" > ")
+    };
+    for (route, spec) in table.routes().iter().zip(&config.routes) {
+        let methods = if spec.methods.is_any() { "any" } else { "some" };
         println!(
-            "  route    {:<16} host={} prefix={} -> {}",
+            "  route    {:<16} host={} prefix={} methods={methods} steering={:?} residency={} -> {}",
             route.name,
             spec.host.as_deref().unwrap_or("*"),
             route.path_prefix,
-            regions.join(" > ")
+            spec.steering,
+            spec.residency,
+            names(&route.candidates)
+        );
+        for (k, (rule, ids)) in spec.rules.iter().zip(route.rules.iter()).enumerate() {
+            let mut matches: Vec<String> = Vec::new();
+            matches.extend(rule.cidrs.iter().map(|c| c.to_string()));
+            matches.extend(
+                rule.subdivisions
+                    .iter()
+                    .map(|(c, s)| format!("{c}-{}", s.as_str())),
+            );
+            matches.extend(rule.countries.iter().map(|c| c.to_string()));
+            matches.extend(rule.continents.iter().map(|c| format!("continent {c}")));
+            println!(
+                "             rules[{k}] {} -> {}",
+                matches.join(","),
+                names(ids)
+            );
+        }
+    }
+    for j in table.jurisdictions() {
+        println!(
+            "  jurisdiction {} ({}) regions: {}",
+            j.name,
+            if j.strict { "strict" } else { "not strict" },
+            names(&j.regions)
         );
     }
     Ok(())

@@ -16,8 +16,9 @@ pub struct RequestFacts<'a> {
     /// Lower-case host without port; empty when the request named none.
     pub host: &'a str,
     pub path: &'a str,
-    /// The home jurisdiction a trusted gateway claimed for the user, if any.
-    pub home: Option<&'a str>,
+    pub method: &'a http::Method,
+    /// A home-jurisdiction claim already checked (trusted header or signed cookie).
+    pub home: Option<(&'a str, PinSource)>,
 }
 
 /// Where a request's jurisdiction came from.
@@ -25,6 +26,8 @@ pub struct RequestFacts<'a> {
 pub enum PinSource {
     /// The residency header, from a trusted proxy.
     Header,
+    /// The cookie the router signed earlier.
+    Cookie,
     /// The client's country.
     Country,
 }
@@ -97,23 +100,14 @@ pub fn decide<'t>(
     facts: &RequestFacts<'_>,
 ) -> Result<Decision<'t>, Refusal> {
     let route = table
-        .route(facts.host, facts.path)
+        .route(facts.host, facts.path, facts.method)
         .ok_or(Refusal::NoRoute)?;
     let (matched, list) = route.candidates_for(facts.client.0, &facts.geo);
-    let pin = facts
-        .home
-        .and_then(|h| table.jurisdiction_by_name(h))
-        .map(|jurisdiction| Pin {
-            jurisdiction,
-            source: PinSource::Header,
-        })
-        .or_else(|| {
-            let jurisdiction = table.resident_of(facts.geo.country?)?;
-            Some(Pin {
-                jurisdiction,
-                source: PinSource::Country,
-            })
-        });
+    let pin = if route.residency {
+        pin_of(table, facts)
+    } else {
+        None
+    };
     let mut candidates = Candidates::from_slice(list);
     let mut fenced = false;
     if let Some(p) = pin {
@@ -131,6 +125,9 @@ pub fn decide<'t>(
                 inside
             };
         }
+    }
+    if route.steering == Steering::Weighted {
+        weighted_first(&mut candidates, &route.weights, facts.client);
     }
     if route.steering == Steering::Proximity {
         if let Some(here) = facts.geo.location {
@@ -151,6 +148,60 @@ pub fn decide<'t>(
         fenced,
         candidates,
     })
+}
+
+/// The request's jurisdiction: a checked claim (header, cookie) outranks the
+/// client's country, so a resident who travels stays in their jurisdiction.
+fn pin_of(table: &RoutingTable, facts: &RequestFacts<'_>) -> Option<Pin> {
+    if let Some((name, source)) = facts.home {
+        if let Some(jurisdiction) = table.jurisdiction_by_name(name) {
+            return Some(Pin {
+                jurisdiction,
+                source,
+            });
+        }
+    }
+    Some(Pin {
+        jurisdiction: table.resident_of(facts.geo.country?)?,
+        source: PinSource::Country,
+    })
+}
+
+/// Moves one candidate to the front, picked by weight with a hash of the client
+/// address: a client keeps its region while the weights and candidates hold.
+fn weighted_first(c: &mut Candidates, weights: &[u32], client: ClientIp) {
+    let n = usize::from(c.len);
+    if n < 2 {
+        return;
+    }
+    let weight = |id: RegionId| u64::from(weights.get(usize::from(id.0)).copied().unwrap_or(1));
+    let total: u64 = c.ids[..n].iter().map(|&id| weight(id)).sum();
+    let mut point = client_hash(client) % total;
+    let mut pick = 0;
+    for (i, &id) in c.ids[..n].iter().enumerate() {
+        if point < weight(id) {
+            pick = i;
+            break;
+        }
+        point -= weight(id);
+    }
+    c.ids[..=pick].rotate_right(1);
+}
+
+/// FNV-1a over the address bytes: stable across processes and versions.
+fn client_hash(client: ClientIp) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    match client.0 {
+        std::net::IpAddr::V4(a) => eat(&a.octets()),
+        std::net::IpAddr::V6(a) => eat(&a.octets()),
+    }
+    h
 }
 
 #[cfg(test)]
@@ -201,9 +252,10 @@ mod tests {
     struct Ask<'a> {
         host: &'a str,
         path: &'a str,
+        method: http::Method,
         ip: &'a str,
         geo: GeoFacts,
-        home: Option<&'a str>,
+        home: Option<(&'a str, PinSource)>,
     }
 
     impl Default for Ask<'_> {
@@ -211,6 +263,7 @@ mod tests {
             Ask {
                 host: "",
                 path: "/",
+                method: http::Method::GET,
                 ip: "192.0.2.1",
                 geo: GeoFacts::default(),
                 home: None,
@@ -224,6 +277,7 @@ mod tests {
             geo: ask.geo,
             host: ask.host,
             path: ask.path,
+            method: &ask.method,
             home: ask.home,
         };
         decide(t, &facts).ok()
@@ -419,6 +473,142 @@ mod tests {
     }
 
     #[test]
+    fn writes_go_to_the_primary_and_reads_to_the_nearest_replica() {
+        let t = table(
+            r#"
+            [[listeners]]
+            address = "127.0.0.1:0"
+            [[regions]]
+            name = "primary"
+            location = { lat = 39.0, lon = -77.5 }
+            endpoints = [{ url = "http://127.0.0.1:1" }]
+            [[regions]]
+            name = "replica-ap"
+            location = { lat = 1.35, lon = 103.8 }
+            endpoints = [{ url = "http://127.0.0.1:2" }]
+            [[routes]]
+            name = "reads"
+            steering = "proximity"
+            regions = ["primary", "replica-ap"]
+            [[routes]]
+            name = "writes"
+            methods = ["POST", "PUT", "PATCH", "DELETE"]
+            regions = ["primary"]
+        "#,
+        );
+        let ask = |method: http::Method| {
+            let d = decide_for(
+                &t,
+                Ask {
+                    method,
+                    geo: from("SG"),
+                    ..Ask::default()
+                },
+            )
+            .unwrap();
+            (d.route.name.to_string(), names(&t, &d))
+        };
+        assert_eq!(
+            ask(http::Method::GET),
+            (
+                "reads".to_owned(),
+                vec!["replica-ap".to_owned(), "primary".to_owned()]
+            )
+        );
+        assert_eq!(
+            ask(http::Method::POST),
+            ("writes".to_owned(), vec!["primary".to_owned()])
+        );
+    }
+
+    #[test]
+    fn subdivision_rule_beats_country_rule() {
+        let t = table(&WORLD.replace(
+            "[[routes.rules]]\n        cidrs",
+            "[[routes.rules]]\n        subdivisions = [\"US-CA\"]\n        regions = [\"ap-southeast\"]\n        [[routes.rules]]\n        countries = [\"US\"]\n        regions = [\"us-east\"]\n        [[routes.rules]]\n        cidrs",
+        ));
+        let mut california = from("US");
+        california.subdivision = crate::geo::Code3::parse("CA");
+        let d = decide_for(
+            &t,
+            Ask {
+                geo: california,
+                ..Ask::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (names(&t, &d), d.matched),
+            (vec!["ap-southeast".to_owned()], Matched::Subdivision(3))
+        );
+        let d = decide_for(
+            &t,
+            Ask {
+                geo: from("US"),
+                ..Ask::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(d.matched, Matched::Country(4));
+    }
+
+    #[test]
+    fn weighted_steering_is_sticky_per_client_and_follows_the_weights() {
+        let t = table(
+            r#"
+            [[listeners]]
+            address = "127.0.0.1:0"
+            [[regions]]
+            name = "a"
+            endpoints = [{ url = "http://127.0.0.1:1" }]
+            [[regions]]
+            name = "b"
+            endpoints = [{ url = "http://127.0.0.1:2" }]
+            [[routes]]
+            steering = "weighted"
+            regions = ["a", "b"]
+            weights = { a = 3, b = 1 }
+        "#,
+        );
+        let mut first_a = 0;
+        for i in 0..4000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0A00_0000 + i * 7919).to_string();
+            let once = names(
+                &t,
+                &decide_for(
+                    &t,
+                    Ask {
+                        ip: &ip,
+                        ..Ask::default()
+                    },
+                )
+                .unwrap(),
+            );
+            let again = names(
+                &t,
+                &decide_for(
+                    &t,
+                    Ask {
+                        ip: &ip,
+                        ..Ask::default()
+                    },
+                )
+                .unwrap(),
+            );
+            assert_eq!(once, again, "client {ip} moved");
+            assert_eq!(once.len(), 2, "the other region stays as fallback");
+            if once[0] == "a" {
+                first_a += 1;
+            }
+        }
+        // 3:1 weights: about 3000 of 4000 clients start at a.
+        assert!(
+            (2700..3300).contains(&first_a),
+            "{first_a} of 4000 clients on a"
+        );
+    }
+
+    #[test]
     fn unknown_geography_takes_the_default_list() {
         let (r, m, pin, fenced) = world(Ask::default());
         assert_eq!(r, ["us-east", "eu-west", "ap-southeast"]);
@@ -448,7 +638,7 @@ mod tests {
         let (r, m, pin, fenced) = world(Ask {
             ip: "198.51.100.7",
             geo: from("US"),
-            home: Some("eu"),
+            home: Some(("eu", PinSource::Header)),
             ..Ask::default()
         });
         assert_eq!(m, Matched::Cidr(3));
@@ -461,7 +651,7 @@ mod tests {
     fn an_unknown_home_claim_is_ignored() {
         let (r, _, pin, _) = world(Ask {
             geo: from("US"),
-            home: Some("atlantis"),
+            home: Some(("atlantis", PinSource::Header)),
             ..Ask::default()
         });
         assert_eq!(pin, None);

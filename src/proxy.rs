@@ -18,7 +18,7 @@ use crate::config::RegionName;
 use crate::forward::{self, ForwardError};
 use crate::headers::{self, HostProblem};
 use crate::identity::{self, PeerAddr};
-use crate::policy::{self, Refusal, RequestFacts};
+use crate::policy::{self, PinSource, Refusal, RequestFacts};
 use crate::pool::PooledBody;
 use crate::select;
 use crate::server::Activity;
@@ -229,16 +229,21 @@ async fn proxy(
     // The decision: pure, over the snapshots this request started with.
     let peer_trusted = settings.trusted_proxies.contains(conn.peer.ip());
     let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
-    let home = match &table.residency_header {
+    let from_header = match &table.residency_header {
         Some(name) if peer_trusted => req.headers().get(name).and_then(|v| v.to_str().ok()),
         _ => None,
     };
+    let home = from_header.map(|h| (h, PinSource::Header)).or_else(|| {
+        let signer = table.cookie.as_ref()?;
+        Some((signer.from_request(req.headers())?, PinSource::Cookie))
+    });
     let mut host_buf = [0u8; 256];
     let facts = RequestFacts {
         client,
         geo: table.geo().lookup(client.0),
         host: request_host(&req, &mut host_buf),
         path: req.uri().path(),
+        method: req.method(),
         home,
     };
     let decision = policy::decide(table, &facts).map_err(|r| match r {
@@ -327,13 +332,23 @@ async fn proxy(
             (e, _) => e.into(),
         })?;
     let region = forwarded.region;
+    let mut response = respond(
+        forwarded.response,
+        region,
+        settings.region_header,
+        client_upgrade,
+    );
+    // Pin a resident who has no valid cookie yet, so travel does not move them.
+    if let (Some(signer), Some(pin)) = (&table.cookie, decision.pin) {
+        if pin.source != PinSource::Cookie {
+            let name = &table.jurisdiction(pin.jurisdiction).name;
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, signer.set_cookie(name, conn.tls));
+        }
+    }
     Ok((
-        respond(
-            forwarded.response,
-            region,
-            settings.region_header,
-            client_upgrade,
-        ),
+        response,
         Served {
             region: region.name.clone(),
             client: client.0,

@@ -25,6 +25,8 @@ pub struct Listener {
     pub name: String,
     pub tcp: std::net::TcpListener,
     pub tls: Option<TlsAcceptor>,
+    /// Connections start with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 impl Listener {
@@ -34,6 +36,7 @@ impl Listener {
             name: self.name.clone(),
             tcp: self.tcp.try_clone()?,
             tls: self.tls.clone(),
+            proxy_protocol: self.proxy_protocol,
         })
     }
 }
@@ -77,6 +80,7 @@ pub fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, BindError> {
                 name: spec.name.clone(),
                 tcp,
                 tls,
+                proxy_protocol: spec.proxy_protocol,
             })
         })
         .collect()
@@ -234,38 +238,18 @@ pub async fn serve(
         };
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(Connection::new(
-            state.clone(),
-            PeerAddr(peer),
-            listener.tls.is_some(),
-        ));
-        let builder = builder.clone();
-        let limits = limits.clone();
+        let accepted = Accepted {
+            stream,
+            peer,
+            proxy_protocol: listener.proxy_protocol,
+            tls: listener.tls.clone(),
+        };
+        let (builder, limits, state) = (builder.clone(), limits.clone(), state.clone());
         let shutdown = shutdown.clone();
-        match listener.tls.clone() {
-            None => {
-                connections.spawn(async move {
-                    serve_connection(stream, &builder, conn, &limits, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
-                connections.spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(tls)) => {
-                            serve_connection(tls, &builder, conn, &limits, shutdown).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                    }
-                    drop(permit);
-                });
-            }
-        }
+        connections.spawn(async move {
+            accepted.serve(&builder, state, &limits, shutdown).await;
+            drop(permit);
+        });
     }
     drop(tcp);
     connections.close();
@@ -278,6 +262,57 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(listener = %name, left = connections.len(), "shutdown grace expired; closing the rest");
+    }
+}
+
+/// One accepted TCP connection, before its PROXY header and TLS handshake.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    proxy_protocol: bool,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Accepted {
+    /// Reads the PROXY header when the listener expects one, completes TLS, and
+    /// serves HTTP. The PROXY header and the handshake share the header deadline.
+    async fn serve(
+        mut self,
+        builder: &auto::Builder<TokioExecutor>,
+        state: Arc<State>,
+        limits: &ConnLimits,
+        shutdown: Shutdown,
+    ) {
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let mut peer = self.peer;
+        let mut prefix = Vec::new();
+        if self.proxy_protocol {
+            let read = crate::proxy_protocol::read_header(&mut self.stream);
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok((addr, rest))) => {
+                    peer = addr.unwrap_or(peer);
+                    prefix = rest;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "PROXY protocol");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "PROXY protocol header timed out");
+                    return;
+                }
+            }
+        }
+        let io = crate::proxy_protocol::Prefixed::new(prefix, self.stream);
+        let conn = Arc::new(Connection::new(state, PeerAddr(peer), self.tls.is_some()));
+        match self.tls {
+            None => serve_connection(io, builder, conn, limits, shutdown).await,
+            Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => serve_connection(tls, builder, conn, limits, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        }
     }
 }
 

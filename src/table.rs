@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::config::Steering;
 use crate::config::{Config, EndpointSpec, Location, RegionName, UpstreamSettings};
-use crate::geo::{Code, GeoFacts, GeoLookup, MmdbGeo, NoGeo};
+use crate::config::{Methods, Steering};
+use crate::geo::{Code, Code3, GeoFacts, GeoLookup, MmdbGeo, NoGeo};
 use crate::identity::TrustedProxies;
+use crate::residency::CookieSigner;
 use crate::tls::{self, TlsError};
 use ipnet::IpNet;
 
@@ -38,13 +39,20 @@ pub struct Route {
     pub path_prefix: Box<str>,
     /// Candidate regions in priority order, when no rule matches.
     pub candidates: Box<[RegionId]>,
+    pub methods: Methods,
+    /// Whether jurisdictions apply to this route.
+    pub residency: bool,
     pub steering: Steering,
+    /// Weight per region index, for weighted steering.
+    pub weights: Box<[u32]>,
     /// Candidate lists of the route's rules, by rule index.
     pub rules: Box<[Box<[RegionId]>]>,
     /// Rule index per country (`Code::index`), `NO_RULE` for none.
     by_country: Box<[u16; COUNTRY_SLOTS]>,
     /// Rule index per continent (AF, AN, AS, EU, NA, OC, SA).
     by_continent: [u16; 7],
+    /// Rule index per (country, subdivision).
+    by_subdivision: HashMap<(Code, Code3), u16>,
     /// CIDR rules: the longest matching prefix wins.
     cidrs: CidrTable,
 }
@@ -65,7 +73,7 @@ impl CidrTable {
                 Some(i) => i,
                 None => {
                     levels.push((len, HashMap::new()));
-                    levels.sort_by(|a, b| b.0.cmp(&a.0));
+                    levels.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
                     levels
                         .iter()
                         .position(|(l, _)| *l == len)
@@ -114,6 +122,7 @@ impl CidrTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Matched {
     Cidr(u16),
+    Subdivision(u16),
     Country(u16),
     Continent(u16),
     Default,
@@ -122,18 +131,26 @@ pub enum Matched {
 impl Matched {
     pub fn rule(self) -> Option<u16> {
         match self {
-            Matched::Cidr(r) | Matched::Country(r) | Matched::Continent(r) => Some(r),
+            Matched::Cidr(r)
+            | Matched::Subdivision(r)
+            | Matched::Country(r)
+            | Matched::Continent(r) => Some(r),
             Matched::Default => None,
         }
     }
 }
 
 impl Route {
-    /// The list for a client: a CIDR rule, then its country, then its continent,
-    /// then the route's own regions. Table lookups only.
+    /// The list for a client: a CIDR rule, then its subdivision, its country, its
+    /// continent, then the route's own regions. Table lookups only.
     pub fn candidates_for(&self, ip: std::net::IpAddr, geo: &GeoFacts) -> (Matched, &[RegionId]) {
         if let Some(k) = self.cidrs.lookup(ip) {
             return (Matched::Cidr(k), &self.rules[usize::from(k)]);
+        }
+        if let (Some(c), Some(s)) = (geo.country, geo.subdivision) {
+            if let Some(&k) = self.by_subdivision.get(&(c, s)) {
+                return (Matched::Subdivision(k), &self.rules[usize::from(k)]);
+            }
         }
         if let Some(k) = geo
             .country
@@ -206,6 +223,8 @@ pub struct RoutingTable {
     /// Jurisdiction index per country (`Code::index`), `u8::MAX` for none.
     resident_of: Box<[u8; COUNTRY_SLOTS]>,
     pub residency_header: Option<http::HeaderName>,
+    /// Signs and checks the home-jurisdiction cookie, when configured.
+    pub cookie: Option<CookieSigner>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +241,8 @@ pub enum TableError {
     TooManyJurisdictions,
     #[error("geo.database: {0}")]
     Geo(#[from] crate::geo::GeoError),
+    #[error(transparent)]
+    CookieKey(#[from] crate::residency::KeyError),
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -275,6 +296,7 @@ impl RoutingTable {
                 let mut by_country = Box::new([NO_RULE; COUNTRY_SLOTS]);
                 let mut by_continent = [NO_RULE; 7];
                 let mut cidrs = CidrTable::default();
+                let mut by_subdivision = HashMap::new();
                 for (k, rule) in r.rules.iter().enumerate() {
                     let k = k as u16;
                     for c in &rule.countries {
@@ -288,12 +310,26 @@ impl RoutingTable {
                     for net in &rule.cidrs {
                         cidrs.insert(*net, k);
                     }
+                    for sub in &rule.subdivisions {
+                        by_subdivision.entry(*sub).or_insert(k);
+                    }
                 }
                 Route {
                     name: r.name.as_str().into(),
                     path_prefix: r.path_prefix.as_str().into(),
                     candidates: r.regions.iter().map(id_of).collect(),
+                    methods: r.methods,
+                    residency: r.residency,
                     steering: r.steering,
+                    weights: regions
+                        .iter()
+                        .map(|reg| {
+                            r.weights
+                                .iter()
+                                .find(|(n, _)| *n == reg.name)
+                                .map_or(1, |(_, w)| *w)
+                        })
+                        .collect(),
                     rules: r
                         .rules
                         .iter()
@@ -301,6 +337,7 @@ impl RoutingTable {
                         .collect(),
                     by_country,
                     by_continent,
+                    by_subdivision,
                     cidrs,
                 }
             })
@@ -341,8 +378,15 @@ impl RoutingTable {
                 },
             }
         }
+        // Longest prefix first; for one prefix, routes limited to some methods
+        // before the route for any method; otherwise policy order.
         let by_prefix = |mut v: Vec<usize>| -> Box<[usize]> {
-            v.sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
+            v.sort_by_key(|&i| {
+                (
+                    std::cmp::Reverse(routes[i].path_prefix.len()),
+                    routes[i].methods.is_any(),
+                )
+            });
             v.into_boxed_slice()
         };
         let exact = exact.into_iter().map(|(k, v)| (k, by_prefix(v))).collect();
@@ -351,6 +395,10 @@ impl RoutingTable {
             .map(|(k, v)| (k, by_prefix(v)))
             .collect();
         let any_host = by_prefix(any_host);
+        let cookie = match &config.residency.cookie {
+            Some((name, key, max_age)) => Some(CookieSigner::from_key_file(name, key, *max_age)?),
+            None => None,
+        };
         let geo: Arc<dyn GeoLookup> = match &config.geo_database {
             Some(path) => Arc::new(MmdbGeo::open(path)?),
             None => Arc::new(NoGeo),
@@ -375,7 +423,8 @@ impl RoutingTable {
             geo,
             jurisdictions,
             resident_of,
-            residency_header: config.residency_header.clone(),
+            residency_header: config.residency.header.clone(),
+            cookie,
         })
     }
 
@@ -400,13 +449,14 @@ impl RoutingTable {
         &self.routes
     }
 
-    /// The route for a lower-case host (without port) and a path: exact host, then
-    /// `*.parent`, then host-less routes; within each, the longest matching prefix.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+    /// The route for a lower-case host (without port), a path and a method: exact
+    /// host, then `*.parent`, then host-less routes; within each, the longest
+    /// matching prefix whose methods include the request's.
+    pub fn route(&self, host: &str, path: &str, method: &http::Method) -> Option<&Route> {
         let pick = |list: &[usize]| {
             list.iter()
                 .map(|&i| &self.routes[i])
-                .find(|r| path.starts_with(&*r.path_prefix))
+                .find(|r| path.starts_with(&*r.path_prefix) && r.methods.contains(method))
         };
         if !host.is_empty() {
             if let Some(r) = self.exact.get(host).and_then(|l| pick(l)) {

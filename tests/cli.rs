@@ -20,10 +20,17 @@ fn check_accepts_the_example_policy_and_summarises_it() {
     let (code, out, err) = georouter(&["check", "-c", example]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("ok: 1 listener(s), 4 region(s), 3 route(s)"),
+        out.contains("ok: 1 listener(s), 4 region(s), 6 route(s)"),
         "{out}"
     );
-    assert!(out.contains("eu-west > eu-central"), "{out}");
+    assert!(
+        out.contains("rules[0] continent EU -> eu-west > eu-central"),
+        "{out}"
+    );
+    assert!(
+        out.contains("jurisdiction eu (strict) regions: eu-west > eu-central"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -182,3 +182,136 @@ async fn explain_says_why_and_why_not() {
     assert_eq!(r.status, 400);
     assert!(r.body.contains("not an IP address"), "{}", r.body);
 }
+
+/// The world of `world()`, with a signed home cookie.
+async fn world_with_cookie() -> (TestRouter, SimRegion, SimRegion) {
+    let us = region("us").await;
+    let eu = region("eu").await;
+    let key = mmdb_dir().join("cookie.key");
+    std::fs::write(&key, [42u8; 32]).unwrap();
+    let toml = format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [client]
+        trusted_proxies = ["127.0.0.0/8"]
+        [geo]
+        database = "{db}"
+        [residency]
+        cookie = "georouter_home"
+        cookie_key_file = "{key}"
+        [[regions]]
+        name = "us"
+        endpoints = [{{ url = "{us}" }}]
+        [[regions]]
+        name = "eu"
+        jurisdiction = "eu"
+        endpoints = [{{ url = "{eu}" }}]
+        [[jurisdictions]]
+        name = "eu"
+        countries = ["DE"]
+        [[routes]]
+        regions = ["us", "eu"]
+        [[routes.rules]]
+        countries = ["DE"]
+        regions = ["eu"]
+        "#,
+        db = toml_path(&country_mmdb()),
+        key = toml_path(&key),
+        us = us.url(),
+        eu = eu.url(),
+    );
+    (TestRouter::spawn(&toml).await, us, eu)
+}
+
+#[tokio::test]
+async fn a_resident_gets_a_signed_cookie_that_keeps_them_home_abroad() {
+    let (router, us, _eu) = world_with_cookie().await;
+    let at_home = as_client(&router, "80.128.0.1", None).await;
+    assert_eq!(at_home.body, "eu\n");
+    let set = at_home.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.starts_with("georouter_home=eu."), "{set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+
+    let client = h1_client();
+    let abroad = |cookie: String| {
+        let req = http::Request::get(router.url("/"))
+            .header("x-forwarded-for", "3.3.3.3")
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&client, req)
+    };
+    let r = abroad(cookie.clone()).await;
+    assert_eq!(r.body, "eu\n");
+    assert!(
+        !r.headers.contains_key("set-cookie"),
+        "a valid cookie is not issued again"
+    );
+    assert_eq!(us.requests(), 0);
+
+    // A forged or altered cookie is worth nothing: the traveller is a US client.
+    let forged = cookie.replacen("=eu.", "=eu.9", 1);
+    assert_eq!(abroad(forged).await.body, "us\n");
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
+    let us = region("us").await;
+    let eu = region("eu").await;
+    let toml = format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        proxy_protocol = true
+        [geo]
+        database = "{db}"
+        [[regions]]
+        name = "us"
+        endpoints = [{{ url = "{us}" }}]
+        [[regions]]
+        name = "eu"
+        endpoints = [{{ url = "{eu}" }}]
+        [[routes]]
+        regions = ["us"]
+        [[routes.rules]]
+        continents = ["EU"]
+        regions = ["eu"]
+        "#,
+        db = toml_path(&country_mmdb()),
+        us = us.url(),
+        eu = eu.url(),
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let v1 = raw(
+        router.addr(),
+        b"PROXY TCP4 80.128.0.1 10.0.0.1 56324 443\r\nGET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&v1), 200, "{v1}");
+    assert!(v1.contains("x-georouter-region: eu"), "{v1}");
+    assert!(v1.contains("x-forwarded-for: 80.128.0.1"), "{v1}");
+
+    let mut v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "3.3.3.3:4711".parse::<std::net::SocketAddr>().unwrap(),
+            "10.0.0.1:443".parse::<std::net::SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap();
+    v2.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let reply = raw(router.addr(), &v2).await;
+    assert!(reply.contains("x-georouter-region: us"), "{reply}");
+
+    // No header where one is required: the connection is closed unanswered.
+    let bare = raw(
+        router.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(bare, "");
+    assert_eq!(us.requests() + eu.requests(), 2);
+}

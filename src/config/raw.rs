@@ -46,11 +46,32 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawResidency {
     /// A header, set by a trusted gateway, naming the user's home jurisdiction.
     pub header: Option<String>,
+    /// Name of the cookie the router signs to pin a user to their jurisdiction.
+    pub cookie: Option<String>,
+    /// File with the HMAC key for that cookie (at least 32 random bytes).
+    pub cookie_key_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde", default = "thirty_days")]
+    pub cookie_max_age: Duration,
+}
+
+impl Default for RawResidency {
+    fn default() -> Self {
+        Self {
+            header: None,
+            cookie: None,
+            cookie_key_file: None,
+            cookie_max_age: thirty_days(),
+        }
+    }
+}
+
+fn thirty_days() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -102,6 +123,9 @@ pub struct RawListener {
     pub address: String,
     #[serde(default)]
     pub tls: Option<RawListenerTls>,
+    /// Expect a PROXY protocol (v1 or v2) header on every connection.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -222,8 +246,18 @@ pub struct RawRoute {
     #[serde(default)]
     pub path_prefix: Option<String>,
     pub regions: Vec<String>,
+    /// Whether jurisdictions apply to this route (false for data that may be
+    /// served from anywhere, such as public assets).
+    #[serde(default = "yes")]
+    pub residency: bool,
+    /// Only these methods take this route (e.g. writes to the primary region).
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub steering: Option<String>,
+    /// Weights for `steering = "weighted"`, by region name (default 1).
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, u32>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }
@@ -235,6 +269,9 @@ pub struct RawRule {
     pub countries: Vec<String>,
     #[serde(default)]
     pub continents: Vec<String>,
+    /// ISO 3166-2 codes such as "US-CA" (needs a database with subdivisions).
+    #[serde(default)]
+    pub subdivisions: Vec<String>,
     #[serde(default)]
     pub cidrs: Vec<String>,
     pub regions: Vec<String>,

@@ -17,6 +17,42 @@ pub enum Steering {
     Proximity,
     /// Lowest measured RTT first; the written order until probes report.
     Latency,
+    /// One region per client by weight, the same for a client while the weights
+    /// hold (a hash of its address); the others follow in written order.
+    Weighted,
+}
+
+/// A set of request methods, as a bit set over the standard ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Methods(u16);
+
+const STANDARD_METHODS: [http::Method; 9] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::PATCH,
+    http::Method::OPTIONS,
+    http::Method::TRACE,
+    http::Method::CONNECT,
+];
+
+impl Methods {
+    /// Every method (a route without `methods`).
+    pub const ANY: Methods = Methods(u16::MAX);
+
+    pub fn contains(self, m: &http::Method) -> bool {
+        self == Methods::ANY
+            || STANDARD_METHODS
+                .iter()
+                .position(|s| s == m)
+                .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    pub fn is_any(self) -> bool {
+        self == Methods::ANY
+    }
 }
 
 /// One geo rule of a route: who it matches and where they go.
@@ -24,6 +60,8 @@ pub enum Steering {
 pub struct RuleSpec {
     pub countries: Vec<Code>,
     pub continents: Vec<Code>,
+    /// (country, subdivision), from "US-CA".
+    pub subdivisions: Vec<(Code, crate::geo::Code3)>,
     pub cidrs: Vec<IpNet>,
     pub regions: Vec<RegionName>,
 }
@@ -117,7 +155,10 @@ pub(super) fn routes(
             host: None,
             path_prefix: None,
             regions: names,
+            residency: true,
+            methods: None,
             steering: None,
+            weights: Default::default(),
             rules: Vec::new(),
         }]
     } else {
@@ -146,24 +187,16 @@ pub(super) fn routes(
                     format!("{path_prefix:?} must start with '/'"),
                 );
             }
-            if !seen.insert((host.clone(), path_prefix.clone())) {
-                errs.push(
-                    path.clone(),
-                    format!(
-                        "another route already matches host {} and path prefix {path_prefix:?}",
-                        host.as_deref().unwrap_or("*")
-                    ),
-                );
-            }
             region_list(&path, &r.regions, &known, errs);
             let steering = match r.steering.as_deref() {
                 None | Some("failover") => Steering::Failover,
                 Some("proximity") => Steering::Proximity,
                 Some("latency") => Steering::Latency,
+                Some("weighted") => Steering::Weighted,
                 Some(other) => {
                     errs.push(
                         format!("{path}.steering"),
-                        format!("{other:?} is not a steering mode: use \"failover\", \"proximity\" or \"latency\""),
+                        format!("{other:?} is not a steering mode: use \"failover\", \"proximity\", \"latency\" or \"weighted\""),
                     );
                     Steering::Failover
                 }
@@ -175,9 +208,30 @@ pub(super) fn routes(
                 .map(|(j, rule)| {
                     let rpath = format!("{path}.rules[{j}]");
                     region_list(&rpath, &rule.regions, &known, errs);
-                    if rule.countries.is_empty() && rule.continents.is_empty() && rule.cidrs.is_empty() {
-                        errs.push(rpath.clone(), "a rule needs countries, continents or cidrs to match");
+                    if rule.countries.is_empty()
+                        && rule.continents.is_empty()
+                        && rule.subdivisions.is_empty()
+                        && rule.cidrs.is_empty()
+                    {
+                        errs.push(rpath.clone(), "a rule needs countries, continents, subdivisions or cidrs to match");
                     }
+                    let subdivisions = rule
+                        .subdivisions
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, v)| {
+                            let parsed = v.split_once('-').and_then(|(c, s)| {
+                                Some((Code::parse(c)?, crate::geo::Code3::parse(s)?))
+                            });
+                            if parsed.is_none() {
+                                errs.push(
+                                    format!("{rpath}.subdivisions[{k}]"),
+                                    format!("{v:?} is not an ISO 3166-2 code such as \"US-CA\" or \"DE-BY\""),
+                                );
+                            }
+                            parsed
+                        })
+                        .collect();
                     let cidrs = rule
                         .cidrs
                         .iter()
@@ -191,6 +245,7 @@ pub(super) fn routes(
                         })
                         .collect();
                     RuleSpec {
+                        subdivisions,
                         countries: codes(&format!("{rpath}.countries"), &rule.countries, "country", errs),
                         continents: codes(&format!("{rpath}.continents"), &rule.continents, "continent", errs),
                         cidrs,
@@ -205,7 +260,8 @@ pub(super) fn routes(
                     .iter()
                     .map(|c| format!("country {c}"))
                     .chain(rule.continents.iter().map(|c| format!("continent {c}")))
-                    .chain(rule.cidrs.iter().map(|c| format!("cidr {c}")));
+                    .chain(rule.cidrs.iter().map(|c| format!("cidr {c}")))
+                    .chain(rule.subdivisions.iter().map(|(c, s)| format!("subdivision {c}-{}", s.as_str())));
                 for key in keys {
                     if let Some(first) = claimed.insert(key.clone(), j) {
                         errs.push(
@@ -215,12 +271,56 @@ pub(super) fn routes(
                     }
                 }
             }
+            let methods = match &r.methods {
+                None => Methods::ANY,
+                Some(list) => {
+                    if list.is_empty() {
+                        errs.push(format!("{path}.methods"), "an empty list matches nothing: leave it out for every method");
+                    }
+                    let mut bits = 0u16;
+                    for (k, m) in list.iter().enumerate() {
+                        match STANDARD_METHODS.iter().position(|s| s.as_str().eq_ignore_ascii_case(m)) {
+                            Some(b) => bits |= 1 << b,
+                            None => errs.push(
+                                format!("{path}.methods[{k}]"),
+                                format!("{m:?} is not a standard method (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT)"),
+                            ),
+                        }
+                    }
+                    Methods(bits)
+                }
+            };
+            if !seen.insert((host.clone(), path_prefix.clone(), methods)) {
+                errs.push(
+                    path.clone(),
+                    format!(
+                        "another route already matches host {} and path prefix {path_prefix:?} for these methods",
+                        host.as_deref().unwrap_or("*")
+                    ),
+                );
+            }
+            let mut weights = Vec::new();
+            for (name, w) in &r.weights {
+                if !known.contains(name.as_str()) {
+                    errs.push(format!("{path}.weights.{name}"), format!("no region named {name:?}"));
+                } else if *w == 0 || *w > 1_000_000 {
+                    errs.push(format!("{path}.weights.{name}"), format!("{w} is not a weight: use 1..=1000000"));
+                } else {
+                    weights.push((RegionName::new(name), *w));
+                }
+            }
+            if !r.weights.is_empty() && steering != Steering::Weighted {
+                errs.push(format!("{path}.weights"), "weights apply to steering = \"weighted\" only");
+            }
             RouteSpec {
                 name: r.name.unwrap_or_else(|| format!("routes[{i}]")),
                 host,
                 path_prefix,
                 regions: r.regions.iter().map(|n| RegionName::new(n)).collect(),
+                methods,
+                residency: r.residency,
                 steering,
+                weights,
                 rules,
             }
         })
@@ -279,18 +379,58 @@ pub(super) fn jurisdictions(
     specs
 }
 
-pub(super) fn residency_header(
-    raw: raw::RawResidency,
-    errs: &mut Invalid,
-) -> Option<http::HeaderName> {
-    let name = raw.header?;
-    match http::HeaderName::from_bytes(name.as_bytes()) {
-        Ok(h) => Some(h),
-        Err(_) => {
-            errs.push("residency.header", format!("{name:?} is not a header name"));
+/// The residency claim settings: the trusted header and the signed cookie.
+#[derive(Debug, Clone, Default)]
+pub struct ResidencySpec {
+    pub header: Option<http::HeaderName>,
+    /// Cookie name, key file and lifetime.
+    pub cookie: Option<(String, std::path::PathBuf, std::time::Duration)>,
+}
+
+pub(super) fn residency(raw: raw::RawResidency, errs: &mut Invalid) -> ResidencySpec {
+    let header = raw
+        .header
+        .and_then(|name| match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                errs.push("residency.header", format!("{name:?} is not a header name"));
+                None
+            }
+        });
+    let cookie = match (raw.cookie, raw.cookie_key_file) {
+        (None, None) => None,
+        (Some(_), None) => {
+            errs.push(
+                "residency.cookie_key_file",
+                "a signed cookie needs a key file (32+ random bytes)",
+            );
             None
         }
-    }
+        (None, Some(_)) => {
+            errs.push(
+                "residency.cookie",
+                "a key file without a cookie name: set cookie = \"georouter_home\"",
+            );
+            None
+        }
+        (Some(name), Some(key)) => {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !token {
+                errs.push(
+                    "residency.cookie",
+                    format!("{name:?} is not a cookie name: use letters, digits, '_' or '-'"),
+                );
+            }
+            if raw.cookie_max_age.is_zero() {
+                errs.push("residency.cookie_max_age", "must be longer than 0s");
+            }
+            Some((name, key, raw.cookie_max_age))
+        }
+    };
+    ResidencySpec { header, cookie }
 }
 
 /// A strict jurisdiction's residents must never be routed outside it. Reject a
@@ -310,7 +450,7 @@ pub(super) fn check_fences(
             .and_then(|r| r.jurisdiction.as_deref())
     };
     for j in jurisdictions.iter().filter(|j| j.strict) {
-        for (i, route) in routes.iter().enumerate() {
+        for (i, route) in routes.iter().enumerate().filter(|(_, r)| r.residency) {
             let mut reported = HashSet::new();
             for country in &j.countries {
                 let by_country = route
