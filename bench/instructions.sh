@@ -19,6 +19,7 @@ http { access_log off; keepalive_requests 1000000;
 CONF
 nginx -c "$tmp/origin.conf" &
 sed -e 's/${PROXY_PORT}/28183/; s/${PROXY_H2C_PORT}/28193/; s/${ORIGIN_ADDR}/127.0.0.1:28180/' \
+    -e "s|@GEO_DB@|$here/../data/geo-whois-asn-country.mmdb|" \
   "$here/georouter.toml.tmpl" > "$tmp/georouter.toml"
 for mode in h1 h2c; do
   valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$mode" "$bin" run -c "$tmp/georouter.toml" \
