@@ -155,8 +155,13 @@ async fn route(
             body.push(b'\n');
             reply(StatusCode::OK, "application/json", body)
         }
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render(),
+        ),
         (&Method::GET, "/explain") => explain(&state, req.uri().query().unwrap_or("")),
-        (_, "/healthz" | "/readyz" | "/regions" | "/explain") => {
+        (_, "/healthz" | "/readyz" | "/regions" | "/explain" | "/metrics") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),

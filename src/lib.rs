@@ -37,6 +37,7 @@ pub mod geo;
 pub mod headers;
 pub mod identity;
 pub mod launch;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
@@ -58,6 +59,7 @@ use table::{RoutingTable, TableError};
 /// What the data plane shares: immutable snapshots, swapped whole.
 #[derive(Debug)]
 pub struct State {
+    pub metrics: metrics::Metrics,
     pub config: ArcSwap<Config>,
     pub table: ArcSwap<RoutingTable>,
     pub states: ArcSwap<RegionStates>,
@@ -68,6 +70,7 @@ impl State {
         let table = RoutingTable::compile(&config)?;
         let states = RegionStates::all_serving(&table);
         Ok(State {
+            metrics: metrics::Metrics::new(),
             config: ArcSwap::from_pointee(config),
             table: ArcSwap::from_pointee(table),
             states: ArcSwap::from_pointee(states),

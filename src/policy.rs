@@ -609,6 +609,24 @@ mod tests {
     }
 
     #[test]
+    fn latency_steering_keeps_the_written_order_until_probes_report() {
+        let t = table(&WORLD.replace("steering = \"proximity\"", "steering = \"latency\""));
+        let d = decide_for(
+            &t,
+            Ask {
+                path: "/near/x",
+                geo: from("JP"),
+                ..Ask::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            names(&t, &d),
+            ["us-east", "eu-west", "eu-central", "ap-southeast"]
+        );
+    }
+
+    #[test]
     fn unknown_geography_takes_the_default_list() {
         let (r, m, pin, fenced) = world(Ask::default());
         assert_eq!(r, ["us-east", "eu-west", "ap-southeast"]);

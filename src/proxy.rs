@@ -260,6 +260,7 @@ async fn proxy(
             Some(pin) if decision.fenced => {
                 let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
                 tracing::warn!(%jurisdiction, client = %client.0, route = %route.name, "residency refusal: no serving region inside the jurisdiction");
+                refused(conn, &jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
             }
             _ => ProxyError::NoServingRegion {
@@ -327,6 +328,7 @@ async fn proxy(
             // the request was not sent anywhere else.
             (ForwardError::Connect { .. }, Some(jurisdiction)) => {
                 tracing::warn!(%jurisdiction, client = %client.0, "residency refusal: every region inside the jurisdiction is unreachable");
+                refused(conn, &jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
             }
             (e, _) => e.into(),
@@ -363,6 +365,15 @@ struct Served {
     client: std::net::IpAddr,
     /// Why this region (route, rule, pin); only when the access log is on.
     reason: Option<String>,
+}
+
+/// Counts a residency refusal (the log line is written by the caller).
+fn refused(conn: &Connection, jurisdiction: &str) {
+    conn.state
+        .metrics
+        .residency_refusals
+        .with_label_values(&[jurisdiction])
+        .inc();
 }
 
 impl From<ForwardError> for ProxyError {
