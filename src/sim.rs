@@ -232,10 +232,20 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<SimBody> {
     r
 }
 
-/// A body of `n` bytes, produced 64 KiB at a time as the reader asks for it.
-struct Generated {
+/// A body of `n` bytes, produced 64 KiB at a time as the reader asks for it
+/// (downloads here, uploads in the streaming test).
+pub struct Generated {
     left: u64,
     chunk: Bytes,
+}
+
+impl Generated {
+    pub fn new(n: u64) -> Self {
+        Generated {
+            left: n,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
 }
 
 impl http_body::Body for Generated {
@@ -261,11 +271,7 @@ impl http_body::Body for Generated {
 }
 
 fn generated(n: u64) -> SimBody {
-    Generated {
-        left: n,
-        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
-    }
-    .boxed()
+    Generated::new(n).boxed()
 }
 
 async fn answer(

@@ -222,14 +222,26 @@ async fn hanging_region_gets_504_at_the_response_timeout() {
     assert!(r.body.contains("region a did not answer"), "{}", r.body);
 }
 
-#[tokio::test]
-async fn refused_region_gets_502() {
-    let toml = format!(
+/// A policy whose first region refuses connections, then `next` if any.
+fn dead_then(next: Option<&georouter::sim::SimRegion>) -> String {
+    let mut toml = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
          endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n",
         refused_port()
     );
-    let router = TestRouter::spawn(&toml).await;
+    if let Some(r) = next {
+        toml.push_str(&format!(
+            "[[regions]]\nname = \"{}\"\nendpoints = [{{ url = \"{}\" }}]\n",
+            r.name(),
+            r.url()
+        ));
+    }
+    toml
+}
+
+#[tokio::test]
+async fn refused_region_gets_502() {
+    let router = TestRouter::spawn(&dead_then(None)).await;
     let r = get(&h1_client(), &router.url("/")).await;
     assert_eq!(r.status, 502);
     assert!(r.body.contains("region dead unreachable"), "{}", r.body);
@@ -238,14 +250,7 @@ async fn refused_region_gets_502() {
 #[tokio::test]
 async fn refused_region_fails_over_to_the_next_candidate() {
     let b = region("b").await;
-    let toml = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
-         endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n\
-         [[regions]]\nname = \"b\"\nendpoints = [{{ url = \"{}\" }}]\n",
-        refused_port(),
-        b.url()
-    );
-    let router = TestRouter::spawn(&toml).await;
+    let router = TestRouter::spawn(&dead_then(Some(&b))).await;
     let r = get(&h1_client(), &router.url("/")).await;
     assert_eq!((r.status, r.body.as_str()), (200, "b\n"));
     assert_eq!(r.headers["x-georouter-region"], "b");
@@ -321,14 +326,7 @@ async fn no_route_gets_404_with_a_reason() {
 #[tokio::test]
 async fn refused_region_fails_over_even_for_a_post_with_a_body() {
     let b = region("b").await;
-    let toml = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
-         endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n\
-         [[regions]]\nname = \"b\"\nendpoints = [{{ url = \"{}\" }}]\n",
-        refused_port(),
-        b.url()
-    );
-    let router = TestRouter::spawn(&toml).await;
+    let router = TestRouter::spawn(&dead_then(Some(&b))).await;
     // Nothing was sent to the dead region, so the body still goes somewhere.
     let post = http::Request::post(router.url("/count"))
         .body(Full::new(Bytes::from_static(b"twelve bytes")))

@@ -3,11 +3,7 @@
 
 mod support;
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use http_body::Frame;
+use georouter::sim::Generated;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -23,31 +19,6 @@ fn peak_rss() -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
-}
-
-/// A request body of `left` bytes, made as it is sent.
-struct Upload {
-    left: u64,
-    chunk: Bytes,
-}
-
-impl http_body::Body for Upload {
-    type Data = Bytes;
-    type Error = std::io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        let n = self.left.min(self.chunk.len() as u64);
-        self.left -= n;
-        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.left)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,12 +49,9 @@ async fn a_gibibyte_streams_both_ways_in_bounded_memory() {
     }
     assert_eq!(got, GIB);
 
-    let uploader: Client<_, Upload> = Client::builder(TokioExecutor::new()).build_http();
+    let uploader: Client<_, Generated> = Client::builder(TokioExecutor::new()).build_http();
     let req = http::Request::post(router.url("/count"))
-        .body(Upload {
-            left: GIB,
-            chunk: Bytes::from(vec![b'u'; 64 * 1024]),
-        })
+        .body(Generated::new(GIB))
         .unwrap();
     let resp = uploader.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
