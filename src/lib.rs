@@ -4,26 +4,30 @@
 //! One request, end to end:
 //!
 //! ```text
-//! server    accept TCP/TLS, HTTP/1.1 or HTTP/2; limits and deadlines
-//!   proxy   check the request (Host, URI, body size)
-//!     identity  peer address -> client IP
-//!     geo       client IP -> country, continent, location (GeoLookup)
-//!     policy    facts + RoutingTable -> route and candidate regions, or refusal
+//! server        accept TCP (PROXY protocol) or TLS, HTTP/1.1 or HTTP/2; limits, deadlines
+//!   proxy       check the request (Host, URI, body size)
+//!     identity  peer + trusted proxies -> client IP
+//!     residency trusted header or signed cookie -> home-jurisdiction claim
+//!     geo       client IP -> country, continent, subdivision, location
+//!     policy    facts + RoutingTable -> route, rule, pin, candidates (fenced)
 //!     select    candidates + RegionStates -> regions to try, in order
-//!   forward pooled upstream client per region; next candidate on connect failure
-//!   proxy   hop-by-hop headers out, x-georouter-region in; stream the body back
+//!   forward     pooled upstream connection; next candidate when one cannot be had
+//!   proxy       hop-by-hop headers out, x-georouter-region in; stream the body back
 //! ```
 //!
 //! The decision (identity, geo, policy, select) is pure: it reads two immutable
-//! snapshots behind `ArcSwap` ([`State::table`], [`State::states`]) and does no I/O.
+//! snapshots behind `ArcSwap` ([`State::table`], [`State::states`]), does no I/O
+//! and allocates nothing.
 //!
-//! Modules: [`config`] TOML -> validated `Config`; [`table`] compiled routing
-//! table; [`regions`] region state snapshot; [`identity`], [`geo`], [`policy`],
-//! [`select`] the decision; [`headers`] header hygiene; [`forward`] upstream
-//! clients; [`proxy`] the per-request service; [`server`] accept loops and
-//! shutdown; [`launch`] worker threads and the admin listener; [`tls`] rustls configs; [`admin`] the admin API; [`sim`] simulated
-//! regional backends for the demo and the tests; [`demo`] the embedded default;
-//! [`explain`] why a request goes where it goes; [`pool`] upstream connections.
+//! Modules: [`config`] TOML -> validated `Config`; [`table`] the compiled routing
+//! table; [`regions`] the region state snapshot; [`identity`], [`residency`],
+//! [`geo`], [`policy`], [`select`] the decision; [`explain`] why a request goes
+//! where it goes; [`headers`] header hygiene; [`forward`] attempts over the
+//! candidates; [`pool`] upstream connections; [`proxy`] the per-request service;
+//! [`server`] accept loops and shutdown; [`proxy_protocol`] PROXY v1/v2;
+//! [`launch`] worker threads and the admin listener; [`tls`] rustls configs;
+//! [`admin`] the admin API; [`metrics`] the Prometheus registry; [`sim`]
+//! simulated regions for the demo and the tests; [`demo`] the embedded default.
 
 // One audited exception: the geo database is memory-mapped (src/geo.rs).
 #![deny(unsafe_code)]

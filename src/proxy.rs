@@ -317,16 +317,13 @@ async fn proxy(
         Either::Left(Limited::new(body, limit))
     };
     let req = Request::from_parts(parts, body);
-    let fenced_in = decision
-        .pin
-        .filter(|_| decision.fenced)
-        .map(|p| table.jurisdiction(p.jurisdiction).name.clone());
     let forwarded = forward::forward(table, regions, req, replayable)
         .await
-        .map_err(|e| match (e, fenced_in) {
+        .map_err(|e| match (e, decision.pin.filter(|_| decision.fenced)) {
             // Every region of the jurisdiction is unreachable: say so, and that
             // the request was not sent anywhere else.
-            (ForwardError::Connect { .. }, Some(jurisdiction)) => {
+            (ForwardError::Connect { .. }, Some(pin)) => {
+                let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
                 tracing::warn!(%jurisdiction, client = %client.0, "residency refusal: every region inside the jurisdiction is unreachable");
                 refused(conn, &jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
