@@ -94,42 +94,29 @@ fn bench(c: &mut Criterion) {
         let table = RoutingTable::compile(&cfg).unwrap();
         assert_eq!(table.routes()[0].rules.len(), rules);
         let states = RegionStates::all_serving(&table);
+        // Everything a request brings, with its geo lookup.
+        let facts_for = |ip: IpAddr| RequestFacts {
+            client: ClientIp(ip),
+            geo: table.geo().lookup(ip),
+            host: "api.example.com",
+            path: "/v1/orders",
+            method: &http::Method::GET,
+            home: None,
+        };
+        let decide = |facts: &RequestFacts<'_>| {
+            let d = policy::decide(&table, facts).unwrap();
+            let first = select::serving(&table, &states, &d.candidates).next();
+            first
+        };
         for (who, ip) in [("eu resident", german), ("us client", american)] {
-            let facts = RequestFacts {
-                client: ClientIp(ip),
-                geo: table.geo().lookup(ip),
-                host: "api.example.com",
-                path: "/v1/orders",
-                method: &http::Method::GET,
-                home: None,
-            };
+            let facts = facts_for(ip);
             c.bench_function(
                 &format!("decision, {rules} rules, {who} (no lookup)"),
-                |b| {
-                    b.iter(|| {
-                        let d = policy::decide(&table, black_box(&facts)).unwrap();
-                        let first = select::serving(&table, &states, &d.candidates).next();
-                        black_box(first)
-                    })
-                },
+                |b| b.iter(|| black_box(decide(black_box(&facts)))),
             );
         }
-        let facts_ip = german;
         c.bench_function(&format!("lookup + decision, {rules} rules"), |b| {
-            b.iter(|| {
-                let ip = black_box(facts_ip);
-                let facts = RequestFacts {
-                    client: ClientIp(ip),
-                    geo: table.geo().lookup(ip),
-                    host: "api.example.com",
-                    path: "/v1/orders",
-                    method: &http::Method::GET,
-                    home: None,
-                };
-                let d = policy::decide(&table, &facts).unwrap();
-                let first = select::serving(&table, &states, &d.candidates).next();
-                black_box(first)
-            })
+            b.iter(|| black_box(decide(&facts_for(black_box(german)))))
         });
     }
 }
