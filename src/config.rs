@@ -4,12 +4,7 @@
 pub mod raw;
 mod routing;
 
-pub use routing::{JurisdictionSpec, Methods, ResidencySpec, RuleSpec, Steering};
-
-/// Limits of the routing part of a policy.
-pub mod routing_limits {
-    pub use super::routing::MAX_CANDIDATES;
-}
+pub use routing::{JurisdictionSpec, Methods, ResidencySpec, RuleSpec, Steering, MAX_CANDIDATES};
 
 use std::collections::HashSet;
 use std::fmt;

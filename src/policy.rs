@@ -2,8 +2,7 @@
 //! rule that matched, the residency pin, and the candidate regions in order.
 //! Pure: no I/O, no lock, no allocation (candidates are kept inline).
 
-use crate::config::routing_limits::MAX_CANDIDATES;
-use crate::config::Steering;
+use crate::config::{Steering, MAX_CANDIDATES};
 use crate::geo::{distance_km, GeoFacts};
 use crate::identity::ClientIp;
 use crate::table::{JurisdictionId, Matched, RegionId, Route, RoutingTable};

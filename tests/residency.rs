@@ -22,17 +22,7 @@ async fn world() -> (TestRouter, SimRegion, SimRegion, SimRegion) {
         database = "{db}"
         [residency]
         header = "x-georouter-home"
-        [[regions]]
-        name = "us"
-        endpoints = [{{ url = "{us}" }}]
-        [[regions]]
-        name = "eu1"
-        jurisdiction = "eu"
-        endpoints = [{{ url = "{eu1}" }}]
-        [[regions]]
-        name = "eu2"
-        jurisdiction = "eu"
-        endpoints = [{{ url = "{eu2}" }}]
+        {regions}
         [[jurisdictions]]
         name = "eu"
         countries = ["DE"]
@@ -43,9 +33,7 @@ async fn world() -> (TestRouter, SimRegion, SimRegion, SimRegion) {
         regions = ["eu1", "eu2"]
         "#,
         db = toml_path(&country_mmdb()),
-        us = us.url(),
-        eu1 = eu1.url(),
-        eu2 = eu2.url(),
+        regions = regions_toml(&[(&us, None), (&eu1, Some("eu")), (&eu2, Some("eu"))]),
     );
     (TestRouter::spawn(&toml).await, us, eu1, eu2)
 }
@@ -104,13 +92,7 @@ async fn an_untrusted_peer_cannot_choose_its_jurisdiction_and_its_claim_is_strip
         address = "127.0.0.1:0"
         [residency]
         header = "x-georouter-home"
-        [[regions]]
-        name = "us"
-        endpoints = [{{ url = "{}" }}]
-        [[regions]]
-        name = "eu"
-        jurisdiction = "eu"
-        endpoints = [{{ url = "{}" }}]
+        {}
         [[jurisdictions]]
         name = "eu"
         countries = ["DE"]
@@ -120,8 +102,7 @@ async fn an_untrusted_peer_cannot_choose_its_jurisdiction_and_its_claim_is_strip
         countries = ["DE"]
         regions = ["eu"]
         "#,
-        us.url(),
-        eu.url()
+        regions_toml(&[(&us, None), (&eu, Some("eu"))]),
     );
     let router = TestRouter::spawn(&toml).await;
     let req = http::Request::get(router.url("/echo"))
@@ -200,13 +181,7 @@ async fn world_with_cookie() -> (TestRouter, SimRegion, SimRegion) {
         [residency]
         cookie = "georouter_home"
         cookie_key_file = "{key}"
-        [[regions]]
-        name = "us"
-        endpoints = [{{ url = "{us}" }}]
-        [[regions]]
-        name = "eu"
-        jurisdiction = "eu"
-        endpoints = [{{ url = "{eu}" }}]
+        {regions}
         [[jurisdictions]]
         name = "eu"
         countries = ["DE"]
@@ -218,8 +193,7 @@ async fn world_with_cookie() -> (TestRouter, SimRegion, SimRegion) {
         "#,
         db = toml_path(&country_mmdb()),
         key = toml_path(&key),
-        us = us.url(),
-        eu = eu.url(),
+        regions = regions_toml(&[(&us, None), (&eu, Some("eu"))]),
     );
     (TestRouter::spawn(&toml).await, us, eu)
 }
@@ -266,12 +240,7 @@ async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
         proxy_protocol = true
         [geo]
         database = "{db}"
-        [[regions]]
-        name = "us"
-        endpoints = [{{ url = "{us}" }}]
-        [[regions]]
-        name = "eu"
-        endpoints = [{{ url = "{eu}" }}]
+        {regions}
         [[routes]]
         regions = ["us"]
         [[routes.rules]]
@@ -279,8 +248,7 @@ async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
         regions = ["eu"]
         "#,
         db = toml_path(&country_mmdb()),
-        us = us.url(),
-        eu = eu.url(),
+        regions = regions_toml(&[(&us, None), (&eu, None)]),
     );
     let router = TestRouter::spawn(&toml).await;
     let v1 = raw(

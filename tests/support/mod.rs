@@ -94,6 +94,19 @@ pub fn policy(regions: &[&SimRegion], extra: &str) -> String {
     s
 }
 
+/// `[[regions]]` blocks for simulated regions, each with its jurisdiction if any.
+pub fn regions_toml(regions: &[(&SimRegion, Option<&str>)]) -> String {
+    let mut s = String::new();
+    for (r, jurisdiction) in regions {
+        s.push_str(&format!("[[regions]]\nname = \"{}\"\n", r.name()));
+        if let Some(j) = jurisdiction {
+            s.push_str(&format!("jurisdiction = \"{j}\"\n"));
+        }
+        s.push_str(&format!("endpoints = [{{ url = \"{}\" }}]\n", r.url()));
+    }
+    s
+}
+
 pub async fn region(name: &str) -> SimRegion {
     SimRegion::spawn(name)
         .await
