@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
         cfg.geo_database = Some(db.clone());
         let table = RoutingTable::compile(&cfg).unwrap();
         assert_eq!(table.routes()[0].rules.len(), rules);
-        let states = RegionStates::all_serving(&table);
+        let states = RegionStates::all_serving(&table, &georouter::metrics::Metrics::new());
         // Everything a request brings, with its geo lookup.
         let facts_for = |ip: IpAddr| RequestFacts {
             client: ClientIp(ip),
@@ -105,7 +105,9 @@ fn bench(c: &mut Criterion) {
         };
         let decide = |facts: &RequestFacts<'_>| {
             let d = policy::decide(&table, facts).unwrap();
-            let first = select::serving(&table, &states, &d.candidates).next();
+            let first = select::serving(&table, &states, d.route.steering, &d.candidates, || 0)
+                .first()
+                .copied();
             first
         };
         for (who, ip) in [("eu resident", german), ("us client", american)] {

@@ -1,8 +1,11 @@
-//! The admin API on its own listener (loopback by default): liveness, readiness and
-//! the regions the router knows, and why a request would go where it goes.
-//! Read-only for now; mutating routes will need a token.
+//! The admin API on its own listener (loopback by default): liveness, readiness,
+//! metrics, regions, the effective policy, why a request would go where it goes;
+//! and, with the mutating token, drains and reloads, each an audit event.
+
+pub mod auth;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,18 +14,22 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::control::{Control, DrainError};
 use crate::server::Shutdown;
 use crate::State;
+use auth::{Access, Denied};
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// Serves the admin API until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, control: Arc<Control>, mut shutdown: Shutdown) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -31,9 +38,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: Shutd
             },
             _ = shutdown.changed() => return,
         };
-        let state = state.clone();
+        let control = control.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| route(state.clone(), req));
+            let svc = service_fn(move |req| route(control.clone(), peer, req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -41,19 +48,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: Shutd
     }
 }
 
-#[derive(Serialize)]
-struct RegionView<'a> {
-    name: &'a str,
-    jurisdiction: Option<&'a str>,
-    healthy: bool,
-    drained: bool,
-    endpoints: Vec<String>,
-}
-
 /// `GET /explain?ip=..&host=..&path=..&method=..&home=..`: the decision for a hypothetical
 /// request from `ip`, as JSON.
 fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
-    const TEXT: &str = "text/plain; charset=utf-8";
     let mut ip = None;
     let (mut host, mut path, mut home) = (String::new(), "/".to_owned(), None);
     let mut method = http::Method::GET;
@@ -102,10 +99,10 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
             .as_deref()
             .map(|h| (h, crate::policy::PinSource::Header)),
     };
-    let e = crate::explain::explain(&table, &states, &facts);
-    let mut body = serde_json::to_vec_pretty(&e).unwrap_or_default();
-    body.push(b'\n');
-    reply(StatusCode::OK, "application/json", body)
+    json(
+        StatusCode::OK,
+        &crate::explain::explain(&table, &states, &facts),
+    )
 }
 
 fn reply(
@@ -122,48 +119,194 @@ fn reply(
     r
 }
 
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, JSON, body)
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn denied(d: Denied) -> Response<Full<Bytes>> {
+    match d {
+        Denied::Unauthorized => {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                TEXT,
+                "a valid bearer token is required (Authorization: Bearer TOKEN)\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"georouter-admin\""),
+            );
+            r
+        }
+        Denied::WritesDisabled => reply(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "mutating admin calls are disabled: set admin.token_file or admin.token_env\n",
+        ),
+    }
+}
+
+/// A mutating call: `POST /regions/{name}/drain|undrain`, `POST /reload`.
+fn mutate(
+    control: &Arc<Control>,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+    action: &str,
+    region: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let reason = query_param(req, "reason").unwrap_or_default();
+    let force = query_param(req, "force").is_some_and(|v| v == "true" || v == "1");
+    let audit = |result: &str, detail: &str| {
+        tracing::info!(
+            target: "georouter::audit",
+            peer = %peer,
+            action,
+            region = region.unwrap_or("-"),
+            reason = %reason,
+            force,
+            result,
+            detail,
+        );
+        control
+            .state()
+            .metrics
+            .admin_requests
+            .with_label_values(&[action, result])
+            .inc();
+    };
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if let Err(d) = control.auth().check(authz, Access::Write) {
+        audit("denied", "");
+        return denied(d);
+    }
+    match (action, region) {
+        ("reload", _) => match control.reload(&format!("POST /reload from {peer}")) {
+            Ok(generation) => {
+                audit("ok", "");
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "result": "reloaded", "generation": generation }),
+                )
+            }
+            Err(e) => {
+                audit("rejected", &e.to_string());
+                reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    format!("reload rejected; the previous policy keeps serving:\n{e}\n"),
+                )
+            }
+        },
+        (_, Some(name)) => {
+            let drain = (action == "drain").then(|| {
+                let why = if reason.is_empty() {
+                    "no reason given".to_owned()
+                } else {
+                    reason.clone()
+                };
+                (why, peer.ip().to_string())
+            });
+            match control.set_drain(name, drain, force) {
+                Ok(persist_error) => {
+                    let warning = persist_error.map(|e| e.to_string());
+                    audit("ok", warning.as_deref().unwrap_or(""));
+                    let view = control.regions().into_iter().find(|r| r.name == name);
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "region": view, "persist_warning": warning }),
+                    )
+                }
+                Err(e @ DrainError::UnknownRegion(_)) => {
+                    audit("rejected", &e.to_string());
+                    reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n"))
+                }
+                Err(e @ DrainError::LastInJurisdiction { .. }) => {
+                    audit("rejected", &e.to_string());
+                    reply(StatusCode::CONFLICT, TEXT, format!("{e}\n"))
+                }
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),
+    }
+}
+
 async fn route(
-    state: Arc<State>,
+    control: Arc<Control>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n"),
-        (&Method::GET, "/readyz") => reply(StatusCode::OK, TEXT, "ready\n"),
-        (&Method::GET, "/regions") => {
-            let table = state.table.load();
-            let states = state.states.load();
-            let views: Vec<RegionView<'_>> = table
-                .regions()
-                .iter()
-                .map(|r| {
-                    let s = states.get(&table, r.id);
-                    RegionView {
-                        name: r.name.as_str(),
-                        jurisdiction: r.jurisdiction.as_deref(),
-                        healthy: s.healthy,
-                        drained: s.drained,
-                        endpoints: r
-                            .endpoints
-                            .iter()
-                            .map(|e| format!("{}://{}", e.scheme, e.authority))
-                            .collect(),
-                    }
-                })
-                .collect();
-            let mut body = serde_json::to_vec_pretty(&views).unwrap_or_default();
-            body.push(b'\n');
-            reply(StatusCode::OK, "application/json", body)
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    // Liveness and readiness are for probes: never behind a token.
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return Ok(reply(StatusCode::OK, TEXT, "ok\n")),
+        (&Method::GET, "/readyz") => {
+            return Ok(if control.ready() {
+                reply(StatusCode::OK, TEXT, "ready\n")
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "not ready: waiting for the first round of health checks\n",
+                )
+            })
         }
-        (&Method::GET, "/metrics") => reply(
+        _ => {}
+    }
+    if method == Method::POST {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        return Ok(match segments.as_slice() {
+            ["reload"] => mutate(&control, peer, &req, "reload", None),
+            ["regions", name, action @ ("drain" | "undrain")] => {
+                mutate(&control, peer, &req, action, Some(name))
+            }
+            _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),
+        });
+    }
+    let known = matches!(
+        path.as_str(),
+        "/metrics" | "/regions" | "/config" | "/explain"
+    );
+    if method != Method::GET {
+        return Ok(if known {
+            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
+        } else {
+            reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n")
+        });
+    }
+    if known {
+        let authz = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Err(d) = control.auth().check(authz, Access::Read) {
+            return Ok(denied(d));
+        }
+    }
+    let state = control.state();
+    Ok(match path.as_str() {
+        "/regions" => json(StatusCode::OK, &control.regions()),
+        "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.render(),
         ),
-        (&Method::GET, "/explain") => explain(&state, req.uri().query().unwrap_or("")),
-        (_, "/healthz" | "/readyz" | "/regions" | "/explain" | "/metrics") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
-        }
+        "/config" => reply(
+            StatusCode::OK,
+            "application/toml; charset=utf-8",
+            state.config.load().effective.to_string(),
+        ),
+        "/explain" => explain(state, req.uri().query().unwrap_or("")),
         _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),
     })
 }

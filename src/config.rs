@@ -1,8 +1,13 @@
 //! The routing policy: TOML in, validated `Config` out, with every error at once,
 //! each with its dotted path (`regions[2].endpoints[0].url: ...`) and what to change.
 
+mod health;
 pub mod raw;
 mod routing;
+
+pub use health::{
+    FailbackSpec, HealthCheck, HealthSettings, PassiveSpec, ReloadSettings, RetrySettings,
+};
 
 pub use routing::{JurisdictionSpec, Methods, ResidencySpec, RuleSpec, Steering, MAX_CANDIDATES};
 
@@ -83,6 +88,11 @@ pub struct Config {
     /// How a user's home jurisdiction may be claimed (trusted header, signed cookie).
     pub residency: ResidencySpec,
     pub routes: Vec<RouteSpec>,
+    pub health: HealthSettings,
+    pub retry: RetrySettings,
+    pub reload: ReloadSettings,
+    /// The policy as read, defaults filled in, secrets redacted (`GET /config`).
+    pub effective: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +138,9 @@ pub struct AdminSettings {
     pub address: SocketAddr,
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
+    pub read_token_file: Option<PathBuf>,
+    pub read_token_env: Option<String>,
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +177,7 @@ pub struct RegionSpec {
     pub location: Option<Location>,
     pub endpoints: Vec<EndpointSpec>,
     pub tls: RegionTls,
+    pub health: HealthCheck,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -231,7 +245,10 @@ impl Config {
     /// Parses and validates policy text; file paths inside it are taken as they are.
     pub fn from_toml(text: &str) -> Result<Config, FromTomlError> {
         let raw: RawConfig = toml::from_str(text).map_err(FromTomlError::Parse)?;
-        Config::try_from(raw).map_err(FromTomlError::Invalid)
+        let effective = effective(&raw);
+        let mut config = Config::try_from(raw).map_err(FromTomlError::Invalid)?;
+        config.effective = effective;
+        Ok(config)
     }
 }
 
@@ -253,7 +270,11 @@ impl TryFrom<RawConfig> for Config {
         let listeners = listeners(raw.listeners, &mut errs);
         let admin = admin(raw.admin, &mut errs);
         let upstream = upstream(raw.upstream, &mut errs);
-        let regions = regions(raw.regions, &mut errs);
+        let checks = health::defaults(&raw.health, &mut errs);
+        let health = health::settings(&raw.health, &raw.failback, &mut errs);
+        let retry = health::retry(&raw.retry, &mut errs);
+        let reload = health::reload(&raw.reload, &mut errs);
+        let regions = regions(raw.regions, &checks, &mut errs);
         let jurisdictions = routing::jurisdictions(raw.jurisdictions, &regions, &mut errs);
         let residency = routing::residency(raw.residency, &mut errs);
         let routes = routing::routes(raw.routes, &regions, &mut errs);
@@ -270,6 +291,10 @@ impl TryFrom<RawConfig> for Config {
                 jurisdictions,
                 residency,
                 routes,
+                health,
+                retry,
+                reload,
+                effective: Arc::from(""),
             })
         } else {
             Err(errs)
@@ -434,6 +459,9 @@ fn admin(a: raw::RawAdmin, errs: &mut Invalid) -> AdminSettings {
         address: socket_addr("admin.address", &a.address, errs),
         token_file: a.token_file,
         token_env: a.token_env,
+        read_token_file: a.read_token_file,
+        read_token_env: a.read_token_env,
+        state_file: a.state_file,
     }
 }
 
@@ -462,7 +490,7 @@ fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn regions(raw: Vec<raw::RawRegion>, errs: &mut Invalid) -> Vec<RegionSpec> {
+fn regions(raw: Vec<raw::RawRegion>, checks: &HealthCheck, errs: &mut Invalid) -> Vec<RegionSpec> {
     if raw.is_empty() {
         errs.push(
             "regions",
@@ -532,7 +560,9 @@ fn regions(raw: Vec<raw::RawRegion>, errs: &mut Invalid) -> Vec<RegionSpec> {
                     "client_cert and client_key go together: set both or neither",
                 );
             }
+            let health = health::region(&format!("{path}.health"), &r.health, checks, errs);
             RegionSpec {
+                health,
                 name: RegionName::new(&r.name),
                 jurisdiction: r.jurisdiction,
                 location,
@@ -545,6 +575,32 @@ fn regions(raw: Vec<raw::RawRegion>, errs: &mut Invalid) -> Vec<RegionSpec> {
             }
         })
         .collect()
+}
+
+/// The policy as TOML with every default filled in; values of keys that name
+/// tokens or keys are replaced, so the text can be shown to any admin reader.
+fn effective(raw: &RawConfig) -> Arc<str> {
+    fn redact(v: &mut toml::Value) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t.iter_mut() {
+                    if k.contains("token") || k.contains("key") || k.contains("secret") {
+                        *v = toml::Value::String("<redacted>".to_owned());
+                    } else {
+                        redact(v);
+                    }
+                }
+            }
+            toml::Value::Array(a) => a.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let mut value = match toml::Value::try_from(raw) {
+        Ok(v) => v,
+        Err(e) => return Arc::from(format!("# cannot render the policy: {e}\n")),
+    };
+    redact(&mut value);
+    Arc::from(toml::to_string_pretty(&value).unwrap_or_default())
 }
 
 fn endpoint(path: &str, e: &raw::RawEndpoint, errs: &mut Invalid) -> Option<EndpointSpec> {

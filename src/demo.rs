@@ -47,8 +47,12 @@ pub fn config(
     Config::from_toml(&text)
 }
 
+/// The demo's mutating admin token unless `--admin-token` gives another (the
+/// admin API listens on loopback only).
+pub const ADMIN_TOKEN: &str = "demo-token";
+
 /// What the demo prints once it serves.
-pub fn banner(listen: SocketAddr, admin: SocketAddr) -> String {
+pub fn banner(listen: SocketAddr, admin: SocketAddr, token: &str) -> String {
     format!(
         "georouter demo: 4 simulated regions ({regions}) behind http://{listen}\n\
          admin API on http://{admin}\n\n\
@@ -60,7 +64,10 @@ pub fn banner(listen: SocketAddr, admin: SocketAddr) -> String {
                                                                  # EU resident travelling in the US: eu-west\n  \
          curl -i --http2-prior-knowledge http://{listen}/             # h2c\n  \
          curl -s http://{listen}/echo                                 # what the region received\n  \
-         curl -s http://{admin}/regions                         # regions and their state\n\n\
+         curl -s http://{admin}/regions                         # regions and their state\n  \
+         curl -s -X POST -H 'Authorization: Bearer {token}' 'http://{admin}/regions/eu-west/drain?reason=drill'\n  \
+         curl -s -X POST -H 'Authorization: Bearer {token}' http://{admin}/regions/eu-west/undrain\n  \
+         curl -s http://{admin}/metrics | grep ^georouter_region\n\n\
          Ctrl-C stops it (in-flight requests finish first).\n",
         regions = REGIONS.join(", "),
     )

@@ -128,7 +128,9 @@ pub fn explain(
         .iter()
         .map(|&id| table.region(id).name.to_string())
         .collect();
-    let chosen = crate::select::serving(table, states, &d.candidates).next();
+    // The draw of 0 is what most requests see: a ramping region keeps first place.
+    let order = crate::select::serving(table, states, d.route.steering, &d.candidates, || 0);
+    let chosen = order.first().copied();
     e.chosen = chosen.map(|id| table.region(id).name.to_string());
     e.outcome = match (chosen, d.fenced) {
         (Some(id), _) => format!("routed to {}", table.region(id).name),
@@ -142,9 +144,18 @@ pub fn explain(
     for r in table.regions() {
         let s = states.get(table, r.id);
         let verdict = if Some(r.id) == chosen {
-            "chosen: first serving candidate".to_owned()
+            if s.weight < 1000 {
+                format!(
+                    "chosen: first serving candidate (slow start: {}% of its traffic)",
+                    s.weight / 10
+                )
+            } else {
+                "chosen: first serving candidate".to_owned()
+            }
+        } else if let Some(pos) = order.iter().position(|&c| c == r.id) {
+            format!("fallback #{pos} if the chosen region fails")
         } else if let Some(pos) = d.candidates.iter().position(|&c| c == r.id) {
-            let before_chosen = chosen.map_or(true, |c| {
+            let before_chosen = chosen.is_none_or(|c| {
                 d.candidates
                     .iter()
                     .position(|&x| x == c)

@@ -4,12 +4,16 @@
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 
+use crate::accounting::FailureKind;
+use crate::budget;
 use crate::config::{EndpointSpec, Protocol, RegionName};
 use crate::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
+use crate::regions::RegionStates;
 use crate::table::{Region, RegionId, RoutingTable};
+use crate::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -36,6 +40,8 @@ pub enum ForwardError {
 pub struct Forwarded<'t> {
     pub response: Response<PooledBody>,
     pub region: &'t Region,
+    /// The first attempt that failed on the way, and how.
+    pub first_failure: Option<(RegionId, FailureKind)>,
 }
 
 /// Points a request at an endpoint: origin-form URI for HTTP/1.1 (with the
@@ -90,18 +96,64 @@ fn is_body_limit(e: &hyper::Error) -> bool {
     false
 }
 
+/// Counts a failed attempt against its region (waking the controller when the run
+/// of failures reaches the passive threshold) and remembers the first one.
+fn failed(
+    ctx: &Attempt<'_>,
+    id: RegionId,
+    kind: FailureKind,
+    first: &mut Option<(RegionId, FailureKind)>,
+) {
+    if let Some(a) = ctx.states.account(ctx.table, id) {
+        if a.failure(kind, ctx.table.settings.passive_failures) {
+            ctx.state.wake.notify_one();
+        }
+    }
+    first.get_or_insert((id, kind));
+}
+
+/// What an attempt needs besides the request.
+pub struct Attempt<'a> {
+    pub table: &'a RoutingTable,
+    pub states: &'a RegionStates,
+    pub state: &'a State,
+}
+
+/// Whether a response status says "this region cannot serve it right now".
+fn retriable_status(s: StatusCode) -> bool {
+    matches!(
+        s,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// A retry of a request that a region already received: within the budget only.
+fn may_retry(ctx: &Attempt<'_>, reason: &str) -> bool {
+    if budget::try_spend(&ctx.table.settings.retry) {
+        ctx.state.metrics.retries.with_label_values(&[reason]).inc();
+        true
+    } else {
+        ctx.state.metrics.retries_refused.inc();
+        false
+    }
+}
+
 /// Sends `req` to the first candidate that answers. `replayable` says the request
-/// may be sent again after it was sent once (idempotent, no body).
+/// may be sent again after it was sent once (idempotent, no body): after a reset
+/// before any response, or a 502/503/504, within the retry budget. A request that
+/// could not be sent (no connection) moves on freely: nothing reached the region.
 pub async fn forward<'t>(
-    table: &'t RoutingTable,
-    candidates: impl Iterator<Item = RegionId>,
+    ctx: &Attempt<'t>,
+    candidates: &[RegionId],
     req: Request<UpstreamBody>,
     replayable: bool,
 ) -> Result<Forwarded<'t>, ForwardError> {
+    let table = ctx.table;
     let timeout = table.settings.upstream.response_timeout;
-    let mut candidates = candidates.peekable();
+    let mut candidates = candidates.iter().copied().peekable();
     let mut req = Some(req);
     let mut last_error = None;
+    let mut first_failure = None;
     while let Some(id) = candidates.next() {
         let region = table.region(id);
         let endpoint = pool::pick_endpoint(table, region);
@@ -117,6 +169,14 @@ pub async fn forward<'t>(
                 Ok(lease) => lease,
                 Err(source) => {
                     tracing::debug!(region = %region.name, error = %source, "connect failed");
+                    failed(ctx, id, FailureKind::Connect, &mut first_failure);
+                    if candidates.peek().is_some() {
+                        ctx.state
+                            .metrics
+                            .retries
+                            .with_label_values(&["connect"])
+                            .inc();
+                    }
                     req = Some(current);
                     last_error = Some(ForwardError::Connect {
                         region: region.name.clone(),
@@ -128,12 +188,33 @@ pub async fn forward<'t>(
             let reused = lease.reused;
             let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
             match tokio::time::timeout(timeout, lease.send(current)).await {
-                Ok(Ok(response)) => return Ok(Forwarded { response, region }),
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    if status.is_server_error() {
+                        failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
+                        if let Some(copy) = copy.filter(|_| retriable_status(status)) {
+                            if may_retry(ctx, "status_5xx") {
+                                tracing::debug!(region = %region.name, %status, "retrying on the next region");
+                                req = Some(copy);
+                                last_error = None;
+                                break;
+                            }
+                        }
+                    } else if let Some(a) = ctx.states.account(table, id) {
+                        a.success();
+                    }
+                    return Ok(Forwarded {
+                        response,
+                        region,
+                        first_failure,
+                    });
+                }
                 Err(_) => {
+                    failed(ctx, id, FailureKind::Timeout, &mut first_failure);
                     return Err(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
-                    })
+                    });
                 }
                 Ok(Err(SendError {
                     error,
@@ -145,6 +226,7 @@ pub async fn forward<'t>(
                         stale_retry = false;
                         continue;
                     }
+                    failed(ctx, id, FailureKind::Connect, &mut first_failure);
                     last_error = Some(ForwardError::Failed {
                         region: region.name.clone(),
                         source: error,
@@ -160,18 +242,19 @@ pub async fn forward<'t>(
                             limit: table.settings.max_body_bytes,
                         });
                     }
-                    let failed = ForwardError::Failed {
+                    failed(ctx, id, FailureKind::Reset, &mut first_failure);
+                    let failure = ForwardError::Failed {
                         region: region.name.clone(),
                         source: error,
                     };
                     match copy {
-                        Some(copy) => {
-                            tracing::debug!(error = %failed, "replaying on the next region");
+                        Some(copy) if may_retry(ctx, "reset") => {
+                            tracing::debug!(error = %failure, "replaying on the next region");
                             req = Some(copy);
-                            last_error = Some(failed);
+                            last_error = Some(failure);
                             break;
                         }
-                        None => return Err(failed),
+                        _ => return Err(failure),
                     }
                 }
             }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::control::{self, Control};
 use crate::server::{self, ConnLimits, Listener};
 use crate::table::TableError;
 use crate::State;
@@ -18,11 +19,14 @@ pub enum StartError {
     Workers(std::io::Error),
     #[error("cannot use the admin listener: {0}")]
     Admin(std::io::Error),
+    #[error(transparent)]
+    Control(#[from] crate::control::StartError),
 }
 
 /// A router that is serving. Stop it with [`Running::shutdown`].
 pub struct Running {
     pub state: Arc<State>,
+    pub control: Arc<Control>,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     admin: tokio::task::JoinHandle<()>,
@@ -34,19 +38,22 @@ pub fn start(
     config: Config,
     listeners: Vec<Listener>,
     admin: std::net::TcpListener,
+    options: control::Options,
 ) -> Result<Running, StartError> {
     let workers = server::worker_count(config.server.workers);
     let limits = ConnLimits::new(&config.server);
     let state = Arc::new(State::new(config)?);
     let (stop, shutdown) = watch::channel(false);
+    let control = Control::start(state.clone(), options, shutdown.clone())?;
     let workers = server::spawn_workers(workers, &listeners, &state, &limits, &shutdown)
         .map_err(StartError::Workers)?;
     drop(listeners);
     admin.set_nonblocking(true).map_err(StartError::Admin)?;
     let admin = tokio::net::TcpListener::from_std(admin).map_err(StartError::Admin)?;
-    let admin = tokio::spawn(crate::admin::serve(admin, state.clone(), shutdown));
+    let admin = tokio::spawn(crate::admin::serve(admin, control.clone(), shutdown));
     Ok(Running {
         state,
+        control,
         stop,
         workers,
         admin,

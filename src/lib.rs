@@ -32,13 +32,17 @@
 // One audited exception: the geo database is memory-mapped (src/geo.rs).
 #![deny(unsafe_code)]
 
+pub mod accounting;
 pub mod admin;
+pub mod budget;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod explain;
 pub mod forward;
 pub mod geo;
 pub mod headers;
+pub mod health;
 pub mod identity;
 pub mod launch;
 pub mod metrics;
@@ -67,17 +71,27 @@ pub struct State {
     pub config: ArcSwap<Config>,
     pub table: ArcSwap<RoutingTable>,
     pub states: ArcSwap<RegionStates>,
+    /// Wakes the controller when traffic trips a region's passive detection.
+    pub wake: tokio::sync::Notify,
+    /// `requests_total{region="none"}`: answers the router gave itself.
+    pub unrouted: accounting::CodeCounters,
 }
 
 impl State {
     pub fn new(config: Config) -> Result<State, TableError> {
         let table = RoutingTable::compile(&config)?;
-        let states = RegionStates::all_serving(&table);
+        let metrics = metrics::Metrics::new();
+        let states = RegionStates::all_serving(&table, &metrics);
         Ok(State {
-            metrics: metrics::Metrics::new(),
             config: ArcSwap::from_pointee(config),
             table: ArcSwap::from_pointee(table),
             states: ArcSwap::from_pointee(states),
+            wake: tokio::sync::Notify::new(),
+            unrouted: accounting::CodeCounters::new(
+                &metrics.requests,
+                config::RegionName::new("none"),
+            ),
+            metrics,
         })
     }
 }

@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use georouter::config::Config;
-use georouter::{demo, launch, server, table::RoutingTable, tls};
+use georouter::{control, demo, launch, server, table::RoutingTable, tls};
 
 #[derive(Parser)]
 #[command(
@@ -222,7 +222,7 @@ fn check(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, options: control::Options) -> Result<()> {
     let listeners = server::bind(&config.listeners)?;
     let admin = std::net::TcpListener::bind(config.admin.address)
         .with_context(|| format!("admin.address: cannot listen on {}", config.admin.address))?;
@@ -230,8 +230,8 @@ async fn serve(config: Config) -> Result<()> {
         tracing::info!(listener = %l.name, address = %l.tcp.local_addr()?, tls = l.tls.is_some(), "listening");
     }
     tracing::info!(address = %admin.local_addr()?, "admin API listening");
-    let running = launch::start(config, listeners, admin)?;
-    wait_for_signal().await?;
+    let running = launch::start(config, listeners, admin, options)?;
+    wait_for_signal(&running.control).await?;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     running.shutdown().await;
     tracing::info!("stopped");
@@ -240,13 +240,20 @@ async fn serve(config: Config) -> Result<()> {
 
 async fn run(path: PathBuf) -> Result<()> {
     let config = Config::load(&path)?;
-    serve(config).await
+    serve(
+        config,
+        control::Options {
+            config_path: Some(path),
+            admin_token: None,
+        },
+    )
+    .await
 }
 
 async fn run_demo(
     listen: SocketAddr,
     admin: SocketAddr,
-    _admin_token: Option<String>,
+    admin_token: Option<String>,
     db: PathBuf,
     latency: Vec<(String, Duration)>,
 ) -> Result<()> {
@@ -270,17 +277,29 @@ async fn run_demo(
         None
     });
     let config = demo::config(listen, admin, &regions, db)?;
-    println!("{}", demo::banner(listen, admin));
-    serve(config).await
+    let token = admin_token.unwrap_or_else(|| demo::ADMIN_TOKEN.to_owned());
+    println!("{}", demo::banner(listen, admin, &token));
+    serve(
+        config,
+        control::Options {
+            config_path: None,
+            admin_token: Some(token),
+        },
+    )
+    .await
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Waits for SIGTERM or SIGINT; reloads the policy on each SIGHUP meanwhile.
+async fn wait_for_signal(control: &std::sync::Arc<control::Control>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT"); return Ok(()) }
+            _ = hup.recv() => { let _ = control.reload("SIGHUP"); }
+        }
     }
-    Ok(())
 }

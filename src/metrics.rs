@@ -1,34 +1,171 @@
 //! Metrics the router exports, in a registry it owns (no global state). Names
-//! follow Prometheus conventions with the `georouter_` prefix.
+//! follow Prometheus conventions with the `georouter_` prefix; the data plane
+//! increments handles resolved ahead of time (see `accounting.rs`).
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const RESIDENCY_REFUSALS: &str = "georouter_residency_refusals_total";
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Responses by the region that served them (`none` when the router answered itself).
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub region_healthy: IntGaugeVec,
+    pub region_drained: IntGaugeVec,
+    /// Share of its traffic a region gets, 0..1 (below 1 while it ramps up).
+    pub region_weight: GaugeVec,
+    pub region_rtt: GaugeVec,
+    pub health_transitions: IntCounterVec,
+    pub failovers: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub retries_refused: IntCounter,
     /// Requests refused because no region inside their jurisdiction could serve.
     pub residency_refusals: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub upstream_errors: IntCounterVec,
+    pub admin_requests: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric options are valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric options are valid");
+    r.register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("metric options are valid");
+    r.register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let residency_refusals = IntCounterVec::new(
-            Opts::new(
-                RESIDENCY_REFUSALS,
-                "Requests refused (503) because no region inside the resident's jurisdiction could serve them.",
-            ),
-            &["jurisdiction"],
+        let r = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "georouter_request_duration_seconds",
+                "Time from request head to response head, by the region that served it.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["region"],
         )
         .expect("metric options are valid");
-        registry
-            .register(Box::new(residency_refusals.clone()))
+        r.register(Box::new(request_duration.clone()))
             .expect("metric names are unique");
+        let config_generation = IntGauge::new(
+            "georouter_config_generation",
+            "Generation of the routing table in service; it grows by one per successful load.",
+        )
+        .expect("metric options are valid");
+        r.register(Box::new(config_generation.clone()))
+            .expect("metric names are unique");
+        let retries_refused = IntCounter::new(
+            "georouter_retry_budget_exhausted_total",
+            "Retries not made because the retry budget was spent.",
+        )
+        .expect("metric options are valid");
+        r.register(Box::new(retries_refused.clone()))
+            .expect("metric names are unique");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics register once");
         Metrics {
-            registry,
-            residency_refusals,
+            requests: counter(
+                &r,
+                "georouter_requests_total",
+                "Responses sent, by serving region (none: answered by the router) and status code.",
+                &["region", "code"],
+            ),
+            request_duration,
+            region_healthy: gauge(
+                &r,
+                "georouter_region_healthy",
+                "1 when the region passes its health checks and is not ejected.",
+                &["region"],
+            ),
+            region_drained: gauge(
+                &r,
+                "georouter_region_drained",
+                "1 when an operator drained the region.",
+                &["region"],
+            ),
+            region_weight: float_gauge(
+                &r,
+                "georouter_region_weight",
+                "Share of its traffic the region gets, 0 to 1; below 1 during slow start.",
+                &["region"],
+            ),
+            region_rtt: float_gauge(
+                &r,
+                "georouter_region_rtt_seconds",
+                "Moving average of the health check round-trip time.",
+                &["region"],
+            ),
+            health_transitions: counter(
+                &r,
+                "georouter_health_transitions_total",
+                "Changes of a region's health phase (up, down, ejected, held_down).",
+                &["region", "from", "to"],
+            ),
+            failovers: counter(
+                &r,
+                "georouter_failovers_total",
+                "Requests served by another region than the policy's first choice, and why.",
+                &["from", "to", "reason"],
+            ),
+            retries: counter(
+                &r,
+                "georouter_retries_total",
+                "Requests sent again to another region after one failed them.",
+                &["reason"],
+            ),
+            retries_refused,
+            residency_refusals: counter(
+                &r,
+                RESIDENCY_REFUSALS,
+                "Requests refused (503) because no region inside the resident's jurisdiction could serve them.",
+                &["jurisdiction"],
+            ),
+            config_reloads: counter(
+                &r,
+                "georouter_config_reloads_total",
+                "Policy reloads, by result (success, failure).",
+                &["result"],
+            ),
+            config_generation,
+            upstream_errors: counter(
+                &r,
+                "georouter_upstream_errors_total",
+                "Failed attempts to a region, by kind (connect, timeout, reset, status_5xx).",
+                &["region", "kind"],
+            ),
+            admin_requests: counter(
+                &r,
+                "georouter_admin_requests_total",
+                "Admin API calls, by action and result.",
+                &["action", "result"],
+            ),
+            registry: r,
         }
     }
 
@@ -39,6 +176,14 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("writing to a Vec cannot fail");
         out
+    }
+
+    /// Forgets the per-region series of a region that left the policy.
+    pub fn forget_region(&self, region: &str) {
+        let _ = self.region_healthy.remove_label_values(&[region]);
+        let _ = self.region_drained.remove_label_values(&[region]);
+        let _ = self.region_weight.remove_label_values(&[region]);
+        let _ = self.region_rtt.remove_label_values(&[region]);
     }
 }
 

@@ -45,7 +45,12 @@ pub struct Candidates {
 }
 
 impl Candidates {
-    fn from_slice(ids: &[RegionId]) -> Self {
+    pub const EMPTY: Candidates = Candidates {
+        ids: [RegionId(0); MAX_CANDIDATES],
+        len: 0,
+    };
+
+    pub fn from_slice(ids: &[RegionId]) -> Self {
         let mut c = Candidates {
             ids: [RegionId(0); MAX_CANDIDATES],
             len: 0,
@@ -56,7 +61,11 @@ impl Candidates {
         c
     }
 
-    fn push(&mut self, id: RegionId) {
+    pub fn as_mut_slice(&mut self) -> &mut [RegionId] {
+        &mut self.ids[..usize::from(self.len)]
+    }
+
+    pub fn push(&mut self, id: RegionId) {
         if usize::from(self.len) < MAX_CANDIDATES {
             self.ids[usize::from(self.len)] = id;
             self.len += 1;
@@ -704,21 +713,20 @@ mod tests {
             },
         )
         .unwrap();
-        let mut states = RegionStates::all_serving(&t);
+        let mut states = RegionStates::all_serving(&t, &crate::metrics::Metrics::new());
         for name in ["eu-west", "eu-central"] {
             let id = t.region_by_name(name).unwrap().id;
             states.set(
                 id,
                 RegionState {
                     healthy: false,
-                    drained: false,
+                    ..RegionState::SERVING
                 },
             );
         }
         assert!(d.fenced);
-        assert_eq!(
-            crate::select::serving(&t, &states, &d.candidates).next(),
-            None
+        assert!(
+            crate::select::serving(&t, &states, d.route.steering, &d.candidates, || 0).is_empty()
         );
     }
 

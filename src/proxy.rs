@@ -14,15 +14,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use crate::accounting::FailureKind;
+use crate::budget;
 use crate::config::RegionName;
 use crate::forward::{self, ForwardError};
 use crate::headers::{self, HostProblem};
 use crate::identity::{self, PeerAddr};
 use crate::policy::{self, PinSource, Refusal, RequestFacts};
 use crate::pool::PooledBody;
+use crate::regions::RegionStates;
 use crate::select;
 use crate::server::Activity;
-use crate::table::RoutingTable;
+use crate::table::{RegionId, RoutingTable};
 use crate::State;
 
 /// What a proxied response carries: the upstream's body, streamed, or a short
@@ -134,16 +137,18 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _active = conn.activity.begin();
+    let started = Instant::now();
     let table = conn.state.table.load_full();
     let log = table.settings.access_log.then(|| {
         let head = (req.method().clone(), req.uri().clone(), req.version());
-        (Instant::now(), head)
+        (started, head)
     });
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
-    let (resp, served, error) = match Box::pin(proxy(&conn, &table, req)).await {
+    let (resp, served, error) = match Box::pin(proxy(&conn, &table, req, started)).await {
         Ok((resp, served)) => (resp, Some(served), None),
         Err(e) => {
+            conn.state.unrouted.inc(e.status());
             if log.is_none() && e.status().is_server_error() {
                 tracing::warn!(peer = %conn.peer.0, error = %e, "request failed");
             }
@@ -206,8 +211,10 @@ async fn proxy(
     conn: &Connection,
     table: &RoutingTable,
     mut req: Request<Incoming>,
+    started: Instant,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let settings = &table.settings;
+    budget::deposit(&settings.retry);
     if req.version() == Version::HTTP_11 {
         headers::check_single_host(req.headers()).map_err(|p| match p {
             HostProblem::Missing => ProxyError::MissingHost,
@@ -254,8 +261,10 @@ async fn proxy(
         .access_log
         .then(|| crate::explain::short_reason(table, &decision));
     let states = conn.state.states.load_full();
-    let mut regions = select::serving(table, &states, &decision.candidates).peekable();
-    if regions.peek().is_none() {
+    let regions = select::serving(table, &states, route.steering, &decision.candidates, || {
+        fastrand::u16(..1000)
+    });
+    if regions.is_empty() {
         return Err(match decision.pin {
             Some(pin) if decision.fenced => {
                 let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
@@ -317,7 +326,12 @@ async fn proxy(
         Either::Left(Limited::new(body, limit))
     };
     let req = Request::from_parts(parts, body);
-    let forwarded = forward::forward(table, regions, req, replayable)
+    let attempt = forward::Attempt {
+        table,
+        states: &states,
+        state: &conn.state,
+    };
+    let forwarded = forward::forward(&attempt, &regions, req, replayable)
         .await
         .map_err(|e| match (e, decision.pin.filter(|_| decision.fenced)) {
             // Every region of the jurisdiction is unreachable: say so, and that
@@ -331,6 +345,17 @@ async fn proxy(
             (e, _) => e.into(),
         })?;
     let region = forwarded.region;
+    if let Some(account) = states.account(table, region.id) {
+        account.response(forwarded.response.status(), started.elapsed());
+    }
+    count_failover(
+        conn,
+        table,
+        &states,
+        &decision,
+        region,
+        forwarded.first_failure,
+    );
     let mut response = respond(
         forwarded.response,
         region,
@@ -362,6 +387,48 @@ struct Served {
     client: std::net::IpAddr,
     /// Why this region (route, rule, pin); only when the access log is on.
     reason: Option<String>,
+}
+
+/// Counts a request served elsewhere than the policy's first choice: because an
+/// attempt failed, or because that region was drained or unhealthy.
+fn count_failover(
+    conn: &Connection,
+    table: &RoutingTable,
+    states: &RegionStates,
+    decision: &policy::Decision<'_>,
+    served: &crate::table::Region,
+    first_failure: Option<(RegionId, FailureKind)>,
+) {
+    let (from, reason) = match first_failure {
+        Some((from, kind)) => (from, kind.as_str()),
+        None => {
+            let Some(&first) = decision.candidates.first() else {
+                return;
+            };
+            if first == served.id {
+                return;
+            }
+            let s = states.get(table, first);
+            let reason = if s.drained {
+                "drained"
+            } else if !s.healthy {
+                "unhealthy"
+            } else {
+                // Slow start or latency order: a choice, not a failover.
+                return;
+            };
+            (first, reason)
+        }
+    };
+    conn.state
+        .metrics
+        .failovers
+        .with_label_values(&[
+            table.region(from).name.as_str(),
+            served.name.as_str(),
+            reason,
+        ])
+        .inc();
 }
 
 /// Counts a residency refusal (the log line is written by the caller).

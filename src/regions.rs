@@ -1,6 +1,12 @@
-//! Region states: the health and drain facts the selector reads, one immutable
-//! snapshot per change, indexed like the routing table it was made for.
+//! Region states: the health, drain, weight and RTT facts the selector reads, one
+//! immutable snapshot per change, indexed like the routing table it was made for;
+//! with each region's data-plane counters.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::accounting::RegionAccount;
+use crate::metrics::Metrics;
 use crate::table::{RegionId, RoutingTable};
 
 /// Health and drain are separate facts: a drained region may be healthy.
@@ -8,12 +14,18 @@ use crate::table::{RegionId, RoutingTable};
 pub struct RegionState {
     pub healthy: bool,
     pub drained: bool,
+    /// Share of its traffic, 0..=1000: below 1000 while it ramps up after recovery.
+    pub weight: u16,
+    /// Round-trip time as latency steering sees it (moves with hysteresis).
+    pub rtt: Option<Duration>,
 }
 
 impl RegionState {
     pub const SERVING: RegionState = RegionState {
         healthy: true,
         drained: false,
+        weight: 1000,
+        rtt: None,
     };
 
     pub fn serving(&self) -> bool {
@@ -25,15 +37,41 @@ impl RegionState {
 pub struct RegionStates {
     table_generation: u64,
     states: Box<[RegionState]>,
+    accounts: Box<[Arc<RegionAccount>]>,
 }
 
 impl RegionStates {
-    /// Every region of the table healthy and undrained.
-    pub fn all_serving(table: &RoutingTable) -> Self {
+    /// A snapshot for `table`: one state and one account per region, in table order.
+    pub fn new(
+        table: &RoutingTable,
+        states: Vec<RegionState>,
+        accounts: Vec<Arc<RegionAccount>>,
+    ) -> Self {
+        debug_assert_eq!(states.len(), table.regions().len());
+        debug_assert_eq!(accounts.len(), table.regions().len());
         Self {
             table_generation: table.generation(),
-            states: vec![RegionState::SERVING; table.regions().len()].into_boxed_slice(),
+            states: states.into_boxed_slice(),
+            accounts: accounts.into_boxed_slice(),
         }
+    }
+
+    /// Every region of the table healthy and undrained, with new accounts.
+    pub fn all_serving(table: &RoutingTable, metrics: &Metrics) -> Self {
+        let accounts = table
+            .regions()
+            .iter()
+            .map(|r| Arc::new(RegionAccount::new(r.name.clone(), metrics)))
+            .collect();
+        Self::new(
+            table,
+            vec![RegionState::SERVING; table.regions().len()],
+            accounts,
+        )
+    }
+
+    pub fn table_generation(&self) -> u64 {
+        self.table_generation
     }
 
     /// Changes one region's state in this (unpublished) snapshot.
@@ -53,5 +91,19 @@ impl RegionStates {
             .get(usize::from(id.0))
             .copied()
             .unwrap_or(RegionState::SERVING)
+    }
+
+    /// The counters of a region of `table`; found by name during a swap.
+    pub fn account(&self, table: &RoutingTable, id: RegionId) -> Option<&RegionAccount> {
+        if self.table_generation == table.generation() {
+            return self.accounts.get(usize::from(id.0)).map(|a| &**a);
+        }
+        let name = &table.region(id).name;
+        self.accounts.iter().find(|a| a.name == *name).map(|a| &**a)
+    }
+
+    /// Every account, in table order.
+    pub fn accounts(&self) -> &[Arc<RegionAccount>] {
+        &self.accounts
     }
 }

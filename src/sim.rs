@@ -5,12 +5,13 @@
 //! Paths: `/echo` answers with the request head it received (one `name: value` a
 //! line); `/mirror` streams the request body back; `/bytes/N` streams N bytes; `/count`
 //! reads the whole body and answers its length; `/status/N` answers status N;
-//! `/health` answers 200. Anything else answers the region name. A request with
+//! `/health` answers 200 (or 503 after `set_health(false)`; health checks are
+//! counted apart from requests). Anything else answers the region name. A request with
 //! `Upgrade` gets `101` and an echo of every byte over the upgraded connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,9 @@ struct Control {
     latency_us: AtomicU64,
     requests: AtomicU64,
     connections: AtomicU64,
+    health_checks: AtomicU64,
+    /// When false, health checks get 503 while traffic is served as usual.
+    health_ok: AtomicBool,
     /// Bumped to close every open connection while still accepting.
     sever: watch::Sender<u64>,
 }
@@ -104,6 +108,8 @@ impl SimRegion {
             latency_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            health_checks: AtomicU64::new(0),
+            health_ok: AtomicBool::new(true),
             sever: watch::channel(0).0,
         });
         let (kill, killed) = watch::channel(false);
@@ -146,12 +152,22 @@ impl SimRegion {
             .store(latency.as_micros() as u64, Ordering::SeqCst);
     }
 
-    /// Requests received so far (including failed and hung ones).
+    /// Requests received so far (including failed and hung ones), health checks aside.
     pub fn requests(&self) -> u64 {
         self.control.requests.load(Ordering::SeqCst)
     }
 
-    /// Connections accepted so far.
+    /// Health checks received so far.
+    pub fn health_checks(&self) -> u64 {
+        self.control.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// Makes health checks fail (503) or pass, whatever the mode for traffic.
+    pub fn set_health(&self, ok: bool) {
+        self.control.health_ok.store(ok, Ordering::SeqCst);
+    }
+
+    /// Connections that carried a request other than a health check.
     pub fn connections(&self) -> u64 {
         self.control.connections.load(Ordering::SeqCst)
     }
@@ -189,14 +205,14 @@ async fn accept_loop(
             },
             _ = killed.changed() => return,
         };
-        control.connections.fetch_add(1, Ordering::SeqCst);
         let mut severed = control.sever.subscribe();
         let control = control.clone();
         let builder = builder.clone();
         let mut killed = killed.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(control.clone(), req));
+            let counted = Arc::new(AtomicBool::new(false));
+            let svc = service_fn(move |req| answer(control.clone(), counted.clone(), req));
             match tls {
                 None => {
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -274,11 +290,33 @@ fn generated(n: u64) -> SimBody {
     Generated::new(n).boxed()
 }
 
+/// Whether a request is the router's health check.
+fn is_health_check(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::USER_AGENT)
+        .is_some_and(|v| v == "georouter-health")
+}
+
 async fn answer(
     control: Arc<Control>,
+    counted: Arc<AtomicBool>,
     mut req: Request<Incoming>,
 ) -> Result<Response<SimBody>, std::io::Error> {
-    control.requests.fetch_add(1, Ordering::SeqCst);
+    let check = is_health_check(&req);
+    if check {
+        control.health_checks.fetch_add(1, Ordering::SeqCst);
+    } else {
+        control.requests.fetch_add(1, Ordering::SeqCst);
+        if !counted.swap(true, Ordering::SeqCst) {
+            control.connections.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    if check && !control.health_ok.load(Ordering::SeqCst) {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} fails its health check\n", control.name),
+        ));
+    }
     let latency = control.latency_us.load(Ordering::SeqCst);
     if latency > 0 {
         tokio::time::sleep(Duration::from_micros(latency)).await;

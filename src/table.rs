@@ -204,6 +204,9 @@ pub struct RequestSettings {
     pub region_header: bool,
     pub access_log: bool,
     pub upstream: UpstreamSettings,
+    /// Consecutive failed attempts that eject a region (0 = off).
+    pub passive_failures: u32,
+    pub retry: crate::config::RetrySettings,
 }
 
 #[derive(Debug)]
@@ -419,6 +422,8 @@ impl RoutingTable {
                 region_header: s.region_header,
                 access_log: s.access_log,
                 upstream: config.upstream.clone(),
+                passive_failures: config.health.passive.consecutive_failures,
+                retry: config.retry,
             },
             geo,
             jurisdictions,

@@ -138,7 +138,7 @@ async fn explain_says_why_and_why_not() {
     assert_eq!(e["pin"]["source"], "country");
     assert_eq!(e["fenced"], true);
     assert_eq!(e["candidates"], serde_json::json!(["eu1", "eu2"]));
-    // No health checks yet: a killed region still reads as serving.
+    // Fewer than `fall` failed checks so far: a killed region still reads as serving.
     assert_eq!(e["chosen"], "eu1");
     let verdict = |name: &str| {
         e["regions"]
@@ -152,7 +152,7 @@ async fn explain_says_why_and_why_not() {
             .to_owned()
     };
     assert_eq!(verdict("us"), "excluded: outside jurisdiction eu (strict)");
-    assert_eq!(verdict("eu2"), "fallback #2 if the chosen region fails");
+    assert_eq!(verdict("eu2"), "fallback #1 if the chosen region fails");
 
     let r = get(&h1_client(), &format!("{admin}/explain?ip=3.3.3.3&home=eu")).await;
     let e: serde_json::Value = serde_json::from_str(&r.body).unwrap();

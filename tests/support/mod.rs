@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use georouter::config::Config;
+use georouter::control::{Control, Options};
 use georouter::server::{self, ConnLimits};
 use georouter::sim::SimRegion;
 use georouter::State;
@@ -27,6 +28,7 @@ pub struct TestRouter {
     pub addrs: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub state: Arc<State>,
+    pub control: Arc<Control>,
     /// Accept failures such as EMFILE, as the accept loop counts them.
     pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
     stop: watch::Sender<bool>,
@@ -37,6 +39,23 @@ impl TestRouter {
     /// Starts a router from policy text; its listeners should use port 0.
     pub async fn spawn(toml: &str) -> TestRouter {
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("test policy invalid: {e}"));
+        Self::start(config, Options::default()).await
+    }
+
+    /// Starts a router from a policy file, which reloads read again.
+    pub async fn spawn_file(path: &Path, admin_token: Option<&str>) -> TestRouter {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("test policy invalid: {e}"));
+        Self::start(
+            config,
+            Options {
+                config_path: Some(path.to_owned()),
+                admin_token: admin_token.map(str::to_owned),
+            },
+        )
+        .await
+    }
+
+    pub async fn start(config: Config, options: Options) -> TestRouter {
         let listeners = server::bind(&config.listeners).expect("bind listeners");
         let addrs = listeners
             .iter()
@@ -46,11 +65,13 @@ impl TestRouter {
         let accept_errors = limits.accept_errors.clone();
         let state = Arc::new(State::new(config).expect("compile table"));
         let (stop, shutdown) = watch::channel(false);
+        let control =
+            Control::start(state.clone(), options, shutdown.clone()).expect("control plane");
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = admin_listener.local_addr().unwrap();
         tokio::spawn(georouter::admin::serve(
             admin_listener,
-            state.clone(),
+            control.clone(),
             shutdown.clone(),
         ));
         let served = tokio::spawn(server::run(listeners, state.clone(), limits, shutdown));
@@ -58,6 +79,7 @@ impl TestRouter {
             addrs,
             admin,
             state,
+            control,
             accept_errors,
             stop,
             served,

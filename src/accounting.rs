@@ -1,0 +1,200 @@
+//! What the data plane records per region, without locks or label lookups: metric
+//! handles resolved ahead of time, and the run of consecutive failures that
+//! passive health detection reads.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
+
+use crate::config::RegionName;
+use crate::metrics::Metrics;
+
+/// How an attempt to a region failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Status5xx = 3,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::Connect,
+        FailureKind::Timeout,
+        FailureKind::Reset,
+        FailureKind::Status5xx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Reset => "reset",
+            FailureKind::Status5xx => "status_5xx",
+        }
+    }
+
+    fn from_u8(v: u8) -> FailureKind {
+        Self::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(FailureKind::Connect)
+    }
+}
+
+/// `requests_total{region, code}` for one region, each code resolved on first use.
+#[derive(Debug)]
+pub struct CodeCounters {
+    vec: IntCounterVec,
+    region: RegionName,
+    by_code: Box<[OnceLock<IntCounter>]>,
+}
+
+impl CodeCounters {
+    pub fn new(vec: &IntCounterVec, region: RegionName) -> Self {
+        Self {
+            vec: vec.clone(),
+            region,
+            by_code: (100..=599).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub fn inc(&self, status: StatusCode) {
+        let code = status.as_u16();
+        match self.by_code.get(usize::from(code.wrapping_sub(100))) {
+            Some(cell) => cell
+                .get_or_init(|| {
+                    self.vec
+                        .with_label_values(&[self.region.as_str(), status.as_str()])
+                })
+                .inc(),
+            None => self
+                .vec
+                .with_label_values(&[self.region.as_str(), status.as_str()])
+                .inc(),
+        }
+    }
+}
+
+/// One region's data-plane counters. Shared by every snapshot of the region
+/// states, across reloads, for as long as the region is in the policy.
+#[derive(Debug)]
+pub struct RegionAccount {
+    pub name: RegionName,
+    codes: CodeCounters,
+    duration: Histogram,
+    errors: [IntCounter; 4],
+    failures: AtomicU32,
+    tripped: AtomicBool,
+    last_failure: AtomicU8,
+}
+
+impl RegionAccount {
+    pub fn new(name: RegionName, metrics: &Metrics) -> Self {
+        let n = name.as_str();
+        Self {
+            codes: CodeCounters::new(&metrics.requests, name.clone()),
+            duration: metrics.request_duration.with_label_values(&[n]),
+            errors: FailureKind::ALL
+                .map(|k| metrics.upstream_errors.with_label_values(&[n, k.as_str()])),
+            failures: AtomicU32::new(0),
+            tripped: AtomicBool::new(false),
+            last_failure: AtomicU8::new(0),
+            name,
+        }
+    }
+
+    /// A response from this region reached the client.
+    pub fn response(&self, status: StatusCode, elapsed: Duration) {
+        self.codes.inc(status);
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The region answered well: the run of failures ends.
+    pub fn success(&self) {
+        // Read first: a healthy region's counter stays 0 and its cache line shared.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// An attempt failed. Returns true when this failure made the run reach
+    /// `threshold` (0 = passive detection off): the caller wakes the controller.
+    pub fn failure(&self, kind: FailureKind, threshold: u32) -> bool {
+        self.errors[kind as usize].inc();
+        if threshold == 0 {
+            return false;
+        }
+        let run = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if run == threshold {
+            self.last_failure.store(kind as u8, Ordering::Relaxed);
+            self.tripped.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the run of failures reached the threshold since the last call, and
+    /// the kind of the failure that did it.
+    pub fn take_tripped(&self) -> Option<FailureKind> {
+        if self.tripped.swap(false, Ordering::Acquire) {
+            self.failures.store(0, Ordering::Relaxed);
+            Some(FailureKind::from_u8(
+                self.last_failure.load(Ordering::Relaxed),
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failures_trips_once_and_a_success_ends_the_run() {
+        let m = Metrics::new();
+        let a = RegionAccount::new(RegionName::new("a"), &m);
+        assert!(!a.failure(FailureKind::Connect, 3));
+        assert!(!a.failure(FailureKind::Reset, 3));
+        a.success();
+        assert!(!a.failure(FailureKind::Connect, 3));
+        assert!(!a.failure(FailureKind::Connect, 3));
+        assert!(a.failure(FailureKind::Timeout, 3));
+        assert!(!a.failure(FailureKind::Timeout, 3), "trips once per run");
+        assert_eq!(a.take_tripped(), Some(FailureKind::Timeout));
+        assert_eq!(a.take_tripped(), None);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"georouter_upstream_errors_total{kind="connect",region="a"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn responses_are_counted_by_code() {
+        let m = Metrics::new();
+        let a = RegionAccount::new(RegionName::new("a"), &m);
+        a.response(StatusCode::OK, Duration::from_millis(3));
+        a.response(StatusCode::OK, Duration::from_millis(3));
+        a.response(StatusCode::BAD_GATEWAY, Duration::from_millis(3));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"georouter_requests_total{code="200",region="a"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"georouter_requests_total{code="502",region="a"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"georouter_request_duration_seconds_count{region="a"} 3"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! Admin API tokens: a mutating token and an optional read-only one, from a file or
+//! the environment, compared in constant time. A missing and a wrong token are
+//! refused alike.
+
+use std::path::{Path, PathBuf};
+
+use ring::hmac;
+
+use crate::config::AdminSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("admin.{field}: cannot read {path}: {source}")]
+    Read {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin.{field}: environment variable {var} is not set")]
+    MissingEnv { field: &'static str, var: String },
+    #[error("admin.{field}: the token is empty")]
+    Empty { field: &'static str },
+}
+
+/// A token, kept only as an HMAC under a per-process random key: checking a
+/// presented token is a constant-time tag comparison whatever its length.
+struct Token {
+    key: hmac::Key,
+    tag: hmac::Tag,
+}
+
+impl Token {
+    fn new(secret: &str) -> Token {
+        let rng = ring::rand::SystemRandom::new();
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the system RNG works");
+        let tag = hmac::sign(&key, secret.as_bytes());
+        Token { key, tag }
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        hmac::verify(&self.key, presented, self.tag.as_ref()).is_ok()
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, or a wrong one (401, the same answer for both).
+    Unauthorized,
+    /// Mutating calls are off: no token is configured (403).
+    WritesDisabled,
+}
+
+#[derive(Default)]
+pub struct AdminAuth {
+    write: Option<Token>,
+    read: Option<Token>,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("write", &self.write.is_some())
+            .field("read", &self.read.is_some())
+            .finish()
+    }
+}
+
+fn load(
+    field: &'static str,
+    env_field: &'static str,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<Token>, AuthError> {
+    let secret = match (file, env) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|source| AuthError::Read {
+                field,
+                path: path.to_owned(),
+                source,
+            })?
+            .trim()
+            .to_owned(),
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| AuthError::MissingEnv {
+                field: env_field,
+                var: var.to_owned(),
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if secret.is_empty() {
+        return Err(AuthError::Empty { field });
+    }
+    Ok(Some(Token::new(&secret)))
+}
+
+impl AdminAuth {
+    /// Tokens from the policy; `write_override` (a command-line token) wins over it.
+    pub fn from_settings(
+        a: &AdminSettings,
+        write_override: Option<&str>,
+    ) -> Result<AdminAuth, AuthError> {
+        let write = match write_override {
+            Some(t) if !t.trim().is_empty() => Some(Token::new(t.trim())),
+            Some(_) => return Err(AuthError::Empty { field: "token" }),
+            None => load(
+                "token_file",
+                "token_env",
+                a.token_file.as_deref(),
+                a.token_env.as_deref(),
+            )?,
+        };
+        let read = load(
+            "read_token_file",
+            "read_token_env",
+            a.read_token_file.as_deref(),
+            a.read_token_env.as_deref(),
+        )?;
+        Ok(AdminAuth { write, read })
+    }
+
+    /// Checks an `Authorization` header value against what `access` needs.
+    pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<(), Denied> {
+        let presented = authorization.and_then(|h| {
+            let (scheme, token) = h.split_at(h.len().min(7));
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+        });
+        // Verified whether or not a token was presented, so both cost the same.
+        let presented = presented.unwrap_or(b"");
+        let write_ok = self.write.as_ref().is_some_and(|t| t.matches(presented));
+        match access {
+            Access::Write => match &self.write {
+                None => Err(Denied::WritesDisabled),
+                Some(_) if write_ok => Ok(()),
+                Some(_) => Err(Denied::Unauthorized),
+            },
+            Access::Read => match &self.read {
+                None => Ok(()),
+                Some(t) if t.matches(presented) || write_ok => Ok(()),
+                Some(_) => Err(Denied::Unauthorized),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(write: Option<&str>, read: Option<&str>) -> AdminAuth {
+        AdminAuth {
+            write: write.map(Token::new),
+            read: read.map(Token::new),
+        }
+    }
+
+    #[test]
+    fn every_token_case() {
+        let a = auth(Some("w-secret"), Some("r-secret"));
+        let h = |s: &'static str| Some(s.as_bytes());
+        assert_eq!(a.check(h("Bearer w-secret"), Access::Write), Ok(()));
+        assert_eq!(a.check(h("bearer w-secret"), Access::Write), Ok(()));
+        assert_eq!(
+            a.check(h("Bearer r-secret"), Access::Write),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            a.check(h("Bearer w-secre"), Access::Write),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            a.check(h("Bearer w-secret2"), Access::Write),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            a.check(h("Basic w-secret"), Access::Write),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            a.check(h("Bearer "), Access::Write),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(a.check(None, Access::Write), Err(Denied::Unauthorized));
+        assert_eq!(a.check(h("Bearer r-secret"), Access::Read), Ok(()));
+        assert_eq!(a.check(h("Bearer w-secret"), Access::Read), Ok(()));
+        assert_eq!(a.check(None, Access::Read), Err(Denied::Unauthorized));
+        assert_eq!(
+            a.check(h("Bearer nope"), Access::Read),
+            Err(Denied::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn without_tokens_reads_are_open_and_writes_are_off() {
+        let a = auth(None, None);
+        assert_eq!(a.check(None, Access::Read), Ok(()));
+        assert_eq!(
+            a.check(Some(b"Bearer x"), Access::Write),
+            Err(Denied::WritesDisabled)
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_files_and_the_environment() {
+        let dir = std::env::temp_dir().join(format!("georouter-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        std::env::set_var("GEOROUTER_TEST_READ_TOKEN", "from-env");
+        let settings = AdminSettings {
+            address: "127.0.0.1:0".parse().unwrap(),
+            token_file: Some(file),
+            token_env: None,
+            read_token_file: None,
+            read_token_env: Some("GEOROUTER_TEST_READ_TOKEN".to_owned()),
+            state_file: None,
+        };
+        let a = AdminAuth::from_settings(&settings, None).unwrap();
+        assert_eq!(a.check(Some(b"Bearer from-file"), Access::Write), Ok(()));
+        assert_eq!(a.check(Some(b"Bearer from-env"), Access::Read), Ok(()));
+        let missing = AdminSettings {
+            token_env: Some("GEOROUTER_TEST_UNSET_TOKEN".to_owned()),
+            token_file: None,
+            ..settings
+        };
+        let e = AdminAuth::from_settings(&missing, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("admin.token_env") && e.contains("GEOROUTER_TEST_UNSET_TOKEN"),
+            "{e}"
+        );
+    }
+}

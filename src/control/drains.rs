@@ -1,0 +1,150 @@
+//! Operator drains: which regions are drained, why, by whom and since when; kept in
+//! a small JSON state file (written aside and renamed) so a restart reapplies them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    pub reason: String,
+    /// Who asked (the admin caller's address).
+    pub by: String,
+    /// Unix time, seconds.
+    pub since: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    drains: BTreeMap<String, Drain>,
+}
+
+/// Drains by region name; regions that left the policy keep theirs, so a region
+/// removed and added back is still drained.
+#[derive(Debug, Default)]
+pub struct Drains {
+    by_region: BTreeMap<String, Drain>,
+    file: Option<PathBuf>,
+}
+
+impl Drains {
+    /// Reads the state file; a missing file is an empty one.
+    pub fn load(file: Option<&Path>) -> Result<Drains, StateFileError> {
+        let Some(path) = file else {
+            return Ok(Drains::default());
+        };
+        let by_region = match std::fs::read(path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<StateFile>(&bytes)
+                    .map_err(|source| StateFileError::Parse {
+                        path: path.to_owned(),
+                        source,
+                    })?
+                    .drains
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => {
+                return Err(StateFileError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Ok(Drains {
+            by_region,
+            file: Some(path.to_owned()),
+        })
+    }
+
+    pub fn get(&self, region: &str) -> Option<&Drain> {
+        self.by_region.get(region)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Drain)> {
+        self.by_region.iter()
+    }
+
+    /// Sets or clears a drain and writes the file. The change holds in memory even
+    /// when the file cannot be written (the error says so).
+    pub fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StateFileError> {
+        match drain {
+            Some(d) => self.by_region.insert(region.to_owned(), d),
+            None => self.by_region.remove(region),
+        };
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), StateFileError> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let failed = |source| StateFileError::Write {
+            path: path.clone(),
+            source,
+        };
+        let state = StateFile {
+            drains: self.by_region.clone(),
+        };
+        let mut text = serde_json::to_vec_pretty(&state).expect("drains serialise");
+        text.push(b'\n');
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(failed)?;
+        std::fs::rename(&tmp, path).map_err(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drains_survive_a_restart_through_the_file() {
+        let dir = std::env::temp_dir().join(format!("georouter-drains-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("state.json");
+        let _ = std::fs::remove_file(&file);
+        let mut d = Drains::load(Some(&file)).unwrap();
+        assert!(d.get("eu-west").is_none());
+        let drain = Drain {
+            reason: "DR drill".to_owned(),
+            by: "127.0.0.1".to_owned(),
+            since: 1,
+        };
+        d.set("eu-west", Some(drain.clone())).unwrap();
+        d.set("us-east", Some(drain.clone())).unwrap();
+        d.set("us-east", None).unwrap();
+        let again = Drains::load(Some(&file)).unwrap();
+        assert_eq!(again.get("eu-west"), Some(&drain));
+        assert!(again.get("us-east").is_none());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_with_its_path() {
+        let dir = std::env::temp_dir().join(format!("georouter-drains-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("state.json");
+        std::fs::write(&file, b"{ not json").unwrap();
+        let e = Drains::load(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("state.json"), "{e}");
+    }
+}

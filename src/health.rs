@@ -1,0 +1,6 @@
+//! Region health: the per-region state machine ([`machine`]) and the active HTTP
+//! check that feeds it and measures RTT ([`check`]). The controller in
+//! `control.rs` runs them and publishes what they decide.
+
+pub mod check;
+pub mod machine;

@@ -1,0 +1,44 @@
+//! One active health check of a region: a GET of the check path on a new
+//! connection to each endpoint until one passes, with the time it took as the RTT
+//! sample for latency steering.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::HealthCheck;
+use crate::pool;
+use crate::table::Region;
+
+/// A check's outcome: passed with its round-trip time, or why it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed { rtt: Duration },
+    Failed { why: String },
+}
+
+/// Checks `region`: it passes when any endpoint answers in time with an expected
+/// status (endpoint-level ejection is not done; see README).
+pub async fn run(region: &Region, check: &HealthCheck) -> Outcome {
+    let mut why = String::new();
+    for ep in region.endpoints.iter() {
+        let started = Instant::now();
+        match tokio::time::timeout(check.timeout, pool::probe(region, ep, &check.path)).await {
+            Ok(Ok(status)) if check.expected_status.contains(&status.as_u16()) => {
+                return Outcome::Passed {
+                    rtt: started.elapsed(),
+                }
+            }
+            Ok(Ok(status)) => why = format!("{} answered {}", ep.authority, status.as_u16()),
+            Ok(Err(e)) => why = e.to_string(),
+            Err(_) => {
+                why = format!(
+                    "{} did not answer within {}",
+                    ep.authority,
+                    humantime::format_duration(check.timeout)
+                )
+            }
+        }
+    }
+    Outcome::Failed { why }
+}
