@@ -321,3 +321,117 @@ pub fn country_mmdb() -> PathBuf {
         ],
     )
 }
+
+/// A steady stream of GETs from `concurrency` clients until stopped; every answer
+/// is recorded, so a test can say how many failed and who served the rest.
+pub struct Load {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(u16, String)>>>,
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// (status, x-georouter-region or the body of a failure), in order per client.
+    pub answers: Vec<(u16, String)>,
+}
+
+impl LoadReport {
+    pub fn failed(&self) -> Vec<&(u16, String)> {
+        self.answers.iter().filter(|(s, _)| *s != 200).collect()
+    }
+    pub fn served_by(&self, region: &str) -> usize {
+        self.answers
+            .iter()
+            .filter(|(s, r)| *s == 200 && r == region)
+            .count()
+    }
+}
+
+impl Load {
+    pub fn start(url: String, concurrency: usize) -> Load {
+        let (stop, stopped) = watch::channel(false);
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..concurrency)
+            .map(|_| {
+                let url = url.clone();
+                let stopped = stopped.clone();
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    let client = h1_client();
+                    let mut out = Vec::new();
+                    while !*stopped.borrow() {
+                        let r = get(&client, &url).await;
+                        let region = r
+                            .headers
+                            .get("x-georouter-region")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        out.push((r.status, region.unwrap_or(r.body)));
+                        sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, tasks, sent }
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` more requests were answered.
+    pub async fn wait_for(&self, n: u64) {
+        let target = self.sent() + n;
+        eventually(&format!("{n} more requests"), || self.sent() >= target).await;
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        let _ = self.stop.send(true);
+        let mut answers = Vec::new();
+        for t in self.tasks {
+            answers.extend(t.await.unwrap());
+        }
+        LoadReport { answers }
+    }
+}
+
+/// POSTs to the admin API with an optional bearer token; (status, body).
+pub async fn admin_post(admin: SocketAddr, path_and_query: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = http::Request::post(format!("http://{admin}{path_and_query}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let r = send(&h1_client(), req.body(Full::new(Bytes::new())).unwrap()).await;
+    (r.status, r.body)
+}
+
+/// `GET /regions` as JSON, the entry for `name`.
+pub async fn region_view(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let r = get(&h1_client(), &format!("http://{admin}/regions")).await;
+    let all: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no region {name} in {all}"))
+}
+
+/// The phase a region is in, as the control plane sees it.
+pub fn phase(router: &TestRouter, name: &str) -> &'static str {
+    router
+        .control
+        .regions()
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no region {name}"))
+        .phase
+}
+
+/// A temp dir for one test's files.
+pub fn test_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("georouter-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

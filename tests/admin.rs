@@ -1,0 +1,296 @@
+//! The admin API: token cases, drains with their guard rail and state file,
+//! reloads (50 under load, some invalid), the effective config, readiness, and
+//! the metrics text (checked by promtool when it is installed).
+
+mod support;
+
+use georouter::config::Config;
+use georouter::control::Options;
+use georouter::sim::SimRegion;
+use support::*;
+
+fn eu_policy(a: &SimRegion, b: &SimRegion, extra: &str) -> String {
+    format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [server]
+        access_log = false
+        [health]
+        interval = "50ms"
+        jitter = 0.0
+        [reload]
+        watch = false
+        {extra}
+        {regions}
+        [[jurisdictions]]
+        name = "eu"
+        countries = ["DE"]
+        [[routes]]
+        regions = ["a", "b"]
+        "#,
+        regions = regions_toml(&[(a, Some("eu")), (b, Some("eu"))]),
+    )
+}
+
+async fn with_token(toml: &str, token: &str) -> TestRouter {
+    TestRouter::start(
+        Config::from_toml(toml).unwrap(),
+        Options {
+            config_path: None,
+            admin_token: Some(token.to_owned()),
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn mutating_calls_need_the_token_and_a_wrong_one_looks_like_none() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = with_token(&eu_policy(&a, &b, ""), "s3cret").await;
+    let (none, none_body) = admin_post(router.admin, "/regions/a/drain", None).await;
+    let (wrong, wrong_body) = admin_post(router.admin, "/regions/a/drain", Some("s3cre")).await;
+    let (longer, _) = admin_post(router.admin, "/regions/a/drain", Some("s3cret!")).await;
+    assert_eq!((none, wrong, longer), (401, 401, 401));
+    assert_eq!(none_body, wrong_body);
+    assert_eq!(region_view(router.admin, "a").await["drained"], false);
+    let (ok, body) = admin_post(router.admin, "/regions/a/drain", Some("s3cret")).await;
+    assert_eq!(ok, 200, "{body}");
+    assert_eq!(region_view(router.admin, "a").await["drained"], true);
+    let (missing, body) = admin_post(router.admin, "/regions/zz/drain", Some("s3cret")).await;
+    assert_eq!(missing, 404, "{body}");
+    // Reads are open when no read token is set.
+    let r = get(&h1_client(), &format!("http://{}/regions", router.admin)).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn without_a_configured_token_mutating_calls_are_off() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&eu_policy(&a, &b, "")).await;
+    let (status, body) = admin_post(router.admin, "/regions/a/drain", Some("anything")).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("admin.token_file"), "{body}");
+}
+
+#[tokio::test]
+async fn a_read_token_guards_reads_but_not_probes_and_cannot_mutate() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let dir = test_dir("read-token");
+    std::fs::write(dir.join("read"), "reader\n").unwrap();
+    let extra = format!(
+        "[admin]\nread_token_file = \"{}\"\n",
+        toml_path(&dir.join("read"))
+    );
+    let router = with_token(&eu_policy(&a, &b, &extra), "writer").await;
+    let client = h1_client();
+    let url = |p: &str| format!("http://{}{p}", router.admin);
+    for path in ["/regions", "/metrics", "/config", "/explain?ip=1.2.3.4"] {
+        assert_eq!(get(&client, &url(path)).await.status, 401, "{path}");
+        for token in ["reader", "writer"] {
+            let r = send(
+                &client,
+                http::Request::get(url(path))
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{path} with {token}");
+        }
+    }
+    assert_eq!(get(&client, &url("/healthz")).await.status, 200);
+    let (status, _) = admin_post(router.admin, "/regions/a/drain", Some("reader")).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn the_last_serving_region_of_a_jurisdiction_is_drained_only_by_force() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = with_token(&eu_policy(&a, &b, ""), "t").await;
+    assert_eq!(admin_post(router.admin, "/regions/a/drain", Some("t")).await.0, 200);
+    let (status, body) = admin_post(router.admin, "/regions/b/drain?reason=x", Some("t")).await;
+    assert_eq!(status, 409);
+    assert!(body.contains("last serving region of jurisdiction eu") && body.contains("force=true"), "{body}");
+    assert_eq!(region_view(router.admin, "b").await["drained"], false);
+    let (status, _) = admin_post(router.admin, "/regions/b/drain?force=true", Some("t")).await;
+    assert_eq!(status, 200);
+    // Everything in the jurisdiction is drained: residents are refused, not spilled.
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test]
+async fn drains_are_kept_in_the_state_file_and_reapplied_at_start() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let dir = test_dir("state-file");
+    let file = dir.join("state.json");
+    let _ = std::fs::remove_file(&file);
+    let extra = format!("[admin]\nstate_file = \"{}\"\n", toml_path(&file));
+    let toml = eu_policy(&a, &b, &extra);
+    let first = with_token(&toml, "t").await;
+    let (status, body) = admin_post(first.admin, "/regions/a/drain?reason=maintenance", Some("t")).await;
+    assert_eq!(status, 200, "{body}");
+    let _ = first.shutdown().await;
+
+    let second = with_token(&toml, "t").await;
+    let v = region_view(second.admin, "a").await;
+    assert_eq!(v["drained"], true);
+    assert_eq!(v["drain_reason"], "maintenance");
+    let r = get(&h1_client(), &second.url("/")).await;
+    assert_eq!(r.headers["x-georouter-region"], "b");
+}
+
+#[tokio::test]
+async fn fifty_reloads_under_load_lose_nothing_and_invalid_ones_are_rejected() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let dir = test_dir("reloads");
+    let path = dir.join("policy.toml");
+    let valid = |first: &str, second: &str| {
+        eu_policy(&a, &b, "").replace(
+            "regions = [\"a\", \"b\"]",
+            &format!("regions = [\"{first}\", \"{second}\"]"),
+        )
+    };
+    std::fs::write(&path, valid("a", "b")).unwrap();
+    let router = TestRouter::spawn_file(&path, Some("t")).await;
+    let load = Load::start(router.url("/"), 4);
+    let mut last_first = "a";
+    for i in 0..50 {
+        let invalid = i % 5 == 4;
+        if invalid {
+            // A validation error on every fifth: a route to a region that does not exist.
+            std::fs::write(&path, valid("a", "nowhere")).unwrap();
+        } else {
+            last_first = if i % 2 == 0 { "b" } else { "a" };
+            let second = if last_first == "a" { "b" } else { "a" };
+            std::fs::write(&path, valid(last_first, second)).unwrap();
+        }
+        let (status, body) = admin_post(router.admin, "/reload", Some("t")).await;
+        if invalid {
+            assert_eq!(status, 400, "reload {i}: {body}");
+            assert!(body.contains("routes[0].regions[1]") && body.contains("nowhere"), "{body}");
+        } else {
+            assert_eq!(status, 200, "reload {i}: {body}");
+        }
+        load.wait_for(5).await;
+    }
+    let report = load.stop().await;
+    assert!(report.failed().is_empty(), "failed: {:?}", report.failed());
+    assert!(report.answers.len() >= 250);
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.headers["x-georouter-region"], last_first);
+    let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert!(metrics.contains(r#"georouter_config_reloads_total{result="failure"} 10"#), "{metrics}");
+    assert!(metrics.contains(r#"georouter_config_reloads_total{result="success"} 40"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_changed_policy_file_is_picked_up_and_drains_and_health_survive() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let dir = test_dir("watch");
+    let path = dir.join("policy.toml");
+    let toml = eu_policy(&a, &b, "")
+        .replace("watch = false", "watch = true\nwatch_interval = \"20ms\"");
+    std::fs::write(&path, &toml).unwrap();
+    let router = TestRouter::spawn_file(&path, Some("t")).await;
+    assert_eq!(admin_post(router.admin, "/regions/a/drain", Some("t")).await.0, 200);
+    b.set_health(false);
+    eventually("b down", || phase(&router, "b") == "down").await;
+    let generation = router.state.table.load().generation();
+    // Same regions, a new route for /new.
+    std::fs::write(
+        &path,
+        toml.replace(
+            "[[routes]]",
+            "[[routes]]\npath_prefix = \"/new\"\nregions = [\"b\"]\nresidency = false\n\n[[routes]]",
+        ),
+    )
+    .unwrap();
+    eventually("the file reloaded", || {
+        router.state.table.load().generation() != generation
+    })
+    .await;
+    let v = region_view(router.admin, "a").await;
+    assert_eq!(v["drained"], true, "{v}");
+    assert_eq!(phase(&router, "b"), "down");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_first_checks_and_config_is_redacted() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let dir = test_dir("redact");
+    std::fs::write(dir.join("token"), "hunter2").unwrap();
+    let extra = format!("[admin]\ntoken_file = \"{}\"\n", toml_path(&dir.join("token")));
+    let router = TestRouter::spawn(&eu_policy(&a, &b, &extra)).await;
+    eventually("ready", || router.control.ready()).await;
+    let client = h1_client();
+    let r = get(&client, &format!("http://{}/readyz", router.admin)).await;
+    assert_eq!(r.status, 200);
+    let r = get(&client, &format!("http://{}/config", router.admin)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("token_file = \"<redacted>\""), "{}", r.body);
+    assert!(r.body.contains("rise = 2"), "defaults are shown: {}", r.body);
+    assert!(!r.body.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn metrics_name_what_happened_and_pass_promtool() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = with_token(&eu_policy(&a, &b, ""), "t").await;
+    let client = h1_client();
+    for _ in 0..3 {
+        get(&client, &router.url("/")).await;
+    }
+    get(&client, &router.url("/status/404")).await;
+    admin_post(router.admin, "/regions/a/drain", Some("t")).await;
+    get(&client, &router.url("/")).await;
+    eventually("checks", || router.control.ready()).await;
+    let text = get(&client, &format!("http://{}/metrics", router.admin)).await.body;
+    for needle in [
+        r#"georouter_requests_total{code="200",region="a"} 3"#,
+        r#"georouter_requests_total{code="404",region="a"} 1"#,
+        r#"georouter_requests_total{code="200",region="b"} 1"#,
+        r#"georouter_request_duration_seconds_bucket{region="a",le="+Inf"} 4"#,
+        r#"georouter_region_drained{region="a"} 1"#,
+        r#"georouter_region_healthy{region="b"} 1"#,
+        r#"georouter_region_weight{region="b"} 1"#,
+        r#"georouter_region_rtt_seconds{region="b"}"#,
+        r#"georouter_failovers_total{from="a",reason="drained",to="b"} 1"#,
+        r#"georouter_admin_requests_total{action="drain",result="ok"} 1"#,
+        "georouter_config_generation 1",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+    else {
+        eprintln!("promtool not installed: exposition checked by name only");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,231 @@
+//! Health, failover and failback with real sockets: a region killed under a steady
+//! stream, failing its checks, failing real traffic, drained under load, and
+//! ramped back in. Timers are short here; the timer logic itself is tested on a
+//! paused clock in `src/health/machine.rs`.
+
+mod support;
+
+
+use georouter::sim::{Mode, SimRegion};
+use support::*;
+use tokio::time::Instant;
+
+/// Two regions, `a` preferred; checks every 50 ms, two failures take a region out.
+fn two_regions(a: &SimRegion, b: &SimRegion, extra: &str) -> String {
+    policy(
+        &[a, b],
+        &format!(
+            r#"
+            [server]
+            access_log = false
+            [health]
+            interval = "50ms"
+            timeout = "200ms"
+            fall = 2
+            rise = 2
+            jitter = 0.0
+            {extra}
+            [[routes]]
+            regions = ["a", "b"]
+            "#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn killing_a_region_under_load_loses_no_idempotent_request() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&two_regions(&a, &b, "")).await;
+    let load = Load::start(router.url("/"), 4);
+    load.wait_for(50).await;
+    let killed = Instant::now();
+    a.kill();
+    eventually("a taken out", || phase(&router, "a") != "up").await;
+    let detected = killed.elapsed();
+    let before = b.requests();
+    load.wait_for(100).await;
+    let report = load.stop().await;
+    assert!(report.failed().is_empty(), "failed: {:?}", report.failed());
+    assert!(report.served_by("a") >= 50 && b.requests() >= before + 100);
+    // Every answer after the first from b came from b: no flapping back to a.
+    let first_b = report.answers.iter().position(|(_, r)| r == "b").unwrap();
+    eprintln!(
+        "kill -> region out: {detected:?}; {} requests, 0 failed, first served by b at #{first_b}",
+        report.answers.len()
+    );
+    let metrics = get(&h1_client(), &format!("http://{}/metrics", router.admin)).await.body;
+    assert!(
+        metrics.contains(r#"georouter_region_healthy{region="a"} 0"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"georouter_failovers_total{from="a""#), "{metrics}");
+}
+
+#[tokio::test]
+async fn failing_checks_take_a_region_out_and_passing_ones_ramp_it_back() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&two_regions(&a, &b, "[failback]\nslow_start = \"1h\"\n")).await;
+    let client = h1_client();
+    eventually("first checks", || router.control.ready()).await;
+    a.set_health(false);
+    eventually("a down", || phase(&router, "a") == "down").await;
+    let v = region_view(router.admin, "a").await;
+    assert_eq!(v["healthy"], false);
+    assert!(
+        v["last_transition"]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("2 checks failed"),
+        "{v}"
+    );
+    let r = get(&client, &router.url("/")).await;
+    assert_eq!(r.headers["x-georouter-region"], "b");
+
+    a.set_health(true);
+    eventually("a up", || phase(&router, "a") == "up").await;
+    let v = region_view(router.admin, "a").await;
+    let weight = v["weight"].as_f64().unwrap();
+    assert!(
+        weight > 0.0 && weight < 0.05,
+        "a region back for a moment of a one-hour ramp gets a trickle: {v}"
+    );
+    // Most requests still go to b while a ramps.
+    let mut to_a = 0;
+    for _ in 0..40 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200);
+        if r.headers["x-georouter-region"] == "a" {
+            to_a += 1;
+        }
+    }
+    assert!(to_a < 20, "{to_a} of 40 went to a ramping region");
+}
+
+#[tokio::test]
+async fn failures_in_real_traffic_eject_a_region_before_any_check_notices() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&two_regions(
+        &a,
+        &b,
+        "enabled = false\n[health.passive]\nconsecutive_failures = 3\nejection = \"1h\"\nmax_ejection = \"2h\"\n",
+    ))
+    .await;
+    a.set_mode(Mode::Fail);
+    let client = h1_client();
+    // Each GET gets a 503 from a, is retried on b, and the client sees b's 200.
+    for _ in 0..3 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.headers["x-georouter-region"], "b");
+    }
+    eventually("a ejected", || phase(&router, "a") == "ejected").await;
+    let seen = a.requests();
+    for _ in 0..10 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.headers["x-georouter-region"], "b");
+    }
+    assert_eq!(a.requests(), seen, "an ejected region gets no traffic");
+    let v = region_view(router.admin, "a").await;
+    assert!(
+        v["last_transition"]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("3 consecutive failures in traffic (last: status_5xx)"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_post_whose_region_refuses_connections_is_sent_to_the_next() {
+    let b = region("b").await;
+    let toml = format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [health]
+        enabled = false
+        [[regions]]
+        name = "a"
+        endpoints = [{{ url = "http://127.0.0.1:{}" }}]
+        [[regions]]
+        name = "b"
+        endpoints = [{{ url = "{}" }}]
+        [[routes]]
+        regions = ["a", "b"]
+        "#,
+        refused_port(),
+        b.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let r = send(
+        &h1_client(),
+        http::Request::post(router.url("/count"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"12345")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.body.trim()), (200, "5"));
+    assert_eq!(r.headers["x-georouter-region"], "b");
+}
+
+#[tokio::test]
+async fn the_retry_budget_stops_retries_of_requests_a_region_received() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&two_regions(
+        &a,
+        &b,
+        "enabled = false\n[health.passive]\nconsecutive_failures = 0\n[retry]\nbudget = 0.0\nmin_retries = 2\n",
+    ))
+    .await;
+    a.set_mode(Mode::Fail);
+    let client = h1_client();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(&client, &router.url("/")).await.status);
+    }
+    // Two retries in the budget (b answers 200), then a's own 503 comes through.
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503]);
+    let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert!(
+        metrics.contains("georouter_retry_budget_exhausted_total 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn draining_under_load_fails_nothing_and_sends_nothing_new_there() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::start(
+        georouter::config::Config::from_toml(&two_regions(&a, &b, "")).unwrap(),
+        georouter::control::Options {
+            config_path: None,
+            admin_token: Some("t0ken".to_owned()),
+        },
+    )
+    .await;
+    let load = Load::start(router.url("/"), 4);
+    load.wait_for(50).await;
+    let (status, body) = admin_post(router.admin, "/regions/a/drain?reason=drill", Some("t0ken")).await;
+    assert_eq!(status, 200, "{body}");
+    let at_drain = a.requests();
+    load.wait_for(100).await;
+    let report = load.stop().await;
+    assert!(report.failed().is_empty(), "failed: {:?}", report.failed());
+    assert!(
+        a.requests() <= at_drain + 4,
+        "at most the 4 requests in flight at the drain reach a"
+    );
+    let v = region_view(router.admin, "a").await;
+    assert_eq!((v["drained"].clone(), v["healthy"].clone()), (true.into(), true.into()));
+    assert_eq!(v["drain_reason"], "drill");
+
+    let (status, _) = admin_post(router.admin, "/regions/a/undrain", Some("t0ken")).await;
+    assert_eq!(status, 200);
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(r.headers["x-georouter-region"], "a");
+}
