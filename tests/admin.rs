@@ -112,10 +112,18 @@ async fn the_last_serving_region_of_a_jurisdiction_is_drained_only_by_force() {
     let a = region("a").await;
     let b = region("b").await;
     let router = with_token(&eu_policy(&a, &b, ""), "t").await;
-    assert_eq!(admin_post(router.admin, "/regions/a/drain", Some("t")).await.0, 200);
+    assert_eq!(
+        admin_post(router.admin, "/regions/a/drain", Some("t"))
+            .await
+            .0,
+        200
+    );
     let (status, body) = admin_post(router.admin, "/regions/b/drain?reason=x", Some("t")).await;
     assert_eq!(status, 409);
-    assert!(body.contains("last serving region of jurisdiction eu") && body.contains("force=true"), "{body}");
+    assert!(
+        body.contains("last serving region of jurisdiction eu") && body.contains("force=true"),
+        "{body}"
+    );
     assert_eq!(region_view(router.admin, "b").await["drained"], false);
     let (status, _) = admin_post(router.admin, "/regions/b/drain?force=true", Some("t")).await;
     assert_eq!(status, 200);
@@ -134,7 +142,12 @@ async fn drains_are_kept_in_the_state_file_and_reapplied_at_start() {
     let extra = format!("[admin]\nstate_file = \"{}\"\n", toml_path(&file));
     let toml = eu_policy(&a, &b, &extra);
     let first = with_token(&toml, "t").await;
-    let (status, body) = admin_post(first.admin, "/regions/a/drain?reason=maintenance", Some("t")).await;
+    let (status, body) = admin_post(
+        first.admin,
+        "/regions/a/drain?reason=maintenance",
+        Some("t"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let _ = first.shutdown().await;
 
@@ -175,7 +188,10 @@ async fn fifty_reloads_under_load_lose_nothing_and_invalid_ones_are_rejected() {
         let (status, body) = admin_post(router.admin, "/reload", Some("t")).await;
         if invalid {
             assert_eq!(status, 400, "reload {i}: {body}");
-            assert!(body.contains("routes[0].regions[1]") && body.contains("nowhere"), "{body}");
+            assert!(
+                body.contains("routes[0].regions[1]") && body.contains("nowhere"),
+                "{body}"
+            );
         } else {
             assert_eq!(status, 200, "reload {i}: {body}");
         }
@@ -187,8 +203,14 @@ async fn fifty_reloads_under_load_lose_nothing_and_invalid_ones_are_rejected() {
     let r = get(&h1_client(), &router.url("/")).await;
     assert_eq!(r.headers["x-georouter-region"], last_first);
     let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
-    assert!(metrics.contains(r#"georouter_config_reloads_total{result="failure"} 10"#), "{metrics}");
-    assert!(metrics.contains(r#"georouter_config_reloads_total{result="success"} 40"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"georouter_config_reloads_total{result="failure"} 10"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"georouter_config_reloads_total{result="success"} 40"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -197,11 +219,16 @@ async fn a_changed_policy_file_is_picked_up_and_drains_and_health_survive() {
     let b = region("b").await;
     let dir = test_dir("watch");
     let path = dir.join("policy.toml");
-    let toml = eu_policy(&a, &b, "")
-        .replace("watch = false", "watch = true\nwatch_interval = \"20ms\"");
+    let toml =
+        eu_policy(&a, &b, "").replace("watch = false", "watch = true\nwatch_interval = \"20ms\"");
     std::fs::write(&path, &toml).unwrap();
     let router = TestRouter::spawn_file(&path, Some("t")).await;
-    assert_eq!(admin_post(router.admin, "/regions/a/drain", Some("t")).await.0, 200);
+    assert_eq!(
+        admin_post(router.admin, "/regions/a/drain", Some("t"))
+            .await
+            .0,
+        200
+    );
     b.set_health(false);
     eventually("b down", || phase(&router, "b") == "down").await;
     let generation = router.state.table.load().generation();
@@ -229,7 +256,10 @@ async fn readiness_waits_for_the_first_checks_and_config_is_redacted() {
     let b = region("b").await;
     let dir = test_dir("redact");
     std::fs::write(dir.join("token"), "hunter2").unwrap();
-    let extra = format!("[admin]\ntoken_file = \"{}\"\n", toml_path(&dir.join("token")));
+    let extra = format!(
+        "[admin]\ntoken_file = \"{}\"\n",
+        toml_path(&dir.join("token"))
+    );
     let router = TestRouter::spawn(&eu_policy(&a, &b, &extra)).await;
     eventually("ready", || router.control.ready()).await;
     let client = h1_client();
@@ -238,7 +268,11 @@ async fn readiness_waits_for_the_first_checks_and_config_is_redacted() {
     let r = get(&client, &format!("http://{}/config", router.admin)).await;
     assert_eq!(r.status, 200);
     assert!(r.body.contains("token_file = \"<redacted>\""), "{}", r.body);
-    assert!(r.body.contains("rise = 2"), "defaults are shown: {}", r.body);
+    assert!(
+        r.body.contains("rise = 2"),
+        "defaults are shown: {}",
+        r.body
+    );
     assert!(!r.body.contains("hunter2"));
 }
 
@@ -255,7 +289,9 @@ async fn metrics_name_what_happened_and_pass_promtool() {
     admin_post(router.admin, "/regions/a/drain", Some("t")).await;
     get(&client, &router.url("/")).await;
     eventually("checks", || router.control.ready()).await;
-    let text = get(&client, &format!("http://{}/metrics", router.admin)).await.body;
+    let text = get(&client, &format!("http://{}/metrics", router.admin))
+        .await
+        .body;
     for needle in [
         r#"georouter_requests_total{code="200",region="a"} 3"#,
         r#"georouter_requests_total{code="404",region="a"} 1"#,

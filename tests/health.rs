@@ -5,7 +5,6 @@
 
 mod support;
 
-
 use georouter::sim::{Mode, SimRegion};
 use support::*;
 use tokio::time::Instant;
@@ -54,12 +53,17 @@ async fn killing_a_region_under_load_loses_no_idempotent_request() {
         "kill -> region out: {detected:?}; {} requests, 0 failed, first served by b at #{first_b}",
         report.answers.len()
     );
-    let metrics = get(&h1_client(), &format!("http://{}/metrics", router.admin)).await.body;
+    let metrics = get(&h1_client(), &format!("http://{}/metrics", router.admin))
+        .await
+        .body;
     assert!(
         metrics.contains(r#"georouter_region_healthy{region="a"} 0"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"georouter_failovers_total{from="a""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"georouter_failovers_total{from="a""#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +167,9 @@ async fn a_post_whose_region_refuses_connections_is_sent_to_the_next() {
     let r = send(
         &h1_client(),
         http::Request::post(router.url("/count"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"12345")))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"12345",
+            )))
             .unwrap(),
     )
     .await;
@@ -210,7 +216,8 @@ async fn draining_under_load_fails_nothing_and_sends_nothing_new_there() {
     .await;
     let load = Load::start(router.url("/"), 4);
     load.wait_for(50).await;
-    let (status, body) = admin_post(router.admin, "/regions/a/drain?reason=drill", Some("t0ken")).await;
+    let (status, body) =
+        admin_post(router.admin, "/regions/a/drain?reason=drill", Some("t0ken")).await;
     assert_eq!(status, 200, "{body}");
     let at_drain = a.requests();
     load.wait_for(100).await;
@@ -221,11 +228,37 @@ async fn draining_under_load_fails_nothing_and_sends_nothing_new_there() {
         "at most the 4 requests in flight at the drain reach a"
     );
     let v = region_view(router.admin, "a").await;
-    assert_eq!((v["drained"].clone(), v["healthy"].clone()), (true.into(), true.into()));
+    assert_eq!(
+        (v["drained"].clone(), v["healthy"].clone()),
+        (true.into(), true.into())
+    );
     assert_eq!(v["drain_reason"], "drill");
 
     let (status, _) = admin_post(router.admin, "/regions/a/undrain", Some("t0ken")).await;
     assert_eq!(status, 200);
     let r = get(&h1_client(), &router.url("/")).await;
     assert_eq!(r.headers["x-georouter-region"], "a");
+}
+
+#[tokio::test]
+async fn latency_steering_follows_the_measured_rtt() {
+    let a = region("a").await;
+    let b = region("b").await;
+    a.set_latency(std::time::Duration::from_millis(60));
+    let toml = two_regions(&a, &b, "[health.latency]\nhysteresis = \"20ms\"\n").replace(
+        "regions = [\"a\", \"b\"]",
+        "regions = [\"a\", \"b\"]\nsteering = \"latency\"",
+    );
+    let router = TestRouter::spawn(&toml).await;
+    eventually("both measured", || {
+        router.control.regions().iter().all(|r| r.rtt_ms.is_some())
+    })
+    .await;
+    let r = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(
+        r.headers["x-georouter-region"], "b",
+        "the written order says a; b is faster"
+    );
+    let v = region_view(router.admin, "a").await;
+    assert!(v["rtt_ms"].as_f64().unwrap() >= 60.0, "{v}");
 }

@@ -397,7 +397,11 @@ impl Load {
 }
 
 /// POSTs to the admin API with an optional bearer token; (status, body).
-pub async fn admin_post(admin: SocketAddr, path_and_query: &str, token: Option<&str>) -> (u16, String) {
+pub async fn admin_post(
+    admin: SocketAddr,
+    path_and_query: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut req = http::Request::post(format!("http://{admin}{path_and_query}"));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
