@@ -72,6 +72,8 @@ struct Record {
     rtt: Option<f64>,
     /// What latency steering sees: moves only past the hysteresis margin.
     published_rtt: Option<Duration>,
+    /// The weight in the snapshot in service: a ramp's last step must be published too.
+    published_weight: u16,
     checked: bool,
 }
 
@@ -83,6 +85,7 @@ impl Record {
             account,
             rtt: None,
             published_rtt: None,
+            published_weight: 1000,
             checked: false,
         }
     }
@@ -179,7 +182,7 @@ impl Control {
         control.state.metrics.config_generation.set(1);
         {
             let mut inner = control.lock();
-            control.publish(&inner);
+            control.publish(&mut inner);
             control.restart_checkers(&mut inner);
             control.update_ready(&inner);
         }
@@ -222,18 +225,23 @@ impl Control {
     }
 
     /// Builds and swaps in the region-state snapshot for the current table.
-    fn publish(&self, inner: &Inner) {
+    fn publish(&self, inner: &mut Inner) {
         let now = Instant::now();
         let m = &self.state.metrics;
         let slow_start = inner.config.health.failback.slow_start;
         let mut states = Vec::with_capacity(inner.table.regions().len());
         let mut accounts = Vec::with_capacity(states.capacity());
-        for region in inner.table.regions() {
-            let rec = &inner.regions[&region.name];
+        let table = inner.table.clone();
+        for region in table.regions() {
+            let drained = inner.drains.get(region.name.as_str()).is_some();
+            let Some(rec) = inner.regions.get_mut(&region.name) else {
+                continue;
+            };
+            rec.published_weight = rec.machine.weight(now, slow_start);
             let s = RegionState {
                 healthy: rec.machine.serving(),
-                drained: inner.drains.get(region.name.as_str()).is_some(),
-                weight: rec.machine.weight(now, slow_start),
+                drained,
+                weight: rec.published_weight,
                 rtt: rec.published_rtt,
             };
             let n = [region.name.as_str()];
@@ -309,7 +317,7 @@ impl Control {
             changed = true;
         }
         if changed {
-            self.publish(&inner);
+            self.publish(&mut inner);
         }
         if first {
             self.update_ready(&inner);
@@ -333,13 +341,14 @@ impl Control {
             if let Some(t) = rec.machine.tick(now, &limits) {
                 transitions.push((name.clone(), t));
             }
-            changed |= rec.machine.ramping(now, config.health.failback.slow_start);
+            changed |=
+                rec.machine.weight(now, config.health.failback.slow_start) != rec.published_weight;
         }
         for (name, t) in &transitions {
             self.transition(name, t);
         }
         if changed || !transitions.is_empty() {
-            self.publish(&inner);
+            self.publish(&mut inner);
         }
     }
 
@@ -465,7 +474,7 @@ impl Control {
         inner.config = config.clone();
         // States first: a request that loads the new table then finds states for it;
         // one that loaded the old table reads the new states as "serving" by rule.
-        self.publish(&inner);
+        self.publish(&mut inner);
         self.state.table.store(table);
         self.state.config.store(config);
         self.auth.store(Arc::new(auth));
@@ -519,13 +528,19 @@ impl Control {
                 }
             }
         }
+        let undrained = drain.is_none() && inner.drains.get(region).is_some();
+        if undrained {
+            if let Some(rec) = inner.regions.get_mut(&r.name) {
+                rec.machine.begin_ramp(Instant::now());
+            }
+        }
         let entry = drain.map(|(reason, by)| Drain {
             reason,
             by,
             since: unix_now(),
         });
         let persisted = inner.drains.set(region, entry).err();
-        self.publish(&inner);
+        self.publish(&mut inner);
         Ok(persisted)
     }
 

@@ -38,6 +38,7 @@ pub mod budget;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod drill;
 pub mod explain;
 pub mod forward;
 pub mod geo;

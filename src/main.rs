@@ -61,6 +61,65 @@ enum Command {
         #[arg(long, value_name = "REGION=DURATION", value_parser = parse_latency)]
         latency: Vec<(String, Duration)>,
     },
+    /// A disaster-recovery drill: drain (or kill) a region under a bounded stream
+    /// of requests, measure detection, switch, RTO and failback.
+    Drill(DrillArgs),
+}
+
+#[derive(clap::Args)]
+struct DrillArgs {
+    /// Drill an in-process demo (simulated regions and a router on loopback)
+    /// instead of a running router.
+    #[arg(long)]
+    demo: bool,
+    /// The router's listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: SocketAddr,
+    /// The router's admin API.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// The region to drain or kill (with --demo: eu-west).
+    #[arg(long)]
+    region: Option<String>,
+    /// Mutating admin token (or GEOROUTER_ADMIN_TOKEN).
+    #[arg(long, env = "GEOROUTER_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Instead of draining: wait for the operator to kill the region and bring
+    /// it back (with --demo: kill and restart the simulated region).
+    #[arg(long)]
+    kill: bool,
+    /// Drain even the last serving region of a jurisdiction.
+    #[arg(long)]
+    force: bool,
+    /// Requests per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Length of the steady phases: before the fault and while it lasts.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The longest wait for detection, repair or failback.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Extra request header, `Name: value` (repeatable); with --demo,
+    /// `X-Forwarded-For: 80.128.0.1` (a client in Germany).
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected 'Name: value'"))?;
+    Ok((
+        k.trim().parse().map_err(|e| format!("{k:?}: {e}"))?,
+        v.trim().parse().map_err(|e| format!("{v:?}: {e}"))?,
+    ))
 }
 
 #[derive(Subcommand)]
@@ -83,15 +142,21 @@ fn parse_latency(s: &str) -> Result<(String, Duration), String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A drill prints a report; the router's own log would drown it.
+    let default_filter = if matches!(cli.command, Command::Drill(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Geo {
@@ -106,6 +171,7 @@ fn main() -> ExitCode {
             latency,
         } => control_runtime()
             .and_then(|rt| rt.block_on(run_demo(listen, admin, admin_token, db, latency))),
+        Command::Drill(args) => control_runtime().and_then(|rt| rt.block_on(drill(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -302,4 +368,101 @@ async fn wait_for_signal(control: &std::sync::Arc<control::Control>) -> Result<(
             _ = hup.recv() => { let _ = control.reload("SIGHUP"); }
         }
     }
+}
+
+async fn drill(mut args: DrillArgs) -> Result<()> {
+    use georouter::drill::{self, DrillOptions, Fault};
+    let mut demo_regions = Vec::new();
+    let mut running = None;
+    if args.demo {
+        // The demo on ephemeral loopback ports, in this process.
+        demo_regions = demo::spawn_regions(|_| Duration::ZERO)
+            .await
+            .context("cannot start the simulated regions")?;
+        let db = std::path::Path::new(georouter::geo::DEFAULT_DATABASE);
+        anyhow::ensure!(
+            db.exists(),
+            "{}: no geo database (run from the repository root)",
+            db.display()
+        );
+        let config = demo::config(
+            "127.0.0.1:0".parse()?,
+            "127.0.0.1:0".parse()?,
+            &demo_regions,
+            Some(db),
+        )?;
+        let listeners = server::bind(&config.listeners)?;
+        args.target = listeners[0].tcp.local_addr()?;
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?;
+        args.admin = admin.local_addr()?;
+        args.token
+            .get_or_insert_with(|| demo::ADMIN_TOKEN.to_owned());
+        args.region.get_or_insert_with(|| "eu-west".to_owned());
+        if args.headers.is_empty() {
+            args.headers.push((
+                http::HeaderName::from_static("x-forwarded-for"),
+                http::HeaderValue::from_static("80.128.0.1"),
+            ));
+        }
+        let r = launch::start(
+            config,
+            listeners,
+            admin,
+            control::Options {
+                config_path: None,
+                admin_token: args.token.clone(),
+            },
+        )?;
+        let control = r.control.clone();
+        running = Some(r);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !control.ready() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let region = args
+        .region
+        .clone()
+        .context("--region NAME is required (the region to drain or kill)")?;
+    let options = DrillOptions {
+        target: args.target,
+        path: args.path.clone(),
+        headers: args.headers.clone(),
+        admin: args.admin,
+        region: region.clone(),
+        rate: args.rate.max(1),
+        phase: args.duration,
+        timeout: args.timeout,
+    };
+    let fault = if args.kill {
+        match demo_regions.iter_mut().find(|r| r.name() == region) {
+            Some(sim) => Fault::Sim(sim),
+            None if args.demo => anyhow::bail!("--region {region}: not a demo region"),
+            None => Fault::Operator,
+        }
+    } else {
+        Fault::Drain {
+            token: args
+                .token
+                .clone()
+                .context("a drain needs the admin token: --token or GEOROUTER_ADMIN_TOKEN")?,
+            force: args.force,
+        }
+    };
+    let quiet = args.json;
+    let report = drill::run(&options, fault, |line| {
+        if !quiet {
+            eprintln!("drill: {line}");
+        }
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if let Some(r) = running {
+        r.shutdown().await;
+    }
+    Ok(())
 }

@@ -152,6 +152,11 @@ impl SimRegion {
             .store(latency.as_micros() as u64, Ordering::SeqCst);
     }
 
+    /// The artificial latency in force.
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.control.latency_us.load(Ordering::SeqCst))
+    }
+
     /// Requests received so far (including failed and hung ones), health checks aside.
     pub fn requests(&self) -> u64 {
         self.control.requests.load(Ordering::SeqCst)

@@ -123,6 +123,14 @@ impl Machine {
         }
     }
 
+    /// Starts the slow-start ramp again, as for a region back from an operator's
+    /// drain: its caches are as cold as after an outage.
+    pub fn begin_ramp(&mut self, now: Instant) {
+        if self.serving() {
+            self.up_since = Some(now);
+        }
+    }
+
     /// Whether the weight is still ramping (the caller republishes while it is).
     pub fn ramping(&self, now: Instant, slow_start: Duration) -> bool {
         self.serving() && self.weight(now, slow_start) < 1000

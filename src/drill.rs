@@ -1,0 +1,521 @@
+//! `georouter drill`: a disaster-recovery drill against a running router. A
+//! bounded, rate-limited stream of requests; a fault (a drain through the admin
+//! API, a region killed by the operator, or a simulated region killed in the
+//! demo); then the repair and the failback through slow start. Everything is
+//! measured from what clients saw and what the admin API said.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::sim::SimRegion;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("admin API at {admin}: {detail}")]
+    Admin { admin: SocketAddr, detail: String },
+    #[error("region {0:?} is not in the router's policy")]
+    UnknownRegion(String),
+    #[error("no request was served by {region} before the fault: the drill's requests do not reach it (pick a client with --header, e.g. 'X-Forwarded-For: 80.128.0.1')")]
+    NotServing { region: String },
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// What breaks the region, and how it comes back.
+pub enum Fault<'a> {
+    /// Drain through the admin API; undrain after.
+    Drain { token: String, force: bool },
+    /// The operator kills the region, then brings it back; the drill waits for both.
+    Operator,
+    /// A simulated region (the demo): killed, then served again on its address.
+    Sim(&'a mut SimRegion),
+}
+
+impl Fault<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Fault::Drain { .. } => "drain",
+            Fault::Operator => "operator-kill",
+            Fault::Sim(_) => "kill",
+        }
+    }
+}
+
+pub struct DrillOptions {
+    /// The router's listener.
+    pub target: SocketAddr,
+    pub path: String,
+    /// Extra request headers, to play a client from somewhere (X-Forwarded-For).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub admin: SocketAddr,
+    pub region: String,
+    /// Requests per second, over all connections.
+    pub rate: u32,
+    /// Length of the steady phases (before the fault, and while it lasts).
+    pub phase: Duration,
+    /// The longest wait for a detection, a repair, or the failback to complete.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Duration,
+    status: u16,
+    region: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub region: String,
+    pub fault: &'static str,
+    pub rate: u32,
+    pub requests: usize,
+    pub errors: usize,
+    /// Fault -> the admin API shows the region out of service.
+    pub detection_ms: Option<u64>,
+    /// Fault -> the last request the region served.
+    pub switch_ms: u64,
+    /// Fault -> the last failed request (0: no client saw a failure).
+    pub rto_ms: u64,
+    /// Repair -> the first request the region served again.
+    pub failback_first_ms: Option<u64>,
+    /// Repair -> its share back to at least 90% of what it was.
+    pub failback_full_ms: Option<u64>,
+    pub share_before: BTreeMap<String, f64>,
+    pub share_during: BTreeMap<String, f64>,
+    pub share_after: BTreeMap<String, f64>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |v: Option<u64>| v.map_or("not reached".to_owned(), |v| format!("{v} ms"));
+        let share = |m: &BTreeMap<String, f64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {:.0}%", v * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            f,
+            "drill: {} of {} at {} req/s",
+            self.fault, self.region, self.rate
+        )?;
+        writeln!(
+            f,
+            "  requests        {} ({} failed)",
+            self.requests, self.errors
+        )?;
+        writeln!(f, "  detection       {}", ms(self.detection_ms))?;
+        writeln!(
+            f,
+            "  switch          {} ms (last request served by {})",
+            self.switch_ms, self.region
+        )?;
+        writeln!(f, "  RTO (clients)   {} ms", self.rto_ms)?;
+        writeln!(
+            f,
+            "  failback        first request {}, full share {}",
+            ms(self.failback_first_ms),
+            ms(self.failback_full_ms)
+        )?;
+        writeln!(f, "  share before    {}", share(&self.share_before))?;
+        writeln!(f, "  share during    {}", share(&self.share_during))?;
+        writeln!(f, "  share after     {}", share(&self.share_after))
+    }
+}
+
+/// One HTTP/1.1 request on a new connection; (status, body).
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(StatusCode, String), String> {
+    let io = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string());
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Whether the admin API shows `region` serving.
+async fn serving(o: &DrillOptions) -> Result<bool, DrillError> {
+    let admin_err = |detail: String| DrillError::Admin {
+        admin: o.admin,
+        detail,
+    };
+    let (status, body) = call(o.admin, Method::GET, "/regions", None)
+        .await
+        .map_err(admin_err)?;
+    if status != StatusCode::OK {
+        return Err(admin_err(format!(
+            "GET /regions: {status}: {}",
+            body.trim()
+        )));
+    }
+    let regions: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| admin_err(format!("GET /regions: {e}")))?;
+    regions
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == o.region.as_str()))
+        .map(|r| r["serving"].as_bool().unwrap_or(false))
+        .ok_or_else(|| DrillError::UnknownRegion(o.region.clone()))
+}
+
+/// The rate-limited request stream; samples go into `out` until `stop`.
+fn start_load(
+    o: &DrillOptions,
+    started: Instant,
+    out: Arc<Mutex<Vec<Sample>>>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let connections = o.rate.clamp(1, 16);
+    let every = Duration::from_secs_f64(f64::from(connections) / f64::from(o.rate.max(1)));
+    (0..connections)
+        .map(|i| {
+            let (target, path, headers) = (o.target, o.path.clone(), o.headers.clone());
+            let out = out.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                // Spread the connections' ticks over one period.
+                let first = Instant::now() + every.mul_f64(f64::from(i) / f64::from(connections));
+                let mut tick = tokio::time::interval_at(first, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut sender = None;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => return,
+                    }
+                    let at = started.elapsed();
+                    let result = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        one(target, &path, &headers, &mut sender),
+                    )
+                    .await;
+                    let sample = match result {
+                        Ok(Ok((status, region))) => Sample { at, status, region },
+                        _ => {
+                            sender = None;
+                            Sample {
+                                at,
+                                status: 0,
+                                region: None,
+                            }
+                        }
+                    };
+                    out.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+                }
+            })
+        })
+        .collect()
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn one(
+    target: SocketAddr,
+    path: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    sender: &mut Option<Sender>,
+) -> Result<(u16, Option<String>), String> {
+    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        let io = TcpStream::connect(target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = io.set_nodelay(true);
+        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        *sender = Some(s);
+    }
+    let s = sender.as_mut().expect("connected above");
+    s.ready().await.map_err(|e| e.to_string())?;
+    let mut req = Request::get(path)
+        .header(http::header::HOST, target.to_string())
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    for (k, v) in headers {
+        req.headers_mut().append(k.clone(), v.clone());
+    }
+    let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let region = resp
+        .headers()
+        .get("x-georouter-region")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, region))
+}
+
+fn shares(samples: &[Sample]) -> BTreeMap<String, f64> {
+    let mut by: BTreeMap<String, f64> = BTreeMap::new();
+    let ok: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.status != 0 && s.status < 500)
+        .collect();
+    for s in &ok {
+        *by.entry(s.region.clone().unwrap_or_else(|| "-".to_owned()))
+            .or_default() += 1.0;
+    }
+    let n = ok.len().max(1) as f64;
+    by.values_mut().for_each(|v| *v /= n);
+    by
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Waits until `cond` holds, polling every 20 ms, for at most `timeout`.
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> Result<(), DrillError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, DrillError>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DrillError::Timeout(format!(
+                "{what}: not within {}",
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs one drill and reports what clients and the admin API saw. `say` gets the
+/// lines meant for the operator as the drill goes.
+pub async fn run(
+    o: &DrillOptions,
+    mut fault: Fault<'_>,
+    say: impl Fn(&str),
+) -> Result<Report, DrillError> {
+    if !serving(o).await? {
+        return Err(DrillError::Timeout(format!(
+            "{} is not serving before the drill; undrain or repair it first",
+            o.region
+        )));
+    }
+    let started = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let (stop, stopped) = watch::channel(false);
+    let load = start_load(o, started, samples.clone(), stopped);
+    let snapshot = || samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    say(&format!(
+        "steady state for {} at {} req/s",
+        humantime::format_duration(o.phase),
+        o.rate
+    ));
+    tokio::time::sleep(o.phase).await;
+    let before = snapshot();
+    let region_share = shares(&before).get(&o.region).copied().unwrap_or(0.0);
+    if region_share == 0.0 {
+        let _ = stop.send(true);
+        return Err(DrillError::NotServing {
+            region: o.region.clone(),
+        });
+    }
+
+    // The fault.
+    let fault_at;
+    match &mut fault {
+        Fault::Drain { token, force } => {
+            say(&format!("draining {}", o.region));
+            fault_at = started.elapsed();
+            let path = format!(
+                "/regions/{}/drain?reason=georouter+drill{}",
+                o.region,
+                if *force { "&force=true" } else { "" }
+            );
+            let (status, body) = call(o.admin, Method::POST, &path, Some(token))
+                .await
+                .map_err(|detail| DrillError::Admin {
+                    admin: o.admin,
+                    detail,
+                })?;
+            if status != StatusCode::OK {
+                let _ = stop.send(true);
+                return Err(DrillError::Admin {
+                    admin: o.admin,
+                    detail: format!("drain: {status}: {}", body.trim()),
+                });
+            }
+        }
+        Fault::Sim(sim) => {
+            say(&format!("killing simulated region {}", o.region));
+            fault_at = started.elapsed();
+            sim.kill();
+        }
+        Fault::Operator => {
+            say(&format!(
+                "kill {} now; waiting for the router to notice",
+                o.region
+            ));
+            // The fault is when clients first see something change.
+            let base = started.elapsed();
+            let region = o.region.clone();
+            wait_until(o.timeout, "a client seeing the fault", || {
+                let s = snapshot();
+                let region = region.clone();
+                async move {
+                    Ok(s.iter().any(|x| {
+                        x.at >= base
+                            && (x.status == 0
+                                || x.status >= 500
+                                || x.region.as_deref() != Some(&region))
+                    }))
+                }
+            })
+            .await?;
+            fault_at = snapshot()
+                .iter()
+                .filter(|x| {
+                    x.at >= base
+                        && (x.status == 0
+                            || x.status >= 500
+                            || x.region.as_deref() != Some(&o.region))
+                })
+                .map(|x| x.at)
+                .min()
+                .unwrap_or(base);
+        }
+    }
+    wait_until(o.timeout, "the router taking the region out", || async {
+        serving(o).await.map(|s| !s)
+    })
+    .await?;
+    let detection = started.elapsed().saturating_sub(fault_at);
+    tokio::time::sleep(o.phase).await;
+
+    // The repair.
+    match &mut fault {
+        Fault::Drain { token, .. } => {
+            say(&format!("undraining {}", o.region));
+            let path = format!("/regions/{}/undrain?reason=georouter+drill", o.region);
+            call(o.admin, Method::POST, &path, Some(token))
+                .await
+                .map_err(|detail| DrillError::Admin {
+                    admin: o.admin,
+                    detail,
+                })?;
+        }
+        Fault::Sim(sim) => {
+            say(&format!("restarting simulated region {}", o.region));
+            let addr = sim.addr();
+            let latency = sim.latency();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DrillError::Timeout(format!("cannot restart {addr}: {e}")))?;
+            **sim = SimRegion::serve(&o.region, listener);
+            sim.set_latency(latency);
+        }
+        Fault::Operator => say(&format!("bring {} back; waiting", o.region)),
+    }
+    wait_until(o.timeout, "the region back in service", || serving(o)).await?;
+    let repair_at = started.elapsed();
+    say("waiting for the failback to complete");
+    let window = Duration::from_secs(1);
+    let full = wait_until(o.timeout, "the full failback", || {
+        let s = snapshot();
+        let region = o.region.clone();
+        async move {
+            let now = started.elapsed();
+            if now < repair_at + window {
+                return Ok(false);
+            }
+            let recent: Vec<Sample> = s.into_iter().filter(|x| x.at + window >= now).collect();
+            Ok(shares(&recent).get(&region).copied().unwrap_or(0.0) >= 0.9 * region_share)
+        }
+    })
+    .await;
+    let full_at = full.is_ok().then(|| started.elapsed());
+    let _ = stop.send(true);
+    for t in load {
+        let _ = t.await;
+    }
+
+    let all = snapshot();
+    let errors: Vec<&Sample> = all
+        .iter()
+        .filter(|s| s.status == 0 || s.status >= 500)
+        .collect();
+    let served_by = |s: &&Sample| {
+        s.region.as_deref() == Some(o.region.as_str()) && s.status != 0 && s.status < 500
+    };
+    let last_served = all
+        .iter()
+        .filter(|s| s.at >= fault_at && s.at < repair_at)
+        .filter(served_by)
+        .map(|s| s.at)
+        .max();
+    let switch = last_served.map_or(Duration::ZERO, |t| t.saturating_sub(fault_at));
+    let during: Vec<Sample> = all
+        .iter()
+        .filter(|s| s.at > fault_at + switch && s.at < repair_at)
+        .cloned()
+        .collect();
+    let after_from = full_at.unwrap_or(started.elapsed()).saturating_sub(window);
+    let after: Vec<Sample> = all.iter().filter(|s| s.at >= after_from).cloned().collect();
+    Ok(Report {
+        region: o.region.clone(),
+        fault: fault.name(),
+        rate: o.rate,
+        requests: all.len(),
+        errors: errors.len(),
+        detection_ms: Some(ms(detection)),
+        switch_ms: ms(switch),
+        rto_ms: errors
+            .iter()
+            .filter(|s| s.at >= fault_at)
+            .map(|s| ms(s.at.saturating_sub(fault_at)))
+            .max()
+            .unwrap_or(0),
+        failback_first_ms: all
+            .iter()
+            .filter(|s| s.at >= repair_at)
+            .find(served_by)
+            .map(|s| ms(s.at - repair_at)),
+        failback_full_ms: full_at.map(|t| ms(t - repair_at)),
+        share_before: shares(&before),
+        share_during: shares(&during),
+        share_after: shares(&after),
+    })
+}

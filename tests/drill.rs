@@ -1,0 +1,122 @@
+//! `georouter drill` against an in-process router and simulated regions: a drain
+//! and a kill, each with its failback through slow start.
+
+mod support;
+
+use std::time::Duration;
+
+use georouter::config::Config;
+use georouter::control::Options;
+use georouter::drill::{self, DrillOptions, Fault};
+use support::*;
+
+async fn router(a: &georouter::sim::SimRegion, b: &georouter::sim::SimRegion) -> TestRouter {
+    let toml = policy(
+        &[a, b],
+        r#"
+        [server]
+        access_log = false
+        [health]
+        interval = "50ms"
+        timeout = "200ms"
+        fall = 2
+        rise = 2
+        jitter = 0.0
+        [health.passive]
+        ejection = "200ms"
+        [failback]
+        slow_start = "500ms"
+        [[routes]]
+        regions = ["a", "b"]
+        "#,
+    );
+    let r = TestRouter::start(
+        Config::from_toml(&toml).unwrap(),
+        Options {
+            config_path: None,
+            admin_token: Some("t".to_owned()),
+        },
+    )
+    .await;
+    eventually("ready", || r.control.ready()).await;
+    r
+}
+
+fn options(router: &TestRouter) -> DrillOptions {
+    DrillOptions {
+        target: router.addr(),
+        path: "/".to_owned(),
+        headers: Vec::new(),
+        admin: router.admin,
+        region: "a".to_owned(),
+        rate: 200,
+        phase: Duration::from_millis(300),
+        timeout: Duration::from_secs(20),
+    }
+}
+
+#[tokio::test]
+async fn a_drain_drill_moves_traffic_and_brings_it_back() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = router(&a, &b).await;
+    let fault = Fault::Drain {
+        token: "t".to_owned(),
+        force: false,
+    };
+    let report = drill::run(&options(&router), fault, |_| {}).await.unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    assert_eq!(report.share_before.get("a"), Some(&1.0), "{report}");
+    assert_eq!(report.share_during.get("b"), Some(&1.0), "{report}");
+    assert!(
+        report.failback_first_ms.is_some() && report.failback_full_ms.is_some(),
+        "{report}"
+    );
+    assert!(
+        report.share_after.get("a").copied().unwrap_or(0.0) >= 0.9,
+        "{report}"
+    );
+    assert_eq!(region_view(router.admin, "a").await["drained"], false);
+}
+
+#[tokio::test]
+async fn a_kill_drill_loses_no_request() {
+    let mut a = region("a").await;
+    let b = region("b").await;
+    let router = router(&a, &b).await;
+    let report = drill::run(&options(&router), Fault::Sim(&mut a), |_| {})
+        .await
+        .unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.fault, "kill");
+    assert_eq!(report.errors, 0, "{report}");
+    assert_eq!(report.share_during.get("b"), Some(&1.0), "{report}");
+    assert!(report.failback_full_ms.is_some(), "{report}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(
+        json["detection_ms"].is_u64() && json["rto_ms"] == 0,
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn a_drill_refuses_a_region_its_requests_do_not_reach() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = router(&a, &b).await;
+    let mut o = options(&router);
+    o.region = "b".to_owned();
+    let e = drill::run(
+        &o,
+        Fault::Drain {
+            token: "t".to_owned(),
+            force: false,
+        },
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("do not reach it"), "{e}");
+}
