@@ -260,6 +260,16 @@ impl Control {
             states.push(s);
             accounts.push(rec.account.clone());
         }
+        for j in inner.table.jurisdictions() {
+            let serving = j
+                .regions
+                .iter()
+                .filter(|id| states[usize::from(id.0)].serving())
+                .count();
+            m.jurisdiction_serving
+                .with_label_values(&[&*j.name])
+                .set(serving as i64);
+        }
         self.state
             .states
             .store(Arc::new(RegionStates::new(&inner.table, states, accounts)));

@@ -9,6 +9,27 @@ use prometheus::{
 
 pub const RESIDENCY_REFUSALS: &str = "georouter_residency_refusals_total";
 
+/// Every metric family the router exports under its prefix (dashboards and alert
+/// rules are checked against this list).
+pub const NAMES: &[&str] = &[
+    "georouter_requests_total",
+    "georouter_request_duration_seconds",
+    "georouter_region_healthy",
+    "georouter_region_drained",
+    "georouter_region_weight",
+    "georouter_region_rtt_seconds",
+    "georouter_jurisdiction_serving_regions",
+    "georouter_health_transitions_total",
+    "georouter_failovers_total",
+    "georouter_retries_total",
+    "georouter_retry_budget_exhausted_total",
+    RESIDENCY_REFUSALS,
+    "georouter_config_reloads_total",
+    "georouter_config_generation",
+    "georouter_upstream_errors_total",
+    "georouter_admin_requests_total",
+];
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -20,6 +41,9 @@ pub struct Metrics {
     /// Share of its traffic a region gets, 0..1 (below 1 while it ramps up).
     pub region_weight: GaugeVec,
     pub region_rtt: GaugeVec,
+    /// Regions of a jurisdiction that can serve (healthy, undrained); 0 means its
+    /// strict residents are refused.
+    pub jurisdiction_serving: IntGaugeVec,
     pub health_transitions: IntCounterVec,
     pub failovers: IntCounterVec,
     pub retries: IntCounterVec,
@@ -121,6 +145,12 @@ impl Metrics {
                 "Moving average of the health check round-trip time.",
                 &["region"],
             ),
+            jurisdiction_serving: gauge(
+                &r,
+                "georouter_jurisdiction_serving_regions",
+                "Regions of the jurisdiction that are healthy and not drained.",
+                &["jurisdiction"],
+            ),
             health_transitions: counter(
                 &r,
                 "georouter_health_transitions_total",
@@ -190,5 +220,45 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_of_names_is_what_is_exported() {
+        let m = Metrics::new();
+        let one = &["x"];
+        m.requests.with_label_values(&["x", "200"]).inc();
+        m.request_duration.with_label_values(one).observe(0.1);
+        m.region_healthy.with_label_values(one).set(1);
+        m.region_drained.with_label_values(one).set(0);
+        m.region_weight.with_label_values(one).set(1.0);
+        m.region_rtt.with_label_values(one).set(0.01);
+        m.jurisdiction_serving.with_label_values(one).set(1);
+        m.health_transitions
+            .with_label_values(&["x", "up", "down"])
+            .inc();
+        m.failovers.with_label_values(&["x", "y", "connect"]).inc();
+        m.retries.with_label_values(one).inc();
+        m.retries_refused.inc();
+        m.residency_refusals.with_label_values(one).inc();
+        m.config_reloads.with_label_values(one).inc();
+        m.config_generation.set(1);
+        m.upstream_errors.with_label_values(&["x", "connect"]).inc();
+        m.admin_requests.with_label_values(&["drain", "ok"]).inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        let mut exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|n| n.starts_with("georouter_"))
+            .collect();
+        exported.sort_unstable();
+        let mut names = NAMES.to_vec();
+        names.sort_unstable();
+        assert_eq!(exported, names);
     }
 }

@@ -304,6 +304,7 @@ async fn metrics_name_what_happened_and_pass_promtool() {
         r#"georouter_failovers_total{from="a",reason="drained",to="b"} 1"#,
         r#"georouter_admin_requests_total{action="drain",result="ok"} 1"#,
         "georouter_config_generation 1",
+        r#"georouter_jurisdiction_serving_regions{jurisdiction="eu"} 1"#,
         "process_resident_memory_bytes",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");

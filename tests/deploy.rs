@@ -1,0 +1,223 @@
+//! The production pack in deploy/: manifests parse and say what they must, the
+//! policy in the ConfigMap is valid, the dashboard and the alert rules name only
+//! metrics the router exports, and promtool accepts the rules (when installed).
+
+use std::path::Path;
+use std::process::Command;
+
+use georouter::config::Config;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn manifests() -> Vec<(String, Yaml)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let docs =
+            YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for doc in docs {
+            out.push((path.display().to_string(), doc));
+        }
+    }
+    out
+}
+
+fn of_kind<'a>(all: &'a [(String, Yaml)], kind: &str) -> Vec<&'a Yaml> {
+    all.iter()
+        .filter(|(_, d)| d["kind"].as_str() == Some(kind))
+        .map(|(_, d)| d)
+        .collect()
+}
+
+#[test]
+fn every_kubernetes_manifest_parses_and_names_its_object() {
+    let all = manifests();
+    for (file, doc) in &all {
+        assert!(
+            doc["apiVersion"].as_str().is_some(),
+            "{file}: no apiVersion"
+        );
+        let kind = doc["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: no kind"));
+        if kind != "Kustomization" {
+            assert!(
+                doc["metadata"]["name"].as_str().is_some(),
+                "{file}: no metadata.name"
+            );
+        }
+    }
+    for kind in [
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+    ] {
+        assert!(!of_kind(&all, kind).is_empty(), "no {kind}");
+    }
+}
+
+#[test]
+fn the_deployment_probes_the_admin_api_and_runs_unprivileged() {
+    let all = manifests();
+    let d = of_kind(&all, "Deployment")[0];
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+}
+
+#[test]
+fn the_configmap_policy_is_valid() {
+    let all = manifests();
+    let cm = of_kind(&all, "ConfigMap")[0];
+    let toml = cm["data"]["georouter.toml"]
+        .as_str()
+        .expect("georouter.toml");
+    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("ConfigMap policy: {e}"));
+    assert_eq!(config.admin.address.port(), 9901);
+    assert!(
+        config.admin.token_file.is_some(),
+        "mutating calls need a token"
+    );
+}
+
+/// Metric names in a text, with histogram suffixes removed.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("georouter_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.push(base.to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_use_exported_metrics_only() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/georouter.json")).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 5);
+    let mut exprs = String::new();
+    for p in panels {
+        for t in p["targets"].as_array().expect("targets") {
+            exprs.push_str(t["expr"].as_str().expect("expr"));
+            exprs.push('\n');
+        }
+    }
+    for (what, text) in [
+        ("dashboard", exprs),
+        ("alerts", read("deploy/prometheus/alerts.yml")),
+    ] {
+        let names = metric_names(&text);
+        assert!(!names.is_empty(), "{what} names no metric");
+        for n in names {
+            assert!(
+                georouter::metrics::NAMES.contains(&n.as_str()),
+                "{what} uses {n}, which the router does not export"
+            );
+        }
+    }
+    for needle in [
+        "georouter_failovers_total",
+        "georouter_region_rtt_seconds",
+        "georouter_region_healthy",
+        "georouter_residency_refusals_total",
+    ] {
+        assert!(
+            read("deploy/grafana/georouter.json").contains(needle),
+            "dashboard lacks {needle}"
+        );
+    }
+}
+
+#[test]
+fn promtool_accepts_and_tests_the_alert_rules() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let Ok(check) = Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir)
+        .output()
+    else {
+        eprintln!("promtool not installed: rules not checked");
+        return;
+    };
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+}
+
+#[test]
+fn the_systemd_unit_is_sandboxed() {
+    let unit = read("deploy/systemd/georouter.service");
+    for line in [
+        "User=georouter",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "georouter.service lacks {line}"
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_copies_files_that_exist_and_runs_as_non_root() {
+    let df = read("deploy/Dockerfile");
+    assert!(df.lines().any(|l| l.starts_with("USER nonroot")));
+    for path in ["data/", "config/georouter.toml"] {
+        assert!(df.contains(&format!("/src/{path}")));
+        assert!(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(path).exists(),
+            "{path}"
+        );
+    }
+}
