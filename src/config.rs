@@ -217,6 +217,8 @@ pub struct RouteSpec {
     pub methods: Methods,
     /// Whether jurisdictions fence this route's residents.
     pub residency: bool,
+    /// Route to undrained candidates when none is serving, rather than 503.
+    pub panic_mode: bool,
     pub steering: Steering,
     /// Weights for weighted steering (regions not listed weigh 1).
     pub weights: Vec<(RegionName, u32)>,

@@ -261,9 +261,15 @@ async fn proxy(
         .access_log
         .then(|| crate::explain::short_reason(table, &decision));
     let states = conn.state.states.load_full();
-    let regions = select::serving(table, &states, route.steering, &decision.candidates, || {
+    let mut regions = select::serving(table, &states, route.steering, &decision.candidates, || {
         fastrand::u16(..1000)
     });
+    if regions.is_empty() && route.panic_mode && !decision.fenced {
+        regions = select::panic(table, &states, &decision.candidates);
+        if !regions.is_empty() {
+            tracing::warn!(route = %route.name, "panic mode: no candidate is healthy, sending to unhealthy ones");
+        }
+    }
     if regions.is_empty() {
         return Err(match decision.pin {
             Some(pin) if decision.fenced => {

@@ -43,6 +43,18 @@ pub fn serving(
     out
 }
 
+/// Panic mode: when no candidate serves, the undrained ones, unhealthy or not (an
+/// operator's drain still holds). Never used for fenced requests.
+pub fn panic(table: &RoutingTable, states: &RegionStates, candidates: &[RegionId]) -> Candidates {
+    let mut out = Candidates::EMPTY;
+    for &id in candidates {
+        if !states.get(table, id).drained {
+            out.push(id);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

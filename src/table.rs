@@ -42,6 +42,7 @@ pub struct Route {
     pub methods: Methods,
     /// Whether jurisdictions apply to this route.
     pub residency: bool,
+    pub panic_mode: bool,
     pub steering: Steering,
     /// Weight per region index, for weighted steering.
     pub weights: Box<[u32]>,
@@ -323,6 +324,7 @@ impl RoutingTable {
                     candidates: r.regions.iter().map(id_of).collect(),
                     methods: r.methods,
                     residency: r.residency,
+                    panic_mode: r.panic_mode,
                     steering: r.steering,
                     weights: regions
                         .iter()

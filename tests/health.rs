@@ -264,3 +264,27 @@ async fn latency_steering_follows_the_measured_rtt() {
     let v = region_view(router.admin, "a").await;
     assert!(v["rtt_ms"].as_f64().unwrap() >= 60.0, "{v}");
 }
+
+#[tokio::test]
+async fn panic_mode_routes_to_unhealthy_regions_instead_of_refusing() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let toml = two_regions(&a, &b, "").replace(
+        "[[routes]]\n            regions = [\"a\", \"b\"]",
+        "[[routes]]\n            path_prefix = \"/panic\"\n            panic_mode = true\n            regions = [\"a\", \"b\"]\n            [[routes]]\n            regions = [\"a\", \"b\"]",
+    );
+    assert!(toml.contains("panic_mode"));
+    let router = TestRouter::spawn(&toml).await;
+    a.set_health(false);
+    b.set_health(false);
+    eventually("both down", || {
+        phase(&router, "a") == "down" && phase(&router, "b") == "down"
+    })
+    .await;
+    let client = h1_client();
+    let refused = get(&client, &router.url("/")).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let served = get(&client, &router.url("/panic")).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.headers["x-georouter-region"], "a");
+}

@@ -425,6 +425,10 @@ pub struct RawRoute {
     /// served from anywhere, such as public assets).
     #[serde(default = "yes")]
     pub residency: bool,
+    /// When no candidate is serving, send to the undrained ones anyway instead of
+    /// 503 (never for a strict jurisdiction's residents).
+    #[serde(default)]
+    pub panic_mode: bool,
     /// Only these methods take this route (e.g. writes to the primary region).
     #[serde(default)]
     pub methods: Option<Vec<String>>,
