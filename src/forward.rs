@@ -156,7 +156,8 @@ pub async fn forward<'t>(
     let mut first_failure = None;
     while let Some(id) = candidates.next() {
         let region = table.region(id);
-        let endpoint = pool::pick_endpoint(table, region);
+        let mut endpoint = pool::pick_endpoint(table, region);
+        let mut endpoints_tried = 0;
         let mut stale_retry = true;
         loop {
             let mut current = req.take().expect("a request is in hand for every attempt");
@@ -169,6 +170,18 @@ pub async fn forward<'t>(
                 Ok(lease) => lease,
                 Err(source) => {
                     tracing::debug!(region = %region.name, error = %source, "connect failed");
+                    endpoints_tried += 1;
+                    if endpoints_tried < region.endpoints.len() {
+                        // The region's next endpoint first: nothing was sent.
+                        if let Some(a) = ctx.states.account(table, id) {
+                            if a.failure(FailureKind::Connect, table.settings.passive_failures) {
+                                ctx.state.wake.notify_one();
+                            }
+                        }
+                        endpoint = (endpoint + 1) % region.endpoints.len();
+                        req = Some(current);
+                        continue;
+                    }
                     failed(ctx, id, FailureKind::Connect, &mut first_failure);
                     if candidates.peek().is_some() {
                         ctx.state

@@ -288,3 +288,44 @@ async fn panic_mode_routes_to_unhealthy_regions_instead_of_refusing() {
     assert_eq!(served.status, 200, "{}", served.body);
     assert_eq!(served.headers["x-georouter-region"], "a");
 }
+
+#[tokio::test]
+async fn a_dead_endpoint_is_skipped_within_its_region() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let toml = format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [health]
+        enabled = false
+        [[regions]]
+        name = "a"
+        endpoints = [{{ url = "http://127.0.0.1:{}" }}, {{ url = "{}" }}]
+        [[regions]]
+        name = "b"
+        endpoints = [{{ url = "{}" }}]
+        [[routes]]
+        regions = ["a", "b"]
+        "#,
+        refused_port(),
+        a.url(),
+        b.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let client = h1_client();
+    for _ in 0..6 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.headers["x-georouter-region"], "a",
+            "the live endpoint of a serves"
+        );
+    }
+    assert_eq!(b.requests(), 0);
+    assert_eq!(
+        phase(&router, "a"),
+        "up",
+        "one dead endpoint does not eject the region"
+    );
+}

@@ -18,7 +18,8 @@ pub enum Outcome {
 }
 
 /// Checks `region`: it passes when any endpoint answers in time with an expected
-/// status (endpoint-level ejection is not done; see README).
+/// status. Endpoints are not taken out one by one: a request that cannot connect
+/// to one goes to the region's next endpoint (`forward.rs`).
 pub async fn run(region: &Region, check: &HealthCheck) -> Outcome {
     let mut why = String::new();
     for ep in region.endpoints.iter() {
