@@ -138,6 +138,16 @@ impl RegionAccount {
         false
     }
 
+    /// Responses this region served (the histogram's count).
+    pub fn served(&self) -> u64 {
+        self.duration.get_sample_count()
+    }
+
+    /// Failed attempts to this region, every kind.
+    pub fn errors(&self) -> u64 {
+        self.errors.iter().map(IntCounter::get).sum()
+    }
+
     /// Whether the run of failures reached the threshold since the last call, and
     /// the kind of the failure that did it.
     pub fn take_tripped(&self) -> Option<FailureKind> {

@@ -580,6 +580,8 @@ impl Control {
                     weight: f64::from(s.weight) / 1000.0,
                     rtt_ms: rec.rtt.map(|v| (v * 1e5).round() / 100.0),
                     health_checks: rec.check.enabled,
+                    requests: rec.account.served(),
+                    upstream_errors: rec.account.errors(),
                     last_transition: rec.machine.last_transition().map(|(at, t)| {
                         let ago = now.saturating_duration_since(*at);
                         TransitionView {
@@ -625,6 +627,10 @@ pub struct RegionView {
     pub weight: f64,
     pub rtt_ms: Option<f64>,
     pub health_checks: bool,
+    /// Responses served since the region entered the policy.
+    pub requests: u64,
+    /// Failed attempts (connect, timeout, reset, 5xx) since then.
+    pub upstream_errors: u64,
     pub last_transition: Option<TransitionView>,
     pub endpoints: Vec<String>,
 }

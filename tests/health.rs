@@ -233,6 +233,7 @@ async fn draining_under_load_fails_nothing_and_sends_nothing_new_there() {
         (true.into(), true.into())
     );
     assert_eq!(v["drain_reason"], "drill");
+    assert!(v["requests"].as_u64().unwrap() >= 50, "{v}");
 
     let (status, _) = admin_post(router.admin, "/regions/a/undrain", Some("t0ken")).await;
     assert_eq!(status, 200);
