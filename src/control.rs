@@ -187,10 +187,8 @@ impl Control {
             control.update_ready(&inner);
         }
         tokio::spawn(control.clone().run_ticks());
-        if let (Some(path), true) = (
-            control.options.config_path.clone(),
-            control.lock().config.reload.watch,
-        ) {
+        let watch = control.lock().config.reload.watch;
+        if let (Some(path), true) = (control.options.config_path.clone(), watch) {
             tokio::spawn(control.clone().watch_file(path));
         }
         Ok(control)
