@@ -225,7 +225,11 @@ impl Lease {
                         // An upgraded connection is no longer HTTP: never pool it.
                         let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
                             .then_some((s, self.slot));
-                        Ok(resp.map(|body| PooledBody { body, back }))
+                        Ok(resp.map(|body| PooledBody {
+                            body,
+                            back,
+                            streaming: None,
+                        }))
                     }
                     Err(mut e) => Err(SendError {
                         unsent: e.take_message(),
@@ -234,7 +238,11 @@ impl Lease {
                 }
             }
             Sender::Http2(mut s) => match s.try_send_request(req).await {
-                Ok(resp) => Ok(resp.map(|body| PooledBody { body, back: None })),
+                Ok(resp) => Ok(resp.map(|body| PooledBody {
+                    body,
+                    back: None,
+                    streaming: None,
+                })),
                 Err(mut e) => Err(SendError {
                     unsent: e.take_message(),
                     error: e.into_error(),
@@ -249,9 +257,15 @@ impl Lease {
 pub struct PooledBody {
     body: Incoming,
     back: Option<(http1::SendRequest<UpstreamBody>, Slot)>,
+    streaming: Option<crate::server::Streaming>,
 }
 
 impl PooledBody {
+    /// Keeps the client connection counted busy until this body is done.
+    pub fn hold(&mut self, streaming: crate::server::Streaming) {
+        self.streaming = Some(streaming);
+    }
+
     fn give_back(&mut self) {
         let Some((sender, slot)) = self.back.take() else {
             return;

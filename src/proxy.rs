@@ -137,6 +137,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _active = conn.activity.begin();
+    if req.version() == Version::HTTP_2 {
+        conn.activity.saw_http2();
+    }
     let started = Instant::now();
     let table = conn.state.table.load_full();
     let log = table.settings.access_log.then(|| {
@@ -208,7 +211,7 @@ fn request_host<'b>(req: &'b Request<Incoming>, buf: &'b mut [u8; 256]) -> &'b s
 }
 
 async fn proxy(
-    conn: &Connection,
+    conn: &Arc<Connection>,
     table: &RoutingTable,
     mut req: Request<Incoming>,
     started: Instant,
@@ -351,6 +354,11 @@ async fn proxy(
             (e, _) => e.into(),
         })?;
     let region = forwarded.region;
+    let mut forwarded = forwarded;
+    forwarded
+        .response
+        .body_mut()
+        .hold(crate::server::Streaming::new(conn.clone()));
     if let Some(account) = states.account(table, region.id) {
         account.response(forwarded.response.status(), started.elapsed());
     }

@@ -1,7 +1,7 @@
 //! Accept loops: TCP or TLS, HTTP/1.1 and HTTP/2 (h2c prior knowledge, ALPN h2) on
 //! one listener; connection cap, header and idle deadlines; graceful shutdown.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,11 +156,9 @@ impl ConnLimits {
 
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
+        // No hyper timer for HTTP/1.1: the header deadline is the connection
+        // watchdog's (serve_connection), which costs no timer per request.
         b.http1()
-            .timer(TokioTimer::new())
-            // Also the keep-alive idle limit: hyper starts this timer whenever the
-            // connection waits for a request head, first or next.
-            .header_read_timeout(self.header_read_timeout)
             .max_buf_size(self.max_header_bytes.max(8192))
             .max_headers(self.max_headers);
         b.http2()
@@ -331,6 +329,8 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 pub struct Activity {
     started: AtomicU64,
     in_flight: AtomicU32,
+    /// The connection speaks HTTP/2: its idle limit is `idle_timeout` only.
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -343,6 +343,13 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(self)
+    }
+
+    /// Notes that the connection carries HTTP/2.
+    pub fn saw_http2(&self) {
+        if !self.http2.load(Ordering::Relaxed) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Requests started so far, or `None` while one is in flight.
@@ -362,6 +369,24 @@ impl Drop for ActiveRequest<'_> {
     }
 }
 
+/// A request still streaming its response body: counted in flight until the body
+/// is done, so a slow download is not taken for a silent connection.
+#[derive(Debug)]
+pub struct Streaming(Arc<Connection>);
+
+impl Streaming {
+    pub fn new(conn: Arc<Connection>) -> Self {
+        conn.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Streaming(conn)
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn serve_connection<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
@@ -376,10 +401,16 @@ async fn serve_connection<I>(
     let svc = service_fn(move |req| proxy::handle(svc_conn.clone(), req));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(served);
-    // The idle check runs every half idle_timeout: a connection that started no
-    // request over two checks in a row (and has none in flight) has been idle for
-    // at least idle_timeout, and at most 1.5 times it.
-    let period = limits.idle_timeout / 2;
+    // The watchdog runs every half of the shorter deadline. A connection that
+    // started no request and had none in flight (bodies included) over n checks
+    // has been silent for at least (n - 1) periods. HTTP/1.1: silent for the
+    // header deadline means a client that sends no (complete) request head, or
+    // an idle keep-alive: closed. Silent for idle_timeout: closed gracefully
+    // (HTTP/2 GOAWAY).
+    let period = limits.header_read_timeout.min(limits.idle_timeout) / 2;
+    let checks_for = |d: Duration| (d.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
+    let head_checks = checks_for(limits.header_read_timeout);
+    let idle_checks = checks_for(limits.idle_timeout);
     let idle = tokio::time::sleep(period);
     tokio::pin!(idle);
     let mut last_mark = conn.activity.quiet_mark();
@@ -402,7 +433,10 @@ async fn serve_connection<I>(
                 let mark = conn.activity.quiet_mark();
                 quiet_checks = if mark.is_some() && mark == last_mark { quiet_checks + 1 } else { 0 };
                 last_mark = mark;
-                if quiet_checks >= 2 {
+                if quiet_checks + 1 >= head_checks && !conn.activity.http2.load(Ordering::Relaxed) {
+                    return;
+                }
+                if quiet_checks + 1 >= idle_checks {
                     // Graceful: HTTP/2 sends GOAWAY and lets open streams finish.
                     draining = true;
                     served.as_mut().graceful_shutdown();

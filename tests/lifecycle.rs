@@ -119,3 +119,41 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     let r = second.await.unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// The header deadline is for request heads: a client slowly reading a large
+/// response for longer than it keeps its connection.
+#[tokio::test]
+async fn a_slow_download_outlives_the_header_deadline() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\nheader_read_timeout = \"200ms\"\naccess_log = false\n",
+    ))
+    .await;
+    const LEN: usize = 32 << 20;
+    let mut s = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    s.write_all(format!("GET /bytes/{LEN} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    // A slow reader: a little, then a pause, for well past the header deadline.
+    while started.elapsed() < Duration::from_millis(1200) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {total} bytes");
+        total += n;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .expect("the rest of the body")
+            .unwrap();
+        total += n;
+        if n == 0 || total >= LEN {
+            break;
+        }
+    }
+    assert!(total >= LEN, "got {total} of {LEN} body bytes");
+}
