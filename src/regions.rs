@@ -70,10 +70,6 @@ impl RegionStates {
         )
     }
 
-    pub fn table_generation(&self) -> u64 {
-        self.table_generation
-    }
-
     /// Changes one region's state in this (unpublished) snapshot.
     pub fn set(&mut self, id: RegionId, state: RegionState) {
         if let Some(s) = self.states.get_mut(usize::from(id.0)) {

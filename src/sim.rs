@@ -6,7 +6,7 @@
 //! line); `/mirror` streams the request body back; `/bytes/N` streams N bytes; `/count`
 //! reads the whole body and answers its length; `/status/N` answers status N;
 //! `/health` answers 200 (or 503 after `set_health(false)`; health checks are
-//! counted apart from requests). Anything else answers the region name. A request with
+//! not counted as requests). Anything else answers the region name. A request with
 //! `Upgrade` gets `101` and an echo of every byte over the upgraded connection.
 
 use std::convert::Infallible;
@@ -59,7 +59,6 @@ struct Control {
     latency_us: AtomicU64,
     requests: AtomicU64,
     connections: AtomicU64,
-    health_checks: AtomicU64,
     /// When false, health checks get 503 while traffic is served as usual.
     health_ok: AtomicBool,
     /// Bumped to close every open connection while still accepting.
@@ -108,7 +107,6 @@ impl SimRegion {
             latency_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
-            health_checks: AtomicU64::new(0),
             health_ok: AtomicBool::new(true),
             sever: watch::channel(0).0,
         });
@@ -160,11 +158,6 @@ impl SimRegion {
     /// Requests received so far (including failed and hung ones), health checks aside.
     pub fn requests(&self) -> u64 {
         self.control.requests.load(Ordering::SeqCst)
-    }
-
-    /// Health checks received so far.
-    pub fn health_checks(&self) -> u64 {
-        self.control.health_checks.load(Ordering::SeqCst)
     }
 
     /// Makes health checks fail (503) or pass, whatever the mode for traffic.
@@ -308,9 +301,7 @@ async fn answer(
     mut req: Request<Incoming>,
 ) -> Result<Response<SimBody>, std::io::Error> {
     let check = is_health_check(&req);
-    if check {
-        control.health_checks.fetch_add(1, Ordering::SeqCst);
-    } else {
+    if !check {
         control.requests.fetch_add(1, Ordering::SeqCst);
         if !counted.swap(true, Ordering::SeqCst) {
             control.connections.fetch_add(1, Ordering::SeqCst);

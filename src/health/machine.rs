@@ -131,11 +131,6 @@ impl Machine {
         }
     }
 
-    /// Whether the weight is still ramping (the caller republishes while it is).
-    pub fn ramping(&self, now: Instant, slow_start: Duration) -> bool {
-        self.serving() && self.weight(now, slow_start) < 1000
-    }
-
     fn go(&mut self, now: Instant, to: Phase, cause: String) -> Transition {
         let from = self.phase;
         self.phase = to;
@@ -357,9 +352,7 @@ mod tests {
             "a trickle at first"
         );
         assert_eq!(m.weight(back + 15 * S, l.failback.slow_start), 500);
-        assert!(m.ramping(back + 15 * S, l.failback.slow_start));
         assert_eq!(m.weight(back + 30 * S, l.failback.slow_start), 1000);
-        assert!(!m.ramping(back + 30 * S, l.failback.slow_start));
     }
 
     #[tokio::test(start_paused = true)]
