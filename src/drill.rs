@@ -28,8 +28,18 @@ pub enum DrillError {
     UnknownRegion(String),
     #[error("no request was served by {region} before the fault: the drill's requests do not reach it (pick a client with --header, e.g. 'X-Forwarded-For: 80.128.0.1')")]
     NotServing { region: String },
-    #[error("{0}")]
-    Timeout(String),
+    #[error(
+        "region {0} is not serving before the drill (GET /regions): undrain or repair it first"
+    )]
+    NotServingBefore(String),
+    #[error("cannot restart simulated region {region} on {addr}: {source}")]
+    Restart {
+        region: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{what}: not within {timeout} (--timeout)", timeout = humantime::format_duration(*.timeout))]
+    Timeout { what: String, timeout: Duration },
 }
 
 /// What breaks the region, and how it comes back.
@@ -71,8 +81,19 @@ pub struct DrillOptions {
 #[derive(Debug, Clone)]
 struct Sample {
     at: Duration,
+    /// 0: no response (connection error or the 5 s client timeout).
     status: u16,
     region: Option<String>,
+}
+
+impl Sample {
+    fn failed(&self) -> bool {
+        self.status == 0 || self.status >= 500
+    }
+
+    fn served_by(&self, region: &str) -> bool {
+        !self.failed() && self.region.as_deref() == Some(region)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -281,12 +302,10 @@ async fn one(
     Ok((status, region))
 }
 
-fn shares(samples: &[Sample]) -> BTreeMap<String, f64> {
+/// Each region's share of the answered requests among `samples`.
+fn shares<'s>(samples: impl IntoIterator<Item = &'s Sample>) -> BTreeMap<String, f64> {
     let mut by: BTreeMap<String, f64> = BTreeMap::new();
-    let ok: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.status != 0 && s.status < 500)
-        .collect();
+    let ok: Vec<&Sample> = samples.into_iter().filter(|s| !s.failed()).collect();
     for s in &ok {
         *by.entry(s.region.clone().unwrap_or_else(|| "-".to_owned()))
             .or_default() += 1.0;
@@ -312,10 +331,10 @@ where
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(DrillError::Timeout(format!(
-                "{what}: not within {}",
-                humantime::format_duration(timeout)
-            )));
+            return Err(DrillError::Timeout {
+                what: what.to_owned(),
+                timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -329,10 +348,7 @@ pub async fn run(
     say: impl Fn(&str),
 ) -> Result<Report, DrillError> {
     if !serving(o).await? {
-        return Err(DrillError::Timeout(format!(
-            "{} is not serving before the drill; undrain or repair it first",
-            o.region
-        )));
+        return Err(DrillError::NotServingBefore(o.region.clone()));
     }
     let started = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::new()));
@@ -389,33 +405,21 @@ pub async fn run(
                 "kill {} now; waiting for the router to notice",
                 o.region
             ));
-            // The fault is when clients first see something change.
+            // The fault is when clients first see something change: a failure,
+            // or an answer from another region.
             let base = started.elapsed();
-            let region = o.region.clone();
-            wait_until(o.timeout, "a client seeing the fault", || {
-                let s = snapshot();
-                let region = region.clone();
-                async move {
-                    Ok(s.iter().any(|x| {
-                        x.at >= base
-                            && (x.status == 0
-                                || x.status >= 500
-                                || x.region.as_deref() != Some(&region))
-                    }))
-                }
+            let first_change = || {
+                snapshot()
+                    .iter()
+                    .filter(|x| x.at >= base && (x.failed() || !x.served_by(&o.region)))
+                    .map(|x| x.at)
+                    .min()
+            };
+            wait_until(o.timeout, "a client seeing the fault", || async {
+                Ok(first_change().is_some())
             })
             .await?;
-            fault_at = snapshot()
-                .iter()
-                .filter(|x| {
-                    x.at >= base
-                        && (x.status == 0
-                            || x.status >= 500
-                            || x.region.as_deref() != Some(&o.region))
-                })
-                .map(|x| x.at)
-                .min()
-                .unwrap_or(base);
+            fault_at = first_change().unwrap_or(base);
         }
     }
     wait_until(o.timeout, "the router taking the region out", || async {
@@ -443,7 +447,11 @@ pub async fn run(
             let latency = sim.latency();
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| DrillError::Timeout(format!("cannot restart {addr}: {e}")))?;
+                .map_err(|source| DrillError::Restart {
+                    region: o.region.clone(),
+                    addr,
+                    source,
+                })?;
             **sim = SimRegion::serve(&o.region, listener);
             sim.set_latency(latency);
         }
@@ -461,8 +469,8 @@ pub async fn run(
             if now < repair_at + window {
                 return Ok(false);
             }
-            let recent: Vec<Sample> = s.into_iter().filter(|x| x.at + window >= now).collect();
-            Ok(shares(&recent).get(&region).copied().unwrap_or(0.0) >= 0.9 * region_share)
+            let recent = s.iter().filter(|x| x.at + window >= now);
+            Ok(shares(recent).get(&region).copied().unwrap_or(0.0) >= 0.9 * region_share)
         }
     })
     .await;
@@ -473,27 +481,18 @@ pub async fn run(
     }
 
     let all = snapshot();
-    let errors: Vec<&Sample> = all
-        .iter()
-        .filter(|s| s.status == 0 || s.status >= 500)
-        .collect();
-    let served_by = |s: &&Sample| {
-        s.region.as_deref() == Some(o.region.as_str()) && s.status != 0 && s.status < 500
-    };
+    let errors: Vec<&Sample> = all.iter().filter(|s| s.failed()).collect();
     let last_served = all
         .iter()
-        .filter(|s| s.at >= fault_at && s.at < repair_at)
-        .filter(served_by)
+        .filter(|s| s.at >= fault_at && s.at < repair_at && s.served_by(&o.region))
         .map(|s| s.at)
         .max();
     let switch = last_served.map_or(Duration::ZERO, |t| t.saturating_sub(fault_at));
-    let during: Vec<Sample> = all
+    let during = all
         .iter()
-        .filter(|s| s.at > fault_at + switch && s.at < repair_at)
-        .cloned()
-        .collect();
+        .filter(|s| s.at > fault_at + switch && s.at < repair_at);
     let after_from = full_at.unwrap_or(started.elapsed()).saturating_sub(window);
-    let after: Vec<Sample> = all.iter().filter(|s| s.at >= after_from).cloned().collect();
+    let after = all.iter().filter(|s| s.at >= after_from);
     Ok(Report {
         region: o.region.clone(),
         fault: fault.name(),
@@ -511,11 +510,11 @@ pub async fn run(
         failback_first_ms: all
             .iter()
             .filter(|s| s.at >= repair_at)
-            .find(served_by)
+            .find(|s| s.served_by(&o.region))
             .map(|s| ms(s.at - repair_at)),
         failback_full_ms: full_at.map(|t| ms(t - repair_at)),
         share_before: shares(&before),
-        share_during: shares(&during),
-        share_after: shares(&after),
+        share_during: shares(during),
+        share_after: shares(after),
     })
 }
