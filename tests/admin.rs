@@ -4,8 +4,6 @@
 
 mod support;
 
-use georouter::config::Config;
-use georouter::control::Options;
 use georouter::sim::SimRegion;
 use support::*;
 
@@ -33,22 +31,11 @@ fn eu_policy(a: &SimRegion, b: &SimRegion, extra: &str) -> String {
     )
 }
 
-async fn with_token(toml: &str, token: &str) -> TestRouter {
-    TestRouter::start(
-        Config::from_toml(toml).unwrap(),
-        Options {
-            config_path: None,
-            admin_token: Some(token.to_owned()),
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn mutating_calls_need_the_token_and_a_wrong_one_looks_like_none() {
     let a = region("a").await;
     let b = region("b").await;
-    let router = with_token(&eu_policy(&a, &b, ""), "s3cret").await;
+    let router = TestRouter::spawn_with_token(&eu_policy(&a, &b, ""), "s3cret").await;
     let (none, none_body) = admin_post(router.admin, "/regions/a/drain", None).await;
     let (wrong, wrong_body) = admin_post(router.admin, "/regions/a/drain", Some("s3cre")).await;
     let (longer, _) = admin_post(router.admin, "/regions/a/drain", Some("s3cret!")).await;
@@ -85,7 +72,7 @@ async fn a_read_token_guards_reads_but_not_probes_and_cannot_mutate() {
         "[admin]\nread_token_file = \"{}\"\n",
         toml_path(&dir.join("read"))
     );
-    let router = with_token(&eu_policy(&a, &b, &extra), "writer").await;
+    let router = TestRouter::spawn_with_token(&eu_policy(&a, &b, &extra), "writer").await;
     let client = h1_client();
     let url = |p: &str| format!("http://{}{p}", router.admin);
     for path in ["/regions", "/metrics", "/config", "/explain?ip=1.2.3.4"] {
@@ -111,7 +98,7 @@ async fn a_read_token_guards_reads_but_not_probes_and_cannot_mutate() {
 async fn the_last_serving_region_of_a_jurisdiction_is_drained_only_by_force() {
     let a = region("a").await;
     let b = region("b").await;
-    let router = with_token(&eu_policy(&a, &b, ""), "t").await;
+    let router = TestRouter::spawn_with_token(&eu_policy(&a, &b, ""), "t").await;
     assert_eq!(
         admin_post(router.admin, "/regions/a/drain", Some("t"))
             .await
@@ -141,7 +128,7 @@ async fn drains_are_kept_in_the_state_file_and_reapplied_at_start() {
     let _ = std::fs::remove_file(&file);
     let extra = format!("[admin]\nstate_file = \"{}\"\n", toml_path(&file));
     let toml = eu_policy(&a, &b, &extra);
-    let first = with_token(&toml, "t").await;
+    let first = TestRouter::spawn_with_token(&toml, "t").await;
     let (status, body) = admin_post(
         first.admin,
         "/regions/a/drain?reason=maintenance",
@@ -151,7 +138,7 @@ async fn drains_are_kept_in_the_state_file_and_reapplied_at_start() {
     assert_eq!(status, 200, "{body}");
     let _ = first.shutdown().await;
 
-    let second = with_token(&toml, "t").await;
+    let second = TestRouter::spawn_with_token(&toml, "t").await;
     let v = region_view(second.admin, "a").await;
     assert_eq!(v["drained"], true);
     assert_eq!(v["drain_reason"], "maintenance");
@@ -203,13 +190,12 @@ async fn fifty_reloads_under_load_lose_nothing_and_invalid_ones_are_rejected() {
     let r = get(&h1_client(), &router.url("/")).await;
     assert_eq!(r.headers["x-georouter-region"], last_first);
     let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
-    assert!(
-        metrics.contains(r#"georouter_config_reloads_total{result="failure"} 10"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"georouter_config_reloads_total{result="success"} 40"#),
-        "{metrics}"
+    assert_metrics(
+        &metrics,
+        &[
+            r#"georouter_config_reloads_total{result="failure"} 10"#,
+            r#"georouter_config_reloads_total{result="success"} 40"#,
+        ],
     );
 }
 
@@ -251,7 +237,29 @@ async fn a_changed_policy_file_is_picked_up_and_drains_and_health_survive() {
 }
 
 #[tokio::test]
-async fn readiness_waits_for_the_first_checks_and_config_is_redacted() {
+async fn not_ready_until_every_region_has_been_checked() {
+    let a = region("a").await;
+    let b = region("b").await;
+    // a's first check hangs (for an hour): the router cannot be ready.
+    a.set_mode(georouter::sim::Mode::Hang);
+    let router = TestRouter::spawn(&policy(&[&a, &b], "[health]\ntimeout = \"1h\"\n")).await;
+    let r = get(&h1_client(), &format!("http://{}/readyz", router.admin)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body.contains("first round of health checks"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        get(&h1_client(), &format!("http://{}/healthz", router.admin))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn ready_after_the_first_checks_and_config_is_redacted() {
     let a = region("a").await;
     let b = region("b").await;
     let dir = test_dir("redact");
@@ -273,14 +281,14 @@ async fn readiness_waits_for_the_first_checks_and_config_is_redacted() {
         "defaults are shown: {}",
         r.body
     );
-    assert!(!r.body.contains("hunter2"));
+    assert!(!r.body.contains(&toml_path(&dir)), "{}", r.body);
 }
 
 #[tokio::test]
 async fn metrics_name_what_happened_and_pass_promtool() {
     let a = region("a").await;
     let b = region("b").await;
-    let router = with_token(&eu_policy(&a, &b, ""), "t").await;
+    let router = TestRouter::spawn_with_token(&eu_policy(&a, &b, ""), "t").await;
     let client = h1_client();
     for _ in 0..3 {
         get(&client, &router.url("/")).await;
@@ -292,7 +300,7 @@ async fn metrics_name_what_happened_and_pass_promtool() {
     let text = get(&client, &format!("http://{}/metrics", router.admin))
         .await
         .body;
-    for needle in [
+    let needles = &[
         r#"georouter_requests_total{code="200",region="a"} 3"#,
         r#"georouter_requests_total{code="404",region="a"} 1"#,
         r#"georouter_requests_total{code="200",region="b"} 1"#,
@@ -306,9 +314,8 @@ async fn metrics_name_what_happened_and_pass_promtool() {
         "georouter_config_generation 1",
         r#"georouter_jurisdiction_serving_regions{jurisdiction="eu"} 1"#,
         "process_resident_memory_bytes",
-    ] {
-        assert!(text.contains(needle), "{needle} missing from:\n{text}");
-    }
+    ];
+    assert_metrics(&text, needles);
     let Ok(out) = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

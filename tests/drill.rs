@@ -5,39 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use georouter::config::Config;
-use georouter::control::Options;
 use georouter::drill::{self, DrillOptions, Fault};
 use support::*;
 
 async fn router(a: &georouter::sim::SimRegion, b: &georouter::sim::SimRegion) -> TestRouter {
-    let toml = policy(
-        &[a, b],
-        r#"
-        [server]
-        access_log = false
-        [health]
-        interval = "50ms"
-        timeout = "200ms"
-        fall = 2
-        rise = 2
-        jitter = 0.0
-        [health.passive]
-        ejection = "200ms"
-        [failback]
-        slow_start = "500ms"
-        [[routes]]
-        regions = ["a", "b"]
-        "#,
-    );
-    let r = TestRouter::start(
-        Config::from_toml(&toml).unwrap(),
-        Options {
-            config_path: None,
-            admin_token: Some("t".to_owned()),
-        },
-    )
-    .await;
+    let extra = "[health.passive]\nejection = \"200ms\"\n[failback]\nslow_start = \"500ms\"\n";
+    let r = TestRouter::spawn_with_token(&two_regions(a, b, extra), "t").await;
     eventually("ready", || r.control.ready()).await;
     r
 }

@@ -5,31 +5,9 @@
 
 mod support;
 
-use georouter::sim::{Mode, SimRegion};
+use georouter::sim::Mode;
 use support::*;
 use tokio::time::Instant;
-
-/// Two regions, `a` preferred; checks every 50 ms, two failures take a region out.
-fn two_regions(a: &SimRegion, b: &SimRegion, extra: &str) -> String {
-    policy(
-        &[a, b],
-        &format!(
-            r#"
-            [server]
-            access_log = false
-            [health]
-            interval = "50ms"
-            timeout = "200ms"
-            fall = 2
-            rise = 2
-            jitter = 0.0
-            {extra}
-            [[routes]]
-            regions = ["a", "b"]
-            "#
-        ),
-    )
-}
 
 #[tokio::test]
 async fn killing_a_region_under_load_loses_no_idempotent_request() {
@@ -56,13 +34,12 @@ async fn killing_a_region_under_load_loses_no_idempotent_request() {
     let metrics = get(&h1_client(), &format!("http://{}/metrics", router.admin))
         .await
         .body;
-    assert!(
-        metrics.contains(r#"georouter_region_healthy{region="a"} 0"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"georouter_failovers_total{from="a""#),
-        "{metrics}"
+    assert_metrics(
+        &metrics,
+        &[
+            r#"georouter_region_healthy{region="a"} 0"#,
+            r#"georouter_failovers_total{from="a""#,
+        ],
     );
 }
 
@@ -196,24 +173,14 @@ async fn the_retry_budget_stops_retries_of_requests_a_region_received() {
     // Two retries in the budget (b answers 200), then a's own 503 comes through.
     assert_eq!(statuses, [200, 200, 503, 503, 503, 503]);
     let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
-    assert!(
-        metrics.contains("georouter_retry_budget_exhausted_total 4"),
-        "{metrics}"
-    );
+    assert_metrics(&metrics, &["georouter_retry_budget_exhausted_total 4"]);
 }
 
 #[tokio::test]
 async fn draining_under_load_fails_nothing_and_sends_nothing_new_there() {
     let a = region("a").await;
     let b = region("b").await;
-    let router = TestRouter::start(
-        georouter::config::Config::from_toml(&two_regions(&a, &b, "")).unwrap(),
-        georouter::control::Options {
-            config_path: None,
-            admin_token: Some("t0ken".to_owned()),
-        },
-    )
-    .await;
+    let router = TestRouter::spawn_with_token(&two_regions(&a, &b, ""), "t0ken").await;
     let load = Load::start(router.url("/"), 4);
     load.wait_for(50).await;
     let (status, body) =

@@ -42,6 +42,19 @@ impl TestRouter {
         Self::start(config, Options::default()).await
     }
 
+    /// Starts a router from policy text with a mutating admin token.
+    pub async fn spawn_with_token(toml: &str, token: &str) -> TestRouter {
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("test policy invalid: {e}"));
+        Self::start(
+            config,
+            Options {
+                config_path: None,
+                admin_token: Some(token.to_owned()),
+            },
+        )
+        .await
+    }
+
     /// Starts a router from a policy file, which reloads read again.
     pub async fn spawn_file(path: &Path, admin_token: Option<&str>) -> TestRouter {
         let config = Config::load(path).unwrap_or_else(|e| panic!("test policy invalid: {e}"));
@@ -438,4 +451,35 @@ pub fn test_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("georouter-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Regions `a` and `b`, `a` preferred, with checks every 50 ms (two failures take
+/// a region out, two passes bring it back), no jitter, no access log; `extra` goes
+/// inside `[health]` and may open further tables.
+pub fn two_regions(a: &SimRegion, b: &SimRegion, extra: &str) -> String {
+    policy(
+        &[a, b],
+        &format!(
+            r#"
+            [server]
+            access_log = false
+            [health]
+            interval = "50ms"
+            timeout = "200ms"
+            fall = 2
+            rise = 2
+            jitter = 0.0
+            {extra}
+            [[routes]]
+            regions = ["a", "b"]
+            "#
+        ),
+    )
+}
+
+/// Asserts that the metrics text has every one of `needles`.
+pub fn assert_metrics(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
 }
