@@ -10,6 +10,7 @@ use http_body_util::{Either, Empty};
 use crate::accounting::FailureKind;
 use crate::budget;
 use crate::config::{EndpointSpec, Protocol, RegionName};
+use crate::deadline::TimerSlot;
 use crate::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
 use crate::regions::RegionStates;
 use crate::table::{Region, RegionId, RoutingTable};
@@ -117,6 +118,8 @@ pub struct Attempt<'a> {
     pub table: &'a RoutingTable,
     pub states: &'a RegionStates,
     pub state: &'a State,
+    /// The connection's reusable response deadline.
+    pub timer: &'a TimerSlot,
 }
 
 /// Whether a response status says "this region cannot serve it right now".
@@ -154,6 +157,7 @@ pub async fn forward<'t>(
     let mut req = Some(req);
     let mut last_error = None;
     let mut first_failure = None;
+    let mut timer = ctx.timer.lend();
     while let Some(id) = candidates.next() {
         let region = table.region(id);
         let mut endpoint = pool::pick_endpoint(table, region);
@@ -200,8 +204,9 @@ pub async fn forward<'t>(
             };
             let reused = lease.reused;
             let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
-            match tokio::time::timeout(timeout, lease.send(current)).await {
-                Ok(Ok(response)) => {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match timer.within(deadline, lease.send(current)).await {
+                Some(Ok(response)) => {
                     let status = response.status();
                     if status.is_server_error() {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
@@ -222,14 +227,14 @@ pub async fn forward<'t>(
                         first_failure,
                     });
                 }
-                Err(_) => {
+                None => {
                     failed(ctx, id, FailureKind::Timeout, &mut first_failure);
                     return Err(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
                     });
                 }
-                Ok(Err(SendError {
+                Some(Err(SendError {
                     error,
                     unsent: Some(back),
                 })) => {
@@ -246,7 +251,7 @@ pub async fn forward<'t>(
                     });
                     break;
                 }
-                Ok(Err(SendError {
+                Some(Err(SendError {
                     error,
                     unsent: None,
                 })) => {

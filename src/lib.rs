@@ -37,6 +37,7 @@ pub mod admin;
 pub mod budget;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod demo;
 pub mod drill;
 pub mod explain;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::accounting::FailureKind;
 use crate::budget;
 use crate::config::RegionName;
+use crate::deadline::TimerSlot;
 use crate::forward::{self, ForwardError};
 use crate::headers::{self, HostProblem};
 use crate::identity::{self, PeerAddr};
@@ -41,6 +42,8 @@ pub struct Connection {
     pub peer_header: HeaderValue,
     pub tls: bool,
     pub activity: Activity,
+    /// The response deadline its requests reuse.
+    pub timer: TimerSlot,
 }
 
 impl Connection {
@@ -52,6 +55,7 @@ impl Connection {
             peer_header: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
             tls,
             activity: Activity::new(),
+            timer: TimerSlot::default(),
         }
     }
 
@@ -339,6 +343,7 @@ async fn proxy(
         table,
         states: &states,
         state: &conn.state,
+        timer: &conn.timer,
     };
     let forwarded = forward::forward(&attempt, &regions, req, replayable)
         .await
