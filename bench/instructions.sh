@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/georouter}
 n=${2:-20000}
 tmp=$(mktemp -d /tmp/georouter-ir.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$tmp"/cg.* "$KEEP"/; [ -f "$tmp/origin.pid" ] && kill "$(cat "$tmp/origin.pid")" 2>/dev/null; sleep 0.2; rm -rf "$tmp"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$tmp"/cg.* "$KEEP"/; [ -f "$tmp/origin.pid" ] && kill "$(cat "$tmp/origin.pid" 2>/dev/null)" 2>/dev/null; sleep 0.2; rm -rf "$tmp"' EXIT
 cat > "$tmp/origin.conf" <<CONF
 daemon off; worker_processes 1; pid $tmp/origin.pid; error_log $tmp/origin.err;
 events { worker_connections 4096; }

@@ -3,7 +3,7 @@
 //! timer per request costs a timer-wheel insert and a removal.
 
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::Poll;
 
@@ -29,8 +29,13 @@ pub struct Lent<'a> {
 }
 
 impl Lent<'_> {
-    /// Runs `fut` until `deadline`: `None` if the deadline came first.
-    pub async fn within<F: Future>(&mut self, deadline: Instant, fut: F) -> Option<F::Output> {
+    /// Runs `fut` until `deadline`: `None` if the deadline came first. `fut` is
+    /// pinned by the caller, where it was made, so that it is not moved again.
+    pub async fn within<F: Future>(
+        &mut self,
+        deadline: Instant,
+        mut fut: Pin<&mut F>,
+    ) -> Option<F::Output> {
         let sleep = match &mut self.sleep {
             Some(s) => {
                 s.as_mut().reset(deadline);
@@ -40,7 +45,6 @@ impl Lent<'_> {
                 .sleep
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        let mut fut = pin!(fut);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
@@ -64,19 +68,20 @@ impl Drop for Lent<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::pin;
     use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_holds_on_a_reused_timer() {
         let slot = TimerSlot::default();
         let far = Instant::now() + Duration::from_secs(60);
-        assert_eq!(slot.lend().within(far, async { 1 }).await, Some(1));
+        assert_eq!(slot.lend().within(far, pin!(async { 1 })).await, Some(1));
         // The same timer, now with a deadline before the future can finish.
         let mut lent = slot.lend();
         assert!(lent.sleep.is_some(), "the timer came back to the slot");
         let soon = Instant::now() + Duration::from_secs(1);
         let never = std::future::pending::<()>();
-        assert_eq!(lent.within(soon, never).await, None);
+        assert_eq!(lent.within(soon, pin!(never)).await, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -86,13 +91,15 @@ mod tests {
         let t0 = Instant::now();
         let never = || std::future::pending::<()>();
         assert_eq!(
-            lent.within(t0 + Duration::from_secs(1), never()).await,
+            lent.within(t0 + Duration::from_secs(1), pin!(never()))
+                .await,
             None
         );
-        let done = lent.within(t0 + Duration::from_secs(10), async {
+        let answer = pin!(async {
             tokio::time::sleep_until(t0 + Duration::from_secs(5)).await;
             "answered"
         });
+        let done = lent.within(t0 + Duration::from_secs(10), answer);
         assert_eq!(done.await, Some("answered"));
     }
 
@@ -101,10 +108,10 @@ mod tests {
         let slot = TimerSlot::default();
         let far = Instant::now() + Duration::from_secs(60);
         let mut first = slot.lend();
-        first.within(far, async {}).await;
+        first.within(far, pin!(async {})).await;
         let mut second = slot.lend();
         assert!(second.sleep.is_none(), "the first still holds the spare");
-        second.within(far, async {}).await;
+        second.within(far, pin!(async {})).await;
         drop(first);
         drop(second);
         assert!(

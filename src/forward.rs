@@ -205,7 +205,8 @@ pub async fn forward<'t>(
             let reused = lease.reused;
             let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
             let deadline = tokio::time::Instant::now() + timeout;
-            match timer.within(deadline, lease.send(current)).await {
+            let send = std::pin::pin!(lease.send(current));
+            match timer.within(deadline, send).await {
                 Some(Ok(response)) => {
                     let status = response.status();
                     if status.is_server_error() {

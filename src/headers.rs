@@ -25,36 +25,37 @@ pub const X_GEOROUTER_REGION: HeaderName = HeaderName::from_static("x-georouter-
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `TE: trailers` survives (gRPC needs it end to end); other `TE` values do not.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds what is there; most messages carry none of
-    // these or only `Connection`, and a removal costs a hash and a probe.
-    let mut found: [Option<HeaderName>; HOP_COUNT + 1] = Default::default();
-    let mut n = 0;
-    let mut connection = false;
+    // One pass over the names notes which are there, a bit each: most messages
+    // carry none of them or only `Connection`, and a removal costs a hash and a
+    // probe.
+    const TE_BIT: u16 = 1 << HOP_COUNT;
+    let mut present = 0u16;
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) || name == header::TE {
-            connection |= name == header::CONNECTION;
-            if n < found.len() {
-                found[n] = Some(name.clone());
-                n += 1;
-            }
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            present |= TE_BIT;
         }
     }
-    if n == 0 {
+    if present == 0 {
         return;
     }
-    if connection {
+    // HOP_BY_HOP[0] is `Connection`.
+    if present & 1 != 0 {
         remove_connection_named(headers);
     }
-    for name in found.into_iter().flatten() {
-        if name == header::TE {
-            let keep = headers
-                .get(header::TE)
-                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-            if keep {
-                continue;
-            }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
         }
-        headers.remove(name);
+    }
+    if present & TE_BIT != 0 {
+        let keep = headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !keep {
+            headers.remove(header::TE);
+        }
     }
 }
 

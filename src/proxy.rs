@@ -305,13 +305,15 @@ async fn proxy(
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let original_host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
+    // HTTP/1.1 carries Host; HTTP/2 carries :authority instead.
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let host_in_map = host_header.is_some();
+    let original_host = host_header.or_else(|| {
+        parts
             .uri
             .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(proto) = upgrade.clone() {
         headers::set_upgrade(&mut parts.headers, proto);
@@ -322,13 +324,14 @@ async fn proxy(
         &conn.proto(),
         original_host.as_ref(),
     );
-    match (&original_host, settings.preserve_host) {
-        (Some(h), true) => {
-            parts.headers.insert(header::HOST, h.clone());
+    match (original_host, settings.preserve_host) {
+        (Some(h), true) if !host_in_map => {
+            parts.headers.insert(header::HOST, h);
         }
-        _ => {
+        (_, false) if host_in_map => {
             parts.headers.remove(header::HOST);
         }
+        _ => {}
     }
     // A request without a body can be sent again as long as nothing came back.
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
