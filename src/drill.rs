@@ -429,7 +429,9 @@ pub async fn run(
     let detection = started.elapsed().saturating_sub(fault_at);
     tokio::time::sleep(o.phase).await;
 
-    // The repair.
+    // The repair. The router may serve from the region again before the admin
+    // API says so to our polling: what happens from here on is failback.
+    let repair_started = started.elapsed();
     match &mut fault {
         Fault::Drain { token, .. } => {
             say(&format!("undraining {}", o.region));
@@ -480,41 +482,122 @@ pub async fn run(
         let _ = t.await;
     }
 
-    let all = snapshot();
+    let marks = Marks {
+        fault_at,
+        detection,
+        repair_started,
+        repair_at,
+        full_at,
+        window,
+    };
+    Ok(summarize(o, fault.name(), &snapshot(), &before, &marks))
+}
+
+/// When the drill's steps happened, from the start of the load.
+struct Marks {
+    fault_at: Duration,
+    detection: Duration,
+    /// The repair began (restart, undrain, or the operator told to repair).
+    repair_started: Duration,
+    /// The admin API showed the region back in service.
+    repair_at: Duration,
+    full_at: Option<Duration>,
+    /// The span over which the failback share is measured.
+    window: Duration,
+}
+
+/// The report on the samples of one drill.
+fn summarize(
+    o: &DrillOptions,
+    fault: &'static str,
+    all: &[Sample],
+    before: &[Sample],
+    m: &Marks,
+) -> Report {
     let errors: Vec<&Sample> = all.iter().filter(|s| s.failed()).collect();
+    // The outage is from the fault to the repair; answers from the region after
+    // the repair began are its failback, not a late switch.
     let last_served = all
         .iter()
-        .filter(|s| s.at >= fault_at && s.at < repair_at && s.served_by(&o.region))
+        .filter(|s| s.at >= m.fault_at && s.at < m.repair_started && s.served_by(&o.region))
         .map(|s| s.at)
         .max();
-    let switch = last_served.map_or(Duration::ZERO, |t| t.saturating_sub(fault_at));
+    let switch = last_served.map_or(Duration::ZERO, |t| t.saturating_sub(m.fault_at));
     let during = all
         .iter()
-        .filter(|s| s.at > fault_at + switch && s.at < repair_at);
-    let after_from = full_at.unwrap_or(started.elapsed()).saturating_sub(window);
+        .filter(|s| s.at > m.fault_at + switch && s.at < m.repair_started);
+    let end = all.iter().map(|s| s.at).max().unwrap_or(m.repair_at);
+    let after_from = m.full_at.unwrap_or(end).saturating_sub(m.window);
     let after = all.iter().filter(|s| s.at >= after_from);
-    Ok(Report {
+    Report {
         region: o.region.clone(),
-        fault: fault.name(),
+        fault,
         rate: o.rate,
         requests: all.len(),
         errors: errors.len(),
-        detection_ms: Some(ms(detection)),
+        detection_ms: Some(ms(m.detection)),
         switch_ms: ms(switch),
         rto_ms: errors
             .iter()
-            .filter(|s| s.at >= fault_at)
-            .map(|s| ms(s.at.saturating_sub(fault_at)))
+            .filter(|s| s.at >= m.fault_at)
+            .map(|s| ms(s.at.saturating_sub(m.fault_at)))
             .max()
             .unwrap_or(0),
         failback_first_ms: all
             .iter()
-            .filter(|s| s.at >= repair_at)
+            .filter(|s| s.at >= m.repair_started)
             .find(|s| s.served_by(&o.region))
-            .map(|s| ms(s.at - repair_at)),
-        failback_full_ms: full_at.map(|t| ms(t - repair_at)),
-        share_before: shares(&before),
+            .map(|s| ms(s.at.saturating_sub(m.repair_at))),
+        failback_full_ms: m.full_at.map(|t| ms(t - m.repair_at)),
+        share_before: shares(before),
         share_during: shares(during),
         share_after: shares(after),
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ms: u64, region: &str) -> Sample {
+        Sample {
+            at: Duration::from_millis(ms),
+            status: 200,
+            region: Some(region.to_owned()),
+        }
+    }
+
+    #[test]
+    fn answers_from_the_region_after_its_restart_are_failback_not_outage() {
+        let o = DrillOptions {
+            target: "127.0.0.1:1".parse().unwrap(),
+            path: "/".to_owned(),
+            headers: Vec::new(),
+            admin: "127.0.0.1:2".parse().unwrap(),
+            region: "a".to_owned(),
+            rate: 100,
+            phase: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+        };
+        let before: Vec<Sample> = (0..10).map(|i| sample(i * 10, "a")).collect();
+        let mut all = before.clone();
+        all.extend((11..40).map(|i| sample(i * 10, "b")));
+        // Restarted at 400 ms; the router sends to it at 420 ms; the drill's
+        // poll of the admin API sees it back at 450 ms.
+        all.push(sample(420, "a"));
+        all.extend((45..60).map(|i| sample(i * 10, "a")));
+        let marks = Marks {
+            fault_at: Duration::from_millis(100),
+            detection: Duration::from_millis(5),
+            repair_started: Duration::from_millis(400),
+            repair_at: Duration::from_millis(450),
+            full_at: Some(Duration::from_millis(600)),
+            window: Duration::from_millis(100),
+        };
+        let r = summarize(&o, "kill", &all, &before, &marks);
+        assert_eq!(r.share_during.get("b"), Some(&1.0), "{r}");
+        assert_eq!(r.switch_ms, 0, "{r}");
+        assert_eq!(r.failback_first_ms, Some(0), "{r}");
+        assert_eq!(r.share_after.get("a"), Some(&1.0), "{r}");
+    }
 }
