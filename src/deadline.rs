@@ -82,6 +82,8 @@ mod tests {
         let soon = Instant::now() + Duration::from_secs(1);
         let never = std::future::pending::<()>();
         assert_eq!(lent.within(soon, pin!(never)).await, None);
+        // The paused clock moved straight to the new deadline, not the old one.
+        assert_eq!(Instant::now(), soon);
     }
 
     #[tokio::test(start_paused = true)]
