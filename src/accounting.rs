@@ -3,7 +3,7 @@
 //! passive health detection reads.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -11,6 +11,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use crate::config::RegionName;
 use crate::metrics::Metrics;
+use crate::table::{JurisdictionId, RegionId, RoutingTable};
 
 /// How an attempt to a region failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,102 @@ impl CodeCounters {
                 .vec
                 .with_label_values(&[self.region.as_str(), status.as_str()])
                 .inc(),
+        }
+    }
+}
+
+/// Why a request was served by another region than the policy's first choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverReason {
+    Failed(FailureKind),
+    Drained,
+    Unhealthy,
+}
+
+impl FailoverReason {
+    const COUNT: usize = FailureKind::ALL.len() + 2;
+
+    fn index(self) -> usize {
+        match self {
+            FailoverReason::Failed(k) => k as usize,
+            FailoverReason::Drained => FailureKind::ALL.len(),
+            FailoverReason::Unhealthy => FailureKind::ALL.len() + 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverReason::Failed(k) => k.as_str(),
+            FailoverReason::Drained => "drained",
+            FailoverReason::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// `failovers_total{from,to,reason}` and `residency_refusals_total{jurisdiction}`
+/// for one routing table's regions and jurisdictions, each resolved on first use:
+/// while a region is out, every request it would have had is counted.
+#[derive(Debug)]
+pub struct TableCounters {
+    generation: u64,
+    regions: usize,
+    failovers: Box<[OnceLock<IntCounter>]>,
+    refusals: Box<[OnceLock<IntCounter>]>,
+}
+
+impl TableCounters {
+    pub fn new(table: &RoutingTable) -> Self {
+        let regions = table.regions().len();
+        let cells = |n: usize| (0..n).map(|_| OnceLock::new()).collect();
+        Self {
+            generation: table.generation(),
+            regions,
+            failovers: cells(regions * regions * FailoverReason::COUNT),
+            refusals: cells(table.jurisdictions().len()),
+        }
+    }
+
+    /// These counters if they were made for `table`, else new ones.
+    pub fn for_table(self: &Arc<Self>, table: &RoutingTable) -> Arc<Self> {
+        if self.generation == table.generation() {
+            self.clone()
+        } else {
+            Arc::new(Self::new(table))
+        }
+    }
+
+    pub fn failover(
+        &self,
+        metrics: &Metrics,
+        table: &RoutingTable,
+        from: RegionId,
+        to: RegionId,
+        reason: FailoverReason,
+    ) {
+        let resolve = || {
+            metrics.failovers.with_label_values(&[
+                table.region(from).name.as_str(),
+                table.region(to).name.as_str(),
+                reason.as_str(),
+            ])
+        };
+        let at = (usize::from(from.0) * self.regions + usize::from(to.0)) * FailoverReason::COUNT
+            + reason.index();
+        match self.failovers.get(at) {
+            Some(cell) if self.generation == table.generation() => cell.get_or_init(resolve).inc(),
+            _ => resolve().inc(),
+        }
+    }
+
+    pub fn refusal(&self, metrics: &Metrics, table: &RoutingTable, jurisdiction: JurisdictionId) {
+        let resolve = || {
+            metrics
+                .residency_refusals
+                .with_label_values(&[&*table.jurisdiction(jurisdiction).name])
+        };
+        match self.refusals.get(usize::from(jurisdiction.0)) {
+            Some(cell) if self.generation == table.generation() => cell.get_or_init(resolve).inc(),
+            _ => resolve().inc(),
         }
     }
 }
@@ -206,5 +303,73 @@ mod tests {
             text.contains(r#"georouter_request_duration_seconds_count{region="a"} 3"#),
             "{text}"
         );
+    }
+
+    fn table(regions: &[&str]) -> RoutingTable {
+        let mut toml = String::from("[[listeners]]\naddress = \"127.0.0.1:0\"\n");
+        for (i, r) in regions.iter().enumerate() {
+            toml += &format!(
+                "[[regions]]\nname = \"{r}\"\njurisdiction = \"eu\"\n\
+                 endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n",
+                i + 1
+            );
+        }
+        toml += "[[jurisdictions]]\nname = \"eu\"\ncountries = [\"DE\"]\n";
+        RoutingTable::compile(&crate::config::Config::from_toml(&toml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn failovers_and_refusals_land_on_their_own_labels() {
+        let m = Metrics::new();
+        let t = table(&["a", "b", "c"]);
+        let c = TableCounters::new(&t);
+        let (a, b, cc) = (RegionId(0), RegionId(1), RegionId(2));
+        c.failover(&m, &t, a, b, FailoverReason::Drained);
+        c.failover(&m, &t, a, b, FailoverReason::Drained);
+        c.failover(
+            &m,
+            &t,
+            b,
+            cc,
+            FailoverReason::Failed(FailureKind::Status5xx),
+        );
+        c.failover(&m, &t, cc, a, FailoverReason::Unhealthy);
+        c.refusal(&m, &t, JurisdictionId(0));
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            r#"georouter_failovers_total{from="a",reason="drained",to="b"} 2"#,
+            r#"georouter_failovers_total{from="b",reason="status_5xx",to="c"} 1"#,
+            r#"georouter_failovers_total{from="c",reason="unhealthy",to="a"} 1"#,
+            r#"georouter_residency_refusals_total{jurisdiction="eu"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn counters_of_an_older_table_count_under_the_names_of_the_current_one() {
+        let m = Metrics::new();
+        let old = table(&["a", "b"]);
+        let new = table(&["b", "a"]);
+        let c = Arc::new(TableCounters::new(&old));
+        assert!(
+            Arc::ptr_eq(&c.for_table(&old), &c),
+            "kept for its own table"
+        );
+        assert!(
+            !Arc::ptr_eq(&c.for_table(&new), &c),
+            "made anew for another"
+        );
+        c.failover(&m, &old, RegionId(0), RegionId(1), FailoverReason::Drained);
+        // In the new table, id 0 is "b": the cell resolved for the old one must
+        // not be used.
+        c.failover(&m, &new, RegionId(0), RegionId(1), FailoverReason::Drained);
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            r#"georouter_failovers_total{from="a",reason="drained",to="b"} 1"#,
+            r#"georouter_failovers_total{from="b",reason="drained",to="a"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

@@ -268,9 +268,9 @@ impl Control {
                 .with_label_values(&[&*j.name])
                 .set(serving as i64);
         }
-        self.state
-            .states
-            .store(Arc::new(RegionStates::new(&inner.table, states, accounts)));
+        let previous = self.state.states.load();
+        let next = RegionStates::new(&inner.table, states, accounts, Some(&previous));
+        self.state.states.store(Arc::new(next));
     }
 
     fn transition(&self, region: &RegionName, t: &Transition) {

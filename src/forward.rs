@@ -131,9 +131,9 @@ fn retriable_status(s: StatusCode) -> bool {
 }
 
 /// A retry of a request that a region already received: within the budget only.
-fn may_retry(ctx: &Attempt<'_>, reason: &str) -> bool {
+fn may_retry(ctx: &Attempt<'_>, reason: FailureKind) -> bool {
     if budget::try_spend(&ctx.table.settings.retry) {
-        ctx.state.metrics.retries.with_label_values(&[reason]).inc();
+        ctx.state.metrics.retries_by_kind[reason as usize].inc();
         true
     } else {
         ctx.state.metrics.retries_refused.inc();
@@ -188,11 +188,7 @@ pub async fn forward<'t>(
                     }
                     failed(ctx, id, FailureKind::Connect, &mut first_failure);
                     if candidates.peek().is_some() {
-                        ctx.state
-                            .metrics
-                            .retries
-                            .with_label_values(&["connect"])
-                            .inc();
+                        ctx.state.metrics.retries_by_kind[FailureKind::Connect as usize].inc();
                     }
                     req = Some(current);
                     last_error = Some(ForwardError::Connect {
@@ -212,7 +208,7 @@ pub async fn forward<'t>(
                     if status.is_server_error() {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
                         if let Some(copy) = copy.filter(|_| retriable_status(status)) {
-                            if may_retry(ctx, "status_5xx") {
+                            if may_retry(ctx, FailureKind::Status5xx) {
                                 tracing::debug!(region = %region.name, %status, "retrying on the next region");
                                 req = Some(copy);
                                 last_error = None;
@@ -267,7 +263,7 @@ pub async fn forward<'t>(
                         source: error,
                     };
                     match copy {
-                        Some(copy) if may_retry(ctx, "reset") => {
+                        Some(copy) if may_retry(ctx, FailureKind::Reset) => {
                             tracing::debug!(error = %failure, "replaying on the next region");
                             req = Some(copy);
                             last_error = Some(failure);

@@ -2,6 +2,7 @@
 //! follow Prometheus conventions with the `georouter_` prefix; the data plane
 //! increments handles resolved ahead of time (see `accounting.rs`).
 
+use crate::accounting::FailureKind;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -47,6 +48,8 @@ pub struct Metrics {
     pub health_transitions: IntCounterVec,
     pub failovers: IntCounterVec,
     pub retries: IntCounterVec,
+    /// `retries_total{reason}`, resolved once per failure kind.
+    pub retries_by_kind: [IntCounter; 4],
     pub retries_refused: IntCounter,
     /// Requests refused because no region inside their jurisdiction could serve.
     pub residency_refusals: IntCounterVec,
@@ -113,6 +116,12 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("process metrics register once");
+        let retries = counter(
+            &r,
+            "georouter_retries_total",
+            "Requests sent again to another region after one failed them.",
+            &["reason"],
+        );
         Metrics {
             requests: counter(
                 &r,
@@ -163,12 +172,9 @@ impl Metrics {
                 "Requests served by another region than the policy's first choice, and why.",
                 &["from", "to", "reason"],
             ),
-            retries: counter(
-                &r,
-                "georouter_retries_total",
-                "Requests sent again to another region after one failed them.",
-                &["reason"],
-            ),
+            retries_by_kind: FailureKind::ALL
+                .map(|k| retries.with_label_values(&[k.as_str()])),
+            retries,
             retries_refused,
             residency_refusals: counter(
                 &r,

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::accounting::FailureKind;
+use crate::accounting::{FailoverReason, FailureKind};
 use crate::budget;
 use crate::config::RegionName;
 use crate::deadline::TimerSlot;
@@ -282,7 +282,9 @@ async fn proxy(
             Some(pin) if decision.fenced => {
                 let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
                 tracing::warn!(%jurisdiction, client = %client.0, route = %route.name, "residency refusal: no serving region inside the jurisdiction");
-                refused(conn, &jurisdiction);
+                states
+                    .counters()
+                    .refusal(&conn.state.metrics, table, pin.jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
             }
             _ => ProxyError::NoServingRegion {
@@ -356,7 +358,9 @@ async fn proxy(
             (ForwardError::Connect { .. }, Some(pin)) => {
                 let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
                 tracing::warn!(%jurisdiction, client = %client.0, "residency refusal: every region inside the jurisdiction is unreachable");
-                refused(conn, &jurisdiction);
+                states
+                    .counters()
+                    .refusal(&conn.state.metrics, table, pin.jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
             }
             (e, _) => e.into(),
@@ -422,7 +426,7 @@ fn count_failover(
     first_failure: Option<(RegionId, FailureKind)>,
 ) {
     let (from, reason) = match first_failure {
-        Some((from, kind)) => (from, kind.as_str()),
+        Some((from, kind)) => (from, FailoverReason::Failed(kind)),
         None => {
             let Some(&first) = decision.candidates.first() else {
                 return;
@@ -432,9 +436,9 @@ fn count_failover(
             }
             let s = states.get(table, first);
             let reason = if s.drained {
-                "drained"
+                FailoverReason::Drained
             } else if !s.healthy {
-                "unhealthy"
+                FailoverReason::Unhealthy
             } else {
                 // Slow start or latency order: a choice, not a failover.
                 return;
@@ -442,24 +446,9 @@ fn count_failover(
             (first, reason)
         }
     };
-    conn.state
-        .metrics
-        .failovers
-        .with_label_values(&[
-            table.region(from).name.as_str(),
-            served.name.as_str(),
-            reason,
-        ])
-        .inc();
-}
-
-/// Counts a residency refusal (the log line is written by the caller).
-fn refused(conn: &Connection, jurisdiction: &str) {
-    conn.state
-        .metrics
-        .residency_refusals
-        .with_label_values(&[jurisdiction])
-        .inc();
+    states
+        .counters()
+        .failover(&conn.state.metrics, table, from, served.id, reason);
 }
 
 impl From<ForwardError> for ProxyError {

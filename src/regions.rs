@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accounting::RegionAccount;
+use crate::accounting::{RegionAccount, TableCounters};
 use crate::metrics::Metrics;
 use crate::table::{RegionId, RoutingTable};
 
@@ -38,14 +38,19 @@ pub struct RegionStates {
     table_generation: u64,
     states: Box<[RegionState]>,
     accounts: Box<[Arc<RegionAccount>]>,
+    /// Failover and refusal counters of the table: kept from one snapshot to the
+    /// next while the table stays.
+    counters: Arc<TableCounters>,
 }
 
 impl RegionStates {
-    /// A snapshot for `table`: one state and one account per region, in table order.
+    /// A snapshot for `table`: one state and one account per region, in table order;
+    /// `previous`'s table counters if it was made for the same table.
     pub fn new(
         table: &RoutingTable,
         states: Vec<RegionState>,
         accounts: Vec<Arc<RegionAccount>>,
+        previous: Option<&RegionStates>,
     ) -> Self {
         debug_assert_eq!(states.len(), table.regions().len());
         debug_assert_eq!(accounts.len(), table.regions().len());
@@ -53,6 +58,10 @@ impl RegionStates {
             table_generation: table.generation(),
             states: states.into_boxed_slice(),
             accounts: accounts.into_boxed_slice(),
+            counters: match previous {
+                Some(p) => p.counters.for_table(table),
+                None => Arc::new(TableCounters::new(table)),
+            },
         }
     }
 
@@ -67,6 +76,7 @@ impl RegionStates {
             table,
             vec![RegionState::SERVING; table.regions().len()],
             accounts,
+            None,
         )
     }
 
@@ -96,6 +106,11 @@ impl RegionStates {
         }
         let name = &table.region(id).name;
         self.accounts.iter().find(|a| a.name == *name).map(|a| &**a)
+    }
+
+    /// The table's failover and refusal counters.
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
     }
 
     /// Every account, in table order.

@@ -5,7 +5,7 @@
 
 mod support;
 
-use georouter::sim::Mode;
+use georouter::sim::{Mode, SimRegion};
 use support::*;
 use tokio::time::Instant;
 
@@ -84,17 +84,22 @@ async fn failing_checks_take_a_region_out_and_passing_ones_ramp_it_back() {
     assert!(to_a < 20, "{to_a} of 40 went to a ramping region");
 }
 
-#[tokio::test]
-async fn failures_in_real_traffic_eject_a_region_before_any_check_notices() {
+/// Regions a (answering 503 to everything) and b behind a router; `health` goes
+/// under `[health]`.
+async fn a_failing(health: &str) -> (SimRegion, SimRegion, TestRouter) {
     let a = region("a").await;
     let b = region("b").await;
-    let router = TestRouter::spawn(&two_regions(
-        &a,
-        &b,
-        "enabled = false\n[health.passive]\nconsecutive_failures = 3\nejection = \"1h\"\nmax_ejection = \"2h\"\n",
-    ))
-    .await;
+    let router = TestRouter::spawn(&two_regions(&a, &b, health)).await;
     a.set_mode(Mode::Fail);
+    (a, b, router)
+}
+
+#[tokio::test]
+async fn failures_in_real_traffic_eject_a_region_before_any_check_notices() {
+    let (a, _b, router) = a_failing(
+        "enabled = false\n[health.passive]\nconsecutive_failures = 3\nejection = \"1h\"\nmax_ejection = \"2h\"\n",
+    )
+    .await;
     let client = h1_client();
     // Each GET gets a 503 from a, is retried on b, and the client sees b's 200.
     for _ in 0..3 {
@@ -156,15 +161,10 @@ async fn a_post_whose_region_refuses_connections_is_sent_to_the_next() {
 
 #[tokio::test]
 async fn the_retry_budget_stops_retries_of_requests_a_region_received() {
-    let a = region("a").await;
-    let b = region("b").await;
-    let router = TestRouter::spawn(&two_regions(
-        &a,
-        &b,
+    let (_a, _b, router) = a_failing(
         "enabled = false\n[health.passive]\nconsecutive_failures = 0\n[retry]\nbudget = 0.0\nmin_retries = 2\n",
-    ))
+    )
     .await;
-    a.set_mode(Mode::Fail);
     let client = h1_client();
     let mut statuses = Vec::new();
     for _ in 0..6 {
