@@ -87,8 +87,8 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
             format!("ip={ip:?} is not an IP address\n"),
         );
     };
-    let table = state.table.load();
-    let states = state.states.load();
+    let snapshot = state.routing.load();
+    let (table, states) = (&snapshot.table, &snapshot.states);
     let facts = crate::policy::RequestFacts {
         client: crate::identity::ClientIp(ip),
         geo: table.geo().lookup(ip),
@@ -101,7 +101,7 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
     };
     json(
         StatusCode::OK,
-        &crate::explain::explain(&table, &states, &facts),
+        &crate::explain::explain(table, states, &facts),
     )
 }
 

@@ -150,17 +150,17 @@ impl Control {
         shutdown: Shutdown,
     ) -> Result<Arc<Control>, StartError> {
         let config = state.config.load_full();
-        let table = state.table.load_full();
+        let current = state.routing.load_full();
+        let table = current.table.clone();
         let auth = AdminAuth::from_settings(&config.admin, options.admin_token.as_deref())?;
         let drains = Drains::load(config.admin.state_file.as_deref())?;
         for (region, d) in drains.iter() {
             tracing::info!(target: "georouter::audit", %region, reason = %d.reason, by = %d.by, "drain reapplied from the state file");
         }
-        let current = state.states.load_full();
         let regions = table
             .regions()
             .iter()
-            .zip(current.accounts())
+            .zip(current.states.accounts())
             .zip(&config.regions)
             .map(|((r, a), spec)| (r.name.clone(), Record::new(spec.health.clone(), a.clone())))
             .collect();
@@ -222,7 +222,8 @@ impl Control {
         }
     }
 
-    /// Builds and swaps in the region-state snapshot for the current table.
+    /// Builds the region states for the current table and swaps both in, as one
+    /// snapshot.
     fn publish(&self, inner: &mut Inner) {
         let now = Instant::now();
         let m = &self.state.metrics;
@@ -268,9 +269,11 @@ impl Control {
                 .with_label_values(&[&*j.name])
                 .set(serving as i64);
         }
-        let previous = self.state.states.load();
-        let next = RegionStates::new(&inner.table, states, accounts, Some(&previous));
-        self.state.states.store(Arc::new(next));
+        let previous = self.state.routing.load();
+        let states = RegionStates::new(&table, states, accounts, Some(&previous.states));
+        self.state
+            .routing
+            .store(Arc::new(crate::snapshot::Snapshot { table, states }));
     }
 
     fn transition(&self, region: &RegionName, t: &Transition) {
@@ -480,10 +483,9 @@ impl Control {
         inner.regions = regions;
         inner.table = table.clone();
         inner.config = config.clone();
-        // States first: a request that loads the new table then finds states for it;
-        // one that loaded the old table reads the new states as "serving" by rule.
+        // The table and its states go out as one snapshot: no request sees the new
+        // table with the old states, or the other way round.
         self.publish(&mut inner);
-        self.state.table.store(table);
         self.state.config.store(config);
         self.auth.store(Arc::new(auth));
         self.restart_checkers(&mut inner);
@@ -519,7 +521,8 @@ impl Control {
         let Some(r) = table.region_by_name(region) else {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         };
-        let states = self.state.states.load();
+        let snapshot = self.state.routing.load();
+        let states = &snapshot.states;
         if drain.is_some() && !force {
             if let Some(j) = &r.jurisdiction {
                 let serving_here = states.get(&table, r.id).serving();
@@ -555,7 +558,8 @@ impl Control {
     /// What `GET /regions` shows.
     pub fn regions(&self) -> Vec<RegionView> {
         let inner = self.lock();
-        let states = self.state.states.load();
+        let snapshot = self.state.routing.load();
+        let states = &snapshot.states;
         let now = Instant::now();
         let wall = SystemTime::now();
         inner

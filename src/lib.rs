@@ -15,9 +15,9 @@
 //!   proxy       hop-by-hop headers out, x-georouter-region in; stream the body back
 //! ```
 //!
-//! The decision (identity, geo, policy, select) is pure: it reads two immutable
-//! snapshots behind `ArcSwap` ([`State::table`], [`State::states`]), does no I/O
-//! and allocates nothing.
+//! The decision (identity, geo, policy, select) is pure: it reads one immutable
+//! snapshot behind `ArcSwap` ([`State::routing`]: the table and the region states
+//! made for it), does no I/O and allocates nothing.
 //!
 //! Modules: [`config`] TOML -> validated `Config`; [`table`] the compiled routing
 //! table; [`regions`] the region state snapshot; [`identity`], [`residency`],
@@ -57,6 +57,7 @@ pub mod residency;
 pub mod select;
 pub mod server;
 pub mod sim;
+pub mod snapshot;
 pub mod table;
 pub mod tls;
 
@@ -64,6 +65,7 @@ use arc_swap::ArcSwap;
 
 use config::Config;
 use regions::RegionStates;
+use snapshot::Snapshot;
 use table::{RoutingTable, TableError};
 
 /// What the data plane shares: immutable snapshots, swapped whole.
@@ -71,8 +73,8 @@ use table::{RoutingTable, TableError};
 pub struct State {
     pub metrics: metrics::Metrics,
     pub config: ArcSwap<Config>,
-    pub table: ArcSwap<RoutingTable>,
-    pub states: ArcSwap<RegionStates>,
+    /// The routing table and its region states, one generation at a time.
+    pub routing: ArcSwap<Snapshot>,
     /// Wakes the controller when traffic trips a region's passive detection.
     pub wake: tokio::sync::Notify,
     /// `requests_total{region="none"}`: answers the router gave itself.
@@ -86,8 +88,10 @@ impl State {
         let states = RegionStates::all_serving(&table, &metrics);
         Ok(State {
             config: ArcSwap::from_pointee(config),
-            table: ArcSwap::from_pointee(table),
-            states: ArcSwap::from_pointee(states),
+            routing: ArcSwap::from_pointee(Snapshot {
+                table: std::sync::Arc::new(table),
+                states,
+            }),
             wake: tokio::sync::Notify::new(),
             unrouted: accounting::CodeCounters::new(
                 &metrics.requests,

@@ -26,6 +26,7 @@ use crate::pool::PooledBody;
 use crate::regions::RegionStates;
 use crate::select;
 use crate::server::Activity;
+use crate::snapshot::Snapshot;
 use crate::table::{RegionId, RoutingTable};
 use crate::State;
 
@@ -145,14 +146,14 @@ pub async fn handle(
         conn.activity.saw_http2();
     }
     let started = Instant::now();
-    let table = conn.state.table.load_full();
-    let log = table.settings.access_log.then(|| {
+    let snapshot = conn.state.routing.load_full();
+    let log = snapshot.table.settings.access_log.then(|| {
         let head = (req.method().clone(), req.uri().clone(), req.version());
         (started, head)
     });
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
-    let (resp, served, error) = match Box::pin(proxy(&conn, &table, req, started)).await {
+    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started)).await {
         Ok((resp, served)) => (resp, Some(served), None),
         Err(e) => {
             conn.state.unrouted.inc(e.status());
@@ -216,10 +217,11 @@ fn request_host<'b>(req: &'b Request<Incoming>, buf: &'b mut [u8; 256]) -> &'b s
 
 async fn proxy(
     conn: &Arc<Connection>,
-    table: &RoutingTable,
+    snapshot: &Snapshot,
     mut req: Request<Incoming>,
     started: Instant,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
+    let (table, states) = (&*snapshot.table, &snapshot.states);
     let settings = &table.settings;
     budget::deposit(&settings.retry);
     if req.version() == Version::HTTP_11 {
@@ -267,12 +269,11 @@ async fn proxy(
     let reason = settings
         .access_log
         .then(|| crate::explain::short_reason(table, &decision));
-    let states = conn.state.states.load_full();
-    let mut regions = select::serving(table, &states, route.steering, &decision.candidates, || {
+    let mut regions = select::serving(table, states, route.steering, &decision.candidates, || {
         fastrand::u16(..1000)
     });
     if regions.is_empty() && route.panic_mode && !decision.fenced {
-        regions = select::panic(table, &states, &decision.candidates);
+        regions = select::panic(table, states, &decision.candidates);
         if !regions.is_empty() {
             tracing::warn!(route = %route.name, "panic mode: no candidate is healthy, sending to unhealthy ones");
         }
@@ -346,7 +347,7 @@ async fn proxy(
     let req = Request::from_parts(parts, body);
     let attempt = forward::Attempt {
         table,
-        states: &states,
+        states,
         state: &conn.state,
         timer: &conn.timer,
     };
@@ -377,7 +378,7 @@ async fn proxy(
     count_failover(
         conn,
         table,
-        &states,
+        states,
         &decision,
         region,
         forwarded.first_failure,

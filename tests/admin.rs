@@ -217,7 +217,7 @@ async fn a_changed_policy_file_is_picked_up_and_drains_and_health_survive() {
     );
     b.set_health(false);
     eventually("b down", || phase(&router, "b") == "down").await;
-    let generation = router.state.table.load().generation();
+    let generation = router.state.routing.load().table.generation();
     // Same regions, a new route for /new.
     std::fs::write(
         &path,
@@ -228,7 +228,7 @@ async fn a_changed_policy_file_is_picked_up_and_drains_and_health_survive() {
     )
     .unwrap();
     eventually("the file reloaded", || {
-        router.state.table.load().generation() != generation
+        router.state.routing.load().table.generation() != generation
     })
     .await;
     let v = region_view(router.admin, "a").await;

@@ -1,0 +1,15 @@
+//! What one request reads: a routing table and the region states made for it,
+//! published together so no decision sees one generation's table with another's
+//! states.
+
+use std::sync::Arc;
+
+use crate::regions::RegionStates;
+use crate::table::RoutingTable;
+
+/// One consistent generation of the data plane's inputs, swapped whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub table: Arc<RoutingTable>,
+    pub states: RegionStates,
+}
