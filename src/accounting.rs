@@ -9,43 +9,10 @@ use std::time::Duration;
 use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
+pub use crate::blame::FailureKind;
 use crate::config::RegionName;
 use crate::metrics::Metrics;
 use crate::table::{JurisdictionId, RegionId, RoutingTable};
-
-/// How an attempt to a region failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    Connect = 0,
-    Timeout = 1,
-    Reset = 2,
-    Status5xx = 3,
-}
-
-impl FailureKind {
-    pub const ALL: [FailureKind; 4] = [
-        FailureKind::Connect,
-        FailureKind::Timeout,
-        FailureKind::Reset,
-        FailureKind::Status5xx,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Connect => "connect",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Reset => "reset",
-            FailureKind::Status5xx => "status_5xx",
-        }
-    }
-
-    fn from_u8(v: u8) -> FailureKind {
-        Self::ALL
-            .get(usize::from(v))
-            .copied()
-            .unwrap_or(FailureKind::Connect)
-    }
-}
 
 /// `requests_total{region, code}` for one region, each code resolved on first use.
 #[derive(Debug)]
@@ -188,6 +155,8 @@ pub struct RegionAccount {
     failures: AtomicU32,
     tripped: AtomicBool,
     last_failure: AtomicU8,
+    /// Wakes the replayable requests waiting on this region when it leaves service.
+    left: tokio::sync::Notify,
 }
 
 impl RegionAccount {
@@ -201,6 +170,7 @@ impl RegionAccount {
             failures: AtomicU32::new(0),
             tripped: AtomicBool::new(false),
             last_failure: AtomicU8::new(0),
+            left: tokio::sync::Notify::new(),
             name,
         }
     }
@@ -233,6 +203,16 @@ impl RegionAccount {
             return true;
         }
         false
+    }
+
+    /// Resolves when the region next leaves service (health, ejection or drain).
+    pub fn left_service(&self) -> tokio::sync::futures::Notified<'_> {
+        self.left.notified()
+    }
+
+    /// The region left service: requests waiting on it may go elsewhere.
+    pub fn leave_service(&self) {
+        self.left.notify_waiters();
     }
 
     /// Responses this region served (the histogram's count).

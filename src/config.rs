@@ -147,6 +147,9 @@ pub struct AdminSettings {
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Per try, for idempotent bodiless requests; zero = off.
+    pub try_timeout: Duration,
+    pub request_body_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
 }
@@ -471,14 +474,35 @@ fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSettings {
     for (name, d) in [
         ("upstream.connect_timeout", u.connect_timeout),
         ("upstream.response_timeout", u.response_timeout),
+        ("upstream.request_body_timeout", u.request_body_timeout),
     ] {
         if d.is_zero() {
             errs.push(name, "must be longer than 0s");
         }
     }
+    const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+    let try_timeout = u
+        .try_timeout
+        .unwrap_or(if u.response_timeout > TRY_TIMEOUT {
+            TRY_TIMEOUT
+        } else {
+            Duration::ZERO
+        });
+    if !try_timeout.is_zero() && try_timeout >= u.response_timeout {
+        errs.push(
+            "upstream.try_timeout",
+            format!(
+                "{} is not below upstream.response_timeout ({}): make it shorter, or \"0s\" to turn it off",
+                humantime::format_duration(try_timeout),
+                humantime::format_duration(u.response_timeout)
+            ),
+        );
+    }
     UpstreamSettings {
         connect_timeout: u.connect_timeout,
         response_timeout: u.response_timeout,
+        try_timeout,
+        request_body_timeout: u.request_body_timeout,
         pool_idle_timeout: u.pool_idle_timeout,
         pool_max_idle_per_endpoint: u.pool_max_idle_per_endpoint,
     }

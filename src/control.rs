@@ -74,6 +74,8 @@ struct Record {
     published_rtt: Option<Duration>,
     /// The weight in the snapshot in service: a ramp's last step must be published too.
     published_weight: u16,
+    /// Whether the snapshot in service has it serving.
+    published_serving: bool,
     checked: bool,
 }
 
@@ -86,6 +88,7 @@ impl Record {
             rtt: None,
             published_rtt: None,
             published_weight: 1000,
+            published_serving: true,
             checked: false,
         }
     }
@@ -243,6 +246,11 @@ impl Control {
                 weight: rec.published_weight,
                 rtt: rec.published_rtt,
             };
+            if rec.published_serving && !s.serving() {
+                // Requests waiting on it that can go elsewhere go now.
+                rec.account.leave_service();
+            }
+            rec.published_serving = s.serving();
             let n = [region.name.as_str()];
             m.region_healthy
                 .with_label_values(&n)
@@ -322,6 +330,11 @@ impl Control {
                 tracing::debug!(%region, %why, "health check failed");
                 rec.machine.check(now, Err(why), &limits)
             }
+            Outcome::Local { fault, why } => {
+                self.state.metrics.local_errors[*fault as usize].inc();
+                tracing::warn!(%region, kind = fault.as_str(), %why, "health check not made: the router is out of its own resources; the region's health is unchanged");
+                None
+            }
         };
         if let Some(t) = &t {
             self.transition(region, t);
@@ -342,13 +355,9 @@ impl Control {
         let now = Instant::now();
         let mut changed = false;
         let mut transitions = Vec::new();
+        self.passive_ejections(&mut inner, now, &mut transitions);
         for (name, rec) in inner.regions.iter_mut() {
             let limits = limits(&config, &rec.check);
-            if let Some(kind) = rec.account.take_tripped() {
-                if let Some(t) = rec.machine.passive_failure(now, kind.as_str(), &limits) {
-                    transitions.push((name.clone(), t));
-                }
-            }
             if let Some(t) = rec.machine.tick(now, &limits) {
                 transitions.push((name.clone(), t));
             }
@@ -360,6 +369,69 @@ impl Control {
         }
         if changed || !transitions.is_empty() {
             self.publish(&mut inner);
+        }
+    }
+
+    /// Regions whose run of failures in traffic reached the threshold are ejected,
+    /// one at a time, within the cap (`health::cap`); the rest are counted and
+    /// logged as what they are: the router suspecting itself or its network.
+    fn passive_ejections(
+        &self,
+        inner: &mut Inner,
+        now: Instant,
+        transitions: &mut Vec<(RegionName, Transition)>,
+    ) {
+        let tripped: Vec<(RegionName, crate::accounting::FailureKind)> = inner
+            .regions
+            .iter()
+            .filter_map(|(name, rec)| Some((name.clone(), rec.account.take_tripped()?)))
+            .collect();
+        if tripped.is_empty() {
+            return;
+        }
+        let table = inner.table.clone();
+        let config = inner.config.clone();
+        let mut out: Vec<bool> = table
+            .regions()
+            .iter()
+            .map(|r| {
+                inner
+                    .regions
+                    .get(&r.name)
+                    .is_some_and(|rec| !rec.machine.serving())
+            })
+            .collect();
+        let drained: Vec<bool> = table
+            .regions()
+            .iter()
+            .map(|r| inner.drains.get(r.name.as_str()).is_some())
+            .collect();
+        let percent = config.health.passive.max_ejected_percent;
+        for (name, kind) in tripped {
+            let (Some(region), Some(rec)) = (
+                table.region_by_name(name.as_str()),
+                inner.regions.get_mut(&name),
+            ) else {
+                continue;
+            };
+            if !rec.machine.serving() {
+                continue;
+            }
+            if let Err(capped) =
+                crate::health::cap::may_eject(&table, region.id, &out, &drained, percent)
+            {
+                self.state.metrics.ejections_capped.inc();
+                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::warn!(target: "georouter::health", region = %name, last = kind.as_str(), why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
+                }
+                continue;
+            }
+            let limits = limits(&config, &rec.check);
+            if let Some(t) = rec.machine.passive_failure(now, kind.as_str(), &limits) {
+                out[usize::from(region.id.0)] = true;
+                transitions.push((name, t));
+            }
         }
     }
 

@@ -2,15 +2,19 @@
 //! connection cannot be had (nothing was sent), or when a replayable request
 //! failed before any response; one fresh connection when a pooled one was stale.
 
+use std::future::Future as _;
+
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 
 use crate::accounting::FailureKind;
+use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
+use crate::client_body::{ClientBodyError, Progress};
 use crate::config::{EndpointSpec, Protocol, RegionName};
-use crate::deadline::TimerSlot;
+use crate::deadline::{Lent, TimerSlot};
 use crate::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
 use crate::regions::RegionStates;
 use crate::table::{Region, RegionId, RoutingTable};
@@ -35,6 +39,15 @@ pub enum ForwardError {
     },
     #[error("request body over {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    /// The client's request body failed: the client's fault, not the region's.
+    #[error("the request body failed: {}", .fault.as_str())]
+    Client { fault: ClientFault },
+    /// The router's own resources ran out: nobody's fault but the router's.
+    #[error("the router is out of {}: {source}", .fault.as_str())]
+    Local {
+        fault: LocalFault,
+        source: ConnectError,
+    },
 }
 
 /// The response and the region that gave it.
@@ -120,6 +133,9 @@ pub struct Attempt<'a> {
     pub state: &'a State,
     /// The connection's reusable response deadline.
     pub timer: &'a TimerSlot,
+    /// The request body's progress, when it has one: the region's response clock
+    /// starts when the body has been handed over.
+    pub body: Option<&'a Progress>,
 }
 
 /// Whether a response status says "this region cannot serve it right now".
@@ -141,10 +157,95 @@ fn may_retry(ctx: &Attempt<'_>, reason: FailureKind) -> bool {
     }
 }
 
+/// How waiting for one try's response head ended.
+enum Wait<T> {
+    Head(T),
+    /// No head within `response_timeout` (after the body was handed over).
+    Timeout,
+    /// Given up on a replayable request, within the retry budget: no head within
+    /// `try_timeout`, or its region left service while it waited.
+    MovedOn {
+        timed_out: bool,
+    },
+}
+
+/// Waits for the response head of one try. A request with a body is on the
+/// region's clock only while the region has all the client sent (its pauses are
+/// the client's, bounded by `request_body_timeout` in the body itself). A
+/// replayable request (`may_move_on`) is given up after `try_timeout`, or at once
+/// when its region leaves service, if the retry budget allows.
+async fn response_head<F: std::future::Future>(
+    ctx: &Attempt<'_>,
+    timer: &mut Lent<'_>,
+    mut send: std::pin::Pin<&mut F>,
+    id: RegionId,
+    may_move_on: bool,
+) -> Wait<F::Output> {
+    let upstream = &ctx.table.settings.upstream;
+    let timeout = upstream.response_timeout;
+    let now = tokio::time::Instant::now();
+    if let Some(progress) = ctx.body {
+        loop {
+            let now = tokio::time::Instant::now();
+            let deadline = progress
+                .region_clock()
+                .map_or(now + timeout, |t| t + timeout);
+            if deadline <= now {
+                return Wait::Timeout;
+            }
+            if let Some(out) = timer.within(deadline, send.as_mut()).await {
+                return Wait::Head(out);
+            }
+        }
+    }
+    let deadline = now + timeout;
+    let account = ctx.states.account(ctx.table, id).filter(|_| may_move_on);
+    let Some(account) = account else {
+        return timer
+            .within(deadline, send)
+            .await
+            .map_or(Wait::Timeout, Wait::Head);
+    };
+    let try_timeout = upstream.try_timeout;
+    let mut try_deadline = match try_timeout.is_zero() {
+        true => deadline,
+        false => (now + try_timeout).min(deadline),
+    };
+    let mut left = std::pin::pin!(account.left_service());
+    let mut watching = true;
+    loop {
+        // The head, or the region leaving service; whichever comes first.
+        let either = std::pin::pin!(std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(out) = send.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(out));
+            }
+            if watching && left.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            std::task::Poll::Pending
+        }));
+        let timed_out = match timer.within(try_deadline, either).await {
+            Some(Some(out)) => return Wait::Head(out),
+            Some(None) => false,
+            None if try_deadline >= deadline => return Wait::Timeout,
+            None => true,
+        };
+        if may_retry(ctx, FailureKind::Timeout) {
+            return Wait::MovedOn { timed_out };
+        }
+        // No budget to send it elsewhere: wait the whole response timeout here.
+        watching = false;
+        try_deadline = deadline;
+    }
+}
+
 /// Sends `req` to the first candidate that answers. `replayable` says the request
 /// may be sent again after it was sent once (idempotent, no body): after a reset
-/// before any response, or a 502/503/504, within the retry budget. A request that
-/// could not be sent (no connection) moves on freely: nothing reached the region.
+/// before any response, a 502/503/504, `try_timeout` without a head, or its region
+/// leaving service, within the retry budget. A request that could not be sent (no
+/// connection) moves on freely: nothing reached the region. Only region faults
+/// count against a region: a client's broken body and the router's own exhausted
+/// resources are returned as such.
 pub async fn forward<'t>(
     ctx: &Attempt<'t>,
     candidates: &[RegionId],
@@ -173,6 +274,14 @@ pub async fn forward<'t>(
             let lease = match pool::checkout(table, region, endpoint).await {
                 Ok(lease) => lease,
                 Err(source) => {
+                    req = Some(current);
+                    if let Some(fault) = LocalFault::in_chain(&source) {
+                        // Our own descriptors or ports: no region is to blame, and
+                        // another region would fail the same way.
+                        ctx.state.metrics.local_errors[fault as usize].inc();
+                        crate::log_limit::warn_local(fault, &source);
+                        return Err(ForwardError::Local { fault, source });
+                    }
                     tracing::debug!(region = %region.name, error = %source, "connect failed");
                     endpoints_tried += 1;
                     if endpoints_tried < region.endpoints.len() {
@@ -183,14 +292,12 @@ pub async fn forward<'t>(
                             }
                         }
                         endpoint = (endpoint + 1) % region.endpoints.len();
-                        req = Some(current);
                         continue;
                     }
                     failed(ctx, id, FailureKind::Connect, &mut first_failure);
                     if candidates.peek().is_some() {
                         ctx.state.metrics.retries_by_kind[FailureKind::Connect as usize].inc();
                     }
-                    req = Some(current);
                     last_error = Some(ForwardError::Connect {
                         region: region.name.clone(),
                         source,
@@ -200,10 +307,9 @@ pub async fn forward<'t>(
             };
             let reused = lease.reused;
             let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
-            let deadline = tokio::time::Instant::now() + timeout;
             let send = std::pin::pin!(lease.send(current));
-            match timer.within(deadline, send).await {
-                Some(Ok(response)) => {
+            match response_head(ctx, &mut timer, send, id, copy.is_some()).await {
+                Wait::Head(Ok(response)) => {
                     let status = response.status();
                     if status.is_server_error() {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
@@ -224,14 +330,26 @@ pub async fn forward<'t>(
                         first_failure,
                     });
                 }
-                None => {
+                Wait::Timeout => {
                     failed(ctx, id, FailureKind::Timeout, &mut first_failure);
                     return Err(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
                     });
                 }
-                Some(Err(SendError {
+                Wait::MovedOn { timed_out } => {
+                    if timed_out {
+                        failed(ctx, id, FailureKind::Timeout, &mut first_failure);
+                    }
+                    tracing::debug!(region = %region.name, timed_out, "sending on to the next region");
+                    req = copy;
+                    last_error = Some(ForwardError::Timeout {
+                        region: region.name.clone(),
+                        timeout,
+                    });
+                    break;
+                }
+                Wait::Head(Err(SendError {
                     error,
                     unsent: Some(back),
                 })) => {
@@ -248,7 +366,7 @@ pub async fn forward<'t>(
                     });
                     break;
                 }
-                Some(Err(SendError {
+                Wait::Head(Err(SendError {
                     error,
                     unsent: None,
                 })) => {
@@ -256,6 +374,9 @@ pub async fn forward<'t>(
                         return Err(ForwardError::BodyTooLarge {
                             limit: table.settings.max_body_bytes,
                         });
+                    }
+                    if let Some(fault) = ClientBodyError::in_chain(&error) {
+                        return Err(ForwardError::Client { fault });
                     }
                     failed(ctx, id, FailureKind::Reset, &mut first_failure);
                     let failure = ForwardError::Failed {

@@ -1,6 +1,8 @@
 //! Region health: the per-region state machine ([`machine`]) and the active HTTP
-//! check that feeds it and measures RTT ([`check`]). The controller in
+//! check that feeds it and measures RTT ([`check`]); the cap on automatic
+//! ejection ([`cap`]). The controller in
 //! `control.rs` runs them and publishes what they decide.
 
+pub mod cap;
 pub mod check;
 pub mod machine;

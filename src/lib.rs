@@ -34,7 +34,9 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod blame;
 pub mod budget;
+pub mod client_body;
 pub mod config;
 pub mod control;
 pub mod deadline;
@@ -47,6 +49,7 @@ pub mod headers;
 pub mod health;
 pub mod identity;
 pub mod launch;
+pub mod log_limit;
 pub mod metrics;
 pub mod policy;
 pub mod pool;

@@ -2,7 +2,7 @@
 //! follow Prometheus conventions with the `georouter_` prefix; the data plane
 //! increments handles resolved ahead of time (see `accounting.rs`).
 
-use crate::accounting::FailureKind;
+use crate::blame::{ClientFault, FailureKind, LocalFault};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -29,6 +29,10 @@ pub const NAMES: &[&str] = &[
     "georouter_config_generation",
     "georouter_upstream_errors_total",
     "georouter_admin_requests_total",
+    "georouter_client_errors_total",
+    "georouter_local_errors_total",
+    "georouter_geo_lookup_errors_total",
+    "georouter_ejections_capped_total",
 ];
 
 #[derive(Debug, Clone)]
@@ -57,6 +61,17 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub upstream_errors: IntCounterVec,
     pub admin_requests: IntCounterVec,
+    /// `client_errors_total{kind}`: requests that failed through their client's
+    /// fault (never a region's), one handle per kind, at 0 from the start.
+    pub client_errors: [IntCounter; 3],
+    /// `local_errors_total{kind}`: the router's own resources ran out (never a
+    /// region's fault), one handle per kind.
+    pub local_errors: [IntCounter; 3],
+    /// Lookups the geo database failed to decode (not "not in the database").
+    pub geo_lookup_errors: IntCounter,
+    /// Passive ejections refused by the cap (`max_ejected_percent`, the last
+    /// serving region of a jurisdiction): the router suspects itself or its network.
+    pub ejections_capped: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -122,7 +137,37 @@ impl Metrics {
             "Requests sent again to another region after one failed them.",
             &["reason"],
         );
+        let client_errors = counter(
+            &r,
+            "georouter_client_errors_total",
+            "Requests that failed through their client (malformed or truncated body, client gone, body too slow); never a region's fault.",
+            &["kind"],
+        );
+        let local_errors = counter(
+            &r,
+            "georouter_local_errors_total",
+            "Attempts and health checks that failed on the router's own resources (descriptors, memory, local ports); never a region's fault.",
+            &["kind"],
+        );
+        let plain = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric options are valid");
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let geo_lookup_errors = plain(
+            "georouter_geo_lookup_errors_total",
+            "Geo lookups that failed to decode a database record; residency routes answer them 503.",
+        );
+        let ejections_capped = plain(
+            "georouter_ejections_capped_total",
+            "Passive ejections refused by the cap (max_ejected_percent, last serving region of a jurisdiction).",
+        );
         Metrics {
+            client_errors: ClientFault::ALL.map(|k| client_errors.with_label_values(&[k.as_str()])),
+            local_errors: LocalFault::ALL.map(|k| local_errors.with_label_values(&[k.as_str()])),
+            geo_lookup_errors,
+            ejections_capped,
             requests: counter(
                 &r,
                 "georouter_requests_total",

@@ -24,11 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::client_body::ClientBody;
 use crate::config::{EndpointSpec, Protocol};
 use crate::table::{Region, RoutingTable};
 
 /// A request body on its way upstream: the client's (with the size limit), or none.
-pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub type UpstreamBody = Either<Limited<ClientBody>, Empty<Bytes>>;
 
 /// Where a pooled sender belongs: table generation, region, endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,9 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::accounting::{FailoverReason, FailureKind};
+use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
+use crate::client_body::ClientBody;
 use crate::config::RegionName;
 use crate::deadline::TimerSlot;
 use crate::forward::{self, ForwardError};
@@ -91,6 +93,18 @@ pub enum ProxyError {
     },
     #[error("region {region} failed before answering: {detail}")]
     UpstreamFailed { region: RegionName, detail: String },
+    #[error("{}", client_fault_text(*.fault))]
+    ClientBody { fault: ClientFault },
+    #[error("the router is short of its own resources ({}); try again shortly", .fault.as_str())]
+    Local { fault: LocalFault },
+}
+
+fn client_fault_text(fault: ClientFault) -> &'static str {
+    match fault {
+        ClientFault::MalformedBody => "bad request: the request body is malformed",
+        ClientFault::Gone => "bad request: the request body ended early",
+        ClientFault::BodyTimeout => "request timeout: the request body stalled",
+    }
 }
 
 impl ProxyError {
@@ -108,6 +122,11 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody { fault } => match fault {
+                ClientFault::MalformedBody | ClientFault::Gone => StatusCode::BAD_REQUEST,
+                ClientFault::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            },
+            ProxyError::Local { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -115,6 +134,7 @@ impl ProxyError {
     fn retry_after(&self) -> Option<&'static str> {
         match self {
             ProxyError::NoServingRegion { .. } | ProxyError::ResidencyRefused { .. } => Some("5"),
+            ProxyError::Local { .. } => Some("1"),
             _ => None,
         }
     }
@@ -338,11 +358,12 @@ async fn proxy(
     }
     // A request without a body can be sent again as long as nothing came back.
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
-    let body = if body.is_end_stream() {
-        Either::Right(Empty::new())
+    let (body, progress) = if body.is_end_stream() {
+        (Either::Right(Empty::new()), None)
     } else {
         let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
-        Either::Left(Limited::new(body, limit))
+        let (body, progress) = ClientBody::new(body, settings.upstream.request_body_timeout);
+        (Either::Left(Limited::new(body, limit)), Some(progress))
     };
     let req = Request::from_parts(parts, body);
     let attempt = forward::Attempt {
@@ -350,6 +371,7 @@ async fn proxy(
         states,
         state: &conn.state,
         timer: &conn.timer,
+        body: progress.as_deref(),
     };
     let forwarded = forward::forward(&attempt, &regions, req, replayable)
         .await
@@ -363,6 +385,11 @@ async fn proxy(
                     .counters()
                     .refusal(&conn.state.metrics, table, pin.jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
+            }
+            (ForwardError::Client { fault }, _) => {
+                conn.state.metrics.client_errors[fault as usize].inc();
+                tracing::debug!(client = %client.0, fault = fault.as_str(), "the client's request body failed; no region is blamed");
+                ProxyError::ClientBody { fault }
             }
             (e, _) => e.into(),
         })?;
@@ -467,6 +494,8 @@ impl From<ForwardError> for ProxyError {
                 detail: error_chain(&source),
             },
             ForwardError::BodyTooLarge { limit } => ProxyError::BodyTooLarge { limit },
+            ForwardError::Client { fault } => ProxyError::ClientBody { fault },
+            ForwardError::Local { fault, .. } => ProxyError::Local { fault },
         }
     }
 }

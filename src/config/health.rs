@@ -36,6 +36,8 @@ pub struct PassiveSpec {
     pub consecutive_failures: u32,
     pub ejection: Duration,
     pub max_ejection: Duration,
+    /// The most of a route's regions passive ejection may hold out at once, in percent.
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +183,12 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
             );
         }
     }
+    if p.max_ejected_percent > 100 {
+        errs.push(
+            "health.passive.max_ejected_percent",
+            format!("{} is over 100", p.max_ejected_percent),
+        );
+    }
     let w = h.latency.ewma_weight;
     if !(w > 0.0 && w <= 1.0) {
         errs.push(
@@ -194,6 +202,7 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
             consecutive_failures: p.consecutive_failures,
             ejection: p.ejection,
             max_ejection: p.max_ejection,
+            max_ejected_percent: p.max_ejected_percent.min(100),
         },
         ewma_weight: w,
         hysteresis: h.latency.hysteresis,

@@ -256,6 +256,8 @@ pub struct RawPassive {
     pub ejection: Duration,
     #[serde(with = "humantime_serde")]
     pub max_ejection: Duration,
+    /// Passive ejection never takes out more than this share of a route's regions.
+    pub max_ejected_percent: u32,
 }
 
 impl Default for RawPassive {
@@ -264,6 +266,7 @@ impl Default for RawPassive {
             consecutive_failures: 5,
             ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
         }
     }
 }
@@ -356,6 +359,13 @@ pub struct RawUpstream {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// Per try, for idempotent requests without a body: past it, the next
+    /// candidate. Unset: 5s when `response_timeout` is longer, else off.
+    #[serde(with = "humantime_serde")]
+    pub try_timeout: Option<Duration>,
+    /// The longest a client may pause its request body (408 beyond it).
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
@@ -366,6 +376,8 @@ impl Default for RawUpstream {
         Self {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
+            try_timeout: None,
+            request_body_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_endpoint: 256,
         }

@@ -6,15 +6,19 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::blame::LocalFault;
 use crate::config::HealthCheck;
 use crate::pool;
 use crate::table::Region;
 
-/// A check's outcome: passed with its round-trip time, or why it failed.
+/// A check's outcome: passed with its round-trip time, or why it failed; or it
+/// could not be made for want of the router's own resources, which says nothing
+/// of the region (neither a pass nor a failure).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Passed { rtt: Duration },
     Failed { why: String },
+    Local { fault: LocalFault, why: String },
 }
 
 /// Checks `region`: it passes when any endpoint answers in time with an expected
@@ -31,7 +35,15 @@ pub async fn run(region: &Region, check: &HealthCheck) -> Outcome {
                 }
             }
             Ok(Ok(status)) => why = format!("{} answered {}", ep.authority, status.as_u16()),
-            Ok(Err(e)) => why = e.to_string(),
+            Ok(Err(e)) => {
+                if let Some(fault) = LocalFault::in_chain(&e) {
+                    return Outcome::Local {
+                        fault,
+                        why: e.to_string(),
+                    };
+                }
+                why = e.to_string()
+            }
             Err(_) => {
                 why = format!(
                     "{} did not answer within {}",

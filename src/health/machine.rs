@@ -280,6 +280,7 @@ mod tests {
                 consecutive_failures: 5,
                 ejection: Duration::from_secs(10),
                 max_ejection: Duration::from_secs(60),
+                max_ejected_percent: 50,
             },
             failback: FailbackSpec {
                 slow_start: Duration::from_secs(30),

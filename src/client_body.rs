@@ -1,0 +1,164 @@
+//! The client's request body on its way to a region: its errors say they are the
+//! client's, it gives up when the client stalls for `request_body_timeout`, and it
+//! tells the forwarder whose turn it is, so the region's response clock runs
+//! only while the region, not the client, holds things up.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::blame::ClientFault;
+
+/// The client's body failed: its framing, its connection or its pace.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {}", .fault.as_str())]
+pub struct ClientBodyError {
+    pub fault: ClientFault,
+    #[source]
+    source: Option<hyper::Error>,
+}
+
+impl ClientBodyError {
+    /// The client fault somewhere in an error's chain of causes, if any.
+    pub fn in_chain(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
+        let mut cur = Some(e);
+        while let Some(c) = cur {
+            if let Some(b) = c.downcast_ref::<ClientBodyError>() {
+                return Some(b.fault);
+            }
+            cur = c.source();
+        }
+        None
+    }
+}
+
+/// Whose turn it is in a body's upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Waiting for the client's next bytes.
+    Client,
+    /// The region has had what the client sent since this instant.
+    Region { since: Instant },
+    /// The whole body was handed over at this instant.
+    Done { at: Instant },
+}
+
+/// An upload's progress, shared between the body and the forwarder.
+#[derive(Debug)]
+pub struct Progress(Mutex<Turn>);
+
+impl Progress {
+    fn set(&self, turn: Turn) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = turn;
+        }
+    }
+
+    /// Since when the region has been the one holding things up (it has every byte
+    /// the client sent), or `None` while the router waits for the client.
+    pub fn region_clock(&self) -> Option<Instant> {
+        match self.0.lock().map(|t| *t) {
+            Ok(Turn::Region { since }) => Some(since),
+            Ok(Turn::Done { at }) => Some(at),
+            Ok(Turn::Client) | Err(_) => None,
+        }
+    }
+
+    /// Whether the whole body was handed over.
+    pub fn done(&self) -> bool {
+        matches!(self.0.lock().map(|t| *t), Ok(Turn::Done { .. }))
+    }
+}
+
+/// A client request body with blame and a stall deadline.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    progress: Arc<Progress>,
+}
+
+impl ClientBody {
+    /// Wraps `inner`; the client may stall at most `idle` between two pieces.
+    pub fn new(inner: Incoming, idle: Duration) -> (ClientBody, Arc<Progress>) {
+        let progress = Arc::new(Progress(Mutex::new(Turn::Region {
+            since: Instant::now(),
+        })));
+        let body = ClientBody {
+            inner,
+            idle,
+            sleep: None,
+            armed: false,
+            progress: progress.clone(),
+        };
+        (body, progress)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
+                let now = Instant::now();
+                this.progress.set(if this.inner.is_end_stream() {
+                    Turn::Done { at: now }
+                } else {
+                    Turn::Region { since: now }
+                });
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError {
+                fault: ClientFault::of_body_error(&e),
+                source: Some(e),
+            }))),
+            Poll::Ready(None) => {
+                this.progress.set(Turn::Done { at: Instant::now() });
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    this.armed = true;
+                    this.progress.set(Turn::Client);
+                    let deadline = Instant::now() + this.idle;
+                    match &mut this.sleep {
+                        Some(s) => s.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                let sleep = this.sleep.as_mut().expect("armed above");
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError {
+                        fault: ClientFault::BodyTimeout,
+                        source: None,
+                    }))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
