@@ -69,13 +69,26 @@ impl ClientFault {
         }
     }
 
-    /// The fault of a client body that failed with `e` (hyper's server side).
+    /// The fault of a client body that failed with `e` (hyper's server side): a
+    /// framing error (hyper reports a bad chunk as invalid input or data) or the
+    /// client gone (end of stream too early, reset).
     pub fn of_body_error(e: &hyper::Error) -> ClientFault {
-        if e.is_parse() || e.is_user() {
-            ClientFault::MalformedBody
-        } else {
-            ClientFault::Gone
+        if e.is_parse() {
+            return ClientFault::MalformedBody;
         }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cur {
+            if let Some(io) = c.downcast_ref::<io::Error>() {
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+                ) {
+                    return ClientFault::MalformedBody;
+                }
+            }
+            cur = c.source();
+        }
+        ClientFault::Gone
     }
 }
 

@@ -41,7 +41,14 @@ pub fn start(
     options: control::Options,
 ) -> Result<Running, StartError> {
     let workers = server::worker_count(config.server.workers);
-    let limits = ConnLimits::new(&config.server);
+    let endpoints = config.regions.iter().map(|r| r.endpoints.len()).sum();
+    let budget = crate::descriptors::raise_and_budget(
+        config.server.max_connections,
+        endpoints,
+        listeners.len(),
+    );
+    let mut limits = ConnLimits::new(&config.server);
+    limits.max_connections = Arc::new(tokio::sync::Semaphore::new(budget.max_connections));
     let state = Arc::new(State::new(config)?);
     let (stop, shutdown) = watch::channel(false);
     let control = Control::start(state.clone(), options, shutdown.clone())?;

@@ -41,6 +41,7 @@ pub mod config;
 pub mod control;
 pub mod deadline;
 pub mod demo;
+pub mod descriptors;
 pub mod drill;
 pub mod explain;
 pub mod forward;
