@@ -58,6 +58,8 @@ pub struct GeoView {
     pub continent: Option<String>,
     pub subdivision: Option<String>,
     pub location: Option<[f64; 2]>,
+    /// The database has a record for the address that could not be read.
+    pub lookup_error: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +87,7 @@ pub fn explain(
         continent: g.continent.map(|c| c.to_string()),
         subdivision: g.subdivision.map(|s| s.as_str().to_owned()),
         location: g.location.map(|l| [l.lat, l.lon]),
+        lookup_error: g.error,
     };
     let mut e = Explanation {
         client_ip: facts.client.0.to_string(),

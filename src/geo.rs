@@ -28,6 +28,20 @@ pub struct GeoFacts {
     /// First-level subdivision, ISO 3166-2 without the country (`BY` for DE-BY).
     pub subdivision: Option<Code3>,
     pub location: Option<Location>,
+    /// The database holds a record for the address but it could not be read:
+    /// unlike "not in the database", residency cannot be ruled out.
+    pub error: bool,
+}
+
+impl GeoFacts {
+    /// What a lookup that failed to read its record knows: nothing, and that.
+    pub const ERROR: GeoFacts = GeoFacts {
+        country: None,
+        continent: None,
+        subdivision: None,
+        location: None,
+        error: true,
+    };
 }
 
 /// A two-letter upper-case code, stored inline.
@@ -131,6 +145,12 @@ pub enum GeoError {
         path: PathBuf,
         source: maxminddb::MaxMindDbError,
     },
+    #[error("{path}: the geo database is corrupt: the record of {network} cannot be read ({source}); replace the file with a good copy")]
+    CorruptRecord {
+        path: PathBuf,
+        network: String,
+        source: maxminddb::MaxMindDbError,
+    },
 }
 
 /// A MaxMind DB file, memory-mapped.
@@ -204,28 +224,43 @@ impl MmdbGeo {
             });
         }
         // A full `verify()` also rejects real databases over cosmetic metadata
-        // (an empty description map); probing lookups catches broken trees and data.
+        // (an empty description map). Instead every network of the tree is
+        // walked and every distinct record decoded as a lookup would: a database
+        // with one unreadable record is refused whole, never served.
         let geo = MmdbGeo {
             reader,
             path: path.to_owned(),
         };
-        for probe in ["1.1.1.1", "80.128.0.1", "203.0.113.1", "2001:4860::1"] {
-            let ip: IpAddr = probe.parse().expect("probe addresses are valid");
-            if ip.is_ipv6() && geo.reader.metadata().ip_version == 4 {
+        geo.check_every_record()?;
+        Ok(geo)
+    }
+
+    /// Walks the whole search tree and decodes each distinct record once.
+    fn check_every_record(&self) -> Result<(), GeoError> {
+        let corrupt = |source| GeoError::Corrupt {
+            path: self.path.clone(),
+            source,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for found in self.reader.networks(Default::default()).map_err(corrupt)? {
+            let found = found.map_err(corrupt)?;
+            let Some(offset) = found.offset() else {
+                continue;
+            };
+            if !seen.insert(offset) {
                 continue;
             }
-            let found = geo.reader.lookup(ip).map_err(|source| GeoError::Corrupt {
-                path: path.to_owned(),
-                source,
-            })?;
-            found
-                .decode::<Record<'_>>()
-                .map_err(|source| GeoError::Corrupt {
-                    path: path.to_owned(),
+            if let Err(source) = found.decode::<Record<'_>>() {
+                return Err(GeoError::CorruptRecord {
+                    path: self.path.clone(),
+                    network: found
+                        .network()
+                        .map_or_else(|_| "a network".to_owned(), |n| n.to_string()),
                     source,
-                })?;
+                });
+            }
         }
-        Ok(geo)
+        Ok(())
     }
 
     /// The database's type and build time, as its metadata says.
@@ -234,9 +269,16 @@ impl MmdbGeo {
         (m.database_type.clone(), m.build_epoch)
     }
 
-    fn record(&self, ip: IpAddr) -> Option<GeoFacts> {
-        let found = self.reader.lookup(ip).ok()?;
-        let r: Record<'_> = found.decode().ok()??;
+    /// `Ok(None)` when the address is not in the database, `Err` when its record
+    /// cannot be read.
+    fn record(&self, ip: IpAddr) -> Result<Option<GeoFacts>, maxminddb::MaxMindDbError> {
+        if ip.is_ipv6() && self.reader.metadata().ip_version == 4 {
+            // An IPv4-only database knows nothing of IPv6: not an error.
+            return Ok(None);
+        }
+        let Some(r) = self.reader.lookup(ip)?.decode::<Record<'_>>()? else {
+            return Ok(None);
+        };
         let country = r
             .country
             .and_then(|c| c.iso_code)
@@ -261,18 +303,28 @@ impl MmdbGeo {
             }) => Some(Location { lat, lon }),
             _ => country.and_then(centroid),
         };
-        Some(GeoFacts {
+        Ok(Some(GeoFacts {
             country,
             continent,
             subdivision,
             location,
-        })
+            error: false,
+        }))
     }
 }
 
 impl GeoLookup for MmdbGeo {
     fn lookup(&self, ip: IpAddr) -> GeoFacts {
-        self.record(ip).unwrap_or_default()
+        match self.record(ip) {
+            Ok(facts) => facts.unwrap_or_default(),
+            Err(e) => {
+                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::error!(path = %self.path.display(), %ip, error = %e, suppressed, "geo lookup failed: the record cannot be read; residency routes refuse (503) such requests");
+                }
+                GeoFacts::ERROR
+            }
+        }
     }
 
     fn describe(&self) -> String {

@@ -101,6 +101,11 @@ pub struct Decision<'t> {
 pub enum Refusal {
     #[error("no route matches this host and path")]
     NoRoute,
+    /// A residency route, no home claim, and the client's geo record could not
+    /// be read: its jurisdiction cannot be ruled out, so it is refused (fail
+    /// closed), not sent to the default regions.
+    #[error("the client's location could not be read from the geo database; data residency cannot be checked")]
+    GeoUnreadable,
 }
 
 pub fn decide<'t>(
@@ -116,6 +121,9 @@ pub fn decide<'t>(
     } else {
         None
     };
+    if pin.is_none() && facts.geo.error && route.residency && table.has_strict_jurisdiction() {
+        return Err(Refusal::GeoUnreadable);
+    }
     let mut candidates = Candidates::from_slice(list);
     let mut fenced = false;
     if let Some(p) = pin {
@@ -254,6 +262,7 @@ mod tests {
             continent: c.and_then(continent_of),
             subdivision: None,
             location: c.and_then(centroid),
+            error: false,
         }
     }
 
@@ -280,6 +289,10 @@ mod tests {
     }
 
     fn decide_for<'t>(t: &'t RoutingTable, ask: Ask<'_>) -> Option<Decision<'t>> {
+        try_decide(t, ask).ok()
+    }
+
+    fn try_decide<'t>(t: &'t RoutingTable, ask: Ask<'_>) -> Result<Decision<'t>, Refusal> {
         let facts = RequestFacts {
             client: ClientIp(ask.ip.parse().unwrap()),
             geo: ask.geo,
@@ -288,7 +301,7 @@ mod tests {
             method: &ask.method,
             home: ask.home,
         };
-        decide(t, &facts).ok()
+        decide(t, &facts)
     }
 
     fn names(t: &RoutingTable, d: &Decision<'_>) -> Vec<String> {
@@ -656,6 +669,27 @@ mod tests {
             ..Ask::default()
         });
         assert_eq!((pin, fenced), (None, false));
+    }
+
+    #[test]
+    fn an_unreadable_geo_record_is_refused_on_residency_routes_only() {
+        let t = table(WORLD);
+        let ask = || Ask {
+            geo: GeoFacts::ERROR,
+            ..Ask::default()
+        };
+        assert!(matches!(try_decide(&t, ask()), Err(Refusal::GeoUnreadable)));
+        // A checked home claim says where the resident belongs: served, fenced.
+        let d = try_decide(
+            &t,
+            Ask {
+                home: Some(("eu", PinSource::Header)),
+                ..ask()
+            },
+        )
+        .unwrap();
+        assert_eq!(names(&t, &d), ["eu-west"]);
+        assert!(d.fenced);
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("no route for this host and path")]
     NoRoute,
+    #[error("the client's location could not be determined; data residency forbids guessing (try again later)")]
+    GeoUnreadable,
     #[error("no serving region for route {route}")]
     NoServingRegion { route: Box<str> },
     #[error("no serving region in jurisdiction {jurisdiction}; data residency forbids serving this request from another region")]
@@ -115,9 +117,9 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoServingRegion { .. } | ProxyError::ResidencyRefused { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoServingRegion { .. }
+            | ProxyError::ResidencyRefused { .. }
+            | ProxyError::GeoUnreadable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -133,7 +135,9 @@ impl ProxyError {
     /// Seconds a client should wait before retrying, where waiting helps.
     fn retry_after(&self) -> Option<&'static str> {
         match self {
-            ProxyError::NoServingRegion { .. } | ProxyError::ResidencyRefused { .. } => Some("5"),
+            ProxyError::NoServingRegion { .. }
+            | ProxyError::ResidencyRefused { .. }
+            | ProxyError::GeoUnreadable => Some("5"),
             ProxyError::Local { .. } => Some("1"),
             _ => None,
         }
@@ -282,8 +286,12 @@ async fn proxy(
         method: req.method(),
         home,
     };
+    if facts.geo.error {
+        conn.state.metrics.geo_lookup_errors.inc();
+    }
     let decision = policy::decide(table, &facts).map_err(|r| match r {
         Refusal::NoRoute => ProxyError::NoRoute,
+        Refusal::GeoUnreadable => ProxyError::GeoUnreadable,
     })?;
     let route = decision.route;
     let reason = settings

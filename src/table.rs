@@ -478,6 +478,11 @@ impl RoutingTable {
         pick(&self.any_host)
     }
 
+    /// Whether any jurisdiction keeps its residents inside (strict).
+    pub fn has_strict_jurisdiction(&self) -> bool {
+        self.jurisdictions.iter().any(|j| j.strict)
+    }
+
     pub fn jurisdictions(&self) -> &[Jurisdiction] {
         &self.jurisdictions
     }

@@ -134,3 +134,34 @@ fn the_shipped_database_opens() {
     // No assertion on its contents: only that it is a usable database.
     let _ = geo.lookup(ip("80.128.0.1"));
 }
+
+#[test]
+fn a_database_with_one_unreadable_record_is_refused_with_its_path() {
+    let good = write_db(
+        "one-bad-record.src.mmdb",
+        "ip-location-db country",
+        &[
+            ("80.128.0.0/16", json!({ "country_code": "DE" })),
+            ("90.0.0.0/8", json!({ "country_code": "FR" })),
+            ("3.0.0.0/8", json!({ "country_code": "US" })),
+        ],
+    );
+    assert!(MmdbGeo::open(&good).is_ok());
+    // France's record: its string is no longer UTF-8. Lookups elsewhere (the
+    // probes of a quick check) still read fine.
+    let mut bytes = std::fs::read(&good).unwrap();
+    let at = bytes
+        .windows(3)
+        .position(|w| w == b"\x42FR")
+        .expect("the record's string is in the data section");
+    bytes[at + 1..at + 3].copy_from_slice(b"\xff\xfe");
+    let bad = dir().join("one-bad-record.mmdb");
+    std::fs::write(&bad, &bytes).unwrap();
+    let e = refused(&bad);
+    assert!(matches!(e, GeoError::CorruptRecord { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("one-bad-record.mmdb") && text.contains("90.0.0.0/8"),
+        "{text}"
+    );
+}
