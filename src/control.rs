@@ -142,6 +142,14 @@ fn limits(config: &Config, check: &HealthCheck) -> Limits {
     }
 }
 
+/// What [`Control::start`] would refuse, checked without starting anything
+/// (`georouter check` runs it): the admin tokens and the drain state file.
+pub fn preflight(config: &Config, options: &Options) -> Result<(), StartError> {
+    AdminAuth::from_settings(&config.admin, options.admin_token.as_deref())?;
+    Drains::load(config.admin.state_file.as_deref())?;
+    Ok(())
+}
+
 impl Control {
     /// Starts the control plane over a state whose table is in service: reapplies
     /// drains from the state file, starts health checks, the passive-detection and

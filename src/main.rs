@@ -219,6 +219,9 @@ fn check(path: &std::path::Path) -> Result<()> {
             tls::server_config(certs).with_context(|| format!("listeners[{i}].tls"))?;
         }
     }
+    // Everything `run` reads besides the policy: tokens, the drain state file.
+    control::preflight(&config, &control::Options::default())
+        .with_context(|| format!("{}", path.display()))?;
     println!(
         "{}: ok: {} listener(s), {} region(s), {} route(s)",
         path.display(),

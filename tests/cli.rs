@@ -59,3 +59,21 @@ fn check_reports_a_missing_file() {
         "{err}"
     );
 }
+
+#[test]
+fn check_fails_on_what_run_would_refuse_a_missing_token_file() {
+    let dir = std::env::temp_dir().join(format!("georouter-cli-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("tokens.toml");
+    std::fs::write(
+        &policy,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"a\"\n\
+         endpoints = [{ url = \"http://127.0.0.1:1\" }]\n\
+         [admin]\ntoken_file = \"/nonexistent/admin-token\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("/nonexistent/admin-token"), "{err}");
+    assert!(err.contains("token_file"), "{err}");
+}
