@@ -105,7 +105,7 @@ fn bench(c: &mut Criterion) {
         };
         let decide = |facts: &RequestFacts<'_>| {
             let d = policy::decide(&table, facts).unwrap();
-            let first = select::serving(&table, &states, d.route.steering, &d.candidates, || 0)
+            let first = select::serving(&table, &states, d.route.steering, &d.candidates, |_| 0)
                 .first()
                 .copied();
             first

@@ -132,7 +132,9 @@ pub fn explain(
         .map(|&id| table.region(id).name.to_string())
         .collect();
     // The draw of 0 is what most requests see: a ramping region keeps first place.
-    let order = crate::select::serving(table, states, d.route.steering, &d.candidates, || 0);
+    let order = crate::select::serving(table, states, d.route.steering, &d.candidates, |r| {
+        crate::select::client_place(crate::policy::client_hash(facts.client), r)
+    });
     let chosen = order.first().copied();
     e.chosen = chosen.map(|id| table.region(id).name.to_string());
     e.outcome = match (chosen, d.fenced) {

@@ -205,7 +205,7 @@ fn weighted_first(c: &mut Candidates, weights: &[u32], client: ClientIp) {
 }
 
 /// FNV-1a over the address bytes: stable across processes and versions.
-fn client_hash(client: ClientIp) -> u64 {
+pub fn client_hash(client: ClientIp) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -760,7 +760,7 @@ mod tests {
         }
         assert!(d.fenced);
         assert!(
-            crate::select::serving(&t, &states, d.route.steering, &d.candidates, || 0).is_empty()
+            crate::select::serving(&t, &states, d.route.steering, &d.candidates, |_| 0).is_empty()
         );
     }
 

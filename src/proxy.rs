@@ -297,8 +297,9 @@ async fn proxy(
     let reason = settings
         .access_log
         .then(|| crate::explain::short_reason(table, &decision));
-    let mut regions = select::serving(table, states, route.steering, &decision.candidates, || {
-        fastrand::u16(..1000)
+    // A ramp admits clients by a stable hash, so each moves back once.
+    let mut regions = select::serving(table, states, route.steering, &decision.candidates, |r| {
+        select::client_place(policy::client_hash(client), r)
     });
     if regions.is_empty() && route.panic_mode && !decision.fenced {
         regions = select::panic(table, states, &decision.candidates);

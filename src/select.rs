@@ -9,15 +9,17 @@ use crate::regions::RegionStates;
 use crate::table::{RegionId, RoutingTable};
 
 /// The serving candidates, best first: the first is tried, the rest are where a
-/// failed attempt may go next. `draw` yields a number in 0..1000, called only
-/// when the first region is ramping up: it keeps the first place with
-/// probability weight/1000, else it swaps with the second.
+/// failed attempt may go next. `place` gives the client's place (0..1000) in a
+/// region's ramp, asked only when the first region is ramping up: the region
+/// keeps the first place when the client's place is below its weight, else it
+/// swaps with the second. With [`client_place`], a ramp admits each client once
+/// and for good as the weight grows: clients move back one by one, never bounce.
 pub fn serving(
     table: &RoutingTable,
     states: &RegionStates,
     steering: Steering,
     candidates: &[RegionId],
-    draw: impl FnOnce() -> u16,
+    place: impl FnOnce(RegionId) -> u16,
 ) -> Candidates {
     let mut out = Candidates::EMPTY;
     for &id in candidates {
@@ -36,11 +38,23 @@ pub fn serving(
     }
     if out.len() >= 2 && states.get(table, out[0]).weight < 1000 {
         let weight = states.get(table, out[0]).weight;
-        if draw() >= weight {
+        if place(out[0]) >= weight {
             out.as_mut_slice().swap(0, 1);
         }
     }
     out
+}
+
+/// A client's place in `region`'s slow-start ramp, 0..1000: a hash of the client
+/// (see `policy::client_hash`) and the region, so each region admits its own
+/// spread of clients (rendezvous hashing) and a client's place never changes.
+pub fn client_place(client: u64, region: RegionId) -> u16 {
+    // splitmix64's finaliser over the pair.
+    let mut z = client ^ (u64::from(region.0) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % 1000) as u16
 }
 
 /// Panic mode: when no candidate serves, the undrained ones, unhealthy or not (an
@@ -83,7 +97,7 @@ mod tests {
     const ALL: [RegionId; 3] = [RegionId(0), RegionId(1), RegionId(2)];
 
     fn pick(t: &RoutingTable, s: &RegionStates, steering: Steering, draw: u16) -> Vec<RegionId> {
-        serving(t, s, steering, &ALL, || draw).to_vec()
+        serving(t, s, steering, &ALL, |_| draw).to_vec()
     }
 
     fn state(healthy: bool, drained: bool, weight: u16, rtt_ms: Option<u64>) -> RegionState {
@@ -153,6 +167,36 @@ mod tests {
             [RegionId(1), RegionId(0), RegionId(2)],
             "diverted requests may still fail over to it"
         );
+    }
+
+    #[test]
+    fn a_ramp_admits_each_client_once_and_for_good() {
+        let t = table();
+        let clients: Vec<u64> = (0..2000u64)
+            .map(|c| c.wrapping_mul(0x51_7cc1_b727_220a))
+            .collect();
+        let mut admitted = vec![false; clients.len()];
+        for weight in (0..=1000u16).step_by(50) {
+            let mut s = RegionStates::all_serving(&t, &Metrics::new());
+            s.set(RegionId(0), state(true, false, weight, None));
+            let mut share = 0;
+            for (i, &c) in clients.iter().enumerate() {
+                let first = serving(&t, &s, Steering::Failover, &ALL, |r| client_place(c, r))[0];
+                let now = first == RegionId(0);
+                assert!(
+                    now || !admitted[i],
+                    "client {i} left the ramp at weight {weight}"
+                );
+                admitted[i] = now;
+                share += usize::from(now);
+            }
+            let expected = clients.len() * usize::from(weight) / 1000;
+            assert!(
+                share.abs_diff(expected) <= clients.len() / 20,
+                "weight {weight}: {share} of {} clients",
+                clients.len()
+            );
+        }
     }
 
     #[test]

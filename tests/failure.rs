@@ -160,3 +160,103 @@ async fn a_stalled_upload_gets_408_and_ejects_nothing() {
         ],
     );
 }
+
+/// A region that resets every request for 100 ms out of every 200 ms, for two
+/// seconds, with the default policy's proportions (an ejection outlasts the
+/// flapping): each client leaves it once and comes back once, through a
+/// slow-start ramp that admits clients by a stable hash, not per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_region_moves_each_client_at_most_twice() {
+    use georouter::sim::Mode;
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&policy(
+        &[&a, &b],
+        r#"
+        [server]
+        access_log = false
+        [client]
+        trusted_proxies = ["127.0.0.0/8"]
+        [health]
+        interval = "400ms"
+        jitter = 0.0
+        [health.passive]
+        ejection = "3s"
+        [failback]
+        slow_start = "1s"
+        [[routes]]
+        regions = ["a", "b"]
+        "#,
+    ))
+    .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let url = router.url("/");
+            let stopped = stopped.clone();
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let client = h1_client();
+                let mut served = Vec::new();
+                while !*stopped.borrow() {
+                    let req = http::Request::get(&url)
+                        .header("x-forwarded-for", format!("198.51.100.{}", 10 + i))
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap();
+                    let r = send(&client, req).await;
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if r.status == 200 {
+                        served.push(r.headers["x-georouter-region"].to_str().unwrap().to_owned());
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    // Every client settled at home first.
+    eventually("clients served", || {
+        answered.load(std::sync::atomic::Ordering::SeqCst) >= 64
+    })
+    .await;
+    let flap_started = std::time::Instant::now();
+    for _ in 0..10 {
+        a.set_mode(Mode::Reset);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        a.set_mode(Mode::Normal);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let flapped = flap_started.elapsed();
+    // Wait for the ejection to end and the ramp to finish.
+    let weight_full = || {
+        let v = router.control.regions();
+        let a = v.iter().find(|r| r.name == "a").unwrap();
+        a.phase == "up" && a.weight >= 1.0 && a.last_transition.is_some()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !weight_full() {
+        assert!(tokio::time::Instant::now() < deadline, "a never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    for (i, c) in clients.into_iter().enumerate() {
+        let served = c.await.unwrap();
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for r in &served {
+            match runs.last_mut() {
+                Some((name, n)) if name == r => *n += 1,
+                _ => runs.push((r.clone(), 1)),
+            }
+        }
+        assert!(
+            runs.len() <= 3,
+            "client {i} changed region {} times (flapping took {flapped:?}): {runs:?}",
+            runs.len() - 1
+        );
+        assert_eq!(
+            served.last().map(String::as_str),
+            Some("a"),
+            "client {i} is back home after the ramp"
+        );
+    }
+}
