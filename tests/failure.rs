@@ -260,3 +260,122 @@ async fn a_flapping_region_moves_each_client_at_most_twice() {
         );
     }
 }
+
+/// Sends `n` GETs at once and returns (status, serving region) of each.
+async fn concurrent_gets(url: &str, n: usize) -> Vec<(u16, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let r = get(&h1_client(), &url).await;
+                let region = r
+                    .headers
+                    .get("x-georouter-region")
+                    .map_or(r.body, |v| v.to_str().unwrap().to_owned());
+                (r.status, region)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn requests_to_a_hung_region_go_on_to_the_next_after_the_try_timeout() {
+    use georouter::sim::Mode;
+    let a = region("a").await;
+    let b = region("b").await;
+    a.set_mode(Mode::Hang);
+    let router = TestRouter::spawn(&blame_policy(
+        &a,
+        &b,
+        "[upstream]\nresponse_timeout = \"60s\"\ntry_timeout = \"200ms\"\n",
+    ))
+    .await;
+    // The response timeout is far beyond the client's patience (20 s): only the
+    // per-try timeout can answer these in time.
+    let answers = concurrent_gets(&router.url("/"), 8).await;
+    assert!(
+        answers.iter().all(|(s, r)| *s == 200 && r == "b"),
+        "{answers:?}"
+    );
+    assert_metrics(
+        &metrics_of(&router).await,
+        &[r#"georouter_upstream_errors_total{kind="timeout",region="a"} 8"#],
+    );
+}
+
+#[tokio::test]
+async fn requests_waiting_on_a_region_that_leaves_service_are_sent_on_at_once() {
+    use georouter::sim::Mode;
+    let a = region("a").await;
+    let b = region("b").await;
+    // No per-try timeout: only the region leaving service can free them.
+    let router = TestRouter::spawn(&two_regions(
+        &a,
+        &b,
+        "[upstream]\nresponse_timeout = \"60s\"\ntry_timeout = \"0s\"\n",
+    ))
+    .await;
+    eventually("first checks", || router.control.ready()).await;
+    a.set_mode(Mode::Hang);
+    let before = a.requests();
+    let url = router.url("/");
+    let in_flight = tokio::spawn(async move { concurrent_gets(&url, 8).await });
+    eventually("the requests to reach a", || a.requests() >= before + 8).await;
+    // a's checks hang too: it goes down, and its waiting requests move to b.
+    let answers = in_flight.await.unwrap();
+    assert_ne!(phase(&router, "a"), "up");
+    assert!(
+        answers.iter().all(|(s, r)| *s == 200 && r == "b"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn when_every_region_fails_at_once_at_most_half_are_ejected() {
+    use georouter::sim::Mode;
+    let mut sims = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let r = region(name).await;
+        r.set_mode(Mode::Reset);
+        sims.push(r);
+    }
+    let refs: Vec<&georouter::sim::SimRegion> = sims.iter().collect();
+    let router = TestRouter::spawn(&policy(
+        &refs,
+        r#"
+        [server]
+        access_log = false
+        [health]
+        enabled = false
+        [[routes]]
+        regions = ["a", "b", "c", "d"]
+        "#,
+    ))
+    .await;
+    let client = h1_client();
+    for _ in 0..100 {
+        assert_eq!(get(&client, &router.url("/")).await.status, 502);
+    }
+    let out: Vec<_> = ["a", "b", "c", "d"]
+        .into_iter()
+        .filter(|r| phase(&router, r) != "up")
+        .collect();
+    assert_eq!(out.len(), 2, "max_ejected_percent = 50 of 4: {out:?}");
+    let m = metrics_of(&router).await;
+    assert!(
+        !m.contains("georouter_ejections_capped_total 0"),
+        "refusals are counted: {m}"
+    );
+    // The rest keep taking traffic: nothing says they are worse than the router.
+    let served_by_rest: u64 = sims
+        .iter()
+        .filter(|s| !out.contains(&s.name()))
+        .map(|s| s.requests())
+        .sum();
+    assert!(served_by_rest >= 100, "{served_by_rest}");
+}
