@@ -199,7 +199,10 @@ async fn a_flapping_region_moves_each_client_at_most_twice() {
             tokio::spawn(async move {
                 let client = h1_client();
                 let mut served = Vec::new();
-                while !*stopped.borrow() {
+                // One more request after the stop: it is decided after the ramp.
+                let mut last = false;
+                while !last {
+                    last = *stopped.borrow();
                     let req = http::Request::get(&url)
                         .header("x-forwarded-for", format!("198.51.100.{}", 10 + i))
                         .body(http_body_util::Full::new(bytes::Bytes::new()))
