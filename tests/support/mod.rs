@@ -483,3 +483,44 @@ pub fn assert_metrics(text: &str, needles: &[&str]) {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
 }
+
+/// `promtool`, installed on the spot where that can be done (root on Debian:
+/// `apt-get install prometheus`); otherwise the test fails and says what is
+/// missing. A test never passes because its tool is absent.
+pub fn promtool() -> std::process::Command {
+    use std::process::{Command, Stdio};
+    let found = |_: ()| {
+        Command::new("promtool")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !found(()) {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        if root && Path::new("/usr/bin/apt-get").exists() {
+            eprintln!("promtool missing: apt-get install prometheus");
+            let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+            let _ = Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "prometheus",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status();
+        }
+        assert!(
+            found(()),
+            "promtool is needed and could not be installed: apt-get install prometheus (Debian) or put promtool on PATH"
+        );
+    }
+    Command::new("promtool")
+}
