@@ -181,7 +181,11 @@ pub async fn handle(
         Ok((resp, served)) => (resp, Some(served), None),
         Err(e) => {
             conn.state.unrouted.inc(e.status());
-            if log.is_none() && e.status().is_server_error() {
+            // The router's own faults are logged where they happen, rate-limited.
+            if log.is_none()
+                && e.status().is_server_error()
+                && !matches!(e, ProxyError::Local { .. })
+            {
                 tracing::warn!(peer = %conn.peer.0, error = %e, "request failed");
             }
             let text = log.is_some().then(|| e.to_string());
