@@ -44,27 +44,16 @@ async fn reloads_under_load_never_send_a_request_to_a_drained_region() {
 }
 
 /// Regions `a` and `b` (a preferred), passive ejection after 5 failures, checks
-/// off so that only traffic could take a region out; `extra` goes at the top level.
+/// off so that only traffic could take a region out; `extra` may open tables.
 fn blame_policy(
     a: &georouter::sim::SimRegion,
     b: &georouter::sim::SimRegion,
     extra: &str,
 ) -> String {
-    policy(
-        &[a, b],
-        &format!(
-            r#"
-            [server]
-            access_log = false
-            [health]
-            enabled = false
-            [health.passive]
-            consecutive_failures = 5
-            {extra}
-            [[routes]]
-            regions = ["a", "b"]
-            "#
-        ),
+    two_regions(
+        a,
+        b,
+        &format!("enabled = false\n[health.passive]\nconsecutive_failures = 5\n{extra}"),
     )
 }
 
