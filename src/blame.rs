@@ -101,13 +101,18 @@ pub enum LocalFault {
     Memory = 1,
     /// EADDRNOTAVAIL, EADDRINUSE on connect: out of local ports.
     Addresses = 2,
+    /// The router's own settings make the connection impossible (an endpoint
+    /// name that cannot be a TLS server name).
+    Config = 3,
 }
 
 impl LocalFault {
-    pub const ALL: [LocalFault; 3] = [
+    pub const COUNT: usize = 4;
+    pub const ALL: [LocalFault; Self::COUNT] = [
         LocalFault::Descriptors,
         LocalFault::Memory,
         LocalFault::Addresses,
+        LocalFault::Config,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +120,7 @@ impl LocalFault {
             LocalFault::Descriptors => "descriptors",
             LocalFault::Memory => "memory",
             LocalFault::Addresses => "addresses",
+            LocalFault::Config => "config",
         }
     }
 

@@ -275,7 +275,11 @@ pub async fn forward<'t>(
                 Ok(lease) => lease,
                 Err(source) => {
                     req = Some(current);
-                    if let Some(fault) = LocalFault::in_chain(&source) {
+                    let local = match &source {
+                        ConnectError::ServerName { .. } => Some(LocalFault::Config),
+                        other => LocalFault::in_chain(other),
+                    };
+                    if let Some(fault) = local {
                         // Our own descriptors or ports: no region is to blame, and
                         // another region would fail the same way.
                         ctx.state.metrics.local_errors[fault as usize].inc();

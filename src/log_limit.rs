@@ -51,7 +51,7 @@ impl Limiter {
 
 /// The router ran out of its own resources on a request's way to a region.
 pub fn warn_local(fault: LocalFault, error: &dyn std::error::Error) {
-    static LIMIT: [Limiter; 3] = [Limiter::new(), Limiter::new(), Limiter::new()];
+    static LIMIT: [Limiter; LocalFault::COUNT] = [const { Limiter::new() }; LocalFault::COUNT];
     if let Some(suppressed) = LIMIT[fault as usize].allow() {
         tracing::warn!(
             kind = fault.as_str(),

@@ -66,7 +66,7 @@ pub struct Metrics {
     pub client_errors: [IntCounter; 3],
     /// `local_errors_total{kind}`: the router's own resources ran out (never a
     /// region's fault), one handle per kind.
-    pub local_errors: [IntCounter; 3],
+    pub local_errors: [IntCounter; LocalFault::COUNT],
     /// Lookups the geo database failed to decode (not "not in the database").
     pub geo_lookup_errors: IntCounter,
     /// Passive ejections refused by the cap (`max_ejected_percent`, the last
