@@ -77,9 +77,14 @@ impl Progress {
     }
 }
 
-/// A client request body with blame and a stall deadline.
+/// A client request body with blame and a stall deadline. Boxed: the request
+/// type that every request moves several times is as large as its largest body
+/// variant, and most requests have no body.
 #[derive(Debug)]
-pub struct ClientBody {
+pub struct ClientBody(Box<Upload>);
+
+#[derive(Debug)]
+struct Upload {
     inner: Incoming,
     idle: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -93,13 +98,13 @@ impl ClientBody {
         let progress = Arc::new(Progress(Mutex::new(Turn::Region {
             since: Instant::now(),
         })));
-        let body = ClientBody {
+        let body = ClientBody(Box::new(Upload {
             inner,
             idle,
             sleep: None,
             armed: false,
             progress: progress.clone(),
-        };
+        }));
         (body, progress)
     }
 }
@@ -112,7 +117,7 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let this = &mut *self;
+        let this = &mut *self.0;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.armed = false;
@@ -155,10 +160,25 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.0.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.0.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_upstream_body_is_no_larger_than_a_bare_incoming_one() {
+        use http_body_util::{Either, Empty, Limited};
+        type Bare = Either<Limited<hyper::body::Incoming>, Empty<bytes::Bytes>>;
+        assert!(
+            std::mem::size_of::<crate::pool::UpstreamBody>() <= std::mem::size_of::<Bare>(),
+            "{} > {}",
+            std::mem::size_of::<crate::pool::UpstreamBody>(),
+            std::mem::size_of::<Bare>()
+        );
     }
 }

@@ -110,6 +110,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub preserve_host: bool,
     pub region_header: bool,
+    pub allow_trace: bool,
+    pub reject_encoded_slashes: bool,
     pub access_log: bool,
 }
 
@@ -226,6 +228,8 @@ pub struct RouteSpec {
     /// Weights for weighted steering (regions not listed weigh 1).
     pub weights: Vec<(RegionName, u32)>,
     pub rules: Vec<RuleSpec>,
+    /// Lower-case protocol tokens an `Upgrade` may switch to (`websocket`).
+    pub upgrades: Vec<String>,
 }
 
 impl Config {
@@ -350,6 +354,8 @@ fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
         shutdown_grace: s.shutdown_grace,
         preserve_host: s.preserve_host,
         region_header: s.region_header,
+        allow_trace: s.allow_trace,
+        reject_encoded_slashes: s.reject_encoded_slashes,
         access_log: s.access_log,
     }
 }

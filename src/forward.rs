@@ -157,16 +157,13 @@ fn may_retry(ctx: &Attempt<'_>, reason: FailureKind) -> bool {
     }
 }
 
-/// How waiting for one try's response head ended.
-enum Wait<T> {
-    Head(T),
-    /// No head within `response_timeout` (after the body was handed over).
+/// Why a try ended without a response head.
+enum NoHead {
+    /// None within `response_timeout` (after the body was handed over).
     Timeout,
     /// Given up on a replayable request, within the retry budget: no head within
     /// `try_timeout`, or its region left service while it waited.
-    MovedOn {
-        timed_out: bool,
-    },
+    MovedOn { timed_out: bool },
 }
 
 /// Waits for the response head of one try. A request with a body is on the
@@ -180,7 +177,7 @@ async fn response_head<F: std::future::Future>(
     mut send: std::pin::Pin<&mut F>,
     id: RegionId,
     may_move_on: bool,
-) -> Wait<F::Output> {
+) -> Result<F::Output, NoHead> {
     let upstream = &ctx.table.settings.upstream;
     let timeout = upstream.response_timeout;
     let now = tokio::time::Instant::now();
@@ -191,20 +188,17 @@ async fn response_head<F: std::future::Future>(
                 .region_clock()
                 .map_or(now + timeout, |t| t + timeout);
             if deadline <= now {
-                return Wait::Timeout;
+                return Err(NoHead::Timeout);
             }
             if let Some(out) = timer.within(deadline, send.as_mut()).await {
-                return Wait::Head(out);
+                return Ok(out);
             }
         }
     }
     let deadline = now + timeout;
     let account = ctx.states.account(ctx.table, id).filter(|_| may_move_on);
     let Some(account) = account else {
-        return timer
-            .within(deadline, send)
-            .await
-            .map_or(Wait::Timeout, Wait::Head);
+        return timer.within(deadline, send).await.ok_or(NoHead::Timeout);
     };
     let try_timeout = upstream.try_timeout;
     let mut try_deadline = match try_timeout.is_zero() {
@@ -225,13 +219,13 @@ async fn response_head<F: std::future::Future>(
             std::task::Poll::Pending
         }));
         let timed_out = match timer.within(try_deadline, either).await {
-            Some(Some(out)) => return Wait::Head(out),
+            Some(Some(out)) => return Ok(out),
             Some(None) => false,
-            None if try_deadline >= deadline => return Wait::Timeout,
+            None if try_deadline >= deadline => return Err(NoHead::Timeout),
             None => true,
         };
         if may_retry(ctx, FailureKind::Timeout) {
-            return Wait::MovedOn { timed_out };
+            return Err(NoHead::MovedOn { timed_out });
         }
         // No budget to send it elsewhere: wait the whole response timeout here.
         watching = false;
@@ -312,8 +306,15 @@ pub async fn forward<'t>(
             let reused = lease.reused;
             let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
             let send = std::pin::pin!(lease.send(current));
-            match response_head(ctx, &mut timer, send, id, copy.is_some()).await {
-                Wait::Head(Ok(response)) => {
+            let head = if ctx.body.is_none() && copy.is_none() {
+                // The common case, without the extra layer: one deadline.
+                let deadline = tokio::time::Instant::now() + timeout;
+                timer.within(deadline, send).await.ok_or(NoHead::Timeout)
+            } else {
+                response_head(ctx, &mut timer, send, id, copy.is_some()).await
+            };
+            match head {
+                Ok(Ok(response)) => {
                     let status = response.status();
                     if status.is_server_error() {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
@@ -334,14 +335,14 @@ pub async fn forward<'t>(
                         first_failure,
                     });
                 }
-                Wait::Timeout => {
+                Err(NoHead::Timeout) => {
                     failed(ctx, id, FailureKind::Timeout, &mut first_failure);
                     return Err(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
                     });
                 }
-                Wait::MovedOn { timed_out } => {
+                Err(NoHead::MovedOn { timed_out }) => {
                     if timed_out {
                         failed(ctx, id, FailureKind::Timeout, &mut first_failure);
                     }
@@ -353,7 +354,7 @@ pub async fn forward<'t>(
                     });
                     break;
                 }
-                Wait::Head(Err(SendError {
+                Ok(Err(SendError {
                     error,
                     unsent: Some(back),
                 })) => {
@@ -370,7 +371,7 @@ pub async fn forward<'t>(
                     });
                     break;
                 }
-                Wait::Head(Err(SendError {
+                Ok(Err(SendError {
                     error,
                     unsent: None,
                 })) => {

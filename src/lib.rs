@@ -34,6 +34,8 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod admit;
+pub mod authority;
 pub mod blame;
 pub mod budget;
 pub mod client_body;
@@ -52,6 +54,7 @@ pub mod identity;
 pub mod launch;
 pub mod log_limit;
 pub mod metrics;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

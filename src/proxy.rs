@@ -2,6 +2,7 @@
 //! (identity -> geo -> policy -> select), forwards, and maps every error to a
 //! response in one place.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -15,14 +16,16 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::accounting::{FailoverReason, FailureKind};
+use crate::admit::{self, Refused};
 use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
 use crate::client_body::ClientBody;
 use crate::config::RegionName;
 use crate::deadline::TimerSlot;
 use crate::forward::{self, ForwardError};
-use crate::headers::{self, HostProblem};
+use crate::headers;
 use crate::identity::{self, PeerAddr};
+use crate::path::{self, PathError};
 use crate::policy::{self, PinSource, Refusal, RequestFacts};
 use crate::pool::PooledBody;
 use crate::regions::RegionStates;
@@ -70,10 +73,10 @@ impl Connection {
 /// Everything the router itself answers instead of an upstream. Each is a fact.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("bad request: no Host header")]
-    MissingHost,
-    #[error("bad request: more than one Host header")]
-    RepeatedHost,
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("bad request: {0}")]
+    BadPath(#[from] PathError),
     #[error("request URI longer than {limit} bytes")]
     UriTooLong { limit: usize },
     #[error("request body larger than {limit} bytes")]
@@ -113,7 +116,8 @@ impl ProxyError {
     /// The one mapping from router error to HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::RepeatedHost => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(r) => r.status(),
+            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -143,8 +147,32 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let mut text = self.to_string();
+    /// Whether the client connection must close after this answer: the request
+    /// body's framing or state is in doubt.
+    fn closes(&self) -> bool {
+        match self {
+            ProxyError::Refused(r) => r.closes(),
+            ProxyError::ClientBody { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// What the client is told: what happened, never an internal address or
+    /// an upstream's error text (those go to the log).
+    fn public_text(&self) -> String {
+        match self {
+            ProxyError::UpstreamConnect { region, .. } => format!("region {region} is unreachable"),
+            ProxyError::UpstreamFailed { region, .. } => {
+                format!("region {region} failed before answering")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The response; `http1` says the client speaks HTTP/1.x (where a refusal
+    /// that puts the framing in doubt closes the connection).
+    pub fn into_response(self, http1: bool) -> Response<ProxyBody> {
+        let mut text = self.public_text();
         text.push('\n');
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
         *resp.status_mut() = self.status();
@@ -155,6 +183,9 @@ impl ProxyError {
         );
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        if http1 && self.closes() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -170,6 +201,7 @@ pub async fn handle(
         conn.activity.saw_http2();
     }
     let started = Instant::now();
+    let http1 = req.version() != Version::HTTP_2;
     let snapshot = conn.state.routing.load_full();
     let log = snapshot.table.settings.access_log.then(|| {
         let head = (req.method().clone(), req.uri().clone(), req.version());
@@ -186,10 +218,14 @@ pub async fn handle(
                 && e.status().is_server_error()
                 && !matches!(e, ProxyError::Local { .. })
             {
-                tracing::warn!(peer = %conn.peer.0, error = %e, "request failed");
+                // Clients can cause these at will: at most one line a second.
+                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::warn!(peer = %conn.peer.0, error = %e, suppressed, "request failed");
+                }
             }
             let text = log.is_some().then(|| e.to_string());
-            (e.into_response(), None, text)
+            (e.into_response(http1), None, text)
         }
     };
     if let Some((started, (method, uri, version))) = log {
@@ -213,6 +249,23 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Replaces a request target's path, keeping its query (and, in absolute form,
+/// scheme and authority).
+fn set_path(uri: &mut http::Uri, path: &str) -> Result<(), ProxyError> {
+    let with_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        with_query
+            .parse()
+            .map_err(|_| ProxyError::BadPath(PathError::NotAbsolute))?,
+    );
+    *uri = http::Uri::from_parts(parts).map_err(|_| ProxyError::BadPath(PathError::NotAbsolute))?;
+    Ok(())
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -223,11 +276,17 @@ fn is_idempotent(m: &Method) -> bool {
 /// The request's host, lower case and without port, in `buf` when it had to be
 /// lowered (no allocation either way).
 fn request_host<'b>(req: &'b Request<Incoming>, buf: &'b mut [u8; 256]) -> &'b str {
+    // The target's authority (absolute form, HTTP/2 `:authority`) wins; the
+    // admission checks made sure that Host agrees with it.
     let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .unwrap_or("");
     let host = match raw.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
@@ -252,11 +311,17 @@ async fn proxy(
     let (table, states) = (&*snapshot.table, &snapshot.states);
     let settings = &table.settings;
     budget::deposit(&settings.retry);
-    if req.version() == Version::HTTP_11 {
-        headers::check_single_host(req.headers()).map_err(|p| match p {
-            HostProblem::Missing => ProxyError::MissingHost,
-            HostProblem::Repeated => ProxyError::RepeatedHost,
-        })?;
+    let scan = admit::check(
+        req.method(),
+        req.version(),
+        req.uri(),
+        req.headers(),
+        settings.allow_trace,
+    )?;
+    if let Cow::Owned(normal) = path::normalize(req.uri().path(), settings.reject_encoded_slashes)?
+    {
+        // The route matcher and the region see the normalised path only.
+        set_path(req.uri_mut(), &normal)?;
     }
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > settings.max_uri_bytes {
@@ -315,7 +380,11 @@ async fn proxy(
         return Err(match decision.pin {
             Some(pin) if decision.fenced => {
                 let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
-                tracing::warn!(%jurisdiction, client = %client.0, route = %route.name, "residency refusal: no serving region inside the jurisdiction");
+                log_refusal(
+                    &jurisdiction,
+                    client.0,
+                    "no serving region inside the jurisdiction",
+                );
                 states
                     .counters()
                     .refusal(&conn.state.metrics, table, pin.jurisdiction);
@@ -326,6 +395,10 @@ async fn proxy(
             },
         });
     }
+    if scan.owned {
+        // x-georouter-* is the router's to set, never a client's.
+        admit::strip_owned(req.headers_mut());
+    }
     if !peer_trusted {
         if let Some(name) = &table.residency_header {
             // A client may not choose its own jurisdiction.
@@ -334,8 +407,10 @@ async fn proxy(
     }
 
     // The upstream request head, built once.
+    // Only the protocols the route allows pass; h2c and the rest are stripped
+    // with the hop-by-hop headers, never tunnelled.
     let upgrade = if req.version() == Version::HTTP_11 {
-        headers::upgrade_protocol(req.headers())
+        headers::upgrade_protocol(req.headers()).filter(|p| route.allows_upgrade(p.as_bytes()))
     } else {
         None
     };
@@ -393,7 +468,7 @@ async fn proxy(
             // the request was not sent anywhere else.
             (ForwardError::Connect { .. }, Some(pin)) => {
                 let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
-                tracing::warn!(%jurisdiction, client = %client.0, "residency refusal: every region inside the jurisdiction is unreachable");
+                log_refusal(&jurisdiction, client.0, "every region inside the jurisdiction is unreachable");
                 states
                     .counters()
                     .refusal(&conn.state.metrics, table, pin.jurisdiction);
@@ -446,6 +521,15 @@ async fn proxy(
             reason,
         },
     ))
+}
+
+/// A residency refusal, at most one line a second (each is counted in
+/// `georouter_residency_refusals_total`): a client can cause them at will.
+fn log_refusal(jurisdiction: &str, client: std::net::IpAddr, why: &'static str) {
+    static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+    if let Some(suppressed) = LOG.allow() {
+        tracing::warn!(%jurisdiction, %client, why, suppressed, "residency refusal");
+    }
 }
 
 /// What the access log says of a proxied request.

@@ -46,6 +46,8 @@ pub struct Route {
     pub steering: Steering,
     /// Weight per region index, for weighted steering.
     pub weights: Box<[u32]>,
+    /// Protocols an `Upgrade` may switch to (lower case).
+    pub upgrades: Box<[Box<str>]>,
     /// Candidate lists of the route's rules, by rule index.
     pub rules: Box<[Box<[RegionId]>]>,
     /// Rule index per country (`Code::index`), `NO_RULE` for none.
@@ -142,6 +144,19 @@ impl Matched {
 }
 
 impl Route {
+    /// Whether an `Upgrade` to `protocol` (its first token, any case) may pass.
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        let first = protocol
+            .split(|&b| b == b',')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii();
+        let first = first.split(|&b| b == b'/').next().unwrap_or(b"");
+        self.upgrades
+            .iter()
+            .any(|u| u.as_bytes().eq_ignore_ascii_case(first))
+    }
+
     /// The list for a client: a CIDR rule, then its subdivision, its country, its
     /// continent, then the route's own regions. Table lookups only.
     pub fn candidates_for(&self, ip: std::net::IpAddr, geo: &GeoFacts) -> (Matched, &[RegionId]) {
@@ -204,6 +219,8 @@ pub struct RequestSettings {
     pub preserve_host: bool,
     pub region_header: bool,
     pub access_log: bool,
+    pub allow_trace: bool,
+    pub reject_encoded_slashes: bool,
     pub upstream: UpstreamSettings,
     /// Consecutive failed attempts that eject a region (0 = off).
     pub passive_failures: u32,
@@ -325,6 +342,7 @@ impl RoutingTable {
                     methods: r.methods,
                     residency: r.residency,
                     panic_mode: r.panic_mode,
+                    upgrades: r.upgrades.iter().map(|u| u.as_str().into()).collect(),
                     steering: r.steering,
                     weights: regions
                         .iter()
@@ -423,6 +441,8 @@ impl RoutingTable {
                 preserve_host: s.preserve_host,
                 region_header: s.region_header,
                 access_log: s.access_log,
+                allow_trace: s.allow_trace,
+                reject_encoded_slashes: s.reject_encoded_slashes,
                 upstream: config.upstream.clone(),
                 passive_failures: config.health.passive.consecutive_failures,
                 retry: config.retry,

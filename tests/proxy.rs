@@ -244,7 +244,12 @@ async fn refused_region_gets_502() {
     let router = TestRouter::spawn(&dead_then(None)).await;
     let r = get(&h1_client(), &router.url("/")).await;
     assert_eq!(r.status, 502);
-    assert!(r.body.contains("region dead unreachable"), "{}", r.body);
+    assert!(r.body.contains("region dead is unreachable"), "{}", r.body);
+    assert!(
+        !r.body.contains("127.0.0.1"),
+        "no internal address in a public error: {}",
+        r.body
+    );
 }
 
 #[tokio::test]
@@ -273,7 +278,11 @@ async fn reset_before_response_retries_idempotent_but_not_post() {
 #[tokio::test]
 async fn upgrade_passes_through_after_101() {
     let a = region("a").await;
-    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let router = TestRouter::spawn(&policy(
+        &[&a],
+        "[[routes]]\nregions = [\"a\"]\nupgrades = [\"websocket\", \"echo\"]\n",
+    ))
+    .await;
     let mut s = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
     s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await

@@ -101,6 +101,10 @@ pub struct RawServer {
     pub preserve_host: bool,
     pub region_header: bool,
     pub access_log: bool,
+    /// TRACE reaches regions only when true (405 otherwise).
+    pub allow_trace: bool,
+    /// Refuse paths with an encoded slash (%2F) with 400.
+    pub reject_encoded_slashes: bool,
 }
 
 impl Default for RawServer {
@@ -119,6 +123,8 @@ impl Default for RawServer {
             preserve_host: true,
             region_header: true,
             access_log: true,
+            allow_trace: false,
+            reject_encoded_slashes: false,
         }
     }
 }
@@ -451,6 +457,13 @@ pub struct RawRoute {
     pub weights: std::collections::BTreeMap<String, u32>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// Protocols an `Upgrade` may switch to on this route; others are stripped.
+    #[serde(default = "websocket_only")]
+    pub upgrades: Vec<String>,
+}
+
+pub fn websocket_only() -> Vec<String> {
+    vec!["websocket".to_owned()]
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -161,6 +161,7 @@ pub(super) fn routes(
             steering: None,
             weights: Default::default(),
             rules: Vec::new(),
+            upgrades: raw::websocket_only(),
         }]
     } else {
         raw
@@ -324,6 +325,7 @@ pub(super) fn routes(
                 steering,
                 weights,
                 rules,
+                upgrades: r.upgrades.iter().map(|u| u.trim().to_ascii_lowercase()).collect(),
             }
         })
         .collect()

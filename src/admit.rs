@@ -1,0 +1,316 @@
+//! What the edge refuses at the door, from the request head alone and before
+//! anything reaches a region: ambiguous HTTP/1.1 framing (RFC 9112 6.1, 6.3),
+//! a missing, repeated, invalid or contradicted authority (RFC 9110 7.2), and
+//! TRACE unless allowed. One pass over the headers; each refusal is a fact with
+//! its status, and the connection closes after an HTTP/1.1 framing refusal.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use crate::authority;
+
+/// A request refused at the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("bad request: Content-Length together with Transfer-Encoding")]
+    LengthAndChunked,
+    #[error("bad request: more than one Content-Length")]
+    RepeatedLength,
+    #[error("bad request: Content-Length is not a number")]
+    BadLength,
+    #[error("bad request: Transfer-Encoding must be exactly \"chunked\"")]
+    BadTransferEncoding,
+    #[error("not implemented: only the chunked transfer coding is supported")]
+    UnknownCoding,
+    #[error("bad request: no Host header")]
+    MissingHost,
+    #[error("bad request: more than one Host header")]
+    RepeatedHost,
+    #[error("bad request: the Host header is not a valid host[:port]")]
+    InvalidHost,
+    #[error("bad request: the Host header disagrees with the request's authority")]
+    HostMismatch,
+    #[error("method not allowed: TRACE is disabled at this edge")]
+    Trace,
+}
+
+impl Refused {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refused::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+            Refused::Trace => StatusCode::METHOD_NOT_ALLOWED,
+            Refused::LengthAndChunked
+            | Refused::RepeatedLength
+            | Refused::BadLength
+            | Refused::BadTransferEncoding
+            | Refused::MissingHost
+            | Refused::RepeatedHost
+            | Refused::InvalidHost
+            | Refused::HostMismatch => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Whether the connection must close: the body's framing is in doubt, so
+    /// nothing after this head can be trusted to be a request.
+    pub fn closes(self) -> bool {
+        !matches!(self, Refused::Trace)
+    }
+}
+
+/// What the one pass over a request head found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scan {
+    /// Headers the router owns (`x-georouter-*`) that a client sent.
+    pub owned: bool,
+}
+
+const OWNED_PREFIX: &str = "x-georouter-";
+
+/// Checks a request head. `allow_trace` lets TRACE through.
+pub fn check(
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    allow_trace: bool,
+) -> Result<Scan, Refused> {
+    if *method == Method::TRACE && !allow_trace {
+        return Err(Refused::Trace);
+    }
+    let mut scan = Scan::default();
+    let mut hosts = 0u8;
+    let mut host: Option<&HeaderValue> = None;
+    let mut lengths = 0u8;
+    let mut length: Option<&HeaderValue> = None;
+    let mut codings = 0u8;
+    let mut coding: Option<&HeaderValue> = None;
+    for (name, value) in headers {
+        if name == header::HOST {
+            hosts = hosts.saturating_add(1);
+            host = Some(value);
+        } else if name == header::CONTENT_LENGTH {
+            lengths = lengths.saturating_add(1);
+            length = Some(value);
+        } else if name == header::TRANSFER_ENCODING {
+            codings = codings.saturating_add(1);
+            coding = Some(value);
+        } else if name.as_str().starts_with(OWNED_PREFIX) {
+            scan.owned = true;
+        }
+    }
+    if version == Version::HTTP_11 || version == Version::HTTP_10 {
+        framing(lengths, length, codings, coding)?;
+    }
+    let target = uri.authority().map(|a| a.as_str().as_bytes());
+    match (hosts, host, target) {
+        (2.., _, _) => return Err(Refused::RepeatedHost),
+        (1, Some(h), _) if !authority::is_valid(h.as_bytes()) => return Err(Refused::InvalidHost),
+        (1, Some(h), Some(t)) if !authority::same(h.as_bytes(), t) => {
+            return Err(Refused::HostMismatch)
+        }
+        (0, _, None) if version != Version::HTTP_10 => return Err(Refused::MissingHost),
+        (0, _, Some(t)) if version == Version::HTTP_11 && !t.is_empty() => {
+            // RFC 9112 3.2: an HTTP/1.1 request always carries Host.
+            return Err(Refused::MissingHost);
+        }
+        _ => {}
+    }
+    if let Some(t) = target {
+        if !authority::is_valid(t) {
+            return Err(Refused::InvalidHost);
+        }
+    }
+    Ok(scan)
+}
+
+/// RFC 9112 6.1 and 6.3: one way to frame the body, or none.
+fn framing(
+    lengths: u8,
+    length: Option<&HeaderValue>,
+    codings: u8,
+    coding: Option<&HeaderValue>,
+) -> Result<(), Refused> {
+    if codings > 0 && lengths > 0 {
+        return Err(Refused::LengthAndChunked);
+    }
+    if lengths > 1 {
+        return Err(Refused::RepeatedLength);
+    }
+    if let Some(l) = length {
+        let b = l.as_bytes();
+        if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+            return Err(Refused::BadLength);
+        }
+    }
+    if codings > 1 {
+        return Err(Refused::BadTransferEncoding);
+    }
+    if let Some(c) = coding {
+        let v = c.as_bytes().trim_ascii();
+        if !v.eq_ignore_ascii_case(b"chunked") {
+            let list = v.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+            let known = list
+                .clone()
+                .all(|c| c.eq_ignore_ascii_case(b"chunked") || c.is_empty());
+            return Err(if known {
+                Refused::BadTransferEncoding
+            } else {
+                Refused::UnknownCoding
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes the headers the router owns from a client's request.
+pub fn strip_owned(headers: &mut HeaderMap) {
+    let owned: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with(OWNED_PREFIX))
+        .cloned()
+        .collect();
+    for n in owned {
+        headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        method: &str,
+        uri: &str,
+        version: Version,
+        pairs: &[(&str, &str)],
+    ) -> Result<Scan, Refused> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
+        }
+        check(
+            &Method::from_bytes(method.as_bytes()).unwrap(),
+            version,
+            &uri.parse().unwrap(),
+            &h,
+            false,
+        )
+    }
+
+    fn h11(pairs: &[(&str, &str)]) -> Result<Scan, Refused> {
+        head("POST", "/", Version::HTTP_11, pairs)
+    }
+
+    #[test]
+    fn one_way_to_frame_a_body() {
+        let host = ("host", "example.com");
+        assert!(h11(&[host, ("content-length", "5")]).is_ok());
+        assert!(h11(&[host, ("transfer-encoding", "chunked")]).is_ok());
+        assert!(h11(&[host, ("transfer-encoding", " Chunked ")]).is_ok());
+        for (pairs, want) in [
+            (
+                vec![("content-length", "5"), ("transfer-encoding", "chunked")],
+                Refused::LengthAndChunked,
+            ),
+            (
+                vec![("transfer-encoding", "chunked"), ("content-length", "5")],
+                Refused::LengthAndChunked,
+            ),
+            (
+                vec![("content-length", "5"), ("content-length", "5")],
+                Refused::RepeatedLength,
+            ),
+            (vec![("content-length", "5, 5")], Refused::BadLength),
+            (vec![("content-length", "+5")], Refused::BadLength),
+            (vec![("content-length", "0x5")], Refused::BadLength),
+            (
+                vec![
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Refused::BadTransferEncoding,
+            ),
+            (
+                vec![("transfer-encoding", "chunked, chunked")],
+                Refused::BadTransferEncoding,
+            ),
+            (
+                vec![("transfer-encoding", "gzip, chunked")],
+                Refused::UnknownCoding,
+            ),
+            (
+                vec![("transfer-encoding", "identity")],
+                Refused::UnknownCoding,
+            ),
+            (
+                vec![("transfer-encoding", "chunked, gzip")],
+                Refused::UnknownCoding,
+            ),
+        ] {
+            let mut all = vec![host];
+            all.extend(pairs.iter().copied());
+            assert_eq!(h11(&all).unwrap_err(), want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn one_valid_authority() {
+        assert_eq!(h11(&[]).unwrap_err(), Refused::MissingHost);
+        assert_eq!(
+            h11(&[("host", "a.example"), ("host", "b.example")]).unwrap_err(),
+            Refused::RepeatedHost
+        );
+        for bad in ["a b", "evil.com@127.0.0.1", ""] {
+            assert_eq!(
+                h11(&[("host", bad)]).unwrap_err(),
+                Refused::InvalidHost,
+                "{bad:?}"
+            );
+        }
+        // Absolute form: its authority wins and Host must agree.
+        let abs = |host: &str| {
+            head(
+                "GET",
+                "http://api.example/x",
+                Version::HTTP_11,
+                &[("host", host)],
+            )
+        };
+        assert!(abs("API.example").is_ok());
+        assert_eq!(abs("other.example").unwrap_err(), Refused::HostMismatch);
+        // HTTP/2: :authority and host must agree; either alone is enough.
+        let h2 =
+            |pairs: &[(&str, &str)]| head("GET", "https://api.example/x", Version::HTTP_2, pairs);
+        assert!(h2(&[]).is_ok());
+        assert!(h2(&[("host", "api.example")]).is_ok());
+        assert_eq!(
+            h2(&[("host", "evil.example")]).unwrap_err(),
+            Refused::HostMismatch
+        );
+        assert!(
+            head("GET", "/", Version::HTTP_10, &[]).is_ok(),
+            "HTTP/1.0 may omit Host"
+        );
+    }
+
+    #[test]
+    fn trace_is_refused_and_owned_headers_are_noticed() {
+        assert_eq!(
+            head("TRACE", "/", Version::HTTP_11, &[("host", "a")]).unwrap_err(),
+            Refused::Trace
+        );
+        assert!(
+            h11(&[("host", "a"), ("x-georouter-region", "eu-west")])
+                .unwrap()
+                .owned
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-georouter-region", HeaderValue::from_static("x"));
+        h.insert("x-other", HeaderValue::from_static("y"));
+        strip_owned(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}
