@@ -32,6 +32,8 @@ pub enum Refused {
     HostMismatch,
     #[error("method not allowed: TRACE is disabled at this edge")]
     Trace,
+    #[error("bad request: a line ends without CR")]
+    BareLineFeed,
 }
 
 impl Refused {
@@ -46,7 +48,8 @@ impl Refused {
             | Refused::MissingHost
             | Refused::RepeatedHost
             | Refused::InvalidHost
-            | Refused::HostMismatch => StatusCode::BAD_REQUEST,
+            | Refused::HostMismatch
+            | Refused::BareLineFeed => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -97,6 +100,11 @@ pub fn check(
         } else if name.as_str().starts_with(OWNED_PREFIX) {
             scan.owned = true;
         }
+    }
+    if version == Version::HTTP_10 && codings > 0 {
+        // RFC 9112 6.1: HTTP/1.0 has no transfer codings; a 1.0 request that
+        // claims one was framed by something that is not HTTP/1.0.
+        return Err(Refused::BadTransferEncoding);
     }
     if version == Version::HTTP_11 || version == Version::HTTP_10 {
         framing(lengths, length, codings, coding)?;

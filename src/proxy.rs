@@ -23,6 +23,7 @@ use crate::client_body::ClientBody;
 use crate::config::RegionName;
 use crate::deadline::TimerSlot;
 use crate::forward::{self, ForwardError};
+use crate::head_guard::Flaw;
 use crate::headers;
 use crate::identity::{self, PeerAddr};
 use crate::path::{self, PathError};
@@ -48,6 +49,8 @@ pub struct Connection {
     pub peer_header: HeaderValue,
     pub tls: bool,
     pub activity: Activity,
+    /// What the HTTP/1.1 framing guard found, per request.
+    pub verdicts: Arc<crate::head_guard::Verdicts>,
     /// The response deadline its requests reuse.
     pub timer: TimerSlot,
 }
@@ -61,6 +64,7 @@ impl Connection {
             peer_header: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
             tls,
             activity: Activity::new(),
+            verdicts: Arc::default(),
             timer: TimerSlot::default(),
         }
     }
@@ -196,7 +200,7 @@ pub async fn handle(
     conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let _active = conn.activity.begin();
+    let active = conn.activity.begin();
     if req.version() == Version::HTTP_2 {
         conn.activity.saw_http2();
     }
@@ -209,7 +213,8 @@ pub async fn handle(
     });
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
-    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started)).await {
+    let flaw = conn.verdicts.of(active.index());
+    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started, flaw)).await {
         Ok((resp, served)) => (resp, Some(served), None),
         Err(e) => {
             conn.state.unrouted.inc(e.status());
@@ -307,10 +312,18 @@ async fn proxy(
     snapshot: &Snapshot,
     mut req: Request<Incoming>,
     started: Instant,
+    flaw: Option<Flaw>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
     let settings = &table.settings;
     budget::deposit(&settings.retry);
+    if let Some(flaw) = flaw {
+        return Err(ProxyError::Refused(match flaw {
+            Flaw::LengthAndChunked => Refused::LengthAndChunked,
+            Flaw::RepeatedLength => Refused::RepeatedLength,
+            Flaw::BareLineFeed => Refused::BareLineFeed,
+        }));
+    }
     let scan = admit::check(
         req.method(),
         req.version(),

@@ -341,8 +341,8 @@ impl Activity {
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn begin(&self) -> ActiveRequest<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(self)
+        let index = self.started.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(self, index)
     }
 
     /// Notes that the connection carries HTTP/2.
@@ -361,7 +361,14 @@ impl Activity {
     }
 }
 
-pub struct ActiveRequest<'a>(&'a Activity);
+pub struct ActiveRequest<'a>(&'a Activity, u64);
+
+impl ActiveRequest<'_> {
+    /// The request's place on its connection: 0 for the first.
+    pub fn index(&self) -> u64 {
+        self.1
+    }
+}
 
 impl Drop for ActiveRequest<'_> {
     fn drop(&mut self) {
@@ -399,6 +406,9 @@ async fn serve_connection<I>(
     let peer = conn.peer;
     let svc_conn = conn.clone();
     let svc = service_fn(move |req| proxy::handle(svc_conn.clone(), req));
+    // The guard reads HTTP/1.1 framing along with hyper (it stops at an HTTP/2
+    // preface).
+    let io = crate::head_guard::Guarded::new(io, conn.verdicts.clone());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(served);
     // The watchdog runs every half of the shorter deadline. A connection that

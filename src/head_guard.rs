@@ -1,0 +1,408 @@
+//! Watches the bytes of an HTTP/1.1 connection as hyper reads them and notes,
+//! per request, what hyper tolerates but a hardened edge refuses (RFC 9112 6.1,
+//! 6.3, 2.2): Content-Length together with Transfer-Encoding, Content-Length
+//! more than once, and line ends without CR. hyper folds these away before the
+//! service sees the head (it drops the second length, or the length beside a
+//! coding), so the guard reads the framing itself: heads, lengths and chunk
+//! sizes, never body bytes. The service asks for its request's verdict by index.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What the guard found wrong with a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    LengthAndChunked = 1,
+    RepeatedLength = 2,
+    BareLineFeed = 3,
+}
+
+impl Flaw {
+    fn from_u8(v: u8) -> Option<Flaw> {
+        match v {
+            1 => Some(Flaw::LengthAndChunked),
+            2 => Some(Flaw::RepeatedLength),
+            3 => Some(Flaw::BareLineFeed),
+            _ => None,
+        }
+    }
+}
+
+/// The verdicts of one connection, shared by the guard and the service.
+#[derive(Debug)]
+pub struct Verdicts {
+    /// Index of the first flawed request; `u32::MAX` while there is none.
+    first: AtomicU32,
+    flaw: AtomicU8,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts {
+            first: AtomicU32::new(u32::MAX),
+            flaw: AtomicU8::new(0),
+        }
+    }
+}
+
+impl Verdicts {
+    /// The flaw of request `index` (0 for the connection's first), if any.
+    pub fn of(&self, index: u64) -> Option<Flaw> {
+        let first = self.first.load(Ordering::Acquire);
+        if u64::from(first) != index {
+            return None;
+        }
+        Flaw::from_u8(self.flaw.load(Ordering::Relaxed))
+    }
+
+    fn record(&self, index: u32, flaw: Flaw) {
+        self.flaw.store(flaw as u8, Ordering::Relaxed);
+        self.first.store(index, Ordering::Release);
+    }
+}
+
+/// Longest head line the guard follows; past it hyper refuses the head (431).
+const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a head's lines.
+    Head,
+    /// Skipping this many body bytes.
+    Body(u64),
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    ChunkEnd,
+    /// Reading trailer lines after the last chunk.
+    Trailers,
+    /// Done watching: HTTP/2, a flaw found, or bytes the guard cannot follow.
+    Off,
+}
+
+/// The framing reader.
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+    line: Vec<u8>,
+    /// Requests whose heads began so far.
+    heads: u32,
+    first_line: bool,
+    lengths: u32,
+    length: Option<u64>,
+    chunked: bool,
+    coded: bool,
+    bare_lf: bool,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner {
+            state: State::Head,
+            line: Vec::new(),
+            heads: 0,
+            first_line: true,
+            lengths: 0,
+            length: None,
+            chunked: false,
+            coded: false,
+            bare_lf: false,
+        }
+    }
+}
+
+fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    if line.len() <= name.len() || !line[..name.len()].eq_ignore_ascii_case(name) {
+        return None;
+    }
+    line[name.len()..]
+        .strip_prefix(b":")
+        .map(<[u8]>::trim_ascii)
+}
+
+impl Scanner {
+    /// Feeds bytes as they were read; records flaws in `verdicts`.
+    pub fn feed(&mut self, mut bytes: &[u8], verdicts: &Verdicts) {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Off => return,
+                State::Body(n) => {
+                    let take = n.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.state = if n == take {
+                        State::Head
+                    } else {
+                        State::Body(n - take)
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = n.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.state = if n == take {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(n - take)
+                    };
+                }
+                State::Head | State::Trailers | State::ChunkSize | State::ChunkEnd => {
+                    let Some(at) = bytes.iter().position(|&b| b == b'\n') else {
+                        if self.line.len() + bytes.len() > MAX_LINE {
+                            self.state = State::Off;
+                        } else {
+                            self.line.extend_from_slice(bytes);
+                        }
+                        return;
+                    };
+                    let mut line = std::mem::take(&mut self.line);
+                    line.extend_from_slice(&bytes[..at]);
+                    bytes = &bytes[at + 1..];
+                    let crlf = line.last() == Some(&b'\r');
+                    if crlf {
+                        line.pop();
+                    }
+                    self.line_done(&line, crlf, verdicts);
+                    line.clear();
+                    self.line = line;
+                }
+            }
+        }
+    }
+
+    fn off(&mut self, verdicts: &Verdicts, flaw: Flaw) {
+        verdicts.record(self.heads.saturating_sub(1), flaw);
+        self.state = State::Off;
+    }
+
+    fn line_done(&mut self, line: &[u8], crlf: bool, verdicts: &Verdicts) {
+        match self.state {
+            State::Head => self.head_line(line, crlf, verdicts),
+            State::ChunkSize => self.chunk_size_line(line, crlf, verdicts),
+            State::ChunkEnd => {
+                self.state = if line.is_empty() {
+                    State::ChunkSize
+                } else {
+                    State::Off
+                };
+            }
+            State::Trailers => {
+                if line.is_empty() {
+                    self.state = State::Head;
+                }
+            }
+            State::Body(_) | State::ChunkData(_) | State::Off => {}
+        }
+    }
+
+    fn head_line(&mut self, line: &[u8], crlf: bool, verdicts: &Verdicts) {
+        if self.first_line {
+            // RFC 9112 2.2: empty lines before a request line are ignored.
+            if line.is_empty() {
+                return;
+            }
+            if line.starts_with(b"PRI * HTTP/2") {
+                self.state = State::Off;
+                return;
+            }
+            self.heads += 1;
+            self.first_line = false;
+            self.lengths = 0;
+            self.length = None;
+            self.chunked = false;
+            self.coded = false;
+            self.bare_lf = !crlf;
+            return;
+        }
+        self.bare_lf |= !crlf;
+        if !line.is_empty() {
+            if let Some(v) = header_value(line, b"content-length") {
+                self.lengths += 1;
+                self.length = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+            } else if let Some(v) = header_value(line, b"transfer-encoding") {
+                self.coded = true;
+                let last = v.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+                self.chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+            return;
+        }
+        // The end of the head.
+        self.first_line = true;
+        if self.bare_lf {
+            return self.off(verdicts, Flaw::BareLineFeed);
+        }
+        if self.coded && self.lengths > 0 {
+            return self.off(verdicts, Flaw::LengthAndChunked);
+        }
+        if self.lengths > 1 {
+            return self.off(verdicts, Flaw::RepeatedLength);
+        }
+        self.state = match (self.coded, self.chunked, self.length) {
+            (true, true, _) => State::ChunkSize,
+            // A coding hyper refuses, or a length it cannot read: it answers 400.
+            (true, false, _) => State::Off,
+            (false, _, Some(0)) | (false, _, None) if self.lengths == 0 => State::Head,
+            (false, _, Some(n)) => State::Body(n),
+            (false, _, _) => State::Off,
+        };
+        if self.state == State::Body(0) {
+            self.state = State::Head;
+        }
+    }
+
+    fn chunk_size_line(&mut self, line: &[u8], crlf: bool, verdicts: &Verdicts) {
+        if !crlf {
+            return self.off(verdicts, Flaw::BareLineFeed);
+        }
+        let size = line
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii_end();
+        let parsed = std::str::from_utf8(size)
+            .ok()
+            .filter(|s| !s.is_empty() && s.len() <= 16)
+            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        self.state = match parsed {
+            Some(0) => State::Trailers,
+            Some(n) => State::ChunkData(n),
+            // hyper refuses it too; nothing after it is a request.
+            None => State::Off,
+        };
+    }
+}
+
+/// An HTTP/1 connection's byte stream with the guard reading along.
+#[derive(Debug)]
+pub struct Guarded<IO> {
+    io: IO,
+    scanner: Scanner,
+    verdicts: Arc<Verdicts>,
+}
+
+impl<IO> Guarded<IO> {
+    pub fn new(io: IO, verdicts: Arc<Verdicts>) -> Self {
+        Guarded {
+            io,
+            scanner: Scanner::default(),
+            verdicts,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.scanner.state != State::Off {
+            this.scanner.feed(&buf.filled()[before..], &this.verdicts);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in pieces of `step` and returns the verdict per request.
+    fn verdicts(bytes: &[u8], step: usize) -> Vec<Option<Flaw>> {
+        let v = Verdicts::default();
+        let mut s = Scanner::default();
+        for piece in bytes.chunks(step) {
+            s.feed(piece, &v);
+        }
+        (0..4).map(|i| v.of(i)).collect()
+    }
+
+    #[test]
+    fn well_framed_pipelines_have_no_flaw_whatever_the_reads() {
+        let pipeline = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+            POST /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+            GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for step in [1, 3, 7, 64, 4096] {
+            assert_eq!(verdicts(pipeline, step), [None; 4], "step {step}");
+        }
+    }
+
+    #[test]
+    fn flaws_hyper_folds_away_are_noted_for_their_request() {
+        let second = |head: &[u8]| {
+            let mut b = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+            b.extend_from_slice(head);
+            verdicts(&b, 5)[1]
+        };
+        assert_eq!(
+            second(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Some(Flaw::LengthAndChunked)
+        );
+        assert_eq!(
+            second(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\n"),
+            Some(Flaw::LengthAndChunked)
+        );
+        assert_eq!(
+            second(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+            Some(Flaw::RepeatedLength)
+        );
+        assert_eq!(
+            second(b"GET / HTTP/1.1\nHost: a\n\n"),
+            Some(Flaw::BareLineFeed)
+        );
+        assert_eq!(
+            second(b"GET / HTTP/1.1\r\nHost: a\n\r\n"),
+            Some(Flaw::BareLineFeed)
+        );
+    }
+
+    #[test]
+    fn a_bare_lf_in_a_chunk_size_line_is_a_flaw_of_its_request() {
+        let b = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nhello\r\n0\r\n\r\n";
+        assert_eq!(verdicts(b, 4)[0], Some(Flaw::BareLineFeed));
+    }
+
+    #[test]
+    fn http2_is_not_watched() {
+        let b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        assert_eq!(verdicts(b, 3), [None; 4]);
+    }
+}

@@ -1,0 +1,165 @@
+//! The public edge, byte by byte: HTTP/1.1 framing and header cases written from
+//! RFC 9112 and the request-smuggling literature (CL.TE, TE.CL, TE.TE, obs-fold,
+//! duplicate lengths), each with the status the router must answer and whether
+//! it must close the connection; and a second request hidden behind a refused
+//! head never reaches a region.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What follows every case on the same connection: answered only when the
+/// router kept the connection open.
+const FOLLOW_UP: &[u8] = b"GET /follow-up HTTP/1.1\r\nHost: example.com\r\n\r\n";
+
+/// Reads one response (head and Content-Length body); `None` at EOF or error.
+async fn response(s: &mut tokio::net::TcpStream) -> Option<u16> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.ok()?;
+    Some(status)
+}
+
+/// Sends `case` and reads its answer, then sends [`FOLLOW_UP`] on the same
+/// connection: it is answered only when the router kept the connection open.
+async fn statuses(addr: std::net::SocketAddr, case: &[u8]) -> Vec<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(case).await.unwrap();
+    let mut out = Vec::new();
+    let Some(first) = response(&mut s).await else {
+        return out;
+    };
+    out.push(first);
+    if s.write_all(FOLLOW_UP).await.is_ok() {
+        if let Some(second) = response(&mut s).await {
+            out.push(second);
+        }
+    }
+    out
+}
+
+/// Whether a case's request reaches the region.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    No,
+    Yes,
+    /// A body that fails mid-stream: its head may or may not have gone out.
+    Maybe,
+}
+use Reach::{Maybe, No, Yes};
+
+/// (name, bytes, status, closes, reaches the region)
+type Case = (&'static str, &'static [u8], u16, bool, Reach);
+
+const CASES: &[Case] = &[
+    // Well-framed requests: answered, and the connection stays open.
+    ("plain GET", b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, false, Yes),
+    ("POST with a length", b"POST /count HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello", 200, false, Yes),
+    ("POST chunked", b"POST /count HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200, false, Yes),
+    ("chunked, any case", b"POST /count HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: ChUnKeD\r\n\r\n0\r\n\r\n", 200, false, Yes),
+    ("absolute form agreeing with Host", b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, false, Yes),
+    ("host with a port", b"GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n", 200, false, Yes),
+    ("IPv6 literal host", b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 200, false, Yes),
+    // CL.TE and TE.CL: two ways to frame one body.
+    ("CL then TE", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG", 400, true, No),
+    ("TE then CL", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n", 400, true, No),
+    ("CL with TE identity", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\nTransfer-Encoding: identity\r\n\r\nhello", 400, true, No),
+    // Lengths.
+    ("two equal lengths", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400, true, No),
+    ("two different lengths", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, true, No),
+    ("a list of lengths", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5, 5\r\n\r\nhello", 400, true, No),
+    ("a signed length", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: +5\r\n\r\nhello", 400, true, No),
+    ("a negative length", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: -1\r\n\r\n", 400, true, No),
+    ("a hex length", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0x5\r\n\r\nhello", 400, true, No),
+    ("a huge length", b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400, true, No),
+    // TE.TE: codings the router does not speak, or chunked twice.
+    ("gzip then chunked", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, true, No),
+    ("chunked then gzip", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400, true, No),
+    ("chunked twice in one header", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400, true, No),
+    ("chunked in two headers", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, true, No),
+    ("a coding that is not chunked", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400, true, No),
+    ("space before the colon", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400, true, No),
+    ("TE folded onto the next line", b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", 400, true, No),
+    ("obs-fold in another header", b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Folded: a\r\n b\r\n\r\n", 400, true, No),
+    ("chunked in HTTP/1.0", b"POST / HTTP/1.0\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, true, No),
+    // Chunk framing the head cannot show: the body fails mid-stream.
+    ("a chunk size that is not hex", b"POST /count HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n", 400, true, Maybe),
+    ("a chunk size that overflows", b"POST /count HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\nhello\r\n0\r\n\r\n", 400, true, Maybe),
+    // Authority.
+    ("no Host", b"GET / HTTP/1.1\r\n\r\n", 400, true, No),
+    ("two Hosts", b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n", 400, true, No),
+    ("a Host with a space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, true, No),
+    ("a Host with userinfo", b"GET / HTTP/1.1\r\nHost: evil.com@127.0.0.1\r\n\r\n", 400, true, No),
+    ("an empty Host", b"GET / HTTP/1.1\r\nHost: \r\n\r\n", 400, true, No),
+    ("absolute form against Host", b"GET http://internal.example/ HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, true, No),
+    // Methods and paths.
+    ("TRACE", b"TRACE / HTTP/1.1\r\nHost: example.com\r\n\r\n", 405, false, No),
+    ("a path above the root", b"GET /../etc/passwd HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
+    ("an encoded path above the root", b"GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
+    // Line ends: CRLF only (RFC 9112 2.2 lets a server refuse a bare LF).
+    ("a bare LF after the request line", b"GET / HTTP/1.1\nHost: example.com\r\n\r\n", 400, true, No),
+    ("bare LFs throughout", b"GET / HTTP/1.1\nHost: example.com\n\n", 400, true, No),
+    ("a bare LF ending the head", b"GET / HTTP/1.1\r\nHost: example.com\r\n\n", 400, true, No),
+    ("a NUL in a header value", b"GET / HTTP/1.1\r\nHost: example.com\r\nX-A: a\0b\r\n\r\n", 400, true, No),
+];
+
+#[tokio::test]
+async fn http11_framing_and_header_cases_answer_as_a_hardened_edge() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    assert!(CASES.len() >= 30);
+    let mut wrong = Vec::new();
+    for (name, bytes, status, closes, reaches) in CASES {
+        let before = a.requests();
+        let got = statuses(router.addr(), bytes).await;
+        let want: Vec<u16> = if *closes {
+            vec![*status]
+        } else {
+            vec![*status, 200]
+        };
+        // The follow-up reaches the region only on a connection kept open.
+        let seen = a.requests() - before - u64::from(!*closes);
+        let reached_ok = match reaches {
+            Yes => seen == 1,
+            No => seen == 0,
+            Maybe => seen <= 1,
+        };
+        if got != want || !reached_ok {
+            wrong.push(format!(
+                "{name}: answers {got:?}, want {want:?}; the region saw it {seen} times"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[tokio::test]
+async fn a_request_hidden_behind_a_refused_head_never_reaches_a_region() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    // CL.TE: a front end honouring Content-Length would see one request, one
+    // honouring chunked a second one, `GET /admin`, hidden in the body.
+    let smuggle: &[u8] = b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 49\r\n\
+        Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    for _ in 0..20 {
+        let got = statuses(router.addr(), smuggle).await;
+        assert_eq!(got, [400], "one refusal, then the connection closes");
+    }
+    assert_eq!(a.requests(), 0, "nothing reached the region");
+}
