@@ -61,6 +61,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod regions;
+pub mod request_id;
 pub mod residency;
 pub mod select;
 pub mod server;

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -90,6 +91,58 @@ fn with_pools<R>(table: &RoutingTable, f: impl FnOnce(&mut ThreadPools) -> R) ->
         }
         f(&mut pools)
     })
+}
+
+/// Closes this thread's idle HTTP/1.1 connections that have waited
+/// `pool_idle_timeout` or longer (or were closed by the region), and forgets
+/// closed HTTP/2 ones. Returns how many idle connections it closed.
+pub fn reap_idle(now: Instant) -> usize {
+    POOLS.with(|cell| {
+        let Ok(mut p) = cell.try_borrow_mut() else {
+            return 0;
+        };
+        let timeout = p.idle_timeout;
+        let mut closed = 0;
+        for ep in p.endpoints.iter_mut().flatten() {
+            let before = ep.idle.len();
+            ep.idle.retain(|(s, since)| {
+                !s.is_closed() && now.saturating_duration_since(*since) < timeout
+            });
+            closed += before - ep.idle.len();
+            if ep.http2.as_ref().is_some_and(|s| s.is_closed()) {
+                ep.http2 = None;
+            }
+        }
+        closed
+    })
+}
+
+/// Idle HTTP/1.1 connections in this thread's pool.
+pub fn idle_connections() -> usize {
+    POOLS.with(|cell| {
+        cell.try_borrow().map_or(0, |p| {
+            p.endpoints.iter().flatten().map(|e| e.idle.len()).sum()
+        })
+    })
+}
+
+/// Reaps this thread's pool by a timer until `shutdown` fires: an idle
+/// connection closes at most a quarter of `pool_idle_timeout` (and at most a
+/// second) after its time, whether or not another request comes.
+pub async fn reap(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let timeout = POOLS.with(|c| c.try_borrow().map_or(Duration::ZERO, |p| p.idle_timeout));
+        let every = if timeout.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        reap_idle(Instant::now());
+    }
 }
 
 /// Why no connection could be had. The request was not sent.

@@ -30,6 +30,7 @@ use crate::path::{self, PathError};
 use crate::policy::{self, PinSource, Refusal, RequestFacts};
 use crate::pool::PooledBody;
 use crate::regions::RegionStates;
+use crate::request_id;
 use crate::select;
 use crate::server::Activity;
 use crate::snapshot::Snapshot;
@@ -175,8 +176,10 @@ impl ProxyError {
 
     /// The response; `http1` says the client speaks HTTP/1.x (where a refusal
     /// that puts the framing in doubt closes the connection).
-    pub fn into_response(self, http1: bool) -> Response<ProxyBody> {
+    pub fn into_response(self, http1: bool, request_id: &HeaderValue) -> Response<ProxyBody> {
         let mut text = self.public_text();
+        text.push_str("\nrequest id: ");
+        text.push_str(request_id.to_str().unwrap_or("-"));
         text.push('\n');
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
         *resp.status_mut() = self.status();
@@ -188,6 +191,7 @@ impl ProxyError {
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
         }
+        h.insert(request_id::X_REQUEST_ID, request_id.clone());
         if http1 && self.closes() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -214,7 +218,11 @@ pub async fn handle(
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
     let flaw = conn.verdicts.of(active.index());
-    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started, flaw)).await {
+    let (request_id, made) = request_id::of(req.headers());
+    let new_id = made.then(|| request_id.clone());
+    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started, flaw, new_id))
+        .await
+    {
         Ok((resp, served)) => (resp, Some(served), None),
         Err(e) => {
             conn.state.unrouted.inc(e.status());
@@ -226,11 +234,11 @@ pub async fn handle(
                 // Clients can cause these at will: at most one line a second.
                 static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
                 if let Some(suppressed) = LOG.allow() {
-                    tracing::warn!(peer = %conn.peer.0, error = %e, suppressed, "request failed");
+                    tracing::warn!(peer = %conn.peer.0, request_id = ?request_id, error = %e, suppressed, "request failed");
                 }
             }
             let text = log.is_some().then(|| e.to_string());
-            (e.into_response(http1), None, text)
+            (e.into_response(http1, &request_id), None, text)
         }
     };
     if let Some((started, (method, uri, version))) = log {
@@ -248,6 +256,7 @@ pub async fn handle(
             status = resp.status().as_u16(),
             region,
             why,
+            request_id = ?request_id,
             micros = started.elapsed().as_micros() as u64,
         );
     }
@@ -313,6 +322,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     started: Instant,
     flaw: Option<Flaw>,
+    new_id: Option<HeaderValue>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
     let settings = &table.settings;
@@ -441,6 +451,9 @@ async fn proxy(
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(proto) = upgrade.clone() {
         headers::set_upgrade(&mut parts.headers, proto);
+    }
+    if let Some(id) = new_id {
+        parts.headers.insert(request_id::X_REQUEST_ID, id);
     }
     headers::set_forwarded(
         &mut parts.headers,

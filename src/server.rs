@@ -183,6 +183,8 @@ pub async fn run(
     for l in listeners {
         tasks.spawn(serve(l, state.clone(), limits.clone(), shutdown.clone()));
     }
+    // This worker's upstream pool: idle connections closed on time.
+    tasks.spawn(crate::pool::reap(shutdown.clone()));
     tasks.close();
     tasks.wait().await;
 }

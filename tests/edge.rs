@@ -163,3 +163,97 @@ async fn a_request_hidden_behind_a_refused_head_never_reaches_a_region() {
     }
     assert_eq!(a.requests(), 0, "nothing reached the region");
 }
+
+/// The head the region received, as the simulated region's `/echo` reports it.
+async fn echoed(router: &TestRouter, raw_request: &[u8]) -> String {
+    let reply = raw(router.addr(), raw_request).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    reply.to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn what_the_region_receives_is_normalised_and_owned_headers_are_the_routers() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    let head = echoed(
+        &router,
+        b"GET /static/../echo?q=1 HTTP/1.1\r\nHost: example.com\r\nX-Georouter-Region: forged\r\n\
+          X-Georouter-Anything: forged\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert!(
+        head.contains("get /echo?q=1 http/1.1"),
+        "normalised path: {head}"
+    );
+    assert!(
+        !head.contains("forged"),
+        "x-georouter-* is the router's: {head}"
+    );
+    assert!(!head.contains("upgrade"), "h2c is never tunnelled: {head}");
+    assert!(
+        head.contains("x-request-id: "),
+        "an id is made and passed on: {head}"
+    );
+    // A client's own id is kept.
+    let head = echoed(
+        &router,
+        b"GET /echo HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: trace-42\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.contains("x-request-id: trace-42"), "{head}");
+}
+
+#[tokio::test]
+async fn routes_match_the_normalised_path() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&policy(
+        &[&a, &b],
+        r#"
+        [server]
+        access_log = false
+        [[routes]]
+        name = "static"
+        path_prefix = "/static/"
+        residency = false
+        regions = ["a"]
+        [[routes]]
+        name = "api"
+        path_prefix = "/api/"
+        regions = ["b"]
+        "#,
+    ))
+    .await;
+    for path in [
+        "/static/../api/x",
+        "/static/%2e%2e/api/x",
+        "//api/x",
+        "/static/./../api/x",
+    ] {
+        let r = get(&h1_client(), &router.url(path)).await;
+        assert_eq!(
+            r.headers["x-georouter-region"], "b",
+            "{path} is an /api/ request"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_routers_own_errors_carry_the_request_id_and_no_internal_address() {
+    let router = TestRouter::spawn(&format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
+         endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n",
+        refused_port()
+    ))
+    .await;
+    let reply = raw(
+        router.addr(),
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: case-7\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 502, "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id: case-7"), "{reply}");
+    assert!(reply.contains("request id: case-7"), "{reply}");
+    assert!(!reply.contains("127.0.0.1"), "{reply}");
+}

@@ -157,3 +157,30 @@ async fn a_slow_download_outlives_the_header_deadline() {
     }
     assert!(total >= LEN, "got {total} of {LEN} body bytes");
 }
+
+/// Pooled upstream connections close when `pool_idle_timeout` passes, by a
+/// timer, with no request to find them stale.
+#[tokio::test(start_paused = true)]
+async fn idle_pooled_connections_close_on_time_without_a_checkout() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\naccess_log = false\n[health]\nenabled = false\n[upstream]\npool_idle_timeout = \"60s\"\n",
+    ))
+    .await;
+    assert_eq!(get(&h1_client(), &router.url("/")).await.status, 200);
+    // The router serves on this test's thread: its pool is this thread's.
+    assert_eq!(georouter::pool::idle_connections(), 1);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        georouter::pool::idle_connections(),
+        1,
+        "not before its time"
+    );
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    assert_eq!(
+        georouter::pool::idle_connections(),
+        0,
+        "closed by the timer"
+    );
+}
