@@ -48,6 +48,7 @@ pub mod drill;
 pub mod explain;
 pub mod forward;
 pub mod geo;
+pub mod h2_guard;
 pub mod head_guard;
 pub mod headers;
 pub mod health;

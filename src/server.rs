@@ -133,6 +133,8 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub http2_max_concurrent_streams: u32,
+    /// Control frames a client may send per second (see `h2_guard`).
+    pub http2_max_control_frames: u32,
     pub shutdown_grace: Duration,
     /// Accept failures that were not about one connection (EMFILE, ENFILE, ...).
     pub accept_errors: Arc<AtomicU64>,
@@ -149,6 +151,7 @@ impl ConnLimits {
             max_header_bytes: settings.max_header_bytes,
             max_headers: settings.max_headers,
             http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
+            http2_max_control_frames: settings.http2_max_control_frames,
             shutdown_grace: settings.shutdown_grace,
             accept_errors: Arc::new(AtomicU64::new(0)),
         }
@@ -411,6 +414,8 @@ async fn serve_connection<I>(
     // The guard reads HTTP/1.1 framing along with hyper (it stops at an HTTP/2
     // preface).
     let io = crate::head_guard::Guarded::new(io, conn.verdicts.clone());
+    // And the HTTP/2 guard: control-frame floods and broken prefaces.
+    let io = crate::h2_guard::FrameGuard::new(io, limits.http2_max_control_frames);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(served);
     // The watchdog runs every half of the shorter deadline. A connection that

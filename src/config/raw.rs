@@ -96,6 +96,9 @@ pub struct RawServer {
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
     pub http2_max_concurrent_streams: u32,
+    /// SETTINGS, PING, WINDOW_UPDATE and PRIORITY frames a client may send per
+    /// second before GOAWAY(ENHANCE_YOUR_CALM); 0 = no limit.
+    pub http2_max_control_frames: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub preserve_host: bool,
@@ -119,6 +122,7 @@ impl Default for RawServer {
             max_uri_bytes: 8 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
             http2_max_concurrent_streams: 256,
+            http2_max_control_frames: 1000,
             shutdown_grace: Duration::from_secs(30),
             preserve_host: true,
             region_header: true,

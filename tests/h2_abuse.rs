@@ -1,0 +1,113 @@
+//! HTTP/2 abuse over real sockets (h2c prior knowledge): control-frame floods
+//! end with GOAWAY(ENHANCE_YOUR_CALM), a broken preface with
+//! GOAWAY(PROTOCOL_ERROR), and an ordinary client is not disturbed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sends `opening` then `flood` repeated `times`, and reads frames until a
+/// GOAWAY (its error code) or the end of the connection (`None`).
+async fn goaway_after(
+    addr: std::net::SocketAddr,
+    opening: Vec<u8>,
+    flood: Vec<u8>,
+    times: usize,
+) -> Option<u32> {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(&opening).await.is_err() {
+            return;
+        }
+        let batch: Vec<u8> = flood
+            .iter()
+            .copied()
+            .cycle()
+            .take(flood.len() * 1000)
+            .collect();
+        for _ in 0..times.div_ceil(1000) {
+            if wr.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut head = [0u8; 9];
+    let found = loop {
+        let read = tokio::time::timeout(Duration::from_secs(20), rd.read_exact(&mut head)).await;
+        let Ok(Ok(_)) = read else { break None };
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if rd.read_exact(&mut payload).await.is_err() {
+            break None;
+        }
+        if head[3] == 0x7 && len >= 8 {
+            break Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+    };
+    writer.abort();
+    found
+}
+
+async fn router() -> (georouter::sim::SimRegion, TestRouter) {
+    let a = region("a").await;
+    let r = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    (a, r)
+}
+
+fn opening() -> Vec<u8> {
+    let mut b = PREFACE.to_vec();
+    b.extend(frame(0x4, 0, 0, &[]));
+    b
+}
+
+#[tokio::test]
+async fn control_frame_floods_end_with_enhance_your_calm() {
+    let (_a, router) = router().await;
+    for (what, flood) in [
+        ("SETTINGS", frame(0x4, 0, 0, &[])),
+        ("PING", frame(0x6, 0, 0, &[7; 8])),
+        ("WINDOW_UPDATE", frame(0x8, 0, 0, &[0, 0, 0, 1])),
+        ("PRIORITY", frame(0x2, 0, 1, &[0, 0, 0, 0, 16])),
+    ] {
+        let code = goaway_after(router.addr(), opening(), flood, 100_000).await;
+        assert_eq!(code, Some(0xb), "{what} flood: GOAWAY(ENHANCE_YOUR_CALM)");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_preface_gets_goaway_protocol_error() {
+    let (_a, router) = router().await;
+    let code = goaway_after(
+        router.addr(),
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n".to_vec(),
+        Vec::new(),
+        0,
+    )
+    .await;
+    assert_eq!(code, Some(0x1));
+}
+
+#[tokio::test]
+async fn an_ordinary_http2_client_is_not_disturbed() {
+    let (_a, router) = router().await;
+    let client = h2c_client();
+    for _ in 0..200 {
+        assert_eq!(get(&client, &router.url("/")).await.status, 200);
+    }
+}
