@@ -274,10 +274,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FrameGuard<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.goaway.is_some() && !this.sent() {
-            if this.poll_goaway(cx).is_pending() {
-                return Poll::Pending;
-            }
+        if this.goaway.is_some() && !this.sent() && this.poll_goaway(cx).is_pending() {
+            return Poll::Pending;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
