@@ -2,8 +2,6 @@
 //! metrics, regions, the effective policy, why a request would go where it goes;
 //! and, with the mutating token, drains and reloads, each an audit event.
 
-pub mod auth;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,10 +14,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::auth::{Access, Denied};
 use crate::control::{Control, DrainError};
 use crate::server::Shutdown;
 use crate::State;
-use auth::{Access, Denied};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";

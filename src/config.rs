@@ -186,11 +186,7 @@ pub struct RegionSpec {
     pub health: HealthCheck,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Location {
-    pub lat: f64,
-    pub lon: f64,
-}
+pub use crate::geo::Location;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

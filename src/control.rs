@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::accounting::RegionAccount;
-use crate::admin::auth::{AdminAuth, AuthError};
+use crate::auth::{AdminAuth, AuthError};
 use crate::config::{Config, HealthCheck, LoadError, RegionName};
 use crate::health::check::{self, Outcome};
 use crate::health::machine::{Limits, Machine, Phase, Transition};

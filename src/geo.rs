@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::Location;
-
 mod countries;
 
 pub use countries::{centroid, continent_of};
@@ -42,6 +40,13 @@ impl GeoFacts {
         location: None,
         error: true,
     };
+}
+
+/// A point on Earth, in degrees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
 }
 
 /// A two-letter upper-case code, stored inline.

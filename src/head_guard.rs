@@ -118,7 +118,10 @@ impl Default for Scanner {
 }
 
 fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    if line.len() <= name.len() || !line[..name.len()].eq_ignore_ascii_case(name) {
+    if line.len() <= name.len()
+        || line[0].to_ascii_lowercase() != name[0]
+        || !line[..name.len()].eq_ignore_ascii_case(name)
+    {
         return None;
     }
     line[name.len()..]
@@ -159,6 +162,17 @@ impl Scanner {
                         }
                         return;
                     };
+                    if self.line.is_empty() {
+                        // The whole line is in this read: no copy.
+                        let line = &bytes[..at];
+                        bytes = &bytes[at + 1..];
+                        let (line, crlf) = match line.strip_suffix(b"\r") {
+                            Some(l) => (l, true),
+                            None => (line, false),
+                        };
+                        self.line_done(line, crlf, verdicts);
+                        continue;
+                    }
                     let mut line = std::mem::take(&mut self.line);
                     line.extend_from_slice(&bytes[..at]);
                     bytes = &bytes[at + 1..];

@@ -33,8 +33,10 @@
 #![deny(unsafe_code)]
 
 pub mod accounting;
+pub mod activity;
 pub mod admin;
 pub mod admit;
+pub mod auth;
 pub mod authority;
 pub mod blame;
 pub mod budget;

@@ -9,7 +9,6 @@
 
 use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -311,12 +310,12 @@ impl Lease {
 pub struct PooledBody {
     body: Incoming,
     back: Option<(http1::SendRequest<UpstreamBody>, Slot)>,
-    streaming: Option<crate::server::Streaming>,
+    streaming: Option<crate::activity::Streaming>,
 }
 
 impl PooledBody {
     /// Keeps the client connection counted busy until this body is done.
-    pub fn hold(&mut self, streaming: crate::server::Streaming) {
+    pub fn hold(&mut self, streaming: crate::activity::Streaming) {
         self.streaming = Some(streaming);
     }
 
@@ -458,17 +457,6 @@ where
             Ok(Sender::Http2(sender))
         }
     }
-}
-
-/// TLS client configs with the ALPN of each protocol, built once per region.
-pub fn alpn_configs(
-    base: &rustls::ClientConfig,
-) -> (Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>) {
-    let mut h1 = base.clone();
-    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let mut h2 = base.clone();
-    h2.alpn_protocols = vec![b"h2".to_vec()];
-    (Arc::new(h1), Arc::new(h2))
 }
 
 /// Why a probe (health check) failed.

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::accounting::{FailoverReason, FailureKind};
+use crate::activity::{Activity, Streaming};
 use crate::admit::{self, Refused};
 use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
@@ -30,9 +31,8 @@ use crate::path::{self, PathError};
 use crate::policy::{self, PinSource, Refusal, RequestFacts};
 use crate::pool::PooledBody;
 use crate::regions::RegionStates;
-use crate::request_id;
+use crate::request_id::{self, RequestId};
 use crate::select;
-use crate::server::Activity;
 use crate::snapshot::Snapshot;
 use crate::table::{RegionId, RoutingTable};
 use crate::State;
@@ -49,7 +49,7 @@ pub struct Connection {
     /// The peer IP as a header value, rendered once per connection.
     pub peer_header: HeaderValue,
     pub tls: bool,
-    pub activity: Activity,
+    pub activity: Arc<Activity>,
     /// What the HTTP/1.1 framing guard found, per request.
     pub verdicts: Arc<crate::head_guard::Verdicts>,
     /// The response deadline its requests reuse.
@@ -64,7 +64,7 @@ impl Connection {
             peer,
             peer_header: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
             tls,
-            activity: Activity::new(),
+            activity: Arc::new(Activity::new()),
             verdicts: Arc::default(),
             timer: TimerSlot::default(),
         }
@@ -176,11 +176,8 @@ impl ProxyError {
 
     /// The response; `http1` says the client speaks HTTP/1.x (where a refusal
     /// that puts the framing in doubt closes the connection).
-    pub fn into_response(self, http1: bool, request_id: &HeaderValue) -> Response<ProxyBody> {
-        let mut text = self.public_text();
-        text.push_str("\nrequest id: ");
-        text.push_str(request_id.to_str().unwrap_or("-"));
-        text.push('\n');
+    pub fn into_response(self, http1: bool, request_id: &RequestId) -> Response<ProxyBody> {
+        let text = format!("{}\nrequest id: {request_id}\n", self.public_text());
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -191,7 +188,7 @@ impl ProxyError {
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
         }
-        h.insert(request_id::X_REQUEST_ID, request_id.clone());
+        h.insert(request_id::X_REQUEST_ID, request_id.header());
         if http1 && self.closes() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -218,9 +215,12 @@ pub async fn handle(
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
     let flaw = conn.verdicts.of(active.index());
-    let (request_id, made) = request_id::of(req.headers());
-    let new_id = made.then(|| request_id.clone());
-    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started, flaw, new_id))
+    let request_id = request_id::of(req.headers());
+    let made = match request_id {
+        RequestId::Made(n) => Some(n),
+        RequestId::Given(_) => None,
+    };
+    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started, flaw, made))
         .await
     {
         Ok((resp, served)) => (resp, Some(served), None),
@@ -234,7 +234,7 @@ pub async fn handle(
                 // Clients can cause these at will: at most one line a second.
                 static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
                 if let Some(suppressed) = LOG.allow() {
-                    tracing::warn!(peer = %conn.peer.0, request_id = ?request_id, error = %e, suppressed, "request failed");
+                    tracing::warn!(peer = %conn.peer.0, %request_id, error = %e, suppressed, "request failed");
                 }
             }
             let text = log.is_some().then(|| e.to_string());
@@ -256,7 +256,7 @@ pub async fn handle(
             status = resp.status().as_u16(),
             region,
             why,
-            request_id = ?request_id,
+            %request_id,
             micros = started.elapsed().as_micros() as u64,
         );
     }
@@ -322,7 +322,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     started: Instant,
     flaw: Option<Flaw>,
-    new_id: Option<HeaderValue>,
+    made_id: Option<u64>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
     let settings = &table.settings;
@@ -452,8 +452,10 @@ async fn proxy(
     if let Some(proto) = upgrade.clone() {
         headers::set_upgrade(&mut parts.headers, proto);
     }
-    if let Some(id) = new_id {
-        parts.headers.insert(request_id::X_REQUEST_ID, id);
+    if let Some(n) = made_id {
+        parts
+            .headers
+            .insert(request_id::X_REQUEST_ID, RequestId::Made(n).header());
     }
     headers::set_forwarded(
         &mut parts.headers,
@@ -512,7 +514,7 @@ async fn proxy(
     forwarded
         .response
         .body_mut()
-        .hold(crate::server::Streaming::new(conn.clone()));
+        .hold(Streaming::new(conn.activity.clone()));
     if let Some(account) = states.account(table, region.id) {
         account.response(forwarded.response.status(), started.elapsed());
     }

@@ -6,28 +6,56 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request's id: the one it carries when that is 1 to 128 visible ASCII
-/// characters, else a new random one (16 hex digits).
-pub fn of(headers: &HeaderMap) -> (HeaderValue, bool) {
-    if let Some(v) = headers.get(X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return (v.clone(), false);
-        }
-    }
-    (new(), true)
+/// A request's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestId {
+    /// The client's (or its gateway's), passed on as it came.
+    Given(HeaderValue),
+    /// Made here: 64 random bits, rendered as 16 hex digits only when needed.
+    Made(u64),
 }
 
-/// A fresh id: 64 random bits in hex.
-pub fn new() -> HeaderValue {
+impl RequestId {
+    /// The id as a header value.
+    pub fn header(&self) -> HeaderValue {
+        match self {
+            RequestId::Given(v) => v.clone(),
+            RequestId::Made(n) => {
+                HeaderValue::from_bytes(&hex(*n)).expect("hex digits are a header value")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestId::Given(v) => f.write_str(v.to_str().unwrap_or("-")),
+            RequestId::Made(n) => f.write_str(std::str::from_utf8(&hex(*n)).unwrap_or("-")),
+        }
+    }
+}
+
+fn hex(mut n: u64) -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u64(..);
     let mut out = [0u8; 16];
     for b in out.iter_mut().rev() {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&out).expect("hex digits are a header value")
+    out
+}
+
+/// The request's id: the one it carries when that is 1 to 128 visible ASCII
+/// characters, else a new random one.
+pub fn of(headers: &HeaderMap) -> RequestId {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return RequestId::Given(v.clone());
+        }
+    }
+    RequestId::Made(fastrand::u64(..))
 }
 
 #[cfg(test)]
@@ -38,14 +66,18 @@ mod tests {
     fn a_sane_id_is_kept_and_anything_else_replaced() {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(of(&h), (HeaderValue::from_static("abc-123"), false));
+        assert_eq!(
+            of(&h),
+            RequestId::Given(HeaderValue::from_static("abc-123"))
+        );
         h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
-        let (id, made) = of(&h);
-        assert!(made && id.len() == 16, "{id:?}");
+        let id = of(&h);
+        assert!(matches!(id, RequestId::Made(_)), "{id:?}");
+        assert_eq!(id.header().len(), 16);
+        assert_eq!(id.to_string(), id.header().to_str().unwrap());
         let long = "x".repeat(129);
         h.insert(X_REQUEST_ID, HeaderValue::from_str(&long).unwrap());
-        assert!(of(&h).1);
-        assert!(of(&HeaderMap::new()).1);
-        assert_ne!(new(), new());
+        assert!(matches!(of(&h), RequestId::Made(_)));
+        assert_eq!(RequestId::Made(0xab).to_string(), "00000000000000ab");
     }
 }

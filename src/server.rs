@@ -1,7 +1,7 @@
 //! Accept loops: TCP or TLS, HTTP/1.1 and HTTP/2 (h2c prior knowledge, ALPN h2) on
 //! one listener; connection cap, header and idle deadlines; graceful shutdown.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,77 +328,6 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     )
 }
 
-/// Activity of one connection, for the idle deadline: requests started and in
-/// flight. Counters only, so a request costs no clock read.
-#[derive(Debug, Default)]
-pub struct Activity {
-    started: AtomicU64,
-    in_flight: AtomicU32,
-    /// The connection speaks HTTP/2: its idle limit is `idle_timeout` only.
-    http2: AtomicBool,
-}
-
-impl Activity {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Marks a request as started; the guard marks it finished when dropped.
-    pub fn begin(&self) -> ActiveRequest<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let index = self.started.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(self, index)
-    }
-
-    /// Notes that the connection carries HTTP/2.
-    pub fn saw_http2(&self) {
-        if !self.http2.load(Ordering::Relaxed) {
-            self.http2.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Requests started so far, or `None` while one is in flight.
-    fn quiet_mark(&self) -> Option<u64> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        Some(self.started.load(Ordering::Relaxed))
-    }
-}
-
-pub struct ActiveRequest<'a>(&'a Activity, u64);
-
-impl ActiveRequest<'_> {
-    /// The request's place on its connection: 0 for the first.
-    pub fn index(&self) -> u64 {
-        self.1
-    }
-}
-
-impl Drop for ActiveRequest<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A request still streaming its response body: counted in flight until the body
-/// is done, so a slow download is not taken for a silent connection.
-#[derive(Debug)]
-pub struct Streaming(Arc<Connection>);
-
-impl Streaming {
-    pub fn new(conn: Arc<Connection>) -> Self {
-        conn.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Streaming(conn)
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        self.0.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn serve_connection<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
@@ -450,7 +379,7 @@ async fn serve_connection<I>(
                 let mark = conn.activity.quiet_mark();
                 quiet_checks = if mark.is_some() && mark == last_mark { quiet_checks + 1 } else { 0 };
                 last_mark = mark;
-                if quiet_checks + 1 >= head_checks && !conn.activity.http2.load(Ordering::Relaxed) {
+                if quiet_checks + 1 >= head_checks && !conn.activity.is_http2() {
                     return;
                 }
                 if quiet_checks + 1 >= idle_checks {

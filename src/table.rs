@@ -286,7 +286,7 @@ impl RoutingTable {
                     region: r.name.clone(),
                     source: Box::new(source),
                 })?;
-                let (h1, h2) = crate::pool::alpn_configs(&cfg);
+                let (h1, h2) = crate::tls::alpn_configs(&cfg);
                 (Some(h1), Some(h2))
             } else {
                 (None, None)

@@ -177,3 +177,14 @@ pub fn client_config(tls: &RegionTls) -> Result<rustls::ClientConfig, TlsError> 
         _ => builder.with_no_client_auth(),
     })
 }
+
+/// TLS client configs with the ALPN of each protocol, built once per region.
+pub fn alpn_configs(
+    base: &rustls::ClientConfig,
+) -> (Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>) {
+    let mut h1 = base.clone();
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut h2 = base.clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    (Arc::new(h1), Arc::new(h2))
+}

@@ -2,7 +2,7 @@
 //! databases that only know the country. Sorted by code for binary search.
 
 use super::Code;
-use crate::config::Location;
+use super::Location;
 
 /// (code, continent, latitude, longitude).
 const COUNTRIES: &[(&str, &str, f32, f32)] = &[
