@@ -32,11 +32,33 @@ pub fn is_valid(v: &[u8]) -> bool {
     port_ok && host_ok
 }
 
+/// Bytes a reg-name may hold as they are: unreserved and sub-delims.
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 /// RFC 3986 reg-name (which covers IPv4 too): unreserved, sub-delims and
 /// percent-escapes, at least one byte.
 fn is_reg_name(h: &[u8]) -> bool {
     if h.is_empty() || h.len() > 255 {
         return false;
+    }
+    if !h.contains(&b'%') {
+        // The common case: one table look-up a byte.
+        return h.iter().all(|&b| REG_NAME[usize::from(b)]);
     }
     let mut i = 0;
     while i < h.len() {
@@ -49,8 +71,7 @@ fn is_reg_name(h: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        let ok = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
-        if !ok {
+        if !REG_NAME[usize::from(b)] {
             return false;
         }
         i += 1;

@@ -154,7 +154,7 @@ impl Scanner {
                     };
                 }
                 State::Head | State::Trailers | State::ChunkSize | State::ChunkEnd => {
-                    let Some(at) = bytes.iter().position(|&b| b == b'\n') else {
+                    let Some(at) = memchr::memchr(b'\n', bytes) else {
                         if self.line.len() + bytes.len() > MAX_LINE {
                             self.state = State::Off;
                         } else {

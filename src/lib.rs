@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! server        accept TCP (PROXY protocol) or TLS, HTTP/1.1 or HTTP/2; limits, deadlines
-//!   proxy       check the request (Host, URI, body size)
+//!   head_guard  HTTP/1.1 framing hyper folds away (CL with TE, repeated CL, bare LF)
+//!   h2_guard    HTTP/2 control-frame floods, broken prefaces -> GOAWAY
+//!   proxy       admit (framing, authority, TRACE), path normalised, URI and body size
 //!     identity  peer + trusted proxies -> client IP
 //!     residency trusted header or signed cookie -> home-jurisdiction claim
 //!     geo       client IP -> country, continent, subdivision, location
 //!     policy    facts + RoutingTable -> route, rule, pin, candidates (fenced)
 //!     select    candidates + RegionStates -> regions to try, in order
-//!   forward     pooled upstream connection; next candidate when one cannot be had
+//!   forward     pooled upstream connection; next candidate when one cannot be had;
+//!               every failure blamed once: region, client or local (blame)
 //!   proxy       hop-by-hop headers out, x-georouter-region in; stream the body back
 //! ```
 //!
@@ -20,10 +23,16 @@
 //! made for it), does no I/O and allocates nothing.
 //!
 //! Modules: [`config`] TOML -> validated `Config`; [`table`] the compiled routing
-//! table; [`regions`] the region state snapshot; [`identity`], [`residency`],
+//! table; [`regions`] the region states; [`snapshot`] the two as one published
+//! value; [`identity`], [`residency`],
 //! [`geo`], [`policy`], [`select`] the decision; [`explain`] why a request goes
-//! where it goes; [`headers`] header hygiene; [`forward`] attempts over the
-//! candidates; [`pool`] upstream connections; [`proxy`] the per-request service;
+//! where it goes; [`admit`], [`authority`], [`path`], [`head_guard`],
+//! [`h2_guard`] what the edge refuses; [`headers`] header hygiene;
+//! [`request_id`] `x-request-id`; [`forward`] attempts over the candidates;
+//! [`blame`] region, client and local faults; [`client_body`] the upload and
+//! its clock; [`pool`] upstream connections; [`proxy`] the per-request service;
+//! [`activity`] what a connection is doing; [`descriptors`] the descriptor
+//! budget; [`log_limit`] rate-limited log lines; [`auth`] admin tokens;
 //! [`server`] accept loops and shutdown; [`proxy_protocol`] PROXY v1/v2;
 //! [`launch`] worker threads and the admin listener; [`tls`] rustls configs;
 //! [`admin`] the admin API; [`metrics`] the Prometheus registry; [`sim`]
