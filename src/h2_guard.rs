@@ -268,6 +268,48 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FrameGuard<IO> {
         polled
     }
 
+    // Vectored writes pass through: hyper flattens (copies) its buffers for an
+    // IO that is not vectored.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.mode == Mode::Http1 {
+            return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        }
+        if this.goaway.is_some() && this.outgoing.at_boundary() {
+            return match this.poll_goaway(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Err(ended())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Mode::Http2 | Mode::Closing) = (&polled, this.mode) {
+            let mut left = *n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(b.len());
+                this.outgoing.feed(&b[..take], |_, _, _| {});
+                left -= take;
+            }
+            if this.goaway.is_some() && this.outgoing.at_boundary() {
+                if let Some(w) = this.reader.take() {
+                    w.wake();
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
@@ -352,6 +394,34 @@ mod tests {
         let mut g = FrameGuard::new((), 10);
         assert_eq!(g.inspect(b"POST / HTTP/1.1\r\n"), None);
         assert_eq!(g.mode, Mode::Http1);
+    }
+
+    /// A writer that takes vectored writes, as a TCP socket does.
+    struct Vectored;
+    impl AsyncWrite for Vectored {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn vectored_writes_pass_through_so_hyper_need_not_copy() {
+        assert!(FrameGuard::new(Vectored, 10).is_write_vectored());
+        let guarded = crate::head_guard::Guarded::new(Vectored, Default::default());
+        assert!(FrameGuard::new(guarded, 10).is_write_vectored());
     }
 
     #[test]
