@@ -153,6 +153,40 @@ impl Scanner {
                         State::ChunkData(n - take)
                     };
                 }
+                State::Head if self.line.is_empty() => {
+                    // The common case: whole head lines in this read, taken in
+                    // place. Lines that cannot be Content-Length or
+                    // Transfer-Encoding and end in CRLF need no closer look.
+                    let mut start = 0;
+                    let mut left_head = false;
+                    for nl in memchr::memchr_iter(b'\n', bytes) {
+                        let crlf = nl > start && bytes[nl - 1] == b'\r';
+                        let line = &bytes[start..if crlf { nl - 1 } else { nl }];
+                        start = nl + 1;
+                        if crlf && !self.first_line {
+                            if let Some(&first) = line.first() {
+                                let first = first | 0x20;
+                                if first != b'c' && first != b't' {
+                                    continue;
+                                }
+                            }
+                        }
+                        self.head_line(line, crlf, verdicts);
+                        if self.state != State::Head {
+                            left_head = true;
+                            break;
+                        }
+                    }
+                    bytes = &bytes[start..];
+                    if !left_head {
+                        if bytes.len() > MAX_LINE {
+                            self.state = State::Off;
+                        } else {
+                            self.line.extend_from_slice(bytes);
+                        }
+                        return;
+                    }
+                }
                 State::Head | State::Trailers | State::ChunkSize | State::ChunkEnd => {
                     let Some(at) = memchr::memchr(b'\n', bytes) else {
                         if self.line.len() + bytes.len() > MAX_LINE {
