@@ -299,7 +299,7 @@ fn request_host<'b>(req: &'b Request<Incoming>, buf: &'b mut [u8; 256]) -> &'b s
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
+                .and_then(|h| std::str::from_utf8(h.as_bytes()).ok())
         })
         .unwrap_or("");
     let host = match raw.strip_prefix('[') {
@@ -449,6 +449,9 @@ async fn proxy(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     headers::strip_hop_by_hop(&mut parts.headers);
+    // Room for what the router adds (X-Forwarded-*, x-request-id, Upgrade): one
+    // growth of the map at most, not one per insert.
+    parts.headers.reserve(5);
     if let Some(proto) = upgrade.clone() {
         headers::set_upgrade(&mut parts.headers, proto);
     }
