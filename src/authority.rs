@@ -28,6 +28,9 @@ pub fn is_valid(v: &[u8]) -> bool {
         },
     };
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    if !port_ok {
+        return false;
+    }
     let host_ok = host.first() == Some(&b'[') || is_reg_name(host);
     port_ok && host_ok
 }
@@ -56,9 +59,9 @@ fn is_reg_name(h: &[u8]) -> bool {
     if h.is_empty() || h.len() > 255 {
         return false;
     }
-    if !h.contains(&b'%') {
-        // The common case: one table look-up a byte.
-        return h.iter().all(|&b| REG_NAME[usize::from(b)]);
+    // The common case in one pass: a table look-up a byte, no escapes.
+    if h.iter().all(|&b| REG_NAME[usize::from(b)]) {
+        return true;
     }
     let mut i = 0;
     while i < h.len() {

@@ -299,7 +299,7 @@ fn request_host<'b>(req: &'b Request<Incoming>, buf: &'b mut [u8; 256]) -> &'b s
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
-                .and_then(|h| std::str::from_utf8(h.as_bytes()).ok())
+                .and_then(|h| h.to_str().ok())
         })
         .unwrap_or("");
     let host = match raw.strip_prefix('[') {
