@@ -82,9 +82,38 @@ fn is_reg_name(h: &[u8]) -> bool {
     true
 }
 
-/// Whether two authorities name the same host and port (host case-insensitive).
+/// Splits a valid authority into host and port (if any).
+fn split(v: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let at = if v.first() == Some(&b'[') {
+        v.iter().position(|&b| b == b']').map(|end| end + 1)
+    } else {
+        v.iter().rposition(|&b| b == b':')
+    };
+    match at {
+        Some(i) if v.get(i) == Some(&b':') => {
+            (&v[..i], Some(&v[i + 1..]).filter(|p| !p.is_empty()))
+        }
+        _ => (v, None),
+    }
+}
+
+/// Whether two authorities name the same host (case-insensitive) and port. A
+/// port given on one side only is taken as the scheme's default on the other
+/// (`example.com` and `example.com:80` agree; `:8080` does not).
 pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.eq_ignore_ascii_case(b)
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    let ((ha, pa), (hb, pb)) = (split(a), split(b));
+    if !ha.eq_ignore_ascii_case(hb) {
+        return false;
+    }
+    let default = |p: &[u8]| p == b"80" || p == b"443";
+    match (pa, pb) {
+        (Some(x), Some(y)) => x == y,
+        (Some(p), None) | (None, Some(p)) => default(p),
+        (None, None) => true,
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +135,18 @@ mod tests {
         ] {
             assert!(is_valid(v.as_bytes()), "{v}");
         }
+    }
+
+    #[test]
+    fn authorities_agree_by_host_and_port() {
+        assert!(same(b"Example.com", b"example.COM"));
+        assert!(same(b"example.com:80", b"example.com"));
+        assert!(same(b"example.com", b"example.com:443"));
+        assert!(same(b"[::1]:8080", b"[::1]:8080"));
+        assert!(!same(b"example.com:8080", b"example.com"));
+        assert!(!same(b"example.com:8080", b"example.com:8081"));
+        assert!(!same(b"a.example", b"b.example"));
+        assert!(!same(b"[::1]", b"[::2]"));
     }
 
     #[test]

@@ -74,6 +74,7 @@ const CASES: &[Case] = &[
     ("POST chunked", b"POST /count HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200, false, Yes),
     ("chunked, any case", b"POST /count HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: ChUnKeD\r\n\r\n0\r\n\r\n", 200, false, Yes),
     ("absolute form agreeing with Host", b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, false, Yes),
+    ("absolute form with the default port", b"GET http://example.com:80/ HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, false, Yes),
     ("host with a port", b"GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n", 200, false, Yes),
     ("IPv6 literal host", b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 200, false, Yes),
     // CL.TE and TE.CL: two ways to frame one body.
