@@ -175,11 +175,20 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `georouter check ... | head`: the reader left; nothing more to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("georouter: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The control plane (admin API, signals) runs on the main thread; traffic runs
@@ -192,26 +201,40 @@ fn control_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn geo_lookup(ip: std::net::IpAddr, db: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     use georouter::geo::{GeoLookup, MmdbGeo};
     let geo = MmdbGeo::open(db)?;
     let f = geo.lookup(ip);
     let show = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-    println!("ip           {ip}");
-    println!("country      {}", show(f.country.map(|c| c.to_string())));
-    println!("continent    {}", show(f.continent.map(|c| c.to_string())));
-    println!(
+    writeln!(out, "ip           {ip}")?;
+    writeln!(
+        out,
+        "country      {}",
+        show(f.country.map(|c| c.to_string()))
+    )?;
+    writeln!(
+        out,
+        "continent    {}",
+        show(f.continent.map(|c| c.to_string()))
+    )?;
+    writeln!(
+        out,
         "subdivision  {}",
         show(f.subdivision.map(|c| c.as_str().to_owned()))
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "location     {}",
         show(f.location.map(|l| format!("{:.4}, {:.4}", l.lat, l.lon)))
-    );
-    println!("database     {}", geo.describe());
+    )?;
+    writeln!(out, "database     {}", geo.describe())?;
     Ok(())
 }
 
 fn check(path: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     let config = Config::load(path)?;
     let table = RoutingTable::compile(&config)?;
     for (i, l) in config.listeners.iter().enumerate() {
@@ -222,16 +245,17 @@ fn check(path: &std::path::Path) -> Result<()> {
     // Everything `run` reads besides the policy: tokens, the drain state file.
     control::preflight(&config, &control::Options::default())
         .with_context(|| format!("{}", path.display()))?;
-    println!(
+    writeln!(
+        out,
         "{}: ok: {} listener(s), {} region(s), {} route(s)",
         path.display(),
         config.listeners.len(),
         table.regions().len(),
         table.routes().len()
-    );
+    )?;
     for l in &config.listeners {
         let tls = if l.tls.is_some() { "tls" } else { "plain" };
-        println!("  listener {:<16} {} ({tls})", l.name, l.address);
+        writeln!(out, "  listener {:<16} {} ({tls})", l.name, l.address)?;
     }
     for r in table.regions() {
         let endpoints: Vec<String> = r
@@ -239,12 +263,13 @@ fn check(path: &std::path::Path) -> Result<()> {
             .iter()
             .map(|e| format!("{}://{}", e.scheme, e.authority))
             .collect();
-        println!(
+        writeln!(
+            out,
             "  region   {:<16} jurisdiction={} endpoints={}",
             r.name,
             r.jurisdiction.as_deref().unwrap_or("-"),
             endpoints.join(",")
-        );
+        )?;
     }
     let names = |ids: &[georouter::table::RegionId]| {
         ids.iter()
@@ -254,7 +279,7 @@ fn check(path: &std::path::Path) -> Result<()> {
     };
     for (route, spec) in table.routes().iter().zip(&config.routes) {
         let methods = if spec.methods.is_any() { "any" } else { "some" };
-        println!(
+        writeln!(out, 
             "  route    {:<16} host={} prefix={} methods={methods} steering={:?} residency={} -> {}",
             route.name,
             spec.host.as_deref().unwrap_or("*"),
@@ -262,7 +287,7 @@ fn check(path: &std::path::Path) -> Result<()> {
             spec.steering,
             spec.residency,
             names(&route.candidates)
-        );
+        )?;
         for (k, (rule, ids)) in spec.rules.iter().zip(route.rules.iter()).enumerate() {
             let mut matches: Vec<String> = Vec::new();
             matches.extend(rule.cidrs.iter().map(|c| c.to_string()));
@@ -273,20 +298,22 @@ fn check(path: &std::path::Path) -> Result<()> {
             );
             matches.extend(rule.countries.iter().map(|c| c.to_string()));
             matches.extend(rule.continents.iter().map(|c| format!("continent {c}")));
-            println!(
+            writeln!(
+                out,
                 "             rules[{k}] {} -> {}",
                 matches.join(","),
                 names(ids)
-            );
+            )?;
         }
     }
     for j in table.jurisdictions() {
-        println!(
+        writeln!(
+            out,
             "  jurisdiction {} ({}) regions: {}",
             j.name,
             if j.strict { "strict" } else { "not strict" },
             names(&j.regions)
-        );
+        )?;
     }
     Ok(())
 }

@@ -77,3 +77,20 @@ fn check_fails_on_what_run_would_refuse_a_missing_token_file() {
     assert!(err.contains("/nonexistent/admin-token"), "{err}");
     assert!(err.contains("token_file"), "{err}");
 }
+
+#[test]
+fn check_into_a_closed_pipe_ends_quietly() {
+    // `georouter check ... | head -1`: the reader is gone before the summary.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/georouter.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args(["check", "-c", example])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run georouter");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
