@@ -279,7 +279,8 @@ fn check(path: &std::path::Path) -> Result<()> {
     };
     for (route, spec) in table.routes().iter().zip(&config.routes) {
         let methods = if spec.methods.is_any() { "any" } else { "some" };
-        writeln!(out, 
+        writeln!(
+            out,
             "  route    {:<16} host={} prefix={} methods={methods} steering={:?} residency={} -> {}",
             route.name,
             spec.host.as_deref().unwrap_or("*"),
