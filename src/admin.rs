@@ -247,8 +247,11 @@ async fn route(
     let method = req.method().clone();
     // Liveness and readiness are for probes: never behind a token.
     match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => return Ok(reply(StatusCode::OK, TEXT, "ok\n")),
-        (&Method::GET, "/readyz") => {
+        // HEAD as GET (hyper sends no body): load balancers probe with either.
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            return Ok(reply(StatusCode::OK, TEXT, "ok\n"))
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => {
             return Ok(if control.ready() {
                 reply(StatusCode::OK, TEXT, "ready\n")
             } else {

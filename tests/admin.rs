@@ -90,6 +90,18 @@ async fn a_read_token_guards_reads_but_not_probes_and_cannot_mutate() {
         }
     }
     assert_eq!(get(&client, &url("/healthz")).await.status, 200);
+    for probe in ["/healthz", "/readyz"] {
+        let head = http::Request::head(url(probe))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = send(&client, head).await;
+        assert!(
+            r.status == 200 || (probe == "/readyz" && r.status == 503),
+            "HEAD {probe}: {}",
+            r.status
+        );
+        assert!(r.body.is_empty(), "HEAD has no body");
+    }
     let (status, _) = admin_post(router.admin, "/regions/a/drain", Some("reader")).await;
     assert_eq!(status, 401);
 }
