@@ -64,6 +64,7 @@ pub mod head_guard;
 pub mod headers;
 pub mod health;
 pub mod identity;
+mod io_delegate;
 pub mod launch;
 pub mod log_limit;
 pub mod metrics;
