@@ -119,6 +119,9 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Default)]
 pub struct ClientSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Drop `X-Forwarded-*` and `Forwarded` from untrusted peers instead of
+    /// appending to them.
+    pub replace_forwarded: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -381,7 +384,21 @@ fn client(c: raw::RawClient, errs: &mut Invalid) -> ClientSettings {
             }
         })
         .collect();
-    ClientSettings { trusted_proxies }
+    let replace_forwarded = match c.forwarded.as_deref() {
+        None | Some("append") => false,
+        Some("replace") => true,
+        Some(other) => {
+            errs.push(
+                "client.forwarded",
+                format!("{other:?} is not \"append\" or \"replace\""),
+            );
+            false
+        }
+    };
+    ClientSettings {
+        trusted_proxies,
+        replace_forwarded,
+    }
 }
 
 fn socket_addr(path: &str, value: &str, errs: &mut Invalid) -> SocketAddr {

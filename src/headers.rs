@@ -1,5 +1,5 @@
 //! Header hygiene at the proxy boundary: hop-by-hop headers out (RFC 9110 7.6.1),
-//! `X-Forwarded-*` in, and the one-Host rule for HTTP/1.1.
+//! `X-Forwarded-*` in (or, for untrusted peers, replaced).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -149,20 +149,16 @@ pub fn set_forwarded(
     }
 }
 
-/// Why a request's `Host` is unacceptable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostProblem {
-    Missing,
-    Repeated,
-}
-
-/// HTTP/1.1 requires exactly one `Host` (RFC 9112 3.2); hyper accepts none or two.
-pub fn check_single_host(headers: &HeaderMap) -> Result<(), HostProblem> {
-    let mut all = headers.get_all(header::HOST).iter();
-    match (all.next(), all.next()) {
-        (Some(_), None) => Ok(()),
-        (None, _) => Err(HostProblem::Missing),
-        (Some(_), Some(_)) => Err(HostProblem::Repeated),
+/// Removes what a client may claim about earlier hops: `Forwarded` and
+/// `X-Forwarded-*` (`client.forwarded = "replace"` for untrusted peers).
+pub fn strip_forwarded(headers: &mut HeaderMap) {
+    for name in [
+        header::FORWARDED,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+    ] {
+        headers.remove(name);
     }
 }
 
@@ -236,15 +232,5 @@ mod tests {
         set_forwarded(&mut h, &peer, &proto, None);
         assert_eq!(h["x-forwarded-for"], "192.0.2.9");
         assert!(!h.contains_key("x-forwarded-host"));
-    }
-
-    #[test]
-    fn http11_needs_exactly_one_host() {
-        assert_eq!(check_single_host(&map(&[("host", "a")])), Ok(()));
-        assert_eq!(check_single_host(&map(&[])), Err(HostProblem::Missing));
-        assert_eq!(
-            check_single_host(&map(&[("host", "a"), ("host", "b")])),
-            Err(HostProblem::Repeated)
-        );
     }
 }

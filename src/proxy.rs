@@ -422,6 +422,10 @@ async fn proxy(
         // x-georouter-* is the router's to set, never a client's.
         admit::strip_owned(req.headers_mut());
     }
+    if !peer_trusted && settings.replace_forwarded {
+        // What an untrusted client says of earlier hops is not passed on.
+        headers::strip_forwarded(req.headers_mut());
+    }
     if !peer_trusted {
         if let Some(name) = &table.residency_header {
             // A client may not choose its own jurisdiction.

@@ -221,6 +221,8 @@ pub struct RequestSettings {
     pub access_log: bool,
     pub allow_trace: bool,
     pub reject_encoded_slashes: bool,
+    /// Drop `X-Forwarded-*` and `Forwarded` from untrusted peers.
+    pub replace_forwarded: bool,
     pub upstream: UpstreamSettings,
     /// Consecutive failed attempts that eject a region (0 = off).
     pub passive_failures: u32,
@@ -443,6 +445,7 @@ impl RoutingTable {
                 access_log: s.access_log,
                 allow_trace: s.allow_trace,
                 reject_encoded_slashes: s.reject_encoded_slashes,
+                replace_forwarded: config.client.replace_forwarded,
                 upstream: config.upstream.clone(),
                 passive_failures: config.health.passive.consecutive_failures,
                 retry: config.retry,

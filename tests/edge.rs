@@ -258,3 +258,28 @@ async fn the_routers_own_errors_carry_the_request_id_and_no_internal_address() {
     assert!(reply.contains("request id: case-7"), "{reply}");
     assert!(!reply.contains("127.0.0.1"), "{reply}");
 }
+
+#[tokio::test]
+async fn forwarded_headers_from_untrusted_peers_are_appended_to_or_replaced() {
+    let a = region("a").await;
+    let ask: &[u8] = b"GET /echo HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 203.0.113.9\r\n\
+        Forwarded: for=198.51.100.1\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n";
+    let append = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    let head = echoed(&append, ask).await;
+    assert!(
+        head.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"),
+        "{head}"
+    );
+    let replace = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\naccess_log = false\n[client]\nforwarded = \"replace\"\n",
+    ))
+    .await;
+    let head = echoed(&replace, ask).await;
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\n"), "{head}");
+    assert!(
+        !head.contains("203.0.113.9") && !head.contains("198.51.100.1"),
+        "{head}"
+    );
+    assert!(head.contains("x-forwarded-host: example.com"), "{head}");
+}

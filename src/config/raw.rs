@@ -167,6 +167,9 @@ pub struct RawCertificate {
 pub struct RawClient {
     /// CIDRs (or addresses) of proxies whose X-Forwarded-For / Forwarded is believed.
     pub trusted_proxies: Vec<String>,
+    /// "append" (default) adds the peer to what an untrusted client sent;
+    /// "replace" drops what it sent (X-Forwarded-*, Forwarded) first.
+    pub forwarded: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
