@@ -70,11 +70,6 @@ impl Progress {
             Ok(Turn::Client) | Err(_) => None,
         }
     }
-
-    /// Whether the whole body was handed over.
-    pub fn done(&self) -> bool {
-        matches!(self.0.lock().map(|t| *t), Ok(Turn::Done { .. }))
-    }
 }
 
 /// A client request body with blame and a stall deadline. Boxed: the request

@@ -396,7 +396,11 @@ async fn proxy(
     if regions.is_empty() && route.panic_mode && !decision.fenced {
         regions = select::panic(table, states, &decision.candidates);
         if !regions.is_empty() {
-            tracing::warn!(route = %route.name, "panic mode: no candidate is healthy, sending to unhealthy ones");
+            // Every request of the route while it lasts: at most a line a second.
+            static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+            if let Some(suppressed) = LOG.allow() {
+                tracing::warn!(route = %route.name, suppressed, "panic mode: no candidate is healthy, sending to unhealthy ones");
+            }
         }
     }
     if regions.is_empty() {

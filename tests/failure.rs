@@ -225,11 +225,7 @@ async fn a_flapping_region_moves_each_client_at_most_twice() {
         let a = v.iter().find(|r| r.name == "a").unwrap();
         a.phase == "up" && a.weight >= 1.0 && a.last_transition.is_some()
     };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !weight_full() {
-        assert!(tokio::time::Instant::now() < deadline, "a never came back");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("a back at full weight", weight_full).await;
     let _ = stop.send(true);
     for (i, c) in clients.into_iter().enumerate() {
         let served = c.await.unwrap();
