@@ -4,7 +4,7 @@
 # copies) whose effect is smaller than the throughput runs' spread.
 # Needs valgrind, nginx and h2load (../shared/bench/setup.sh, apt-get install valgrind).
 # Usage: bench/instructions.sh [BINARY] [REQUESTS]
-# KEEP=DIR keeps the callgrind profiles of the larger runs (callgrind_annotate
+# MODES="h1" runs one mode only. KEEP=DIR keeps the callgrind profiles of the larger runs (callgrind_annotate
 # --inclusive=yes DIR/cg.h1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,13 +32,13 @@ run() {  # run MODE REQUESTS -> total instructions
     > "$tmp/vg.$mode.log" 2>&1 &
   vg=$!
   for _ in $(seq 150); do curl -s -o /dev/null http://127.0.0.1:28183/ && break; sleep 0.2; done
-  if [ "$mode" = h1 ]; then h2load --h1 -n "$count" -c 64 http://127.0.0.1:28183/ > /dev/null
+  if [ "$mode" = h1 ]; then h2load --h1 -n "$count" -c "${CONNS:-64}" http://127.0.0.1:28183/ > /dev/null
   else h2load -n "$count" -c 16 -m 16 http://127.0.0.1:28193/ > /dev/null; fi
   kill -INT "$vg"; wait "$vg" || true
   cp "$tmp/cg.$mode.$count" "$tmp/cg.$mode"
   callgrind_annotate "$tmp/cg.$mode.$count" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}'
 }
-for mode in h1 h2c; do
+for mode in ${MODES:-h1 h2c}; do
   small=$(run "$mode" "$n")
   large=$(run "$mode" $((4 * n)))
   echo "$mode: $(( (large - small) / (3 * n) )) instructions per request" \

@@ -60,57 +60,76 @@ impl Refused {
     }
 }
 
-/// What the one pass over a request head found.
+/// What the one pass over a request's headers found.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Scan {
+pub struct Scan<'a> {
     /// Headers the router owns (`x-georouter-*`) that a client sent.
+    owned: bool,
+    hosts: u8,
+    host: Option<&'a HeaderValue>,
+    lengths: u8,
+    length: Option<&'a HeaderValue>,
+    codings: u8,
+    coding: Option<&'a HeaderValue>,
+    /// The client's `x-request-id`, found on the way (no second lookup).
+    pub request_id: Option<&'a HeaderValue>,
+}
+
+/// A request let in, and what its scan says the router must do to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// `x-georouter-*` headers came with it: strip them ([`strip_owned`]).
     pub owned: bool,
 }
 
 const OWNED_PREFIX: &str = "x-georouter-";
 
-/// Checks a request head. `allow_trace` lets TRACE through.
+/// The one pass over a request's headers.
+pub fn scan(headers: &HeaderMap) -> Scan<'_> {
+    let mut scan = Scan::default();
+    for (name, value) in headers {
+        if name == header::HOST {
+            scan.hosts = scan.hosts.saturating_add(1);
+            scan.host = Some(value);
+        } else if name == header::CONTENT_LENGTH {
+            scan.lengths = scan.lengths.saturating_add(1);
+            scan.length = Some(value);
+        } else if name == header::TRANSFER_ENCODING {
+            scan.codings = scan.codings.saturating_add(1);
+            scan.coding = Some(value);
+        } else {
+            let name = name.as_str();
+            if name.starts_with(OWNED_PREFIX) {
+                scan.owned = true;
+            } else if name == crate::request_id::NAME {
+                scan.request_id = Some(value);
+            }
+        }
+    }
+    scan
+}
+
+/// Checks a request head against its scan. `allow_trace` lets TRACE through.
 pub fn check(
+    scan: &Scan<'_>,
     method: &Method,
     version: Version,
     uri: &Uri,
-    headers: &HeaderMap,
     allow_trace: bool,
-) -> Result<Scan, Refused> {
+) -> Result<Admitted, Refused> {
     if *method == Method::TRACE && !allow_trace {
         return Err(Refused::Trace);
     }
-    let mut scan = Scan::default();
-    let mut hosts = 0u8;
-    let mut host: Option<&HeaderValue> = None;
-    let mut lengths = 0u8;
-    let mut length: Option<&HeaderValue> = None;
-    let mut codings = 0u8;
-    let mut coding: Option<&HeaderValue> = None;
-    for (name, value) in headers {
-        if name == header::HOST {
-            hosts = hosts.saturating_add(1);
-            host = Some(value);
-        } else if name == header::CONTENT_LENGTH {
-            lengths = lengths.saturating_add(1);
-            length = Some(value);
-        } else if name == header::TRANSFER_ENCODING {
-            codings = codings.saturating_add(1);
-            coding = Some(value);
-        } else if name.as_str().starts_with(OWNED_PREFIX) {
-            scan.owned = true;
-        }
-    }
-    if version == Version::HTTP_10 && codings > 0 {
+    if version == Version::HTTP_10 && scan.codings > 0 {
         // RFC 9112 6.1: HTTP/1.0 has no transfer codings; a 1.0 request that
         // claims one was framed by something that is not HTTP/1.0.
         return Err(Refused::BadTransferEncoding);
     }
     if version == Version::HTTP_11 || version == Version::HTTP_10 {
-        framing(lengths, length, codings, coding)?;
+        framing(scan.lengths, scan.length, scan.codings, scan.coding)?;
     }
     let target = uri.authority().map(|a| a.as_str().as_bytes());
-    match (hosts, host, target) {
+    match (scan.hosts, scan.host, target) {
         (2.., _, _) => return Err(Refused::RepeatedHost),
         (1, Some(h), _) if !authority::is_valid(h.as_bytes()) => return Err(Refused::InvalidHost),
         (1, Some(h), Some(t)) if !authority::same(h.as_bytes(), t) => {
@@ -128,7 +147,7 @@ pub fn check(
             return Err(Refused::InvalidHost);
         }
     }
-    Ok(scan)
+    Ok(Admitted { owned: scan.owned })
 }
 
 /// RFC 9112 6.1 and 6.3: one way to frame the body, or none.
@@ -191,7 +210,7 @@ mod tests {
         uri: &str,
         version: Version,
         pairs: &[(&str, &str)],
-    ) -> Result<Scan, Refused> {
+    ) -> Result<Admitted, Refused> {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(
@@ -200,15 +219,15 @@ mod tests {
             );
         }
         check(
+            &scan(&h),
             &Method::from_bytes(method.as_bytes()).unwrap(),
             version,
             &uri.parse().unwrap(),
-            &h,
             false,
         )
     }
 
-    fn h11(pairs: &[(&str, &str)]) -> Result<Scan, Refused> {
+    fn h11(pairs: &[(&str, &str)]) -> Result<Admitted, Refused> {
         head("POST", "/", Version::HTTP_11, pairs)
     }
 

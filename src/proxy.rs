@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::accounting::{FailoverReason, FailureKind};
 use crate::activity::{Activity, Streaming};
-use crate::admit::{self, Refused};
+use crate::admit::{self, Admitted, Refused};
 use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
 use crate::client_body::ClientBody;
@@ -215,13 +215,28 @@ pub async fn handle(
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
     let flaw = conn.verdicts.of(active.index());
-    let request_id = request_id::of(req.headers());
+    let scan = admit::scan(req.headers());
+    let request_id = request_id::of(scan.request_id);
+    let admitted = admit::check(
+        &scan,
+        req.method(),
+        req.version(),
+        req.uri(),
+        snapshot.table.settings.allow_trace,
+    );
     let made = match request_id {
         RequestId::Made(n) => Some(n),
         RequestId::Given(_) => None,
     };
-    let (resp, served, error) = match Box::pin(proxy(&conn, &snapshot, req, started, flaw, made))
-        .await
+    let (resp, served, error) = match Box::pin(proxy(
+        &conn,
+        &snapshot,
+        req,
+        started,
+        (flaw, admitted),
+        made,
+    ))
+    .await
     {
         Ok((resp, served)) => (resp, Some(served), None),
         Err(e) => {
@@ -321,7 +336,7 @@ async fn proxy(
     snapshot: &Snapshot,
     mut req: Request<Incoming>,
     started: Instant,
-    flaw: Option<Flaw>,
+    (flaw, admitted): (Option<Flaw>, Result<Admitted, Refused>),
     made_id: Option<u64>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
@@ -334,13 +349,7 @@ async fn proxy(
             Flaw::BareLineFeed => Refused::BareLineFeed,
         }));
     }
-    let scan = admit::check(
-        req.method(),
-        req.version(),
-        req.uri(),
-        req.headers(),
-        settings.allow_trace,
-    )?;
+    let admitted = admitted?;
     if let Cow::Owned(normal) = path::normalize(req.uri().path(), settings.reject_encoded_slashes)?
     {
         // The route matcher and the region see the normalised path only.
@@ -422,7 +431,7 @@ async fn proxy(
             },
         });
     }
-    if scan.owned {
+    if admitted.owned {
         // x-georouter-* is the router's to set, never a client's.
         admit::strip_owned(req.headers_mut());
     }
