@@ -7,7 +7,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::authority;
+use crate::authority::{self, Host};
 
 /// A request refused at the door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +71,7 @@ pub struct Scan<'a> {
     length: Option<&'a HeaderValue>,
     codings: u8,
     coding: Option<&'a HeaderValue>,
+    upgrade: bool,
     /// The client's `x-request-id`, found on the way (no second lookup).
     pub request_id: Option<&'a HeaderValue>,
 }
@@ -80,6 +81,12 @@ pub struct Scan<'a> {
 pub struct Admitted {
     /// `x-georouter-*` headers came with it: strip them ([`strip_owned`]).
     pub owned: bool,
+    /// Where the host is in the request's authority: the target's when it has
+    /// one (absolute form, HTTP/2 `:authority`), else the Host header's. `None`
+    /// for an HTTP/1.0 request without either.
+    pub host: Option<Host>,
+    /// The request names an `Upgrade`.
+    pub upgrade: bool,
 }
 
 const OWNED_PREFIX: &str = "x-georouter-";
@@ -97,6 +104,8 @@ pub fn scan(headers: &HeaderMap) -> Scan<'_> {
         } else if name == header::TRANSFER_ENCODING {
             scan.codings = scan.codings.saturating_add(1);
             scan.coding = Some(value);
+        } else if name == header::UPGRADE {
+            scan.upgrade = true;
         } else {
             let name = name.as_str();
             if name.starts_with(OWNED_PREFIX) {
@@ -129,11 +138,14 @@ pub fn check(
         framing(scan.lengths, scan.length, scan.codings, scan.coding)?;
     }
     let target = uri.authority().map(|a| a.as_str().as_bytes());
+    let mut host = None;
     match (scan.hosts, scan.host, target) {
         (2.., _, _) => return Err(Refused::RepeatedHost),
-        (1, Some(h), _) if !authority::is_valid(h.as_bytes()) => return Err(Refused::InvalidHost),
-        (1, Some(h), Some(t)) if !authority::same(h.as_bytes(), t) => {
-            return Err(Refused::HostMismatch)
+        (1, Some(h), t) => {
+            host = Some(authority::parse(h.as_bytes()).ok_or(Refused::InvalidHost)?);
+            if t.is_some_and(|t| !authority::same(h.as_bytes(), t)) {
+                return Err(Refused::HostMismatch);
+            }
         }
         (0, _, None) if version != Version::HTTP_10 => return Err(Refused::MissingHost),
         (0, _, Some(t)) if version == Version::HTTP_11 && !t.is_empty() => {
@@ -143,11 +155,13 @@ pub fn check(
         _ => {}
     }
     if let Some(t) = target {
-        if !authority::is_valid(t) {
-            return Err(Refused::InvalidHost);
-        }
+        host = Some(authority::parse(t).ok_or(Refused::InvalidHost)?);
     }
-    Ok(Admitted { owned: scan.owned })
+    Ok(Admitted {
+        owned: scan.owned,
+        host,
+        upgrade: scan.upgrade,
+    })
 }
 
 /// RFC 9112 6.1 and 6.3: one way to frame the body, or none.

@@ -4,50 +4,113 @@
 
 use std::net::Ipv6Addr;
 
-/// Whether `v` is a valid `host[:port]`.
-pub fn is_valid(v: &[u8]) -> bool {
-    let (host, port) = match v.first() {
-        None => return false,
-        Some(b'[') => {
-            let Some(end) = v.iter().position(|&b| b == b']') else {
-                return false;
-            };
-            let literal = std::str::from_utf8(&v[1..end]).ok();
-            if literal.and_then(|s| s.parse::<Ipv6Addr>().ok()).is_none() {
-                return false;
-            }
-            match &v[end + 1..] {
-                [] => (&v[..=end], None),
-                [b':', port @ ..] => (&v[..=end], Some(port)),
-                _ => return false,
-            }
-        }
-        Some(_) => match v.iter().rposition(|&b| b == b':') {
-            Some(i) => (&v[..i], Some(&v[i + 1..])),
-            None => (v, None),
-        },
-    };
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    if !port_ok {
-        return false;
-    }
-    let host_ok = host.first() == Some(&b'[') || is_reg_name(host);
-    port_ok && host_ok
+/// Where a valid authority's host is, as routes match it: without brackets,
+/// port or trailing dots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub start: u16,
+    pub end: u16,
+    /// The host has upper-case letters (routes match it lowered).
+    pub upper: bool,
 }
 
-/// Bytes a reg-name may hold as they are: unreserved and sub-delims.
-const REG_NAME: [bool; 256] = {
-    let mut t = [false; 256];
+impl Host {
+    /// The host inside `authority` (the value this was parsed from), lowered
+    /// into `buf` when it has upper case.
+    pub fn of<'b>(self, authority: &'b str, buf: &'b mut [u8; 256]) -> &'b str {
+        let host = authority
+            .get(usize::from(self.start)..usize::from(self.end))
+            .unwrap_or("");
+        if !self.upper || host.len() > buf.len() {
+            return host;
+        }
+        let out = &mut buf[..host.len()];
+        out.copy_from_slice(host.as_bytes());
+        out.make_ascii_lowercase();
+        std::str::from_utf8(out).unwrap_or("")
+    }
+}
+
+/// Whether `v` is a valid `host[:port]`.
+pub fn is_valid(v: &[u8]) -> bool {
+    parse(v).is_some()
+}
+
+/// A valid `host[:port]`'s host, or `None` if `v` is not one.
+pub fn parse(v: &[u8]) -> Option<Host> {
+    if v.first()? == &b'[' {
+        return parse_literal(v);
+    }
+    // One pass to the port: bytes a reg-name holds as they are, and whether
+    // any is upper case. Escapes (or anything else) take the careful look.
+    let (mut every, mut any) = (ALLOWED, 0);
+    let mut colon = v.len();
+    for (i, &b) in v.iter().enumerate() {
+        if b == b':' {
+            colon = i;
+            break;
+        }
+        let class = REG_NAME[usize::from(b)];
+        every &= class;
+        any |= class;
+    }
+    let (host, port) = (&v[..colon], v.get(colon + 1..));
+    if host.is_empty() || host.len() > 255 || (every == 0 && !is_reg_name(host)) || !port_ok(port) {
+        return None;
+    }
+    let trimmed = host.len() - host.iter().rev().take_while(|&&b| b == b'.').count();
+    Some(Host {
+        start: 0,
+        end: trimmed as u16,
+        upper: any & UPPER != 0,
+    })
+}
+
+/// `[IPv6]` with an optional port.
+fn parse_literal(v: &[u8]) -> Option<Host> {
+    let end = v.iter().position(|&b| b == b']')?;
+    let literal = std::str::from_utf8(&v[1..end]).ok()?;
+    literal.parse::<Ipv6Addr>().ok()?;
+    let port = match &v[end + 1..] {
+        [] => None,
+        [b':', port @ ..] => Some(port),
+        _ => return None,
+    };
+    if !port_ok(port) {
+        return None;
+    }
+    Some(Host {
+        start: 1,
+        end: end as u16,
+        upper: literal.bytes().any(|b| b.is_ascii_uppercase()),
+    })
+}
+
+fn port_ok(port: Option<&[u8]>) -> bool {
+    port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+}
+
+/// Bytes a reg-name may hold as they are (unreserved and sub-delims), and which
+/// of them are upper case.
+const ALLOWED: u8 = 1;
+const UPPER: u8 = 2;
+const REG_NAME: [u8; 256] = {
+    let mut t = [0u8; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric();
+        if c.is_ascii_alphanumeric() {
+            t[b] = ALLOWED;
+        }
+        if c.is_ascii_uppercase() {
+            t[b] |= UPPER;
+        }
         b += 1;
     }
     let extra = b"-._~!$&'()*+,;=";
     let mut i = 0;
     while i < extra.len() {
-        t[extra[i] as usize] = true;
+        t[extra[i] as usize] = ALLOWED;
         i += 1;
     }
     t
@@ -60,7 +123,7 @@ fn is_reg_name(h: &[u8]) -> bool {
         return false;
     }
     // The common case in one pass: a table look-up a byte, no escapes.
-    if h.iter().all(|&b| REG_NAME[usize::from(b)]) {
+    if h.iter().all(|&b| REG_NAME[usize::from(b)] & ALLOWED != 0) {
         return true;
     }
     let mut i = 0;
@@ -74,7 +137,7 @@ fn is_reg_name(h: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        if !REG_NAME[usize::from(b)] {
+        if REG_NAME[usize::from(b)] & ALLOWED == 0 {
             return false;
         }
         i += 1;
@@ -138,6 +201,23 @@ mod tests {
     }
 
     #[test]
+    fn the_host_is_found_without_brackets_port_or_trailing_dots() {
+        let mut buf = [0u8; 256];
+        for (v, host) in [
+            ("example.com", "example.com"),
+            ("Example.COM:8080", "example.com"),
+            ("example.com.:80", "example.com"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("[2001:DB8::1]:443", "2001:db8::1"),
+            ("[::1]", "::1"),
+            ("host:", "host"),
+        ] {
+            let parsed = parse(v.as_bytes()).unwrap();
+            assert_eq!(parsed.of(v, &mut buf), host, "{v}");
+        }
+    }
+
+    #[test]
     fn authorities_agree_by_host_and_port() {
         assert!(same(b"Example.com", b"example.COM"));
         assert!(same(b"example.com:80", b"example.com"));
@@ -153,6 +233,7 @@ mod tests {
     fn what_a_region_could_read_as_another_host_is_refused() {
         for v in [
             "",
+            ":80",
             "a b",
             "evil.com@127.0.0.1",
             "user:pass@host",

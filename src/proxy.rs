@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::accounting::{FailoverReason, FailureKind};
 use crate::activity::{Activity, Streaming};
 use crate::admit::{self, Admitted, Refused};
+use crate::authority::Host;
 use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
 use crate::client_body::ClientBody;
@@ -303,32 +304,24 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// The request's host, lower case and without port, in `buf` when it had to be
-/// lowered (no allocation either way).
-fn request_host<'b>(req: &'b Request<Incoming>, buf: &'b mut [u8; 256]) -> &'b str {
-    // The target's authority (absolute form, HTTP/2 `:authority`) wins; the
-    // admission checks made sure that Host agrees with it.
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("");
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => raw.rsplit_once(':').map_or(raw, |(h, _)| h),
+/// lowered (no allocation either way). `host` is where admission found it.
+fn request_host<'b>(
+    req: &'b Request<Incoming>,
+    host: Option<Host>,
+    buf: &'b mut [u8; 256],
+) -> &'b str {
+    let Some(host) = host else { return "" };
+    // The target's authority (absolute form, HTTP/2 `:authority`) wins, as in
+    // admission, which made sure that Host agrees with it.
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
     };
-    let host = host.trim_end_matches('.');
-    if !host.bytes().any(|b| b.is_ascii_uppercase()) || host.len() > buf.len() {
-        return host;
-    }
-    let out = &mut buf[..host.len()];
-    out.copy_from_slice(host.as_bytes());
-    out.make_ascii_lowercase();
-    std::str::from_utf8(out).unwrap_or("")
+    host.of(raw, buf)
 }
 
 async fn proxy(
@@ -382,7 +375,7 @@ async fn proxy(
     let facts = RequestFacts {
         client,
         geo: table.geo().lookup(client.0),
-        host: request_host(&req, &mut host_buf),
+        host: request_host(&req, admitted.host, &mut host_buf),
         path: req.uri().path(),
         method: req.method(),
         home,
@@ -449,7 +442,7 @@ async fn proxy(
     // The upstream request head, built once.
     // Only the protocols the route allows pass; h2c and the rest are stripped
     // with the hop-by-hop headers, never tunnelled.
-    let upgrade = if req.version() == Version::HTTP_11 {
+    let upgrade = if admitted.upgrade && req.version() == Version::HTTP_11 {
         headers::upgrade_protocol(req.headers()).filter(|p| route.allows_upgrade(p.as_bytes()))
     } else {
         None
