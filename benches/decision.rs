@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
         cfg.geo_database = Some(db.clone());
         let table = RoutingTable::compile(&cfg).unwrap();
         assert_eq!(table.routes()[0].rules.len(), rules);
-        let states = RegionStates::all_serving(&table, &georouter::metrics::Metrics::new());
+        let states = RegionStates::all_serving(&table);
         // Everything a request brings, with its geo lookup.
         let facts_for = |ip: IpAddr| RequestFacts {
             client: ClientIp(ip),

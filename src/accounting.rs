@@ -144,6 +144,65 @@ impl TableCounters {
     }
 }
 
+/// The counters of one table's regions, in table order, and the table's
+/// failover and refusal counters; published beside the region states.
+#[derive(Debug)]
+pub struct Accounts {
+    table_generation: u64,
+    accounts: Box<[Arc<RegionAccount>]>,
+    /// Kept from one snapshot to the next while the table stays.
+    counters: Arc<TableCounters>,
+}
+
+impl Accounts {
+    /// `accounts` for `table`, in its order; `previous`'s table counters if they
+    /// were made for the same table.
+    pub fn new(
+        table: &RoutingTable,
+        accounts: Vec<Arc<RegionAccount>>,
+        previous: Option<&Accounts>,
+    ) -> Self {
+        debug_assert_eq!(accounts.len(), table.regions().len());
+        Self {
+            table_generation: table.generation(),
+            accounts: accounts.into_boxed_slice(),
+            counters: match previous {
+                Some(p) => p.counters.for_table(table),
+                None => Arc::new(TableCounters::new(table)),
+            },
+        }
+    }
+
+    /// New accounts for every region of `table`.
+    pub fn fresh(table: &RoutingTable, metrics: &Metrics) -> Self {
+        let accounts = table
+            .regions()
+            .iter()
+            .map(|r| Arc::new(RegionAccount::new(r.name.clone(), metrics)))
+            .collect();
+        Self::new(table, accounts, None)
+    }
+
+    /// The counters of a region of `table`; found by name for another table.
+    pub fn account(&self, table: &RoutingTable, id: RegionId) -> Option<&RegionAccount> {
+        if self.table_generation == table.generation() {
+            return self.accounts.get(usize::from(id.0)).map(|a| &**a);
+        }
+        let name = &table.region(id).name;
+        self.accounts.iter().find(|a| a.name == *name).map(|a| &**a)
+    }
+
+    /// The table's failover and refusal counters.
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
+    }
+
+    /// Every account, in table order.
+    pub fn all(&self) -> &[Arc<RegionAccount>] {
+        &self.accounts
+    }
+}
+
 /// One region's data-plane counters. Shared by every snapshot of the region
 /// states, across reloads, for as long as the region is in the policy.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::accounting::RegionAccount;
+use crate::accounting::{Accounts, RegionAccount};
 use crate::auth::{AdminAuth, AuthError};
 use crate::config::{Config, HealthCheck, LoadError, RegionName};
 use crate::health::check::{self, Outcome};
@@ -171,7 +171,7 @@ impl Control {
         let regions = table
             .regions()
             .iter()
-            .zip(current.states.accounts())
+            .zip(current.accounts.all())
             .zip(&config.regions)
             .map(|((r, a), spec)| (r.name.clone(), Record::new(spec.health.clone(), a.clone())))
             .collect();
@@ -286,10 +286,15 @@ impl Control {
                 .set(serving as i64);
         }
         let previous = self.state.routing.load();
-        let states = RegionStates::new(&table, states, accounts, Some(&previous.states));
+        let accounts = Accounts::new(&table, accounts, Some(&previous.accounts));
+        let states = RegionStates::new(&table, states);
         self.state
             .routing
-            .store(Arc::new(crate::snapshot::Snapshot { table, states }));
+            .store(Arc::new(crate::snapshot::Snapshot {
+                table,
+                states,
+                accounts,
+            }));
     }
 
     fn transition(&self, region: &RegionName, t: &Transition) {

@@ -9,14 +9,13 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 
-use crate::accounting::FailureKind;
+use crate::accounting::{Accounts, FailureKind};
 use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
 use crate::client_body::{ClientBodyError, Progress};
 use crate::config::{EndpointSpec, Protocol, RegionName};
 use crate::deadline::{Lent, TimerSlot};
 use crate::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
-use crate::regions::RegionStates;
 use crate::table::{Region, RegionId, RoutingTable};
 use crate::State;
 
@@ -118,7 +117,7 @@ fn failed(
     kind: FailureKind,
     first: &mut Option<(RegionId, FailureKind)>,
 ) {
-    if let Some(a) = ctx.states.account(ctx.table, id) {
+    if let Some(a) = ctx.accounts.account(ctx.table, id) {
         if a.failure(kind, ctx.table.settings.passive_failures) {
             ctx.state.wake.notify_one();
         }
@@ -129,7 +128,7 @@ fn failed(
 /// What an attempt needs besides the request.
 pub struct Attempt<'a> {
     pub table: &'a RoutingTable,
-    pub states: &'a RegionStates,
+    pub accounts: &'a Accounts,
     pub state: &'a State,
     /// The connection's reusable response deadline.
     pub timer: &'a TimerSlot,
@@ -196,7 +195,7 @@ async fn response_head<F: std::future::Future>(
         }
     }
     let deadline = now + timeout;
-    let account = ctx.states.account(ctx.table, id).filter(|_| may_move_on);
+    let account = ctx.accounts.account(ctx.table, id).filter(|_| may_move_on);
     let Some(account) = account else {
         return timer.within(deadline, send).await.ok_or(NoHead::Timeout);
     };
@@ -284,7 +283,7 @@ pub async fn forward<'t>(
                     endpoints_tried += 1;
                     if endpoints_tried < region.endpoints.len() {
                         // The region's next endpoint first: nothing was sent.
-                        if let Some(a) = ctx.states.account(table, id) {
+                        if let Some(a) = ctx.accounts.account(table, id) {
                             if a.failure(FailureKind::Connect, table.settings.passive_failures) {
                                 ctx.state.wake.notify_one();
                             }
@@ -326,7 +325,7 @@ pub async fn forward<'t>(
                                 break;
                             }
                         }
-                    } else if let Some(a) = ctx.states.account(table, id) {
+                    } else if let Some(a) = ctx.accounts.account(table, id) {
                         a.success();
                     }
                     return Ok(Forwarded {

@@ -107,12 +107,14 @@ impl State {
     pub fn new(config: Config) -> Result<State, TableError> {
         let table = RoutingTable::compile(&config)?;
         let metrics = metrics::Metrics::new();
-        let states = RegionStates::all_serving(&table, &metrics);
+        let states = RegionStates::all_serving(&table);
+        let accounts = accounting::Accounts::fresh(&table, &metrics);
         Ok(State {
             config: ArcSwap::from_pointee(config),
             routing: ArcSwap::from_pointee(Snapshot {
                 table: std::sync::Arc::new(table),
                 states,
+                accounts,
             }),
             wake: tokio::sync::Notify::new(),
             unrouted: accounting::CodeCounters::new(

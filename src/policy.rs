@@ -747,7 +747,7 @@ mod tests {
             },
         )
         .unwrap();
-        let mut states = RegionStates::all_serving(&t, &crate::metrics::Metrics::new());
+        let mut states = RegionStates::all_serving(&t);
         for name in ["eu-west", "eu-central"] {
             let id = t.region_by_name(name).unwrap().id;
             states.set(

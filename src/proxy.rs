@@ -31,11 +31,10 @@ use crate::identity::{self, PeerAddr};
 use crate::path::{self, PathError};
 use crate::policy::{self, PinSource, Refusal, RequestFacts};
 use crate::pool::PooledBody;
-use crate::regions::RegionStates;
 use crate::request_id::{self, RequestId};
 use crate::select;
 use crate::snapshot::Snapshot;
-use crate::table::{RegionId, RoutingTable};
+use crate::table::RegionId;
 use crate::State;
 
 /// What a proxied response carries: the upstream's body, streamed, or a short
@@ -332,7 +331,7 @@ async fn proxy(
     (flaw, admitted): (Option<Flaw>, Result<Admitted, Refused>),
     made_id: Option<u64>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
-    let (table, states) = (&*snapshot.table, &snapshot.states);
+    let (table, states, accounts) = (&*snapshot.table, &snapshot.states, &snapshot.accounts);
     let settings = &table.settings;
     budget::deposit(&settings.retry);
     if let Some(flaw) = flaw {
@@ -414,7 +413,7 @@ async fn proxy(
                     client.0,
                     "no serving region inside the jurisdiction",
                 );
-                states
+                accounts
                     .counters()
                     .refusal(&conn.state.metrics, table, pin.jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
@@ -497,7 +496,7 @@ async fn proxy(
     let req = Request::from_parts(parts, body);
     let attempt = forward::Attempt {
         table,
-        states,
+        accounts,
         state: &conn.state,
         timer: &conn.timer,
         body: progress.as_deref(),
@@ -510,7 +509,7 @@ async fn proxy(
             (ForwardError::Connect { .. }, Some(pin)) => {
                 let jurisdiction = table.jurisdiction(pin.jurisdiction).name.clone();
                 log_refusal(&jurisdiction, client.0, "every region inside the jurisdiction is unreachable");
-                states
+                accounts
                     .counters()
                     .refusal(&conn.state.metrics, table, pin.jurisdiction);
                 ProxyError::ResidencyRefused { jurisdiction }
@@ -528,17 +527,10 @@ async fn proxy(
         .response
         .body_mut()
         .hold(Streaming::new(conn.activity.clone()));
-    if let Some(account) = states.account(table, region.id) {
+    if let Some(account) = accounts.account(table, region.id) {
         account.response(forwarded.response.status(), started.elapsed());
     }
-    count_failover(
-        conn,
-        table,
-        states,
-        &decision,
-        region,
-        forwarded.first_failure,
-    );
+    count_failover(conn, snapshot, &decision, region, forwarded.first_failure);
     let mut response = respond(
         forwarded.response,
         region,
@@ -585,8 +577,7 @@ struct Served {
 /// attempt failed, or because that region was drained or unhealthy.
 fn count_failover(
     conn: &Connection,
-    table: &RoutingTable,
-    states: &RegionStates,
+    snapshot: &Snapshot,
     decision: &policy::Decision<'_>,
     served: &crate::table::Region,
     first_failure: Option<(RegionId, FailureKind)>,
@@ -600,7 +591,7 @@ fn count_failover(
             if first == served.id {
                 return;
             }
-            let s = states.get(table, first);
+            let s = snapshot.states.get(&snapshot.table, first);
             let reason = if s.drained {
                 FailoverReason::Drained
             } else if !s.healthy {
@@ -612,9 +603,13 @@ fn count_failover(
             (first, reason)
         }
     };
-    states
-        .counters()
-        .failover(&conn.state.metrics, table, from, served.id, reason);
+    snapshot.accounts.counters().failover(
+        &conn.state.metrics,
+        &snapshot.table,
+        from,
+        served.id,
+        reason,
+    );
 }
 
 impl From<ForwardError> for ProxyError {

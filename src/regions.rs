@@ -1,12 +1,9 @@
 //! Region states: the health, drain, weight and RTT facts the selector reads, one
-//! immutable snapshot per change, indexed like the routing table it was made for;
-//! with each region's data-plane counters.
+//! immutable snapshot per change, indexed like the routing table it was made for.
+//! Plain data: the counters live beside them ([`crate::accounting::Accounts`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accounting::{RegionAccount, TableCounters};
-use crate::metrics::Metrics;
 use crate::table::{RegionId, RoutingTable};
 
 /// Health and drain are separate facts: a drained region may be healthy.
@@ -37,47 +34,21 @@ impl RegionState {
 pub struct RegionStates {
     table_generation: u64,
     states: Box<[RegionState]>,
-    accounts: Box<[Arc<RegionAccount>]>,
-    /// Failover and refusal counters of the table: kept from one snapshot to the
-    /// next while the table stays.
-    counters: Arc<TableCounters>,
 }
 
 impl RegionStates {
-    /// A snapshot for `table`: one state and one account per region, in table order;
-    /// `previous`'s table counters if it was made for the same table.
-    pub fn new(
-        table: &RoutingTable,
-        states: Vec<RegionState>,
-        accounts: Vec<Arc<RegionAccount>>,
-        previous: Option<&RegionStates>,
-    ) -> Self {
+    /// A snapshot for `table`: one state per region, in table order.
+    pub fn new(table: &RoutingTable, states: Vec<RegionState>) -> Self {
         debug_assert_eq!(states.len(), table.regions().len());
-        debug_assert_eq!(accounts.len(), table.regions().len());
         Self {
             table_generation: table.generation(),
             states: states.into_boxed_slice(),
-            accounts: accounts.into_boxed_slice(),
-            counters: match previous {
-                Some(p) => p.counters.for_table(table),
-                None => Arc::new(TableCounters::new(table)),
-            },
         }
     }
 
-    /// Every region of the table healthy and undrained, with new accounts.
-    pub fn all_serving(table: &RoutingTable, metrics: &Metrics) -> Self {
-        let accounts = table
-            .regions()
-            .iter()
-            .map(|r| Arc::new(RegionAccount::new(r.name.clone(), metrics)))
-            .collect();
-        Self::new(
-            table,
-            vec![RegionState::SERVING; table.regions().len()],
-            accounts,
-            None,
-        )
+    /// Every region of the table healthy and undrained.
+    pub fn all_serving(table: &RoutingTable) -> Self {
+        Self::new(table, vec![RegionState::SERVING; table.regions().len()])
     }
 
     /// Changes one region's state in this (unpublished) snapshot.
@@ -87,8 +58,9 @@ impl RegionStates {
         }
     }
 
-    /// The state of a region. A snapshot made for another table generation (the
-    /// instant between two swaps) reads as serving rather than guessing by index.
+    /// The state of a region. A snapshot made for another table generation
+    /// reads as serving rather than guessing by index (published together with
+    /// its table, it never is; this only guards misuse).
     pub fn get(&self, table: &RoutingTable, id: RegionId) -> RegionState {
         if self.table_generation != table.generation() {
             return RegionState::SERVING;
@@ -97,24 +69,5 @@ impl RegionStates {
             .get(usize::from(id.0))
             .copied()
             .unwrap_or(RegionState::SERVING)
-    }
-
-    /// The counters of a region of `table`; found by name during a swap.
-    pub fn account(&self, table: &RoutingTable, id: RegionId) -> Option<&RegionAccount> {
-        if self.table_generation == table.generation() {
-            return self.accounts.get(usize::from(id.0)).map(|a| &**a);
-        }
-        let name = &table.region(id).name;
-        self.accounts.iter().find(|a| a.name == *name).map(|a| &**a)
-    }
-
-    /// The table's failover and refusal counters.
-    pub fn counters(&self) -> &TableCounters {
-        &self.counters
-    }
-
-    /// Every account, in table order.
-    pub fn accounts(&self) -> &[Arc<RegionAccount>] {
-        &self.accounts
     }
 }

@@ -73,7 +73,6 @@ pub fn panic(table: &RoutingTable, states: &RegionStates, candidates: &[RegionId
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::metrics::Metrics;
     use crate::regions::RegionState;
     use std::time::Duration;
 
@@ -112,14 +111,14 @@ mod tests {
     #[test]
     fn all_serving_keeps_policy_order() {
         let t = table();
-        let s = RegionStates::all_serving(&t, &Metrics::new());
+        let s = RegionStates::all_serving(&t);
         assert_eq!(pick(&t, &s, Steering::Failover, 0), ALL);
     }
 
     #[test]
     fn unhealthy_and_drained_regions_are_skipped() {
         let t = table();
-        let mut s = RegionStates::all_serving(&t, &Metrics::new());
+        let mut s = RegionStates::all_serving(&t);
         s.set(RegionId(0), state(false, false, 0, None));
         s.set(RegionId(2), state(true, true, 1000, None));
         assert_eq!(pick(&t, &s, Steering::Failover, 0), [RegionId(1)]);
@@ -128,7 +127,7 @@ mod tests {
     #[test]
     fn nothing_serving_yields_nothing() {
         let t = table();
-        let mut s = RegionStates::all_serving(&t, &Metrics::new());
+        let mut s = RegionStates::all_serving(&t);
         for id in ALL {
             s.set(id, state(false, false, 0, None));
         }
@@ -138,7 +137,7 @@ mod tests {
     #[test]
     fn latency_steering_orders_by_rtt_and_unmeasured_last() {
         let t = table();
-        let mut s = RegionStates::all_serving(&t, &Metrics::new());
+        let mut s = RegionStates::all_serving(&t);
         s.set(RegionId(0), state(true, false, 1000, None));
         s.set(RegionId(1), state(true, false, 1000, Some(40)));
         s.set(RegionId(2), state(true, false, 1000, Some(12)));
@@ -156,7 +155,7 @@ mod tests {
     #[test]
     fn a_ramping_region_keeps_only_its_share_of_first_places() {
         let t = table();
-        let mut s = RegionStates::all_serving(&t, &Metrics::new());
+        let mut s = RegionStates::all_serving(&t);
         s.set(RegionId(0), state(true, false, 250, None));
         let firsts = (0..1000u16)
             .filter(|&d| pick(&t, &s, Steering::Failover, d)[0] == RegionId(0))
@@ -177,7 +176,7 @@ mod tests {
             .collect();
         let mut admitted = vec![false; clients.len()];
         for weight in (0..=1000u16).step_by(50) {
-            let mut s = RegionStates::all_serving(&t, &Metrics::new());
+            let mut s = RegionStates::all_serving(&t);
             s.set(RegionId(0), state(true, false, weight, None));
             let mut share = 0;
             for (i, &c) in clients.iter().enumerate() {
@@ -202,7 +201,7 @@ mod tests {
     #[test]
     fn a_ramping_region_alone_takes_everything() {
         let t = table();
-        let mut s = RegionStates::all_serving(&t, &Metrics::new());
+        let mut s = RegionStates::all_serving(&t);
         s.set(RegionId(0), state(true, false, 10, None));
         s.set(RegionId(1), state(false, false, 0, None));
         s.set(RegionId(2), state(false, false, 0, None));

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::accounting::Accounts;
 use crate::regions::RegionStates;
 use crate::table::RoutingTable;
 
@@ -11,5 +12,8 @@ use crate::table::RoutingTable;
 #[derive(Debug)]
 pub struct Snapshot {
     pub table: Arc<RoutingTable>,
+    /// Plain data: what the decision reads.
     pub states: RegionStates,
+    /// The regions' counters, beside the states: what forwarding writes.
+    pub accounts: Accounts,
 }
