@@ -14,6 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+pub mod views;
+
 use crate::auth::{Access, Denied};
 use crate::control::{Control, DrainError};
 use crate::server::Shutdown;
@@ -152,7 +154,7 @@ fn denied(d: Denied) -> Response<Full<Bytes>> {
 }
 
 /// A mutating call: `POST /regions/{name}/drain|undrain`, `POST /reload`.
-fn mutate(
+async fn mutate(
     control: &Arc<Control>,
     peer: SocketAddr,
     req: &Request<Incoming>,
@@ -188,7 +190,7 @@ fn mutate(
         return denied(d);
     }
     match (action, region) {
-        ("reload", _) => match control.reload(&format!("POST /reload from {peer}")) {
+        ("reload", _) => match control.reload(&format!("POST /reload from {peer}")).await {
             Ok(generation) => {
                 audit("ok", "");
                 json(
@@ -218,7 +220,7 @@ fn mutate(
                 Ok(persist_error) => {
                     let warning = persist_error.map(|e| e.to_string());
                     audit("ok", warning.as_deref().unwrap_or(""));
-                    let view = control.regions().into_iter().find(|r| r.name == name);
+                    let view = views::regions(control).into_iter().find(|r| r.name == name);
                     json(
                         StatusCode::OK,
                         &serde_json::json!({ "region": view, "persist_warning": warning }),
@@ -267,9 +269,9 @@ async fn route(
     if method == Method::POST {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         return Ok(match segments.as_slice() {
-            ["reload"] => mutate(&control, peer, &req, "reload", None),
+            ["reload"] => mutate(&control, peer, &req, "reload", None).await,
             ["regions", name, action @ ("drain" | "undrain")] => {
-                mutate(&control, peer, &req, action, Some(name))
+                mutate(&control, peer, &req, action, Some(name)).await
             }
             _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),
         });
@@ -296,7 +298,7 @@ async fn route(
     }
     let state = control.state();
     Ok(match path.as_str() {
-        "/regions" => json(StatusCode::OK, &control.regions()),
+        "/regions" => json(StatusCode::OK, &views::regions(&control)),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

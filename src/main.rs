@@ -396,7 +396,7 @@ async fn wait_for_signal(control: &std::sync::Arc<control::Control>) -> Result<(
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(()) }
             _ = int.recv() => { tracing::info!("SIGINT"); return Ok(()) }
-            _ = hup.recv() => { let _ = control.reload("SIGHUP"); }
+            _ = hup.recv() => { let _ = control.reload("SIGHUP").await; }
         }
     }
 }

@@ -24,11 +24,14 @@ async fn reloads_under_load_never_send_a_request_to_a_drained_region() {
     load.wait_for(20).await;
     let control = router.control.clone();
     let sent = load.sent.clone();
-    let reloads = tokio::task::spawn_blocking(move || {
+    let reloads = tokio::spawn(async move {
         let until = sent.load(std::sync::atomic::Ordering::SeqCst) + 3000;
         let mut n = 0;
         while sent.load(std::sync::atomic::Ordering::SeqCst) < until {
-            control.reload("test").expect("the same policy reloads");
+            control
+                .reload("test")
+                .await
+                .expect("the same policy reloads");
             n += 1;
         }
         n
@@ -221,7 +224,7 @@ async fn a_flapping_region_moves_each_client_at_most_twice() {
     let flapped = flap_started.elapsed();
     // Wait for the ejection to end and the ramp to finish.
     let weight_full = || {
-        let v = router.control.regions();
+        let v = georouter::admin::views::regions(&router.control);
         let a = v.iter().find(|r| r.name == "a").unwrap();
         a.phase == "up" && a.weight >= 1.0 && a.last_transition.is_some()
     };

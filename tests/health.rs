@@ -221,7 +221,9 @@ async fn latency_steering_follows_the_measured_rtt() {
     );
     let router = TestRouter::spawn(&toml).await;
     eventually("both measured", || {
-        router.control.regions().iter().all(|r| r.rtt_ms.is_some())
+        georouter::admin::views::regions(&router.control)
+            .iter()
+            .all(|r| r.rtt_ms.is_some())
     })
     .await;
     let r = get(&h1_client(), &router.url("/")).await;

@@ -1,5 +1,6 @@
-//! Operator drains: which regions are drained, why, by whom and since when; kept in
-//! a small JSON state file (written aside and renamed) so a restart reapplies them.
+//! Operator drains: which regions are drained, why, by whom and since when. The
+//! control plane keeps them in a [`DrainStore`]; [`Drains`] is the local one, a
+//! small JSON state file (written aside and renamed) so a restart reapplies them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,24 @@ pub enum StateFileError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Why a drain change could not be kept. The change holds in memory either way.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    File(#[from] StateFileError),
+}
+
+/// Where the control plane keeps drains: the seam between it and a store (the
+/// local state file today; a store shared by a fleet next).
+pub trait DrainStore: Send + std::fmt::Debug {
+    /// The drain of `region`, if it is drained.
+    fn get(&self, region: &str) -> Option<&Drain>;
+    /// Every drain, by region name.
+    fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Drain)> + '_>;
+    /// Sets (`Some`) or clears (`None`) a drain and keeps it.
+    fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StoreError>;
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -76,24 +95,6 @@ impl Drains {
         })
     }
 
-    pub fn get(&self, region: &str) -> Option<&Drain> {
-        self.by_region.get(region)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Drain)> {
-        self.by_region.iter()
-    }
-
-    /// Sets or clears a drain and writes the file. The change holds in memory even
-    /// when the file cannot be written (the error says so).
-    pub fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StateFileError> {
-        match drain {
-            Some(d) => self.by_region.insert(region.to_owned(), d),
-            None => self.by_region.remove(region),
-        };
-        self.save()
-    }
-
     fn save(&self) -> Result<(), StateFileError> {
         let Some(path) = &self.file else {
             return Ok(());
@@ -110,6 +111,26 @@ impl Drains {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).map_err(failed)?;
         std::fs::rename(&tmp, path).map_err(failed)
+    }
+}
+
+impl DrainStore for Drains {
+    fn get(&self, region: &str) -> Option<&Drain> {
+        self.by_region.get(region)
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Drain)> + '_> {
+        Box::new(self.by_region.iter())
+    }
+
+    /// Sets or clears a drain and writes the file. The change holds in memory even
+    /// when the file cannot be written (the error says so).
+    fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StoreError> {
+        match drain {
+            Some(d) => self.by_region.insert(region.to_owned(), d),
+            None => self.by_region.remove(region),
+        };
+        Ok(self.save()?)
     }
 }
 

@@ -439,11 +439,12 @@ pub async fn region_view(admin: SocketAddr, name: &str) -> serde_json::Value {
 pub fn phase(router: &TestRouter, name: &str) -> &'static str {
     router
         .control
-        .regions()
+        .region_reports()
         .into_iter()
-        .find(|r| r.name == name)
+        .find(|r| r.name.as_str() == name)
         .unwrap_or_else(|| panic!("no region {name}"))
         .phase
+        .name()
 }
 
 /// A temp dir for one test's files.

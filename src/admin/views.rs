@@ -1,0 +1,89 @@
+//! What `GET /regions` (and the drain calls' answers) show: the control plane's
+//! region reports as JSON-friendly views.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::control::{Control, RegionReport};
+
+/// `GET /regions`: every region of the policy in service.
+pub fn regions(control: &Control) -> Vec<RegionView> {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    control
+        .region_reports()
+        .into_iter()
+        .map(|r| RegionView::new(r, now, wall))
+        .collect()
+}
+
+impl RegionView {
+    fn new(r: RegionReport, now: Instant, wall: SystemTime) -> Self {
+        let (drain_reason, drained_by) = match r.drain {
+            Some(d) => (Some(d.reason), Some(d.by)),
+            None => (None, None),
+        };
+        RegionView {
+            name: r.name.to_string(),
+            jurisdiction: r.jurisdiction,
+            phase: r.phase.name(),
+            healthy: r.state.healthy,
+            drained: r.state.drained,
+            drain_reason,
+            drained_by,
+            serving: r.state.serving(),
+            weight: f64::from(r.state.weight) / 1000.0,
+            rtt_ms: r.rtt.map(|v| (v.as_secs_f64() * 1e5).round() / 100.0),
+            health_checks: r.health_checks,
+            requests: r.served,
+            upstream_errors: r.errors,
+            last_transition: r.last_transition.map(|(at, t)| {
+                let ago = now.saturating_duration_since(at);
+                TransitionView {
+                    at: (wall - ago)
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    seconds_ago: ago.as_secs(),
+                    from: t.from.name(),
+                    to: t.to.name(),
+                    cause: t.cause,
+                }
+            }),
+            endpoints: r.endpoints,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RegionView {
+    pub name: String,
+    pub jurisdiction: Option<String>,
+    /// up, down, ejected or held_down.
+    pub phase: &'static str,
+    pub healthy: bool,
+    pub drained: bool,
+    pub drain_reason: Option<String>,
+    pub drained_by: Option<String>,
+    pub serving: bool,
+    pub weight: f64,
+    pub rtt_ms: Option<f64>,
+    pub health_checks: bool,
+    /// Responses served since the region entered the policy.
+    pub requests: u64,
+    /// Failed attempts (connect, timeout, reset, 5xx) since then.
+    pub upstream_errors: u64,
+    pub last_transition: Option<TransitionView>,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransitionView {
+    /// Unix time, seconds.
+    pub at: u64,
+    pub seconds_ago: u64,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub cause: String,
+}

@@ -1,0 +1,254 @@
+//! Health monitoring: each region's checker task, passive trips read from
+//! traffic (within the ejection cap), the clock that ends ejections and ramps,
+//! and the transitions they make, logged and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{limits, Control, Inner};
+use crate::accounting::RegionAccount;
+use crate::config::{HealthCheck, RegionName};
+use crate::health::check::{self, Outcome};
+use crate::health::machine::{Machine, Phase, Transition};
+
+/// How often time-driven changes (ejections ending, slow-start ramps) are looked at.
+const TICK: Duration = Duration::from_millis(200);
+
+/// One region as the control plane tracks it.
+#[derive(Debug)]
+pub(super) struct Record {
+    pub(super) machine: Machine,
+    pub(super) check: HealthCheck,
+    pub(super) account: Arc<RegionAccount>,
+    /// Moving average of check round trips, in seconds.
+    pub(super) rtt: Option<f64>,
+    /// What latency steering sees: moves only past the hysteresis margin.
+    pub(super) published_rtt: Option<Duration>,
+    /// The weight in the snapshot in service: a ramp's last step must be published too.
+    pub(super) published_weight: u16,
+    /// Whether the snapshot in service has it serving.
+    pub(super) published_serving: bool,
+    pub(super) checked: bool,
+}
+
+impl Record {
+    pub(super) fn new(check: HealthCheck, account: Arc<RegionAccount>) -> Self {
+        Record {
+            machine: Machine::new(),
+            check,
+            account,
+            rtt: None,
+            published_rtt: None,
+            published_weight: 1000,
+            published_serving: true,
+            checked: false,
+        }
+    }
+}
+
+impl Control {
+    pub(super) fn transition(&self, region: &RegionName, t: &Transition) {
+        let serving = |p: Phase| p == Phase::Up;
+        if serving(t.to) {
+            tracing::info!(target: "georouter::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region back in service");
+        } else {
+            tracing::warn!(target: "georouter::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region out of service");
+        }
+        self.state
+            .metrics
+            .health_transitions
+            .with_label_values(&[region.as_str(), t.from.name(), t.to.name()])
+            .inc();
+    }
+
+    /// Feeds one check outcome into a region's machine.
+    fn report(&self, region: &RegionName, outcome: Outcome) {
+        let mut inner = self.lock();
+        let config = inner.config.clone();
+        let Some(rec) = inner.regions.get_mut(region) else {
+            return;
+        };
+        let now = Instant::now();
+        let first = !rec.checked;
+        rec.checked = true;
+        let limits = limits(&config, &rec.check);
+        let mut changed = first;
+        let t = match &outcome {
+            Outcome::Passed { rtt } => {
+                let sample = rtt.as_secs_f64();
+                let w = config.health.ewma_weight;
+                let avg = rec.rtt.map_or(sample, |old| old + w * (sample - old));
+                rec.rtt = Some(avg);
+                let avg = Duration::from_secs_f64(avg);
+                let moved = rec
+                    .published_rtt
+                    .is_none_or(|p| avg.abs_diff(p) > config.health.hysteresis);
+                if moved {
+                    rec.published_rtt = Some(avg);
+                    changed = true;
+                }
+                rec.machine.check(now, Ok(()), &limits)
+            }
+            Outcome::Failed { why } => {
+                tracing::debug!(%region, %why, "health check failed");
+                rec.machine.check(now, Err(why), &limits)
+            }
+            Outcome::Local { fault, why } => {
+                self.state.metrics.local_errors[*fault as usize].inc();
+                tracing::warn!(%region, kind = fault.as_str(), %why, "health check not made: the router is out of its own resources; the region's health is unchanged");
+                None
+            }
+        };
+        if let Some(t) = &t {
+            self.transition(region, t);
+            changed = true;
+        }
+        if changed {
+            self.publish(&mut inner);
+        }
+        if first {
+            self.update_ready(&inner);
+        }
+    }
+
+    /// Passive detections and the clock: ejections, their ends, ramps.
+    fn tick(&self) {
+        let mut inner = self.lock();
+        let config = inner.config.clone();
+        let now = Instant::now();
+        let mut changed = false;
+        let mut transitions = Vec::new();
+        self.passive_ejections(&mut inner, now, &mut transitions);
+        for (name, rec) in inner.regions.iter_mut() {
+            let limits = limits(&config, &rec.check);
+            if let Some(t) = rec.machine.tick(now, &limits) {
+                transitions.push((name.clone(), t));
+            }
+            changed |=
+                rec.machine.weight(now, config.health.failback.slow_start) != rec.published_weight;
+        }
+        for (name, t) in &transitions {
+            self.transition(name, t);
+        }
+        if changed || !transitions.is_empty() {
+            self.publish(&mut inner);
+        }
+    }
+
+    /// Regions whose run of failures in traffic reached the threshold are ejected,
+    /// one at a time, within the cap (`health::cap`); the rest are counted and
+    /// logged as what they are: the router suspecting itself or its network.
+    fn passive_ejections(
+        &self,
+        inner: &mut Inner,
+        now: Instant,
+        transitions: &mut Vec<(RegionName, Transition)>,
+    ) {
+        let tripped: Vec<(RegionName, crate::accounting::FailureKind)> = inner
+            .regions
+            .iter()
+            .filter_map(|(name, rec)| Some((name.clone(), rec.account.take_tripped()?)))
+            .collect();
+        if tripped.is_empty() {
+            return;
+        }
+        let table = inner.table.clone();
+        let config = inner.config.clone();
+        let mut out: Vec<bool> = table
+            .regions()
+            .iter()
+            .map(|r| {
+                inner
+                    .regions
+                    .get(&r.name)
+                    .is_some_and(|rec| !rec.machine.serving())
+            })
+            .collect();
+        let drained: Vec<bool> = table
+            .regions()
+            .iter()
+            .map(|r| inner.drains.get(r.name.as_str()).is_some())
+            .collect();
+        let percent = config.health.passive.max_ejected_percent;
+        for (name, kind) in tripped {
+            let (Some(region), Some(rec)) = (
+                table.region_by_name(name.as_str()),
+                inner.regions.get_mut(&name),
+            ) else {
+                continue;
+            };
+            if !rec.machine.serving() {
+                continue;
+            }
+            if let Err(capped) =
+                crate::health::cap::may_eject(&table, region.id, &out, &drained, percent)
+            {
+                self.state.metrics.ejections_capped.inc();
+                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::warn!(target: "georouter::health", region = %name, last = kind.as_str(), why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
+                }
+                continue;
+            }
+            let limits = limits(&config, &rec.check);
+            if let Some(t) = rec.machine.passive_failure(now, kind.as_str(), &limits) {
+                out[usize::from(region.id.0)] = true;
+                transitions.push((name, t));
+            }
+        }
+    }
+
+    pub(super) async fn run_ticks(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.state.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.tick();
+        }
+    }
+
+    pub(super) fn restart_checkers(self: &Arc<Self>, inner: &mut Inner) {
+        for h in inner.checkers.drain(..) {
+            h.abort();
+        }
+        for region in inner.table.regions() {
+            let check = inner.regions[&region.name].check.clone();
+            if !check.enabled {
+                continue;
+            }
+            let control = self.clone();
+            let table = inner.table.clone();
+            let id = region.id;
+            let mut shutdown = self.shutdown.clone();
+            let task = tokio::spawn(async move {
+                let region = table.region(id);
+                loop {
+                    let outcome = tokio::select! {
+                        o = check::run(region, &check) => o,
+                        _ = shutdown.changed() => return,
+                    };
+                    control.report(&region.name, outcome);
+                    let wait = jittered(check.interval, check.jitter);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            });
+            inner.checkers.push(task.abort_handle());
+        }
+    }
+}
+
+fn jittered(interval: Duration, jitter: f64) -> Duration {
+    if jitter == 0.0 {
+        return interval;
+    }
+    let f = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
+    interval.mul_f64(f)
+}

@@ -1,0 +1,165 @@
+//! Policy reload: load and validate the file and compile its table off the
+//! async runtime, then swap table, region states and admin tokens in as one
+//! change; the file watch that triggers it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::monitor::Record;
+use super::Control;
+use crate::accounting::RegionAccount;
+use crate::auth::{AdminAuth, AuthError};
+use crate::config::{Config, LoadError};
+use crate::table::{RoutingTable, TableError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no policy file to reload from (the router was started without one)")]
+    NoFile,
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("admin tokens: {0}")]
+    Auth(#[from] AuthError),
+    #[error("the policy load was interrupted (the loading task panicked); the previous policy keeps serving")]
+    Interrupted,
+}
+
+/// What a policy file holds, loaded, validated and compiled.
+struct Loaded {
+    config: Config,
+    table: RoutingTable,
+    auth: AdminAuth,
+}
+
+/// Sections read only at start: a change to them waits for a restart.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        (
+            "listeners",
+            format!("{:?}", old.listeners) != format!("{:?}", new.listeners),
+        ),
+        ("admin.address", old.admin.address != new.admin.address),
+        (
+            "server",
+            format!("{:?}", old.server) != format!("{:?}", new.server),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(what, changed)| changed.then_some(what))
+    .collect()
+}
+
+impl Control {
+    /// Loads the policy file again and swaps it in, or keeps the one in service
+    /// and says why. Health, drains and RTT history carry over by region name.
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ReloadError> {
+        let result = match self.load().await {
+            Ok(loaded) => Ok(self.apply(loaded)),
+            Err(e) => Err(e),
+        };
+        let m = &self.state.metrics;
+        match &result {
+            Ok(generation) => {
+                m.config_reloads.with_label_values(&["success"]).inc();
+                m.config_generation.set(*generation as i64);
+                tracing::info!(%trigger, generation, "policy reloaded");
+            }
+            Err(e) => {
+                m.config_reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(%trigger, error = %e, "policy reload rejected; the previous policy keeps serving");
+            }
+        }
+        result
+    }
+
+    /// Reads, validates and compiles the policy file on the blocking pool: the
+    /// geo database walk alone takes a fraction of a second.
+    async fn load(&self) -> Result<Loaded, ReloadError> {
+        let path: PathBuf = self
+            .options
+            .config_path
+            .clone()
+            .ok_or(ReloadError::NoFile)?;
+        let token = self.options.admin_token.clone();
+        tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path)?;
+            let table = RoutingTable::compile(&config)?;
+            let auth = AdminAuth::from_settings(&config.admin, token.as_deref())?;
+            Ok(Loaded {
+                config,
+                table,
+                auth,
+            })
+        })
+        .await
+        .map_err(|_| ReloadError::Interrupted)?
+    }
+
+    /// Swaps a loaded policy in; returns its generation.
+    fn apply(self: &Arc<Self>, loaded: Loaded) -> u64 {
+        let Loaded {
+            config,
+            table,
+            auth,
+        } = loaded;
+        let mut inner = self.lock();
+        for section in restart_only_changes(&inner.config, &config) {
+            tracing::warn!(
+                section,
+                "changed in the policy file; it takes effect at the next restart"
+            );
+        }
+        let mut regions = HashMap::new();
+        for spec in &config.regions {
+            let rec = match inner.regions.remove(&spec.name) {
+                Some(mut rec) => {
+                    rec.check = spec.health.clone();
+                    rec
+                }
+                None => Record::new(
+                    spec.health.clone(),
+                    Arc::new(RegionAccount::new(spec.name.clone(), &self.state.metrics)),
+                ),
+            };
+            regions.insert(spec.name.clone(), rec);
+        }
+        for gone in inner.regions.keys() {
+            tracing::info!(region = %gone, "region left the policy");
+            self.state.metrics.forget_region(gone.as_str());
+        }
+        let table = Arc::new(table);
+        let config = Arc::new(config);
+        inner.regions = regions;
+        inner.table = table.clone();
+        inner.config = config.clone();
+        // The table and its states go out as one snapshot: no request sees the new
+        // table with the old states, or the other way round.
+        self.publish(&mut inner);
+        self.state.config.store(config);
+        self.auth.store(Arc::new(auth));
+        self.restart_checkers(&mut inner);
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Reloads when the policy file's bytes change (read off the runtime).
+    pub(super) async fn watch_file(self: Arc<Self>, path: PathBuf) {
+        let mut shutdown = self.shutdown.clone();
+        let mut seen = tokio::fs::read(&path).await.ok();
+        loop {
+            let every = self.lock().config.reload.watch_interval;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = tokio::fs::read(&path).await.ok();
+            if now.is_some() && now != seen {
+                seen = now;
+                let _ = self.reload("file change").await;
+            }
+        }
+    }
+}
