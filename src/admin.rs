@@ -18,6 +18,7 @@ pub mod views;
 
 use crate::auth::{Access, Denied};
 use crate::control::{Control, DrainError};
+use crate::facts::{RequestFacts, Sources};
 use crate::server::Shutdown;
 use crate::State;
 
@@ -48,57 +49,81 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, mut shutdown: S
     }
 }
 
-/// `GET /explain?ip=..&host=..&path=..&method=..&home=..`: the decision for a hypothetical
-/// request from `ip`, as JSON.
+/// `GET /explain?ip=..&host=..&path=..&method=..&home=..&cookie=..`: the decision
+/// for a hypothetical request from `ip`, as JSON. Its facts are made as a real
+/// request's are ([`RequestFacts::from_request`]): the host and path normalised
+/// the same way, `home` read as the residency header from a trusted proxy, and
+/// `cookie` as the request's `Cookie` header (the router's signed residency
+/// cookie counts when it verifies).
 fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
+    let bad = |text: String| reply(StatusCode::BAD_REQUEST, TEXT, text);
     let mut ip = None;
-    let (mut host, mut path, mut home) = (String::new(), "/".to_owned(), None);
+    let (mut host, mut path, mut home, mut cookie) = (String::new(), "/".to_owned(), None, None);
     let mut method = http::Method::GET;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
             "ip" => ip = Some(v.into_owned()),
-            "host" => host = v.to_ascii_lowercase(),
+            "host" => host = v.into_owned(),
             "path" => path = v.into_owned(),
             "home" => home = Some(v.into_owned()),
+            "cookie" => cookie = Some(v.into_owned()),
             "method" => match http::Method::from_bytes(v.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => method = m,
-                Err(_) => {
-                    return reply(
-                        StatusCode::BAD_REQUEST,
-                        TEXT,
-                        format!("method={v:?} is not an HTTP method\n"),
-                    )
-                }
+                Err(_) => return bad(format!("method={v:?} is not an HTTP method\n")),
             },
             _ => {}
         }
     }
     let Some(ip) = ip else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            TEXT,
-            "explain needs ?ip=ADDRESS (and optionally host, path, home)\n",
+        return bad(
+            "explain needs ?ip=ADDRESS (and optionally host, path, method, home, cookie)\n".into(),
         );
     };
     let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            TEXT,
-            format!("ip={ip:?} is not an IP address\n"),
-        );
+        return bad(format!("ip={ip:?} is not an IP address\n"));
     };
     let snapshot = state.routing.load();
     let (table, states) = (&snapshot.table, &snapshot.states);
-    let facts = crate::policy::RequestFacts {
-        client: crate::identity::ClientIp(ip),
-        geo: table.geo().lookup(ip),
-        host: &host,
-        path: &path,
-        method: &method,
-        home: home
-            .as_deref()
-            .map(|h| (h, crate::policy::PinSource::Header)),
+    let mut host_buf = [0u8; 256];
+    let host = match host.as_str() {
+        "" => "",
+        h => match crate::authority::parse(h.as_bytes()) {
+            Some(at) => at.of(h, &mut host_buf),
+            None => return bad(format!("host={h:?} is not a valid host[:port]\n")),
+        },
     };
+    let path = match crate::path::normalize(&path, table.settings.reject_encoded_slashes) {
+        Ok(p) => p,
+        Err(e) => return bad(format!("path={path:?}: {e}\n")),
+    };
+    let mut headers = http::HeaderMap::new();
+    if let (Some(name), Some(home)) = (&table.residency_header, &home) {
+        match http::HeaderValue::from_str(home) {
+            Ok(v) => {
+                headers.insert(name.clone(), v);
+            }
+            Err(_) => return bad(format!("home={home:?} is not a header value\n")),
+        }
+    }
+    if let Some(cookie) = &cookie {
+        match http::HeaderValue::from_str(cookie) {
+            Ok(v) => {
+                headers.insert(header::COOKIE, v);
+            }
+            Err(_) => return bad(format!("cookie={cookie:?} is not a header value\n")),
+        }
+    }
+    let facts = RequestFacts::from_request(
+        table,
+        Sources {
+            client: crate::identity::ClientIp(ip),
+            host,
+            path: &path,
+            method: &method,
+            headers: &headers,
+            peer_trusted: home.is_some(),
+        },
+    );
     json(
         StatusCode::OK,
         &crate::explain::explain(table, states, &facts),

@@ -57,6 +57,7 @@ pub mod demo;
 pub mod descriptors;
 pub mod drill;
 pub mod explain;
+pub mod facts;
 pub mod forward;
 pub mod geo;
 pub mod h2_guard;

@@ -3,33 +3,11 @@
 //! Pure: no I/O, no lock, no allocation (candidates are kept inline).
 
 use crate::config::{Steering, MAX_CANDIDATES};
-use crate::geo::{distance_km, GeoFacts};
+use crate::geo::distance_km;
 use crate::identity::ClientIp;
 use crate::table::{JurisdictionId, Matched, RegionId, Route, RoutingTable};
 
-/// What the policy knows about one request.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    pub client: ClientIp,
-    pub geo: GeoFacts,
-    /// Lower-case host without port; empty when the request named none.
-    pub host: &'a str,
-    pub path: &'a str,
-    pub method: &'a http::Method,
-    /// A home-jurisdiction claim already checked (trusted header or signed cookie).
-    pub home: Option<(&'a str, PinSource)>,
-}
-
-/// Where a request's jurisdiction came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinSource {
-    /// The residency header, from a trusted proxy.
-    Header,
-    /// The cookie the router signed earlier.
-    Cookie,
-    /// The client's country.
-    Country,
-}
+pub use crate::facts::{PinSource, RequestFacts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pin {
@@ -224,7 +202,7 @@ pub fn client_hash(client: ClientIp) -> u64 {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::geo::{centroid, continent_of, Code};
+    use crate::geo::{centroid, continent_of, Code, GeoFacts};
 
     fn table(toml: &str) -> RoutingTable {
         RoutingTable::compile(&Config::from_toml(toml).unwrap()).unwrap()

@@ -24,12 +24,13 @@ use crate::budget;
 use crate::client_body::ClientBody;
 use crate::config::RegionName;
 use crate::deadline::TimerSlot;
+use crate::facts::{PinSource, RequestFacts, Sources};
 use crate::forward::{self, ForwardError};
 use crate::head_guard::Flaw;
 use crate::headers;
 use crate::identity::{self, PeerAddr};
 use crate::path::{self, PathError};
-use crate::policy::{self, PinSource, Refusal, RequestFacts};
+use crate::policy::{self, Refusal};
 use crate::pool::PooledBody;
 use crate::request_id::{self, RequestId};
 use crate::select;
@@ -362,23 +363,18 @@ async fn proxy(
     // The decision: pure, over the snapshots this request started with.
     let peer_trusted = settings.trusted_proxies.contains(conn.peer.ip());
     let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
-    let from_header = match &table.residency_header {
-        Some(name) if peer_trusted => req.headers().get(name).and_then(|v| v.to_str().ok()),
-        _ => None,
-    };
-    let home = from_header.map(|h| (h, PinSource::Header)).or_else(|| {
-        let signer = table.cookie.as_ref()?;
-        Some((signer.from_request(req.headers())?, PinSource::Cookie))
-    });
     let mut host_buf = [0u8; 256];
-    let facts = RequestFacts {
-        client,
-        geo: table.geo().lookup(client.0),
-        host: request_host(&req, admitted.host, &mut host_buf),
-        path: req.uri().path(),
-        method: req.method(),
-        home,
-    };
+    let facts = RequestFacts::from_request(
+        table,
+        Sources {
+            client,
+            host: request_host(&req, admitted.host, &mut host_buf),
+            path: req.uri().path(),
+            method: req.method(),
+            headers: req.headers(),
+            peer_trusted,
+        },
+    );
     if facts.geo.error {
         conn.state.metrics.geo_lookup_errors.inc();
     }

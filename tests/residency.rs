@@ -283,3 +283,47 @@ async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
     assert_eq!(bare, "");
     assert_eq!(us.requests() + eu.requests(), 2);
 }
+
+/// `/explain` reads a request's facts the way the proxy does: the signed cookie
+/// pins the traveller home there too, a forged one does not, and a path is
+/// normalised before the route is matched.
+#[tokio::test]
+async fn explain_agrees_with_what_a_request_gets() {
+    let (router, _us, _eu) = world_with_cookie().await;
+    let at_home = as_client(&router, "80.128.0.1", None).await;
+    let set = at_home.headers["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let admin = format!("http://{}", router.admin);
+    let explain = |query: String| {
+        let url = format!("{admin}/explain?{query}");
+        async move {
+            let r = get(&h1_client(), &url).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+        }
+    };
+    let encoded: String = form_urlencoded::byte_serialize(cookie.as_bytes()).collect();
+    let e = explain(format!("ip=3.3.3.3&cookie={encoded}")).await;
+    assert_eq!(e["chosen"], "eu", "{e}");
+    let forged: String =
+        form_urlencoded::byte_serialize(cookie.replacen("=eu.", "=eu.9", 1).as_bytes()).collect();
+    let e = explain(format!("ip=3.3.3.3&cookie={forged}")).await;
+    assert_eq!(e["chosen"], "us", "{e}");
+
+    let r = get(
+        &h1_client(),
+        &format!("{admin}/explain?ip=3.3.3.3&path=/../../etc"),
+    )
+    .await;
+    assert_eq!(
+        r.status, 400,
+        "a path above the root is refused as a request's is: {}",
+        r.body
+    );
+    let r = get(
+        &h1_client(),
+        &format!("{admin}/explain?ip=3.3.3.3&host=a%20b"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}
