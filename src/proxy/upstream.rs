@@ -1,0 +1,125 @@
+//! The upstream request, built once from the client's: what the router owns or
+//! distrusts stripped, hop-by-hop headers out, an allowed upgrade kept,
+//! `X-Forwarded-*`, Host and the request id set, the body wrapped so its faults
+//! are the client's.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Limited};
+use hyper::body::Incoming;
+
+use super::{Connection, Plan};
+use crate::admit::{self, Admitted};
+use crate::client_body::{ClientBody, Progress};
+use crate::headers;
+use crate::pool::UpstreamBody;
+use crate::request_id::{self, RequestId};
+use crate::snapshot::Snapshot;
+
+/// The request on its way to a region, and what forwarding needs to know of it.
+pub(super) struct Upstream {
+    pub request: Request<UpstreamBody>,
+    /// The client side of an upgrade the route allows.
+    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// Without a body and idempotent: it can be sent again while nothing came back.
+    pub replayable: bool,
+    /// The client's upload, when there is one: whose clock is running.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Builds the upstream request from the client's.
+pub(super) fn build(
+    conn: &Connection,
+    snapshot: &Snapshot,
+    mut req: Request<Incoming>,
+    admitted: &Admitted,
+    plan: &Plan<'_>,
+    made_id: Option<u64>,
+) -> Upstream {
+    let table = &snapshot.table;
+    let settings = &table.settings;
+    if admitted.owned {
+        // x-georouter-* is the router's to set, never a client's.
+        admit::strip_owned(req.headers_mut());
+    }
+    if !plan.peer_trusted && settings.replace_forwarded {
+        // What an untrusted client says of earlier hops is not passed on.
+        headers::strip_forwarded(req.headers_mut());
+    }
+    if !plan.peer_trusted {
+        if let Some(name) = &table.residency_header {
+            // A client may not choose its own jurisdiction.
+            req.headers_mut().remove(name);
+        }
+    }
+    // Only the protocols the route allows pass; h2c and the rest are stripped
+    // with the hop-by-hop headers, never tunnelled.
+    let upgrade = if admitted.upgrade && req.version() == Version::HTTP_11 {
+        headers::upgrade_protocol(req.headers())
+            .filter(|p| plan.decision.route.allows_upgrade(p.as_bytes()))
+    } else {
+        None
+    };
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    // HTTP/1.1 carries Host; HTTP/2 carries :authority instead.
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let host_in_map = host_header.is_some();
+    let original_host = host_header.or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // Room for what the router adds (X-Forwarded-*, x-request-id, Upgrade): one
+    // growth of the map at most, not one per insert.
+    parts.headers.reserve(5);
+    if let Some(proto) = upgrade {
+        headers::set_upgrade(&mut parts.headers, proto);
+    }
+    if let Some(n) = made_id {
+        parts
+            .headers
+            .insert(request_id::X_REQUEST_ID, RequestId::Made(n).header());
+    }
+    headers::set_forwarded(
+        &mut parts.headers,
+        &conn.peer_header,
+        &conn.proto(),
+        original_host.as_ref(),
+    );
+    match (original_host, settings.preserve_host) {
+        (Some(h), true) if !host_in_map => {
+            parts.headers.insert(header::HOST, h);
+        }
+        (_, false) if host_in_map => {
+            parts.headers.remove(header::HOST);
+        }
+        _ => {}
+    }
+    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let (body, progress) = if body.is_end_stream() {
+        (Either::Right(Empty::new()), None)
+    } else {
+        let limit = usize::try_from(settings.max_body_bytes).unwrap_or(usize::MAX);
+        let (body, progress) = ClientBody::new(body, settings.upstream.request_body_timeout);
+        (Either::Left(Limited::new(body, limit)), Some(progress))
+    };
+    Upstream {
+        request: Request::from_parts(parts, body),
+        client_upgrade,
+        replayable,
+        progress,
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
