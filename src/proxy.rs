@@ -199,7 +199,8 @@ fn request_host<'b>(
 
 /// One request through its stages, each with one job: at the door ([`check`]),
 /// the decision ([`decide`]), the upstream request ([`upstream::build`]),
-/// forwarding ([`send`]) and the response ([`respond`]). Every stage returns a
+/// forwarding ([`forward::forward`], its failure read by [`forward_error`]) and
+/// the response ([`respond`]). Every stage returns a
 /// [`ProxyError`]; [`handle`] maps it to the answer, once.
 async fn proxy(
     conn: &Arc<Connection>,
@@ -213,9 +214,22 @@ async fn proxy(
     budget::deposit(&settings.retry);
     let admitted = check(&mut req, settings, door)?;
     let plan = decide(conn, snapshot, &req, &admitted)?;
-    let mut upstream = upstream::build(conn, snapshot, req, &admitted, &plan, made_id);
-    let (client_upgrade, progress) = (upstream.client_upgrade.take(), upstream.progress.take());
-    let forwarded = send(conn, snapshot, &plan, upstream, progress.as_deref()).await?;
+    let upstream = upstream::build(conn, snapshot, req, &admitted, &plan, made_id);
+    let attempt = forward::Attempt {
+        table: &snapshot.table,
+        accounts: &snapshot.accounts,
+        state: &conn.state,
+        timer: &conn.timer,
+        body: upstream.progress.as_deref(),
+    };
+    let forwarded = forward::forward(
+        &attempt,
+        &plan.regions,
+        upstream.request,
+        upstream.replayable,
+    )
+    .await
+    .map_err(|e| forward_error(conn, snapshot, &plan, e))?;
     let region = forwarded.region;
     if let Some(account) = snapshot.accounts.account(&snapshot.table, region.id) {
         account.response(forwarded.response.status(), started.elapsed());
@@ -231,7 +245,7 @@ async fn proxy(
         forwarded.response,
         region,
         settings.region_header,
-        client_upgrade,
+        upstream.client_upgrade,
         Streaming::new(conn.activity.clone()),
     );
     respond::pin_resident(conn, snapshot, &plan.decision, &mut response);
@@ -364,42 +378,31 @@ fn decide<'t>(
     })
 }
 
-/// Forwarding: the regions of the plan tried in order; what went wrong told
-/// apart (a fenced resident refused, the client's own body, the rest).
-async fn send<'t>(
-    conn: &'t Connection,
-    snapshot: &'t Snapshot,
-    plan: &Plan<'t>,
-    upstream: upstream::Upstream,
-    body: Option<&'t crate::client_body::Progress>,
-) -> Result<forward::Forwarded<'t>, ProxyError> {
-    let attempt = forward::Attempt {
-        table: &snapshot.table,
-        accounts: &snapshot.accounts,
-        state: &conn.state,
-        timer: &conn.timer,
-        body,
-    };
+/// What forwarding's failure is for the client: a fenced resident refused
+/// when every region of the jurisdiction is unreachable, the client's own body
+/// (no region blamed), or the region's failure.
+fn forward_error(
+    conn: &Connection,
+    snapshot: &Snapshot,
+    plan: &Plan<'_>,
+    e: ForwardError,
+) -> ProxyError {
     let decision = &plan.decision;
-    forward::forward(&attempt, &plan.regions, upstream.request, upstream.replayable)
-        .await
-        .map_err(|e| match (e, decision.pin.filter(|_| decision.fenced)) {
-            // Every region of the jurisdiction is unreachable: say so, and that
-            // the request was not sent anywhere else.
-            (ForwardError::Connect { .. }, Some(pin)) => refuse_resident(
-                conn,
-                snapshot,
-                pin,
-                plan.client,
-                "every region inside the jurisdiction is unreachable",
-            ),
-            (ForwardError::Client { fault }, _) => {
-                conn.state.metrics.client_errors[fault as usize].inc();
-                tracing::debug!(client = %plan.client.0, fault = fault.as_str(), "the client's request body failed; no region is blamed");
-                ProxyError::ClientBody { fault }
-            }
-            (e, _) => e.into(),
-        })
+    match (e, decision.pin.filter(|_| decision.fenced)) {
+        (ForwardError::Connect { .. }, Some(pin)) => refuse_resident(
+            conn,
+            snapshot,
+            pin,
+            plan.client,
+            "every region inside the jurisdiction is unreachable",
+        ),
+        (ForwardError::Client { fault }, _) => {
+            conn.state.metrics.client_errors[fault as usize].inc();
+            tracing::debug!(client = %plan.client.0, fault = fault.as_str(), "the client's request body failed; no region is blamed");
+            ProxyError::ClientBody { fault }
+        }
+        (e, _) => e.into(),
+    }
 }
 
 /// A resident refused: counted, logged (rate-limited), and the error to answer.
