@@ -1,0 +1,229 @@
+//! The edge sections of a policy: `[server]`, `[client]`, `[[listeners]]`,
+//! `[admin]` and `[upstream]`, each validated with every error at its path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{
+    raw, AdminSettings, CertificateSpec, ClientSettings, Invalid, ListenerSpec, ServerSettings,
+    UpstreamSettings,
+};
+
+pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
+    if s.max_connections == 0 {
+        errs.push("server.max_connections", "must be at least 1");
+    }
+    if s.max_header_bytes < 8192 {
+        errs.push(
+            "server.max_header_bytes",
+            format!("{} is below the minimum of 8192", s.max_header_bytes),
+        );
+    }
+    if s.max_headers == 0 {
+        errs.push("server.max_headers", "must be at least 1");
+    }
+    if s.max_uri_bytes < 64 {
+        errs.push(
+            "server.max_uri_bytes",
+            format!("{} is below the minimum of 64", s.max_uri_bytes),
+        );
+    }
+    if s.http2_max_concurrent_streams == 0 {
+        errs.push("server.http2_max_concurrent_streams", "must be at least 1");
+    }
+    for (name, d) in [
+        ("server.header_read_timeout", s.header_read_timeout),
+        ("server.idle_timeout", s.idle_timeout),
+    ] {
+        if d.is_zero() {
+            errs.push(name, "must be longer than 0s");
+        }
+    }
+    ServerSettings {
+        workers: s.workers,
+        max_connections: s.max_connections,
+        header_read_timeout: s.header_read_timeout,
+        idle_timeout: s.idle_timeout,
+        max_header_bytes: s.max_header_bytes,
+        max_headers: s.max_headers,
+        max_uri_bytes: s.max_uri_bytes,
+        max_body_bytes: s.max_body_bytes,
+        http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+        http2_max_control_frames: s.http2_max_control_frames,
+        shutdown_grace: s.shutdown_grace,
+        preserve_host: s.preserve_host,
+        region_header: s.region_header,
+        allow_trace: s.allow_trace,
+        reject_encoded_slashes: s.reject_encoded_slashes,
+        access_log: s.access_log,
+    }
+}
+
+pub(super) fn client(c: raw::RawClient, errs: &mut Invalid) -> ClientSettings {
+    let trusted_proxies = c
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let parsed = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    errs.push(
+                        format!("client.trusted_proxies[{i}]"),
+                        format!(
+                            "{s:?} is not a CIDR or an IP address (e.g. \"10.0.0.0/8\", \"::1\")"
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    let replace_forwarded = match c.forwarded.as_deref() {
+        None | Some("append") => false,
+        Some("replace") => true,
+        Some(other) => {
+            errs.push(
+                "client.forwarded",
+                format!("{other:?} is not \"append\" or \"replace\""),
+            );
+            false
+        }
+    };
+    ClientSettings {
+        trusted_proxies,
+        replace_forwarded,
+    }
+}
+
+fn socket_addr(path: &str, value: &str, errs: &mut Invalid) -> SocketAddr {
+    value.parse().unwrap_or_else(|_| {
+        errs.push(
+            path,
+            format!("{value:?} is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:443\")"),
+        );
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    })
+}
+
+pub(super) fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<ListenerSpec> {
+    if raw.is_empty() {
+        errs.push(
+            "listeners",
+            "no listener: add [[listeners]] with address = \"0.0.0.0:8080\"",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let path = format!("listeners[{i}]");
+            let address = socket_addr(&format!("{path}.address"), &l.address, errs);
+            if !addrs.insert(address) {
+                errs.push(
+                    format!("{path}.address"),
+                    format!("{address} is used by another listener"),
+                );
+            }
+            let name = l.name.unwrap_or_else(|| l.address.clone());
+            if !names.insert(name.clone()) {
+                errs.push(
+                    format!("{path}.name"),
+                    format!("{name:?} is used by another listener"),
+                );
+            }
+            let tls = l.tls.map(|t| {
+                if t.certificates.is_empty() {
+                    errs.push(
+                        format!("{path}.tls.certificates"),
+                        "a TLS listener needs at least one certificate",
+                    );
+                }
+                t.certificates
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, c)| {
+                        let names = c
+                            .server_names
+                            .iter()
+                            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                            .collect();
+                        for (k, n) in c.server_names.iter().enumerate() {
+                            if n.is_empty() || n.contains(['/', ':', ' ']) {
+                                errs.push(
+                                    format!("{path}.tls.certificates[{j}].server_names[{k}]"),
+                                    format!("{n:?} is not a DNS name"),
+                                );
+                            }
+                        }
+                        CertificateSpec {
+                            cert: c.cert,
+                            key: c.key,
+                            server_names: names,
+                        }
+                    })
+                    .collect()
+            });
+            ListenerSpec {
+                name,
+                address,
+                tls,
+                proxy_protocol: l.proxy_protocol,
+            }
+        })
+        .collect()
+}
+
+pub(super) fn admin(a: raw::RawAdmin, errs: &mut Invalid) -> AdminSettings {
+    AdminSettings {
+        address: socket_addr("admin.address", &a.address, errs),
+        token_file: a.token_file,
+        token_env: a.token_env,
+        read_token_file: a.read_token_file,
+        read_token_env: a.read_token_env,
+        state_file: a.state_file,
+    }
+}
+
+pub(super) fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSettings {
+    for (name, d) in [
+        ("upstream.connect_timeout", u.connect_timeout),
+        ("upstream.response_timeout", u.response_timeout),
+        ("upstream.request_body_timeout", u.request_body_timeout),
+    ] {
+        if d.is_zero() {
+            errs.push(name, "must be longer than 0s");
+        }
+    }
+    const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+    let try_timeout = u
+        .try_timeout
+        .unwrap_or(if u.response_timeout > TRY_TIMEOUT {
+            TRY_TIMEOUT
+        } else {
+            Duration::ZERO
+        });
+    if !try_timeout.is_zero() && try_timeout >= u.response_timeout {
+        errs.push(
+            "upstream.try_timeout",
+            format!(
+                "{} is not below upstream.response_timeout ({}): make it shorter, or \"0s\" to turn it off",
+                humantime::format_duration(try_timeout),
+                humantime::format_duration(u.response_timeout)
+            ),
+        );
+    }
+    UpstreamSettings {
+        connect_timeout: u.connect_timeout,
+        response_timeout: u.response_timeout,
+        try_timeout,
+        request_body_timeout: u.request_body_timeout,
+        pool_idle_timeout: u.pool_idle_timeout,
+        pool_max_idle_per_endpoint: u.pool_max_idle_per_endpoint,
+    }
+}
