@@ -27,6 +27,8 @@ pub enum StartError {
 pub struct Running {
     pub state: Arc<State>,
     pub control: Arc<Control>,
+    /// Accept failures that were not about one connection (EMFILE, ...).
+    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     admin: tokio::task::JoinHandle<()>,
@@ -61,6 +63,7 @@ pub fn start(
     Ok(Running {
         state,
         control,
+        accept_errors: limits.accept_errors.clone(),
         stop,
         workers,
         admin,

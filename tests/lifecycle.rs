@@ -163,7 +163,7 @@ async fn a_slow_download_outlives_the_header_deadline() {
 #[tokio::test(start_paused = true)]
 async fn idle_pooled_connections_close_on_time_without_a_checkout() {
     let a = region("a").await;
-    let router = TestRouter::spawn(&policy(
+    let router = TestRouter::spawn_here(&policy(
         &[&a],
         "[server]\naccess_log = false\n[health]\nenabled = false\n[upstream]\npool_idle_timeout = \"60s\"\n",
     ))

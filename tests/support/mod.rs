@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// A router serving on the test's runtime.
+/// A router under test, started as the binary starts one.
 pub struct TestRouter {
     /// Address of each listener, in config order.
     pub addrs: Vec<SocketAddr>,
@@ -31,8 +31,20 @@ pub struct TestRouter {
     pub control: Arc<Control>,
     /// Accept failures such as EMFILE, as the accept loop counts them.
     pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
-    stop: watch::Sender<bool>,
-    served: tokio::task::JoinHandle<()>,
+    serving: Serving,
+}
+
+/// How a test router serves.
+enum Serving {
+    /// Through `launch::start`: worker threads with their own runtimes and
+    /// thread-local pools, as in production.
+    Launched(georouter::launch::Running),
+    /// On the test's own runtime and thread (for tokio's paused clock, and to
+    /// look at the serving thread's pool).
+    Here {
+        stop: watch::Sender<bool>,
+        served: tokio::task::JoinHandle<()>,
+    },
 }
 
 impl TestRouter {
@@ -68,7 +80,32 @@ impl TestRouter {
         .await
     }
 
+    /// Starts a router through the binary's own entry point (`launch::start`):
+    /// the control plane and admin API on the test's runtime, the listeners on
+    /// worker threads.
     pub async fn start(config: Config, options: Options) -> TestRouter {
+        let listeners = server::bind(&config.listeners).expect("bind listeners");
+        let addrs = listeners
+            .iter()
+            .map(|l| l.tcp.local_addr().unwrap())
+            .collect();
+        let admin_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let running = georouter::launch::start(config, listeners, admin_listener, options)
+            .unwrap_or_else(|e| panic!("router start: {e}"));
+        TestRouter {
+            addrs,
+            admin,
+            state: running.state.clone(),
+            control: running.control.clone(),
+            accept_errors: running.accept_errors.clone(),
+            serving: Serving::Launched(running),
+        }
+    }
+
+    /// Starts a router that serves on the test's own runtime and thread.
+    pub async fn spawn_here(toml: &str) -> TestRouter {
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("test policy invalid: {e}"));
         let listeners = server::bind(&config.listeners).expect("bind listeners");
         let addrs = listeners
             .iter()
@@ -78,8 +115,8 @@ impl TestRouter {
         let accept_errors = limits.accept_errors.clone();
         let state = Arc::new(State::new(config).expect("compile table"));
         let (stop, shutdown) = watch::channel(false);
-        let control =
-            Control::start(state.clone(), options, shutdown.clone()).expect("control plane");
+        let control = Control::start(state.clone(), Options::default(), shutdown.clone())
+            .expect("control plane");
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = admin_listener.local_addr().unwrap();
         tokio::spawn(georouter::admin::serve(
@@ -94,8 +131,7 @@ impl TestRouter {
             state,
             control,
             accept_errors,
-            stop,
-            served,
+            serving: Serving::Here { stop, served },
         }
     }
 
@@ -109,8 +145,13 @@ impl TestRouter {
 
     /// Signals shutdown and returns the future that ends when the router has drained.
     pub fn shutdown(self) -> tokio::task::JoinHandle<()> {
-        let _ = self.stop.send(true);
-        self.served
+        match self.serving {
+            Serving::Launched(running) => tokio::spawn(running.shutdown()),
+            Serving::Here { stop, served } => {
+                let _ = stop.send(true);
+                served
+            }
+        }
     }
 }
 
