@@ -98,28 +98,6 @@ fn replay_copy(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
     copy
 }
 
-/// The connection ended before any of the response came: closed or reset by
-/// the region, not timed out and not the client's doing.
-fn closed_before_answer(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = s.source();
-    }
-    false
-}
-
 fn is_body_limit(e: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
@@ -325,27 +303,21 @@ pub async fn forward<'t>(
                 }
             };
             let reused = lease.reused;
-            let may_move_on = replayable && candidates.peek().is_some();
-            // A copy to send again: on the next region, or on a new connection
-            // when a pooled one turns out to have been closed by the region as
-            // the request went out.
-            let mut copy = (may_move_on || (replayable && reused && stale_retry))
-                .then(|| replay_copy(&current));
+            let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
             let send = std::pin::pin!(lease.send(current));
-            let head = if ctx.body.is_none() && !may_move_on {
+            let head = if ctx.body.is_none() && copy.is_none() {
                 // The common case, without the extra layer: one deadline.
                 let deadline = tokio::time::Instant::now() + timeout;
                 timer.within(deadline, send).await.ok_or(NoHead::Timeout)
             } else {
-                response_head(ctx, &mut timer, send, id, may_move_on).await
+                response_head(ctx, &mut timer, send, id, copy.is_some()).await
             };
             match head {
                 Ok(Ok(response)) => {
                     let status = response.status();
                     if status.is_server_error() {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
-                        if let Some(copy) = copy.filter(|_| may_move_on && retriable_status(status))
-                        {
+                        if let Some(copy) = copy.filter(|_| retriable_status(status)) {
                             if may_retry(ctx, FailureKind::Status5xx) {
                                 tracing::debug!(region = %region.name, %status, "retrying on the next region");
                                 req = Some(copy);
@@ -410,21 +382,12 @@ pub async fn forward<'t>(
                     if let Some(fault) = ClientBodyError::in_chain(&error) {
                         return Err(ForwardError::Client { fault });
                     }
-                    if reused && stale_retry && closed_before_answer(&error) {
-                        if let Some(copy) = copy.take() {
-                            // The region closed a pooled connection as the request
-                            // went out: once more on a new connection, no blame.
-                            stale_retry = false;
-                            req = Some(copy);
-                            continue;
-                        }
-                    }
                     failed(ctx, id, FailureKind::Reset, &mut first_failure);
                     let failure = ForwardError::Failed {
                         region: region.name.clone(),
                         source: error,
                     };
-                    match copy.filter(|_| may_move_on) {
+                    match copy {
                         Some(copy) if may_retry(ctx, FailureKind::Reset) => {
                             tracing::debug!(error = %failure, "replaying on the next region");
                             req = Some(copy);
