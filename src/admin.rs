@@ -241,15 +241,46 @@ async fn mutate(
                 };
                 (why, peer.ip().to_string())
             });
-            match control.set_drain(name, drain, force) {
-                Ok(persist_error) => {
-                    let warning = persist_error.map(|e| e.to_string());
-                    audit("ok", warning.as_deref().unwrap_or(""));
-                    let view = views::regions(control).into_iter().find(|r| r.name == name);
-                    json(
-                        StatusCode::OK,
-                        &serde_json::json!({ "region": view, "persist_warning": warning }),
+            let local = query_param(req, "scope").is_some_and(|v| v == "local");
+            let wait = match query_param(req, "wait").map(|w| humantime::parse_duration(&w)) {
+                None => None,
+                Some(Ok(w)) if w <= std::time::Duration::from_secs(60) => Some(w),
+                Some(_) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        TEXT,
+                        "wait: a duration of at most 60s (e.g. wait=5s)\n",
                     )
+                }
+            };
+            match control.drain(name, drain, force, local).await {
+                Ok(done) => {
+                    audit("ok", done.persist_warning.as_deref().unwrap_or(""));
+                    let view = views::regions(control).into_iter().find(|r| r.name == name);
+                    let mut body = serde_json::json!({
+                        "region": view,
+                        "persist_warning": done.persist_warning,
+                    });
+                    if let Some(fleet) = control.fleet().filter(|_| !local) {
+                        body["fleet"] = match (done.revision, wait) {
+                            (None, _) => serde_json::json!({
+                                "held": done.held,
+                                "note": "etcd is unreachable: the change holds on this instance and goes to the fleet when etcd is back",
+                            }),
+                            (Some(revision), None) => serde_json::json!({ "revision": revision }),
+                            (Some(revision), Some(w)) => match fleet.wait_for(revision, w).await {
+                                Ok(status) => serde_json::json!({
+                                    "revision": revision,
+                                    "acknowledged": status.instances.iter().filter(|i| i.in_step).map(|i| &i.instance).collect::<Vec<_>>(),
+                                    "not_acknowledged": status.lagging(),
+                                }),
+                                Err(e) => {
+                                    serde_json::json!({ "revision": revision, "wait_error": e.to_string() })
+                                }
+                            },
+                        };
+                    }
+                    json(StatusCode::OK, &body)
                 }
                 Err(e @ DrainError::UnknownRegion(_)) => {
                     audit("rejected", &e.to_string());
@@ -258,6 +289,10 @@ async fn mutate(
                 Err(e @ DrainError::LastInJurisdiction { .. }) => {
                     audit("rejected", &e.to_string());
                     reply(StatusCode::CONFLICT, TEXT, format!("{e}\n"))
+                }
+                Err(e @ DrainError::Fleet(_)) => {
+                    audit("failed", &e.to_string());
+                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n"))
                 }
             }
         }
@@ -303,7 +338,7 @@ async fn route(
     }
     let known = matches!(
         path.as_str(),
-        "/metrics" | "/regions" | "/config" | "/explain"
+        "/metrics" | "/regions" | "/config" | "/explain" | "/fleet"
     );
     if method != Method::GET {
         return Ok(if known {
@@ -335,6 +370,32 @@ async fn route(
             state.config.load().effective.to_string(),
         ),
         "/explain" => explain(state, req.uri().query().unwrap_or("")),
+        "/fleet" => match control.fleet() {
+            None => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "this router is not in a fleet (no [fleet] in its policy)\n",
+            ),
+            Some(fleet) => match fleet.status().await {
+                Ok(status) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "instance": fleet.instance(),
+                        "connected": fleet.connected(),
+                        "applied_revision": fleet.applied(),
+                        "fleet": status,
+                    }),
+                ),
+                Err(e) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!(
+                        "{e}\nthis instance serves with the drains it last applied (revision {})\n",
+                        fleet.applied()
+                    ),
+                ),
+            },
+        },
         _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),
     })
 }

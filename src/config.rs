@@ -2,11 +2,13 @@
 //! each with its dotted path (`regions[2].endpoints[0].url: ...`) and what to change.
 
 mod edge;
+mod fleet;
 mod health;
 pub mod raw;
 mod regions;
 mod routing;
 
+pub use fleet::FleetSettings;
 pub use health::{
     FailbackSpec, HealthCheck, HealthSettings, PassiveSpec, ReloadSettings, RetrySettings,
 };
@@ -91,6 +93,8 @@ pub struct Config {
     pub health: HealthSettings,
     pub retry: RetrySettings,
     pub reload: ReloadSettings,
+    /// Shared drains (and policy) through etcd; `None`: this router stands alone.
+    pub fleet: Option<FleetSettings>,
     /// The policy as read, defaults filled in, secrets redacted (`GET /config`).
     pub effective: Arc<str>,
 }
@@ -283,6 +287,7 @@ impl TryFrom<RawConfig> for Config {
         let health = health::settings(&raw.health, &raw.failback, &mut errs);
         let retry = health::retry(&raw.retry, &mut errs);
         let reload = health::reload(&raw.reload, &mut errs);
+        let fleet = raw.fleet.map(|f| fleet::fleet(f, &mut errs));
         let regions = regions::regions(raw.regions, &checks, &mut errs);
         let jurisdictions = routing::jurisdictions(raw.jurisdictions, &regions, &mut errs);
         let residency = routing::residency(raw.residency, &mut errs);
@@ -303,6 +308,7 @@ impl TryFrom<RawConfig> for Config {
                 health,
                 retry,
                 reload,
+                fleet,
                 effective: Arc::from(""),
             })
         } else {

@@ -5,11 +5,11 @@
 //! and that is never held across an `.await`.
 
 mod draining;
-pub mod drains;
+mod fleet;
 mod monitor;
 mod reload;
 
-pub use draining::DrainError;
+pub use draining::{DrainError, Drained};
 pub use reload::{restart_only_changes, ReloadError};
 
 use std::collections::HashMap;
@@ -25,12 +25,12 @@ use tokio::time::Instant;
 use crate::accounting::Accounts;
 use crate::auth::{AdminAuth, AuthError};
 use crate::config::{Config, HealthCheck, RegionName};
+use crate::drains::{Drain, DrainStore, Drains, StateFileError};
 use crate::health::machine::{Limits, Phase, Transition};
 use crate::regions::{RegionState, RegionStates};
 use crate::server::Shutdown;
 use crate::table::RoutingTable;
 use crate::State;
-use drains::{Drain, DrainStore, Drains, StateFileError};
 use monitor::Record;
 
 /// What starting the control plane needs besides the state.
@@ -59,6 +59,8 @@ pub struct Control {
     ready: AtomicBool,
     generation: AtomicU64,
     shutdown: Shutdown,
+    /// This router's membership of a fleet (`[fleet]`).
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -73,6 +75,8 @@ pub enum StartError {
     StateFile(#[from] StateFileError),
     #[error("admin tokens: {0}")]
     Auth(#[from] AuthError),
+    #[error("fleet: {0}")]
+    Fleet(#[from] crate::fleet::etcd::EtcdError),
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -112,8 +116,18 @@ impl Control {
         let current = state.routing.load_full();
         let table = current.table.clone();
         let auth = AdminAuth::from_settings(&config.admin, options.admin_token.as_deref())?;
-        let drains: Box<dyn DrainStore> =
-            Box::new(Drains::load(config.admin.state_file.as_deref())?);
+        let file = Drains::load(config.admin.state_file.as_deref())?;
+        let fleet = match &config.fleet {
+            Some(settings) => Some(Arc::new(crate::fleet::Fleet::new(
+                settings,
+                Some(&state.metrics),
+            )?)),
+            None => None,
+        };
+        let drains: Box<dyn DrainStore> = match fleet {
+            Some(_) => Box::new(crate::fleet::book::FleetBook::new(file)),
+            None => Box::new(file),
+        };
         for (region, d) in drains.iter() {
             tracing::info!(target: "georouter::audit", %region, reason = %d.reason, by = %d.by, "drain reapplied from the state file");
         }
@@ -138,6 +152,7 @@ impl Control {
             options,
             shutdown,
             state,
+            fleet,
         });
         control.state.metrics.config_generation.set(1);
         {
@@ -147,6 +162,9 @@ impl Control {
             control.update_ready(&inner);
         }
         tokio::spawn(control.clone().run_ticks());
+        if let Some(fleet) = control.fleet.clone() {
+            control.start_fleet(&fleet);
+        }
         let watch = control.lock().config.reload.watch;
         if let (Some(path), true) = (control.options.config_path.clone(), watch) {
             tokio::spawn(control.clone().watch_file(path));
@@ -161,6 +179,11 @@ impl Control {
 
     pub fn state(&self) -> &Arc<State> {
         &self.state
+    }
+
+    /// This router's fleet, when it is in one.
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
+        self.fleet.as_ref()
     }
 
     pub fn auth(&self) -> arc_swap::Guard<Arc<AdminAuth>> {

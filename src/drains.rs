@@ -14,6 +14,34 @@ pub struct Drain {
     pub by: String,
     /// Unix time, seconds.
     pub since: u64,
+    /// Where the drain holds: this router only, the whole fleet, or this
+    /// router until the fleet's store is back.
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// Where a drain holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// This router only (a standalone router's drains, or `scope=local`).
+    #[default]
+    Local,
+    /// Every router of the fleet (kept in etcd).
+    Fleet,
+    /// Made while etcd was unreachable: this router only, written to the fleet
+    /// when etcd is back (unless the fleet's intent is newer).
+    Pending,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Fleet => "fleet",
+            Scope::Pending => "pending",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +71,41 @@ pub enum StoreError {
 }
 
 /// Where the control plane keeps drains: the seam between it and a store (the
-/// local state file today; a store shared by a fleet next).
+/// local state file of a standalone router, or a fleet's book over etcd).
 pub trait DrainStore: Send + std::fmt::Debug {
     /// The drain of `region`, if it is drained.
     fn get(&self, region: &str) -> Option<&Drain>;
     /// Every drain, by region name.
     fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Drain)> + '_>;
-    /// Sets (`Some`) or clears (`None`) a drain and keeps it.
+    /// Sets (`Some`) or clears (`None`) a drain of this router and keeps it.
     fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StoreError>;
+    /// The fleet's side of the store, when drains are shared.
+    fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
+        None
+    }
+}
+
+/// An intent about one region's drain: drained (`Some`) or not, and when it was
+/// made (milliseconds since the Unix epoch): the newer intent wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub drain: Option<Drain>,
+    pub at_ms: u64,
+}
+
+/// A drain store shared by a fleet: what the fleet says, and what this router
+/// decided while it could not reach the fleet.
+pub trait SharedDrains {
+    /// The fleet's intents, all of them (a full read).
+    fn replace(&mut self, all: BTreeMap<String, Intent>);
+    /// One intent the fleet's store changed.
+    fn apply(&mut self, region: &str, intent: Intent);
+    /// Records an intent made while the fleet was unreachable.
+    fn hold(&mut self, region: &str, intent: Intent);
+    /// The held intents, to write to the fleet now that it is back.
+    fn held(&self) -> Vec<(String, Intent)>;
+    /// Forgets a held intent (written, or the fleet's was newer).
+    fn release(&mut self, region: &str);
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -93,6 +148,12 @@ impl Drains {
             by_region,
             file: Some(path.to_owned()),
         })
+    }
+
+    /// Replaces every drain and writes the file.
+    pub fn replace(&mut self, all: BTreeMap<String, Drain>) -> Result<(), StateFileError> {
+        self.by_region = all;
+        self.save()
     }
 
     fn save(&self) -> Result<(), StateFileError> {
@@ -150,6 +211,7 @@ mod tests {
             reason: "DR drill".to_owned(),
             by: "127.0.0.1".to_owned(),
             since: 1,
+            scope: Scope::Local,
         };
         d.set("eu-west", Some(drain.clone())).unwrap();
         d.set("us-east", Some(drain.clone())).unwrap();

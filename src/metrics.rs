@@ -35,6 +35,14 @@ pub const NAMES: &[&str] = &[
     "georouter_ejections_capped_total",
 ];
 
+/// The families a router in a fleet exports besides [`NAMES`] (`[fleet]`).
+pub const FLEET_NAMES: &[&str] = &[
+    "georouter_fleet_connected",
+    "georouter_fleet_instances",
+    "georouter_fleet_applied_revision",
+    "georouter_fleet_lag_seconds",
+];
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -248,6 +256,11 @@ impl Metrics {
             ),
             registry: r,
         }
+    }
+
+    /// The registry, for families registered later (the fleet's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition format.

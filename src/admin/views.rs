@@ -21,9 +21,9 @@ pub fn regions(control: &Control) -> Vec<RegionView> {
 
 impl RegionView {
     fn new(r: RegionReport, now: Instant, wall: SystemTime) -> Self {
-        let (drain_reason, drained_by) = match r.drain {
-            Some(d) => (Some(d.reason), Some(d.by)),
-            None => (None, None),
+        let (drain_reason, drained_by, drain_scope) = match r.drain {
+            Some(d) => (Some(d.reason), Some(d.by), Some(d.scope.as_str())),
+            None => (None, None, None),
         };
         RegionView {
             name: r.name.to_string(),
@@ -33,6 +33,7 @@ impl RegionView {
             drained: r.state.drained,
             drain_reason,
             drained_by,
+            drain_scope,
             serving: r.state.serving(),
             weight: f64::from(r.state.weight) / 1000.0,
             rtt_ms: r.rtt.map(|v| (v.as_secs_f64() * 1e5).round() / 100.0),
@@ -66,6 +67,9 @@ pub struct RegionView {
     pub drained: bool,
     pub drain_reason: Option<String>,
     pub drained_by: Option<String>,
+    /// Where the drain holds: local (this router), fleet, or pending (held
+    /// here while etcd is unreachable).
+    pub drain_scope: Option<&'static str>,
     pub serving: bool,
     pub weight: f64,
     pub rtt_ms: Option<f64>,

@@ -37,6 +37,51 @@ pub struct RawConfig {
     pub retry: RawRetry,
     #[serde(default)]
     pub reload: RawReload,
+    /// Drains (and optionally the policy) shared by many routers through etcd.
+    pub fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`: the etcd cluster a fleet of routers shares, and this router's
+/// place in it.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    /// etcd client URLs (`http://` or `https://`), tried in order.
+    pub endpoints: Vec<String>,
+    /// One fleet per prefix.
+    #[serde(default = "fleet_prefix")]
+    pub prefix: String,
+    /// This instance's id; default: the host name.
+    pub instance: Option<String>,
+    /// TLS to etcd: its CA, and a client certificate for mTLS.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// etcd authentication: a user, and its password from a file or a variable.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// How long an instance that stopped renewing stays listed.
+    #[serde(with = "humantime_serde", default = "ten_seconds")]
+    pub lease_ttl: Duration,
+    /// Longest wait for one etcd call.
+    #[serde(with = "humantime_serde", default = "two_seconds")]
+    pub timeout: Duration,
+    /// The policy itself lives in etcd (`georouter fleet push`).
+    #[serde(default)]
+    pub policy: bool,
+}
+
+fn fleet_prefix() -> String {
+    "/georouter".to_owned()
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -3,8 +3,9 @@
 
 use tokio::time::Instant;
 
-use super::drains::{Drain, StoreError};
 use super::{unix_now, Control};
+use crate::drains::{Drain, Intent, Scope, StoreError};
+use crate::fleet::{now_ms, FleetError, Guard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -15,10 +16,182 @@ pub enum DrainError {
         region: String,
         jurisdiction: String,
     },
+    #[error(transparent)]
+    Fleet(FleetError),
+}
+
+/// What a drain call did.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// The etcd revision of the fleet-wide change (a fleet drain).
+    pub revision: Option<i64>,
+    /// Held here because etcd was unreachable; written to the fleet when it is back.
+    pub held: bool,
+    /// The change holds but could not be kept (the state file).
+    pub persist_warning: Option<String>,
 }
 
 impl Control {
-    /// Drains a region (`Some(reason)`) or undrains it (`None`).
+    /// Drains a region (`Some((reason, by))`) or undrains it (`None`). In a fleet
+    /// (and unless `local`), the change goes to etcd for every instance, guarded
+    /// fleet-wide; when etcd is unreachable it is held here and reconciled later.
+    pub async fn drain(
+        &self,
+        region: &str,
+        drain: Option<(String, String)>,
+        force: bool,
+        local: bool,
+    ) -> Result<Drained, DrainError> {
+        let Some(fleet) = self.fleet.clone().filter(|_| !local) else {
+            return self.set_drain(region, drain, force).map(|e| Drained {
+                persist_warning: e.map(|e| e.to_string()),
+                ..Drained::default()
+            });
+        };
+        let guard = self.guard_of(region)?;
+        let intent = Intent {
+            drain: drain.map(|(reason, by)| Drain {
+                reason,
+                by,
+                since: unix_now(),
+                scope: Scope::Fleet,
+            }),
+            at_ms: now_ms(),
+        };
+        let guard = guard.filter(|_| !force);
+        match fleet.write_drain(region, &intent, guard.as_ref()).await {
+            Ok(revision) => {
+                self.apply_fleet_intent(region, intent, revision);
+                Ok(Drained {
+                    revision: Some(revision),
+                    ..Drained::default()
+                })
+            }
+            Err(FleetError::Etcd(e)) if e.is_unreachable() => {
+                // Fail static: the intent holds here at once, guarded by what
+                // this router sees, and goes to the fleet when etcd is back.
+                if intent.drain.is_some() && !force {
+                    self.check_last_serving(region)?;
+                }
+                tracing::warn!(target: "georouter::fleet", %region, error = %e, "etcd unreachable: the drain change holds on this instance only until etcd is back");
+                self.hold_intent(region, intent);
+                Ok(Drained {
+                    held: true,
+                    ..Drained::default()
+                })
+            }
+            Err(FleetError::LastInJurisdiction {
+                region,
+                jurisdiction,
+            }) => Err(DrainError::LastInJurisdiction {
+                region,
+                jurisdiction,
+            }),
+            Err(e) => Err(DrainError::Fleet(e)),
+        }
+    }
+
+    /// The jurisdiction of `region` as the fleet-wide guard needs it (`None`
+    /// for a region outside any jurisdiction).
+    fn guard_of(&self, region: &str) -> Result<Option<Guard>, DrainError> {
+        let inner = self.lock();
+        let table = inner.table.clone();
+        let Some(r) = table.region_by_name(region) else {
+            return Err(DrainError::UnknownRegion(region.to_owned()));
+        };
+        let Some(j) = &r.jurisdiction else {
+            return Ok(None);
+        };
+        let regions = table
+            .regions()
+            .iter()
+            .filter(|o| o.jurisdiction.as_ref() == Some(j))
+            .map(|o| {
+                let healthy = inner
+                    .regions
+                    .get(&o.name)
+                    .is_none_or(|rec| rec.machine.serving());
+                (o.name.to_string(), healthy)
+            })
+            .collect();
+        Ok(Some(Guard {
+            jurisdiction: j.clone(),
+            regions,
+        }))
+    }
+
+    /// The local guard: refuses to drain the last region of its jurisdiction
+    /// that this router sees serving.
+    fn check_last_serving(&self, region: &str) -> Result<(), DrainError> {
+        let inner = self.lock();
+        let table = inner.table.clone();
+        let Some(r) = table.region_by_name(region) else {
+            return Err(DrainError::UnknownRegion(region.to_owned()));
+        };
+        let snapshot = self.state.routing.load();
+        let states = &snapshot.states;
+        if let Some(j) = &r.jurisdiction {
+            let serving_here = states.get(&table, r.id).serving();
+            let others = table.regions().iter().any(|o| {
+                o.id != r.id
+                    && o.jurisdiction.as_ref() == Some(j)
+                    && states.get(&table, o.id).serving()
+            });
+            if serving_here && !others {
+                return Err(DrainError::LastInJurisdiction {
+                    region: region.to_owned(),
+                    jurisdiction: j.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a fleet intent here (from this call or the watch).
+    pub(super) fn apply_fleet_intent(&self, region: &str, intent: Intent, revision: i64) {
+        let mut inner = self.lock();
+        let was = inner.drains.get(region).is_some();
+        if let Some(shared) = inner.drains.shared() {
+            shared.apply(region, intent);
+        }
+        self.after_drain_change(&mut inner, region, was);
+        drop(inner);
+        if let Some(f) = &self.fleet {
+            f.set_applied(revision);
+        }
+    }
+
+    fn hold_intent(&self, region: &str, intent: Intent) {
+        let mut inner = self.lock();
+        let was = inner.drains.get(region).is_some();
+        if let Some(shared) = inner.drains.shared() {
+            shared.hold(region, intent);
+        }
+        self.after_drain_change(&mut inner, region, was);
+    }
+
+    /// After a drain change: an undrained region ramps back; a new snapshot.
+    pub(super) fn after_drain_change(&self, inner: &mut super::Inner, region: &str, was: bool) {
+        let now_drained = inner.drains.get(region).is_some();
+        if was && !now_drained {
+            if let Some(rec) = inner
+                .regions
+                .iter_mut()
+                .find(|(name, _)| name.as_str() == region)
+                .map(|(_, rec)| rec)
+            {
+                rec.machine.begin_ramp(Instant::now());
+            }
+        }
+        if was != now_drained {
+            self.publish(inner);
+        }
+    }
+}
+
+impl Control {
+    /// Drains a region (`Some(reason)`) or undrains it (`None`) on this router
+    /// only (a standalone router's drains, or a fleet member's local ones).
     pub fn set_drain(
         &self,
         region: &str,
@@ -58,6 +231,7 @@ impl Control {
             reason,
             by,
             since: unix_now(),
+            scope: crate::drains::Scope::Local,
         });
         let persisted = inner.drains.set(region, entry).err();
         self.publish(&mut inner);

@@ -1,0 +1,138 @@
+//! `[fleet]`: the etcd cluster many routers share drains (and optionally the
+//! policy) through, validated with every error at its path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::Scheme;
+use http::Uri;
+
+use super::{raw, Invalid, RegionTls};
+
+/// Where the fleet's shared state lives and who this router is in it.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub endpoints: Vec<Uri>,
+    /// Every key of the fleet starts with it (no trailing `/`).
+    pub prefix: String,
+    pub instance: String,
+    /// CA and client certificate for etcd, when its endpoints are `https://`.
+    pub tls: RegionTls,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    pub lease_ttl: Duration,
+    pub timeout: Duration,
+    pub policy: bool,
+}
+
+/// This host's name, for the default instance id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("georouter-{}", std::process::id()))
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
+    if f.endpoints.is_empty() {
+        errs.push(
+            "fleet.endpoints",
+            "no etcd endpoint: list its client URLs (e.g. [\"http://10.0.0.5:2379\"])".to_owned(),
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in f.endpoints.iter().enumerate() {
+        let path = format!("fleet.endpoints[{i}]");
+        match e.parse::<Uri>() {
+            Ok(u)
+                if (u.scheme() == Some(&Scheme::HTTP) || u.scheme() == Some(&Scheme::HTTPS))
+                    && u.authority().is_some()
+                    && u.path() == "/" =>
+            {
+                endpoints.push(u)
+            }
+            _ => errs.push(
+                path,
+                format!(
+                    "{e:?} is not an etcd client URL: use http://host:port or https://host:port"
+                ),
+            ),
+        }
+    }
+    let prefix = f.prefix.trim_end_matches('/').to_owned();
+    if !prefix.starts_with('/') || prefix.len() < 2 {
+        errs.push(
+            "fleet.prefix",
+            format!(
+                "{:?}: a prefix starts with / and names the fleet (e.g. \"/georouter/prod\")",
+                f.prefix
+            ),
+        );
+    }
+    let instance = f.instance.clone().unwrap_or_else(hostname);
+    if !is_id(&instance) {
+        errs.push(
+            "fleet.instance",
+            format!("{instance:?}: use 1 to 128 letters, digits, '-', '_' or '.'"),
+        );
+    }
+    if f.cert_file.is_some() != f.key_file.is_some() {
+        errs.push(
+            "fleet.cert_file",
+            "cert_file and key_file go together (the client certificate for mTLS)".to_owned(),
+        );
+    }
+    if (f.password_file.is_some() || f.password_env.is_some()) && f.username.is_none() {
+        errs.push(
+            "fleet.username",
+            "a password is set without a username".to_owned(),
+        );
+    }
+    if f.username.is_some() && f.password_file.is_none() && f.password_env.is_none() {
+        errs.push(
+            "fleet.password_file",
+            "a username needs its password: password_file or password_env".to_owned(),
+        );
+    }
+    if f.lease_ttl < Duration::from_secs(2) {
+        errs.push(
+            "fleet.lease_ttl",
+            format!(
+                "{}: at least 2s (an instance renews its lease every third of it)",
+                humantime::format_duration(f.lease_ttl)
+            ),
+        );
+    }
+    if f.timeout.is_zero() {
+        errs.push(
+            "fleet.timeout",
+            "must be more than 0 (e.g. \"2s\")".to_owned(),
+        );
+    }
+    FleetSettings {
+        endpoints,
+        prefix,
+        instance,
+        tls: RegionTls {
+            ca: f.ca_file,
+            client_cert: f.cert_file,
+            client_key: f.key_file,
+        },
+        username: f.username,
+        password_file: f.password_file,
+        password_env: f.password_env,
+        lease_ttl: f.lease_ttl,
+        timeout: f.timeout,
+        policy: f.policy,
+    }
+}

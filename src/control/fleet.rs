@@ -1,0 +1,269 @@
+//! The control plane's side of a fleet: the watch that applies the fleet's
+//! drains (from a full read, then change by change; a full read again after a
+//! compaction or a lost link), the reconciliation of intents held while etcd
+//! was unreachable, and the heartbeat that keeps this instance's lease and
+//! acknowledgement. Fail static: losing etcd never undrains anything.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Control;
+use crate::drains::Intent;
+use crate::fleet::etcd::{EtcdError, Event};
+use crate::fleet::keys::{FleetDrain, InstanceRecord};
+use crate::fleet::{now_ms, Fleet};
+
+/// Waits between attempts to reach etcd again.
+const BACKOFF: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+];
+
+impl Control {
+    /// Starts the fleet's watch and heartbeat on the current runtime.
+    pub(super) fn start_fleet(self: &Arc<Self>, fleet: &Arc<Fleet>) {
+        tokio::spawn(self.clone().fleet_watch(fleet.clone()));
+        tokio::spawn(self.clone().fleet_heartbeat(fleet.clone()));
+    }
+
+    async fn fleet_watch(self: Arc<Self>, fleet: Arc<Fleet>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut failures = 0usize;
+        loop {
+            let outcome = tokio::select! {
+                r = self.sync_and_watch(&fleet, &mut failures) => r,
+                _ = shutdown.changed() => return,
+            };
+            fleet.set_connected(false);
+            match outcome {
+                Err(EtcdError::Compacted(_)) => {
+                    tracing::info!(target: "georouter::fleet", "the watch fell behind etcd's compaction; reading every drain again");
+                }
+                Err(e) => {
+                    static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                    if let Some(suppressed) = LOG.allow() {
+                        tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet watch interrupted; serving with the drains last applied");
+                    }
+                }
+                Ok(()) => {}
+            }
+            let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+            failures += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Reads every drain, reconciles what was held, then follows the changes
+    /// until the link breaks.
+    async fn sync_and_watch(&self, fleet: &Fleet, failures: &mut usize) -> Result<(), EtcdError> {
+        let (_, all) = fleet.drains().await?;
+        self.reconcile(fleet, &all).await?;
+        // Read again: the view then includes what was just reconciled.
+        let (revision, all) = fleet.drains().await?;
+        let intents: BTreeMap<String, Intent> = all
+            .iter()
+            .map(|(r, (d, _))| (r.clone(), d.intent()))
+            .collect();
+        self.replace_fleet_drains(intents);
+        fleet.set_applied(all.values().map(|(_, rev)| *rev).max().unwrap_or(0));
+        let mut watch = fleet.etcd.watch(&fleet.keys.drains(), revision + 1).await?;
+        fleet.set_connected(true);
+        *failures = 0;
+        let dir = fleet.keys.drains();
+        loop {
+            let changes = tokio::select! {
+                c = watch.next() => c?,
+                _ = fleet.reset.notified() => return Err(EtcdError::Unreachable {
+                    endpoints: "the fleet's etcd".to_owned(),
+                    last: "the heartbeat lost etcd".to_owned(),
+                }),
+            };
+            let Some(changes) = changes else {
+                return Ok(());
+            };
+            for event in changes.events {
+                match event {
+                    Event::Put(kv) => {
+                        let Some(region) = fleet.keys.name_in(&dir, &kv.key) else {
+                            continue;
+                        };
+                        match serde_json::from_slice::<FleetDrain>(&kv.value) {
+                            Ok(d) => self.apply_fleet_intent(region, d.intent(), kv.mod_revision),
+                            Err(e) => {
+                                tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %e, "a drain in etcd is not readable; ignored")
+                            }
+                        }
+                    }
+                    Event::Delete { key, mod_revision } => {
+                        // Someone removed the key by hand: no intent is left, so
+                        // the region is undrained as of now.
+                        if let Some(region) = fleet.keys.name_in(&dir, &key) {
+                            let intent = Intent {
+                                drain: None,
+                                at_ms: now_ms(),
+                            };
+                            self.apply_fleet_intent(region, intent, mod_revision);
+                        }
+                    }
+                }
+            }
+            fleet.set_applied(changes.revision);
+        }
+    }
+
+    fn replace_fleet_drains(&self, intents: BTreeMap<String, Intent>) {
+        let mut inner = self.lock();
+        let before: Vec<String> = inner.drains.iter().map(|(r, _)| r.clone()).collect();
+        if let Some(shared) = inner.drains.shared() {
+            shared.replace(intents);
+        }
+        let after: Vec<String> = inner.drains.iter().map(|(r, _)| r.clone()).collect();
+        for region in before.iter().filter(|r| !after.contains(r)) {
+            self.after_drain_change(&mut inner, region, true);
+        }
+        if before != after {
+            self.publish(&mut inner);
+        }
+    }
+
+    /// Writes the intents held while etcd was unreachable, each unless the
+    /// fleet's intent for the region is newer (then the fleet's wins, and the
+    /// conflict is logged).
+    async fn reconcile(
+        &self,
+        fleet: &Fleet,
+        all: &BTreeMap<String, (FleetDrain, i64)>,
+    ) -> Result<(), EtcdError> {
+        let held = {
+            let mut inner = self.lock();
+            inner.drains.shared().map(|s| s.held()).unwrap_or_default()
+        };
+        for (region, intent) in held {
+            match all.get(&region) {
+                Some((theirs, _)) if theirs.at_ms > intent.at_ms => {
+                    tracing::warn!(target: "georouter::fleet", %region, held = intent.drain.is_some(), fleet = theirs.drained, by = %theirs.instance, "a drain change held during the etcd outage is older than the fleet's; the fleet's wins");
+                }
+                _ => match fleet.write_drain(&region, &intent, None).await {
+                    Ok(_) => {
+                        tracing::info!(target: "georouter::fleet", %region, drained = intent.drain.is_some(), "a drain change held during the etcd outage is now the fleet's");
+                    }
+                    Err(crate::fleet::FleetError::Etcd(e)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(target: "georouter::fleet", %region, error = %e, "a held drain change could not be written; dropped")
+                    }
+                },
+            }
+            let mut inner = self.lock();
+            if let Some(shared) = inner.drains.shared() {
+                shared.release(&region);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fleet_heartbeat(self: Arc<Self>, fleet: Arc<Fleet>) {
+        let mut shutdown = self.shutdown.clone();
+        let ttl = fleet.settings.lease_ttl;
+        let every = ttl / 3;
+        let mut lease: Option<i64> = None;
+        let mut failures = 0usize;
+        loop {
+            let step = async {
+                let id = match lease {
+                    Some(id) => id,
+                    None => {
+                        let id = fleet.etcd.lease_grant(ttl).await?;
+                        lease = Some(id);
+                        id
+                    }
+                };
+                fleet.report(id, &self.instance_record(&fleet)).await?;
+                fleet.status().await?;
+                Ok::<i64, EtcdError>(id)
+            };
+            let id = tokio::select! {
+                r = step => r,
+                _ = shutdown.changed() => break,
+            };
+            let id = match id {
+                Ok(id) => {
+                    failures = 0;
+                    id
+                }
+                Err(e) => {
+                    lease = None;
+                    fleet.set_connected(false);
+                    fleet.reset.notify_waiters();
+                    static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                    if let Some(suppressed) = LOG.allow() {
+                        tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet heartbeat failed; serving with the drains last applied");
+                    }
+                    let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    continue;
+                }
+            };
+            // Renew until the lease is lost or a new acknowledgement is due.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {
+                        fleet.refresh_gauges();
+                        match fleet.etcd.lease_keepalive(id).await {
+                            Ok(true) => continue,
+                            Ok(false) => {
+                                tracing::warn!(target: "georouter::fleet", "this instance's lease expired; registering again");
+                                lease = None;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    _ = fleet.applied_changed.notified() => break,
+                    _ = shutdown.changed() => {
+                        let _ = fleet.etcd.lease_revoke(id).await;
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(id) = lease {
+            let _ = fleet.etcd.lease_revoke(id).await;
+        }
+    }
+
+    /// What this instance says of itself.
+    fn instance_record(&self, fleet: &Fleet) -> InstanceRecord {
+        let inner = self.lock();
+        let regions = inner
+            .regions
+            .iter()
+            .map(|(name, rec)| {
+                let drained = inner.drains.get(name.as_str()).is_some();
+                let phase = rec.machine.phase().name();
+                let view = if drained {
+                    format!("{phase}, drained")
+                } else {
+                    phase.to_owned()
+                };
+                (name.to_string(), view)
+            })
+            .collect();
+        InstanceRecord {
+            instance: fleet.instance().to_owned(),
+            applied_revision: fleet.applied(),
+            policy_generation: self.generation.load(std::sync::atomic::Ordering::Relaxed),
+            regions,
+            at_ms: now_ms(),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! A fleet of routers sharing drains through etcd: writing a drain (with the
+//! last-serving-region guard as one etcd transaction), reading the fleet's
+//! intents, each instance's acknowledgement on its lease, and the fleet's
+//! status. The control plane runs the watch and the heartbeat
+//! (`control/fleet.rs`); the CLI talks to etcd through this module directly.
+
+pub mod book;
+pub mod etcd;
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{Gauge, IntGauge};
+use serde::Serialize;
+
+use crate::config::FleetSettings;
+use crate::drains::Intent;
+use crate::metrics::Metrics;
+use etcd::{Etcd, EtcdError, Op, Unchanged};
+use keys::{FleetDrain, InstanceRecord, Keys};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("{region} is the last serving region of jurisdiction {jurisdiction} across the fleet: draining it would refuse every resident; add force=true to drain it anyway")]
+    LastInJurisdiction {
+        region: String,
+        jurisdiction: String,
+    },
+    #[error("the drains of jurisdiction {0} kept changing under this call; try again")]
+    Contended(String),
+}
+
+/// What the fleet-wide guard needs to know of a region: its jurisdiction's
+/// regions (the keys the transaction guards) and which of them this router
+/// sees healthy.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub jurisdiction: String,
+    /// Every region of the jurisdiction, with whether it is healthy here.
+    pub regions: Vec<(String, bool)>,
+}
+
+/// The fleet's gauges (registered only when `[fleet]` is set).
+#[derive(Debug, Clone)]
+pub struct FleetMetrics {
+    pub connected: IntGauge,
+    pub instances: IntGauge,
+    pub applied_revision: IntGauge,
+    pub lag_seconds: Gauge,
+}
+
+impl FleetMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let int = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric options are valid");
+            metrics
+                .registry()
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
+        };
+        let lag = Gauge::new(
+            "georouter_fleet_lag_seconds",
+            "Seconds since this instance last knew it had every drain of the fleet (0 while connected).",
+        )
+        .expect("metric options are valid");
+        metrics
+            .registry()
+            .register(Box::new(lag.clone()))
+            .expect("metric names are unique");
+        FleetMetrics {
+            connected: int(
+                "georouter_fleet_connected",
+                "1 while this instance reads the fleet's drains from etcd live.",
+            ),
+            instances: int(
+                "georouter_fleet_instances",
+                "Instances of the fleet alive in etcd (their leases renewed).",
+            ),
+            applied_revision: int(
+                "georouter_fleet_applied_revision",
+                "The etcd revision of the last fleet drain change this instance applied.",
+            ),
+            lag_seconds: lag,
+        }
+    }
+}
+
+/// One router's membership of a fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    pub etcd: Etcd,
+    pub keys: Keys,
+    pub settings: FleetSettings,
+    pub metrics: Option<FleetMetrics>,
+    connected: AtomicBool,
+    applied: AtomicI64,
+    /// When this instance last knew it was in step with the fleet.
+    in_step_at: Mutex<std::time::Instant>,
+    /// Wakes the heartbeat to publish a new acknowledgement.
+    pub applied_changed: tokio::sync::Notify,
+    /// Wakes the watch to start again (the heartbeat lost etcd).
+    pub reset: tokio::sync::Notify,
+    /// Instances seen alive, with when (for "gone").
+    seen: Mutex<BTreeMap<String, u64>>,
+}
+
+/// An instance as `GET /fleet` and `georouter fleet status` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub instance: String,
+    pub applied_revision: i64,
+    /// It has applied the fleet's latest drain change.
+    pub in_step: bool,
+    pub policy_generation: u64,
+    pub seconds_since_report: f64,
+    pub regions: BTreeMap<String, String>,
+}
+
+/// The fleet as etcd shows it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetStatus {
+    pub prefix: String,
+    /// The revision of the latest drain change (0: none yet).
+    pub latest_drain_revision: i64,
+    pub instances: Vec<InstanceView>,
+    /// Instances this router saw alive before whose lease has since expired.
+    pub gone: Vec<String>,
+    /// The fleet's drain intents, by region.
+    pub drains: BTreeMap<String, FleetDrain>,
+}
+
+impl FleetStatus {
+    /// Live instances that have not applied the latest drain change.
+    pub fn lagging(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .filter(|i| !i.in_step)
+            .map(|i| i.instance.clone())
+            .collect()
+    }
+}
+
+impl Fleet {
+    /// A fleet membership from `[fleet]`; `metrics`: the router's registry (a
+    /// CLI call has none).
+    pub fn new(settings: &FleetSettings, metrics: Option<&Metrics>) -> Result<Fleet, EtcdError> {
+        Ok(Fleet {
+            etcd: Etcd::new(settings)?,
+            keys: Keys::new(&settings.prefix),
+            settings: settings.clone(),
+            metrics: metrics.map(FleetMetrics::register),
+            connected: AtomicBool::new(false),
+            applied: AtomicI64::new(0),
+            in_step_at: Mutex::new(std::time::Instant::now()),
+            applied_changed: tokio::sync::Notify::new(),
+            reset: tokio::sync::Notify::new(),
+            seen: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.settings.instance
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Marks the link to etcd up or down (and the gauges with it).
+    pub fn set_connected(&self, up: bool) {
+        let was = self.connected.swap(up, Ordering::AcqRel);
+        if let Ok(mut at) = self.in_step_at.lock() {
+            if up || was {
+                *at = std::time::Instant::now();
+            }
+        }
+        self.refresh_gauges();
+        if was != up {
+            if up {
+                tracing::info!(target: "georouter::fleet", "connected to the fleet's etcd; drains are shared again");
+            } else {
+                tracing::warn!(target: "georouter::fleet", "lost the fleet's etcd: serving with the drains last applied; drains made now are held locally and reconciled when it is back");
+            }
+        }
+    }
+
+    /// The revision of the last drain change applied here.
+    pub fn applied(&self) -> i64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    pub fn set_applied(&self, revision: i64) {
+        if self.applied.fetch_max(revision, Ordering::AcqRel) < revision {
+            self.applied_changed.notify_one();
+        }
+        self.refresh_gauges();
+    }
+
+    /// Brings the gauges up to date (the lag grows while disconnected).
+    pub fn refresh_gauges(&self) {
+        let Some(m) = &self.metrics else { return };
+        let up = self.connected();
+        m.connected.set(i64::from(up));
+        m.applied_revision.set(self.applied());
+        let lag = match (up, self.in_step_at.lock()) {
+            (false, Ok(at)) => at.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
+        m.lag_seconds.set(lag);
+    }
+
+    /// Every drain intent of the fleet, and the revision it was read at.
+    pub async fn drains(&self) -> Result<(i64, BTreeMap<String, (FleetDrain, i64)>), EtcdError> {
+        let dir = self.keys.drains();
+        let (revision, kvs) = self.etcd.range_prefix(&dir).await?;
+        let mut out = BTreeMap::new();
+        for kv in kvs {
+            let Some(region) = self.keys.name_in(&dir, &kv.key) else {
+                continue;
+            };
+            match serde_json::from_slice::<FleetDrain>(&kv.value) {
+                Ok(d) => {
+                    out.insert(region.to_owned(), (d, kv.mod_revision));
+                }
+                Err(e) => {
+                    tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %e, "a drain in etcd is not readable; ignored");
+                }
+            }
+        }
+        Ok((revision, out))
+    }
+
+    /// Writes a drain intent for `region` to the fleet. With a `guard` (a drain
+    /// that is not forced), the transaction holds only if no drain of the
+    /// jurisdiction changed since it was read and a region of it still serves
+    /// afterwards: two instances draining the last two regions at once cannot
+    /// both succeed. Returns the revision of the change.
+    pub async fn write_drain(
+        &self,
+        region: &str,
+        intent: &Intent,
+        guard: Option<&Guard>,
+    ) -> Result<i64, FleetError> {
+        let value = serde_json::to_vec(&FleetDrain::of(intent, self.instance()))
+            .expect("a drain serialises");
+        let op = Op::Put {
+            key: self.keys.drain(region),
+            value,
+            lease: None,
+        };
+        let Some(guard) = guard.filter(|_| intent.drain.is_some()) else {
+            let (_, revision) = self.etcd.txn(&[], &[op]).await?;
+            return Ok(revision);
+        };
+        for _ in 0..8 {
+            let (_, fleet) = self.drains().await?;
+            let drained = |r: &str| fleet.get(r).is_some_and(|(d, _)| d.drained);
+            let serving_after = guard
+                .regions
+                .iter()
+                .any(|(r, healthy)| r != region && *healthy && !drained(r));
+            let serving_now = guard
+                .regions
+                .iter()
+                .any(|(r, healthy)| *healthy && !drained(r));
+            if serving_now && !serving_after {
+                return Err(FleetError::LastInJurisdiction {
+                    region: region.to_owned(),
+                    jurisdiction: guard.jurisdiction.clone(),
+                });
+            }
+            let unchanged: Vec<Unchanged> = guard
+                .regions
+                .iter()
+                .map(|(r, _)| Unchanged {
+                    key: self.keys.drain(r),
+                    mod_revision: fleet.get(r.as_str()).map_or(0, |(_, rev)| *rev),
+                })
+                .collect();
+            let (done, revision) = self.etcd.txn(&unchanged, std::slice::from_ref(&op)).await?;
+            if done {
+                return Ok(revision);
+            }
+        }
+        Err(FleetError::Contended(guard.jurisdiction.clone()))
+    }
+
+    /// Publishes this instance's acknowledgement on its lease.
+    pub async fn report(&self, lease: i64, record: &InstanceRecord) -> Result<(), EtcdError> {
+        let value = serde_json::to_vec(record).expect("a record serialises");
+        self.etcd
+            .put(&self.keys.instance(self.instance()), &value, Some(lease))
+            .await
+            .map(|_| ())
+    }
+
+    /// The fleet now: its instances (and whether each has applied the latest
+    /// drain change), the ones gone since this router last looked, its drains.
+    pub async fn status(&self) -> Result<FleetStatus, EtcdError> {
+        let (_, drains) = self.drains().await?;
+        let latest = drains.values().map(|(_, rev)| *rev).max().unwrap_or(0);
+        let dir = self.keys.instances();
+        let (_, kvs) = self.etcd.range_prefix(&dir).await?;
+        let now = now_ms();
+        let mut instances = Vec::new();
+        for kv in kvs {
+            let Ok(r) = serde_json::from_slice::<InstanceRecord>(&kv.value) else {
+                continue;
+            };
+            instances.push(InstanceView {
+                in_step: r.applied_revision >= latest,
+                applied_revision: r.applied_revision,
+                policy_generation: r.policy_generation,
+                seconds_since_report: now.saturating_sub(r.at_ms) as f64 / 1000.0,
+                regions: r.regions,
+                instance: r.instance,
+            });
+        }
+        let gone = match self.seen.lock() {
+            Ok(mut seen) => {
+                for i in &instances {
+                    seen.insert(i.instance.clone(), now);
+                }
+                seen.iter()
+                    .filter(|(id, _)| !instances.iter().any(|i| &i.instance == *id))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        if let Some(m) = &self.metrics {
+            m.instances.set(instances.len() as i64);
+        }
+        Ok(FleetStatus {
+            prefix: self.settings.prefix.clone(),
+            latest_drain_revision: latest,
+            instances,
+            gone,
+            drains: drains.into_iter().map(|(r, (d, _))| (r, d)).collect(),
+        })
+    }
+
+    /// Waits until every live instance has applied `revision`, or `within`
+    /// passes; the status at the end.
+    pub async fn wait_for(
+        &self,
+        revision: i64,
+        within: Duration,
+    ) -> Result<FleetStatus, EtcdError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut status = self.status().await?;
+            for i in &mut status.instances {
+                i.in_step = i.applied_revision >= revision;
+            }
+            if status.lagging().is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(status);
+            }
+            // Each instance rewrites its record as soon as it applies a change;
+            // looking again every 20 ms keeps the wait close to the slowest.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! A fleet router's drain store: the fleet's intents as etcd has them, this
+//! router's local-only drains, and the intents it made while etcd was
+//! unreachable (held, applied here at once, written to the fleet when it is
+//! back unless the fleet's intent is newer). The effective drains are kept in
+//! the local state file too, so a restart without etcd still applies them.
+
+use std::collections::BTreeMap;
+
+use crate::drains::{Drain, DrainStore, Drains, Intent, Scope, SharedDrains, StoreError};
+
+#[derive(Debug)]
+pub struct FleetBook {
+    /// The state file: what applies, for a restart without etcd.
+    file: Drains,
+    shared: BTreeMap<String, Intent>,
+    local: BTreeMap<String, Drain>,
+    held: BTreeMap<String, Intent>,
+    /// What applies, region by region (rebuilt on every change).
+    effective: BTreeMap<String, Drain>,
+}
+
+impl FleetBook {
+    /// Starts from the state file: fleet drains as the last known fleet view,
+    /// local ones as local, held ones as held.
+    pub fn new(file: Drains) -> Self {
+        let mut book = FleetBook {
+            shared: BTreeMap::new(),
+            local: BTreeMap::new(),
+            held: BTreeMap::new(),
+            effective: BTreeMap::new(),
+            file,
+        };
+        let known: Vec<(String, Drain)> = book
+            .file
+            .iter()
+            .map(|(r, d)| (r.clone(), d.clone()))
+            .collect();
+        for (region, d) in known {
+            let at_ms = d.since * 1000;
+            match d.scope {
+                Scope::Local => {
+                    book.local.insert(region, d);
+                }
+                Scope::Fleet => {
+                    book.shared.insert(
+                        region,
+                        Intent {
+                            drain: Some(d),
+                            at_ms,
+                        },
+                    );
+                }
+                Scope::Pending => {
+                    book.held.insert(
+                        region,
+                        Intent {
+                            drain: Some(d),
+                            at_ms,
+                        },
+                    );
+                }
+            }
+        }
+        book.rebuild();
+        book
+    }
+
+    fn rebuild(&mut self) {
+        let mut effective = BTreeMap::new();
+        for (region, intent) in &self.shared {
+            if let Some(d) = &intent.drain {
+                effective.insert(region.clone(), d.clone());
+            }
+        }
+        for (region, intent) in &self.held {
+            match &intent.drain {
+                Some(d) => {
+                    effective.insert(region.clone(), d.clone());
+                }
+                None => {
+                    effective.remove(region);
+                }
+            }
+        }
+        for (region, d) in &self.local {
+            effective.insert(region.clone(), d.clone());
+        }
+        if effective != self.effective {
+            self.effective = effective;
+            if let Err(e) = self.file.replace(self.effective.clone()) {
+                tracing::warn!(error = %e, "drains apply but could not be written to the state file");
+            }
+        }
+    }
+}
+
+impl DrainStore for FleetBook {
+    fn get(&self, region: &str) -> Option<&Drain> {
+        self.effective.get(region)
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Drain)> + '_> {
+        Box::new(self.effective.iter())
+    }
+
+    /// A local-only drain (`scope=local`) or its end.
+    fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StoreError> {
+        match drain {
+            Some(mut d) => {
+                d.scope = Scope::Local;
+                self.local.insert(region.to_owned(), d);
+            }
+            None => {
+                self.local.remove(region);
+            }
+        }
+        self.rebuild();
+        Ok(())
+    }
+
+    fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
+        Some(self)
+    }
+}
+
+impl SharedDrains for FleetBook {
+    fn replace(&mut self, all: BTreeMap<String, Intent>) {
+        self.shared = all;
+        self.rebuild();
+    }
+
+    fn apply(&mut self, region: &str, intent: Intent) {
+        self.shared.insert(region.to_owned(), intent);
+        self.rebuild();
+    }
+
+    fn hold(&mut self, region: &str, mut intent: Intent) {
+        if let Some(d) = &mut intent.drain {
+            d.scope = Scope::Pending;
+        }
+        self.held.insert(region.to_owned(), intent);
+        self.rebuild();
+    }
+
+    fn held(&self) -> Vec<(String, Intent)> {
+        self.held
+            .iter()
+            .map(|(r, i)| (r.clone(), i.clone()))
+            .collect()
+    }
+
+    fn release(&mut self, region: &str) {
+        self.held.remove(region);
+        self.rebuild();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(reason: &str, scope: Scope) -> Drain {
+        Drain {
+            reason: reason.to_owned(),
+            by: "test".to_owned(),
+            since: 1,
+            scope,
+        }
+    }
+
+    #[test]
+    fn held_intents_override_the_fleet_until_released_and_local_drains_stay() {
+        let mut b = FleetBook::new(Drains::default());
+        b.replace(BTreeMap::from([(
+            "eu".to_owned(),
+            Intent {
+                drain: Some(drain("fleet", Scope::Fleet)),
+                at_ms: 10,
+            },
+        )]));
+        assert_eq!(b.get("eu").unwrap().scope, Scope::Fleet);
+        // Undrained here while the fleet is unreachable.
+        b.hold(
+            "eu",
+            Intent {
+                drain: None,
+                at_ms: 20,
+            },
+        );
+        assert!(b.get("eu").is_none());
+        b.set("us", Some(drain("local", Scope::Local))).unwrap();
+        assert_eq!(b.get("us").unwrap().scope, Scope::Local);
+        assert_eq!(b.held().len(), 1);
+        b.release("eu");
+        assert_eq!(b.get("eu").unwrap().reason, "fleet");
+        // The fleet's undrain does not end a local drain.
+        b.apply(
+            "us",
+            Intent {
+                drain: None,
+                at_ms: 30,
+            },
+        );
+        assert_eq!(b.get("us").unwrap().reason, "local");
+    }
+}

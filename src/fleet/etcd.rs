@@ -1,0 +1,638 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/*`, `/v3/watch`,
+//! `/v3/lease/*`, `/v3/auth/authenticate`; etcd 3.4 and later), on the hyper
+//! client the router already has: no protobuf compiler in the build.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+use crate::config::FleetSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd unreachable ({endpoints}): {last}")]
+    Unreachable { endpoints: String, last: String },
+    #[error("etcd refused {call}: {message}")]
+    Refused { call: &'static str, message: String },
+    #[error("etcd answered {call} with something unreadable: {detail}")]
+    Decode { call: &'static str, detail: String },
+    #[error("the watch fell behind etcd's compaction (revision {0}); reading everything again")]
+    Compacted(i64),
+    #[error("etcd TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("etcd password: {0}")]
+    Password(String),
+}
+
+impl EtcdError {
+    /// Whether the cluster could not be reached (as opposed to refusing).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, EtcdError::Unreachable { .. })
+    }
+}
+
+/// One key as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// A change the watch saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Put(Kv),
+    Delete { key: String, mod_revision: i64 },
+}
+
+/// One step of a transaction's success branch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    },
+}
+
+/// A transaction's guard: the key's last modification is at `mod_revision` (0:
+/// the key does not exist).
+#[derive(Debug, Clone)]
+pub struct Unchanged {
+    pub key: String,
+    pub mod_revision: i64,
+}
+
+/// The etcd cluster of a fleet.
+pub struct Etcd {
+    endpoints: Vec<Uri>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    credentials: Option<(String, String)>,
+    token: Mutex<Option<String>>,
+    timeout: Duration,
+    /// The endpoint that answered last; tried first.
+    preferred: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// etcd's JSON renders 64-bit integers as strings.
+fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| serde::de::Error::custom("not an i64")),
+        Value::Null => Ok(0),
+        other => Err(serde::de::Error::custom(format!("not an integer: {other}"))),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Header {
+    #[serde(default, deserialize_with = "int")]
+    revision: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawKv {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default, deserialize_with = "int")]
+    mod_revision: i64,
+}
+
+impl RawKv {
+    fn decode(self, call: &'static str) -> Result<Kv, EtcdError> {
+        let bad = |e: base64::DecodeError| EtcdError::Decode {
+            call,
+            detail: e.to_string(),
+        };
+        Ok(Kv {
+            key: String::from_utf8_lossy(&B64.decode(self.key).map_err(bad)?).into_owned(),
+            value: B64.decode(self.value).map_err(bad)?,
+            mod_revision: self.mod_revision,
+        })
+    }
+}
+
+fn b64(s: impl AsRef<[u8]>) -> String {
+    B64.encode(s)
+}
+
+/// The end of the key range that holds every key starting with `prefix`.
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Etcd {
+    /// A client for the fleet's cluster (no connection is made yet).
+    pub fn new(settings: &FleetSettings) -> Result<Etcd, EtcdError> {
+        let tls = if settings
+            .endpoints
+            .iter()
+            .any(|u| u.scheme_str() == Some("https"))
+        {
+            let config = crate::tls::client_config(&settings.tls)?;
+            Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        } else {
+            None
+        };
+        let credentials = match &settings.username {
+            None => None,
+            Some(user) => {
+                let password = match (&settings.password_file, &settings.password_env) {
+                    (Some(path), _) => std::fs::read_to_string(path).map_err(|e| {
+                        EtcdError::Password(format!("cannot read {}: {e}", path.display()))
+                    })?,
+                    (None, Some(var)) => std::env::var(var).map_err(|_| {
+                        EtcdError::Password(format!("environment variable {var} is not set"))
+                    })?,
+                    (None, None) => String::new(),
+                };
+                Some((
+                    user.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_owned(),
+                ))
+            }
+        };
+        Ok(Etcd {
+            endpoints: settings.endpoints.clone(),
+            tls,
+            credentials,
+            token: Mutex::new(None),
+            timeout: settings.timeout,
+            preferred: Default::default(),
+        })
+    }
+
+    fn endpoints_text(&self) -> String {
+        self.endpoints
+            .iter()
+            .map(|u| u.to_string().trim_end_matches('/').to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Sends one POST to the first endpoint that takes it; the response head.
+    async fn post(&self, path: &str, body: &Value) -> Result<http::Response<Incoming>, EtcdError> {
+        let body = Bytes::from(serde_json::to_vec(body).expect("JSON serialises"));
+        let n = self.endpoints.len();
+        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = String::from("no endpoint");
+        for i in 0..n {
+            let at = (first + i) % n;
+            let endpoint = &self.endpoints[at];
+            let token = self.token.lock().ok().and_then(|t| t.clone());
+            match tokio::time::timeout(
+                self.timeout,
+                self.send(endpoint, path, body.clone(), token.as_deref()),
+            )
+            .await
+            {
+                Ok(Ok(resp)) => {
+                    self.preferred
+                        .store(at, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => last = format!("{endpoint}: {e}"),
+                Err(_) => {
+                    last = format!(
+                        "{endpoint}: no answer within {}",
+                        humantime::format_duration(self.timeout)
+                    )
+                }
+            }
+        }
+        Err(EtcdError::Unreachable {
+            endpoints: self.endpoints_text(),
+            last,
+        })
+    }
+
+    async fn send(
+        &self,
+        endpoint: &Uri,
+        path: &str,
+        body: Bytes,
+        token: Option<&str>,
+    ) -> Result<http::Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+        let authority = endpoint.authority().ok_or("no host")?;
+        let port = authority.port_u16().unwrap_or(match endpoint.scheme_str() {
+            Some("https") => 443,
+            _ => 2379,
+        });
+        let tcp = TcpStream::connect((authority.host(), port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut req = Request::post(path)
+            .header(http::header::HOST, authority.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, t);
+        }
+        let req = req.body(Full::new(body))?;
+        let resp = match (&self.tls, endpoint.scheme_str()) {
+            (Some(tls), Some("https")) => {
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+                let stream = tls.connect(name, tcp).await?;
+                let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                sender.send_request(req).await?
+            }
+            _ => {
+                let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(conn);
+                sender.send_request(req).await?
+            }
+        };
+        Ok(resp)
+    }
+
+    /// One unary call: the JSON answer, with authentication (once more after a
+    /// stale token).
+    async fn call(&self, call: &'static str, path: &str, body: Value) -> Result<Value, EtcdError> {
+        for attempt in 0..2 {
+            if self.credentials.is_some() && self.token.lock().map_or(true, |t| t.is_none()) {
+                self.authenticate().await?;
+            }
+            let resp = self.post(path, &body).await?;
+            let status = resp.status();
+            let bytes = tokio::time::timeout(self.timeout, resp.into_body().collect())
+                .await
+                .map_err(|_| EtcdError::Unreachable {
+                    endpoints: self.endpoints_text(),
+                    last: "the answer stalled".to_owned(),
+                })?
+                .map_err(|e| EtcdError::Unreachable {
+                    endpoints: self.endpoints_text(),
+                    last: e.to_string(),
+                })?
+                .to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).map_err(|e| EtcdError::Decode {
+                call,
+                detail: e.to_string(),
+            })?;
+            if status == StatusCode::OK {
+                return Ok(value);
+            }
+            let message = value
+                .get("error")
+                .or_else(|| value.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_owned();
+            let stale_token = message.contains("invalid auth token");
+            if stale_token && attempt == 0 && self.credentials.is_some() {
+                if let Ok(mut t) = self.token.lock() {
+                    *t = None;
+                }
+                continue;
+            }
+            return Err(EtcdError::Refused { call, message });
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn authenticate(&self) -> Result<(), EtcdError> {
+        let Some((name, password)) = &self.credentials else {
+            return Ok(());
+        };
+        let resp = self
+            .post(
+                "/v3/auth/authenticate",
+                &json!({ "name": name, "password": password }),
+            )
+            .await?;
+        let ok = resp.status() == StatusCode::OK;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| EtcdError::Unreachable {
+                endpoints: self.endpoints_text(),
+                last: e.to_string(),
+            })?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        match value.get("token").and_then(Value::as_str) {
+            Some(token) if ok => {
+                if let Ok(mut t) = self.token.lock() {
+                    *t = Some(token.to_owned());
+                }
+                Ok(())
+            }
+            _ => Err(EtcdError::Refused {
+                call: "authenticate",
+                message: value
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("authentication failed")
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Every key under `prefix`, and the revision they were read at.
+    pub async fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<Kv>), EtcdError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            header: Header,
+            #[serde(default)]
+            kvs: Vec<RawKv>,
+        }
+        let v = self
+            .call(
+                "range",
+                "/v3/kv/range",
+                json!({ "key": b64(prefix), "range_end": b64(range_end(prefix)) }),
+            )
+            .await?;
+        let a: Answer = serde_json::from_value(v).map_err(|e| EtcdError::Decode {
+            call: "range",
+            detail: e.to_string(),
+        })?;
+        let kvs = a
+            .kvs
+            .into_iter()
+            .map(|k| k.decode("range"))
+            .collect::<Result<_, _>>()?;
+        Ok((a.header.revision, kvs))
+    }
+
+    /// Puts `value` at `key` (bound to `lease` if given); the new revision.
+    pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
+        let mut body = json!({ "key": b64(key), "value": b64(value) });
+        if let Some(l) = lease {
+            body["lease"] = json!(l.to_string());
+        }
+        let v = self.call("put", "/v3/kv/put", body).await?;
+        Ok(revision_of(&v))
+    }
+
+    /// Runs `ops` if every key in `guards` is unchanged; whether it ran, and the
+    /// revision after.
+    pub async fn txn(&self, guards: &[Unchanged], ops: &[Op]) -> Result<(bool, i64), EtcdError> {
+        let compare: Vec<Value> = guards
+            .iter()
+            .map(|g| {
+                json!({
+                    "key": b64(&g.key),
+                    "target": "MOD",
+                    "result": "EQUAL",
+                    "mod_revision": g.mod_revision.to_string(),
+                })
+            })
+            .collect();
+        let success: Vec<Value> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value, lease } => {
+                    let mut put = json!({ "key": b64(key), "value": b64(value) });
+                    if let Some(l) = lease {
+                        put["lease"] = json!(l.to_string());
+                    }
+                    json!({ "request_put": put })
+                }
+            })
+            .collect();
+        let v = self
+            .call(
+                "txn",
+                "/v3/kv/txn",
+                json!({ "compare": compare, "success": success }),
+            )
+            .await?;
+        let succeeded = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
+        Ok((succeeded, revision_of(&v)))
+    }
+
+    /// A lease of `ttl`; its id.
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
+        let v = self
+            .call(
+                "lease grant",
+                "/v3/lease/grant",
+                json!({ "TTL": ttl.as_secs().max(1).to_string() }),
+            )
+            .await?;
+        v.get("ID")
+            .and_then(|id| id.as_str().and_then(|s| s.parse().ok()).or(id.as_i64()))
+            .ok_or(EtcdError::Decode {
+                call: "lease grant",
+                detail: format!("no lease id in {v}"),
+            })
+    }
+
+    /// Renews a lease; false when it has expired.
+    pub async fn lease_keepalive(&self, id: i64) -> Result<bool, EtcdError> {
+        let v = self
+            .call(
+                "lease keepalive",
+                "/v3/lease/keepalive",
+                json!({ "ID": id.to_string() }),
+            )
+            .await?;
+        let result = v.get("result").unwrap_or(&v);
+        let ttl = result
+            .get("TTL")
+            .and_then(|t| {
+                t.as_str()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .or(t.as_i64())
+            })
+            .unwrap_or(0);
+        Ok(ttl > 0)
+    }
+
+    /// Ends a lease and its keys at once (a clean shutdown).
+    pub async fn lease_revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.call(
+            "lease revoke",
+            "/v3/lease/revoke",
+            json!({ "ID": id.to_string() }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Watches every key under `prefix` from `start` (a revision).
+    pub async fn watch(&self, prefix: &str, start: i64) -> Result<Watch, EtcdError> {
+        if self.credentials.is_some() && self.token.lock().map_or(true, |t| t.is_none()) {
+            self.authenticate().await?;
+        }
+        let resp = self
+            .post(
+                "/v3/watch",
+                &json!({ "create_request": {
+                    "key": b64(prefix),
+                    "range_end": b64(range_end(prefix)),
+                    "start_revision": start.to_string(),
+                }}),
+            )
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(EtcdError::Refused {
+                call: "watch",
+                message: format!("HTTP {}", resp.status()),
+            });
+        }
+        Ok(Watch {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+fn revision_of(v: &Value) -> i64 {
+    v.get("header")
+        .and_then(|h| h.get("revision"))
+        .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_i64()))
+        .unwrap_or(0)
+}
+
+/// A watch's stream of changes: one JSON object per line.
+pub struct Watch {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+/// What one message of a watch carried.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The revision etcd was at when it sent them.
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+impl Watch {
+    /// The next batch of changes; `None` when etcd closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Changes>, EtcdError> {
+        #[derive(Deserialize)]
+        struct Line {
+            result: Option<WatchResult>,
+            error: Option<Value>,
+        }
+        #[derive(Deserialize)]
+        struct WatchResult {
+            #[serde(default)]
+            header: Header,
+            #[serde(default)]
+            events: Vec<RawEvent>,
+            #[serde(default)]
+            canceled: bool,
+            #[serde(default, deserialize_with = "int")]
+            compact_revision: i64,
+            #[serde(default)]
+            cancel_reason: String,
+        }
+        #[derive(Deserialize)]
+        struct RawEvent {
+            #[serde(default, rename = "type")]
+            kind: String,
+            kv: RawKv,
+        }
+        loop {
+            if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(at + 1);
+                let line: Line = serde_json::from_slice(&line).map_err(|e| EtcdError::Decode {
+                    call: "watch",
+                    detail: e.to_string(),
+                })?;
+                if let Some(e) = line.error {
+                    return Err(EtcdError::Refused {
+                        call: "watch",
+                        message: e.to_string(),
+                    });
+                }
+                let Some(r) = line.result else { continue };
+                if r.compact_revision > 0 {
+                    return Err(EtcdError::Compacted(r.compact_revision));
+                }
+                if r.canceled {
+                    return Err(EtcdError::Refused {
+                        call: "watch",
+                        message: format!("canceled: {}", r.cancel_reason),
+                    });
+                }
+                let mut changes = Changes {
+                    revision: r.header.revision,
+                    events: Vec::with_capacity(r.events.len()),
+                };
+                for e in r.events {
+                    let kv = e.kv.decode("watch")?;
+                    changes.events.push(if e.kind == "DELETE" {
+                        Event::Delete {
+                            key: kv.key,
+                            mod_revision: kv.mod_revision,
+                        }
+                    } else {
+                        Event::Put(kv)
+                    });
+                }
+                return Ok(Some(changes));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(EtcdError::Unreachable {
+                        endpoints: "watch".to_owned(),
+                        last: e.to_string(),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_key() {
+        assert_eq!(range_end("/a/"), b"/a0".to_vec());
+        assert_eq!(range_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+}

@@ -1,0 +1,112 @@
+//! The fleet's key layout under its prefix, and the records kept there. One
+//! fleet per prefix; every value is JSON.
+//!
+//! ```text
+//! {prefix}/drains/{region}      a drain intent (FleetDrain), newest wins
+//! {prefix}/instances/{id}       an instance's acknowledgement (InstanceRecord), on its lease
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::drains::{Drain, Intent, Scope};
+
+/// The keys of one fleet.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn drains(&self) -> String {
+        format!("{}/drains/", self.prefix)
+    }
+
+    pub fn drain(&self, region: &str) -> String {
+        format!("{}/drains/{region}", self.prefix)
+    }
+
+    pub fn instances(&self) -> String {
+        format!("{}/instances/", self.prefix)
+    }
+
+    pub fn instance(&self, id: &str) -> String {
+        format!("{}/instances/{id}", self.prefix)
+    }
+
+    /// The last part of a key under `dir` (`drains/` or `instances/`).
+    pub fn name_in<'k>(&self, dir: &str, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(dir)
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+    }
+}
+
+/// A region's drain as the fleet keeps it: an undrain is kept too (drained =
+/// false), so that every intent has a time and the newer one wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetDrain {
+    pub drained: bool,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub by: String,
+    /// The instance the call reached.
+    #[serde(default)]
+    pub instance: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl FleetDrain {
+    pub fn intent(&self) -> Intent {
+        Intent {
+            drain: self.drained.then(|| Drain {
+                reason: self.reason.clone(),
+                by: self.by.clone(),
+                since: self.at_ms / 1000,
+                scope: Scope::Fleet,
+            }),
+            at_ms: self.at_ms,
+        }
+    }
+
+    pub fn of(intent: &Intent, instance: &str) -> Self {
+        FleetDrain {
+            drained: intent.drain.is_some(),
+            reason: intent
+                .drain
+                .as_ref()
+                .map(|d| d.reason.clone())
+                .unwrap_or_default(),
+            by: intent
+                .drain
+                .as_ref()
+                .map(|d| d.by.clone())
+                .unwrap_or_default(),
+            instance: instance.to_owned(),
+            at_ms: intent.at_ms,
+        }
+    }
+}
+
+/// What an instance says of itself, on its lease: gone when it stops renewing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance: String,
+    /// The etcd revision of the last drain change it applied.
+    pub applied_revision: i64,
+    /// Its policy generation (reloads since its start, 1 at start).
+    pub policy_generation: u64,
+    /// Its view of each region: up, down, ejected, held_down (and drained).
+    #[serde(default)]
+    pub regions: BTreeMap<String, String>,
+    /// When it wrote this, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
