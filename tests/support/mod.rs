@@ -252,8 +252,29 @@ pub fn status_of(raw: &str) -> u16 {
 }
 
 /// Polls `cond` every few milliseconds until it holds, for at most 10 s.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(Duration::from_secs(10), what, cond).await
+}
+
+/// Polls an async condition until it holds, for at most 10 s.
+pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// [`eventually`] with its own time limit.
+pub async fn eventually_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -530,39 +551,45 @@ pub fn assert_metrics(text: &str, needles: &[&str]) {
 /// `apt-get install prometheus`); otherwise the test fails and says what is
 /// missing. A test never passes because its tool is absent.
 pub fn promtool() -> std::process::Command {
+    tool("promtool", "--version", "prometheus")
+}
+
+/// A tool the tests need, installed on the spot where that can be done (root
+/// on Debian: `apt-get install PACKAGE`, one install at a time); otherwise the
+/// test fails and says what is missing. A test never passes because its tool
+/// is absent.
+pub fn tool(binary: &str, probe: &str, package: &str) -> std::process::Command {
     use std::process::{Command, Stdio};
-    let found = |_: ()| {
-        Command::new("promtool")
-            .arg("--version")
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let found = || {
+        Command::new(binary)
+            .arg(probe)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !found(()) {
+    if !found() {
+        let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
         let root = Command::new("id")
             .arg("-u")
             .output()
             .is_ok_and(|o| o.stdout.starts_with(b"0"));
-        if root && Path::new("/usr/bin/apt-get").exists() {
-            eprintln!("promtool missing: apt-get install prometheus");
+        if !found() && root && Path::new("/usr/bin/apt-get").exists() {
+            eprintln!("{binary} missing: apt-get install {package}");
             let _ = Command::new("apt-get").args(["update", "-qq"]).status();
             let _ = Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "prometheus",
-                ])
+                .args(["install", "-y", "-qq", "--no-install-recommends", package])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .stdout(Stdio::null())
                 .status();
         }
         assert!(
-            found(()),
-            "promtool is needed and could not be installed: apt-get install prometheus (Debian) or put promtool on PATH"
+            found(),
+            "{binary} is needed and could not be installed: apt-get install {package} (Debian) or put {binary} on PATH"
         );
     }
-    Command::new("promtool")
+    Command::new(binary)
 }
+
+pub mod etcd;

@@ -1,0 +1,318 @@
+//! Many routers, one truth: drains shared through a real etcd (Debian's
+//! `etcd-server`, started by the test on loopback ports), acknowledged by
+//! every instance, guarded fleet-wide, and safe when etcd is gone.
+
+mod support;
+
+use georouter::sim::SimRegion;
+use support::etcd::Etcd;
+use support::*;
+
+const TOKEN: &str = "fleet-test-token-0123456789abcdef";
+
+/// Regions us, eu1 and eu2 (eu1 and eu2 in jurisdiction eu), checks every 50 ms.
+struct World {
+    us: SimRegion,
+    eu1: SimRegion,
+    eu2: SimRegion,
+}
+
+impl World {
+    async fn new() -> World {
+        World {
+            us: region("us").await,
+            eu1: region("eu1").await,
+            eu2: region("eu2").await,
+        }
+    }
+
+    /// The policy of instance `id` of the fleet under `prefix`.
+    fn policy(&self, etcd: &Etcd, prefix: &str, id: &str, extra: &str) -> String {
+        format!(
+            r#"
+            [[listeners]]
+            address = "127.0.0.1:0"
+            [health]
+            interval = "50ms"
+            [fleet]
+            endpoints = ["{url}"]
+            prefix = "{prefix}"
+            instance = "{id}"
+            lease_ttl = "2s"
+            timeout = "500ms"
+            {extra}
+            {regions}
+            [[jurisdictions]]
+            name = "eu"
+            strict = false
+            countries = ["DE"]
+            [[routes]]
+            regions = ["eu1", "eu2", "us"]
+            "#,
+            url = etcd.url(),
+            regions = regions_toml(&[
+                (&self.us, None),
+                (&self.eu1, Some("eu")),
+                (&self.eu2, Some("eu"))
+            ]),
+        )
+    }
+
+    async fn instances(&self, etcd: &Etcd, prefix: &str, n: usize) -> Vec<TestRouter> {
+        let mut routers = Vec::new();
+        for i in 1..=n {
+            let toml = self.policy(etcd, prefix, &format!("r{i}"), "");
+            routers.push(TestRouter::spawn_with_token(&toml, TOKEN).await);
+        }
+        for r in &routers {
+            let fleet = r.control.fleet().expect("in a fleet").clone();
+            eventually("the instance to join the fleet", move || fleet.connected()).await;
+        }
+        routers
+    }
+}
+
+async fn drained(router: &TestRouter, region: &str) -> Option<String> {
+    let v = region_view(router.admin, region).await;
+    v["drained"]
+        .as_bool()
+        .unwrap()
+        .then(|| v["drain_scope"].as_str().unwrap_or("?").to_owned())
+}
+
+async fn fleet_view(router: &TestRouter) -> serde_json::Value {
+    let r = get(&h1_client(), &format!("http://{}/fleet", router.admin)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_on_one_of_three_instances_reaches_all_three_and_they_say_so() {
+    let etcd = Etcd::start("reach").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/reach", 3).await;
+
+    let (status, body) = admin_post(
+        routers[0].admin,
+        "/regions/eu1/drain?reason=DR%20drill&wait=5s",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let acked = v["fleet"]["acknowledged"].as_array().unwrap().len();
+    assert_eq!(
+        acked, 3,
+        "every instance acknowledged before the call returned: {v}"
+    );
+    assert_eq!(v["fleet"]["not_acknowledged"], serde_json::json!([]));
+    for r in &routers {
+        assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"));
+        // The first choice is drained: eu2 serves.
+        let reply = get(&h1_client(), &r.url("/")).await;
+        assert_eq!(reply.headers["x-georouter-region"], "eu2");
+    }
+    let f = fleet_view(&routers[2]).await;
+    assert_eq!(f["fleet"]["instances"].as_array().unwrap().len(), 3, "{f}");
+    assert_eq!(f["fleet"]["drains"]["eu1"]["drained"], true, "{f}");
+
+    // An undrain from another instance reaches the first.
+    let (status, body) = admin_post(
+        routers[2].admin,
+        "/regions/eu1/undrain?wait=5s",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(drained(&routers[0], "eu1").await, None);
+
+    // A local-only drain stays on its instance and says so.
+    let (status, body) = admin_post(
+        routers[1].admin,
+        "/regions/us/drain?scope=local&reason=local%20test",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(drained(&routers[1], "us").await.as_deref(), Some("local"));
+    assert_eq!(drained(&routers[0], "us").await, None);
+    let m = String::from_utf8(routers[0].state.metrics.render()).unwrap();
+    assert!(m.contains("georouter_fleet_connected 1"), "{m}");
+    assert!(m.contains("georouter_fleet_instances 3"), "{m}");
+}
+
+/// Two instances drain the two EU regions at the same moment: one transaction
+/// wins, the other is refused, and eu keeps a serving region everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jurisdiction_guard_holds_across_the_fleet_under_a_race() {
+    let etcd = Etcd::start("race").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/race", 2).await;
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(
+            admin_post(routers[0].admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)),
+            admin_post(routers[1].admin, "/regions/eu2/drain?wait=5s", Some(TOKEN)),
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "exactly one drain wins: {a:?} {b:?}");
+        for r in &routers {
+            let serving = [drained(r, "eu1").await, drained(r, "eu2").await]
+                .iter()
+                .filter(|d| d.is_none())
+                .count();
+            assert_eq!(serving, 1, "one EU region serves everywhere");
+        }
+        // Undrain both for the next round.
+        for region in ["eu1", "eu2"] {
+            let (s, body) = admin_post(
+                routers[0].admin,
+                &format!("/regions/{region}/undrain?wait=5s"),
+                Some(TOKEN),
+            )
+            .await;
+            assert_eq!(s, 200, "{body}");
+        }
+    }
+}
+
+/// etcd dies under load: no request fails, drains stay applied (nothing is
+/// undrained because etcd went away), a drain change made during the outage
+/// holds locally and reaches the fleet when etcd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_the_fleet_serves_static_and_reconciles_after() {
+    let mut etcd = Etcd::start("outage").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/outage", 2).await;
+    let (s, body) = admin_post(routers[0].admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+
+    let load = Load::start(routers[1].url("/"), 4);
+    load.wait_for(50).await;
+    etcd.kill();
+    for r in &routers {
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("the instance to notice etcd is gone", move || {
+            !fleet.connected()
+        })
+        .await;
+    }
+    load.wait_for(500).await;
+    for r in &routers {
+        assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"), "kept");
+    }
+    let m = String::from_utf8(routers[1].state.metrics.render()).unwrap();
+    assert!(m.contains("georouter_fleet_connected 0"), "{m}");
+
+    // An undrain during the outage: held here, not on the other instance.
+    let (s, body) = admin_post(routers[1].admin, "/regions/eu1/undrain", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["fleet"]["held"], true, "{body}");
+    assert_eq!(drained(&routers[1], "eu1").await, None);
+    assert_eq!(drained(&routers[0], "eu1").await.as_deref(), Some("fleet"));
+    load.wait_for(200).await;
+    let report = load.stop().await;
+    assert!(report.failed().is_empty(), "failed: {:?}", report.failed());
+
+    etcd.restart().await;
+    for r in &routers {
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("the instance to reconnect", move || fleet.connected()).await;
+    }
+    let first = &routers[0];
+    eventually_async("the held undrain to reach the other instance", || async {
+        drained(first, "eu1").await.is_none()
+    })
+    .await;
+    assert_eq!(drained(&routers[1], "eu1").await, None);
+}
+
+/// A drain written while an instance's watch is down (etcd restarted) is not
+/// missed: the instance reads everything again before it watches. The same
+/// after a compaction that outran the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_resumes_after_an_etcd_restart_without_missing_a_drain() {
+    let mut etcd = Etcd::start("resume").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/resume", 2).await;
+    etcd.restart().await;
+    // As soon as etcd answers again, before the second instance is back.
+    let (s, body) = loop {
+        let r = admin_post(routers[0].admin, "/regions/us/drain", Some(TOKEN)).await;
+        let v: serde_json::Value = serde_json::from_str(&r.1).unwrap_or_default();
+        if v["fleet"]["held"] != true {
+            break r;
+        }
+        // Held: the first instance had not reconnected; undo and try again.
+        let _ = admin_post(routers[0].admin, "/regions/us/undrain", Some(TOKEN)).await;
+        let fleet = routers[0].control.fleet().unwrap().clone();
+        eventually("reconnect", move || fleet.connected()).await;
+    };
+    assert_eq!(s, 200, "{body}");
+    let second = &routers[1];
+    eventually_async("the drain to reach the second instance", || async {
+        drained(second, "us").await.as_deref() == Some("fleet")
+    })
+    .await;
+
+    // Many changes, then a compaction past them: a watch that restarts from an
+    // old revision must read everything again.
+    for _ in 0..3 {
+        admin_post(routers[0].admin, "/regions/us/undrain", Some(TOKEN)).await;
+        admin_post(routers[0].admin, "/regions/us/drain", Some(TOKEN)).await;
+    }
+    etcd.compact();
+    etcd.restart().await;
+    let (s, body) = admin_post(routers[0].admin, "/regions/us/undrain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    eventually_async("the undrain to reach the second instance", || async {
+        drained(second, "us").await.is_none()
+    })
+    .await;
+}
+
+/// A router process killed (SIGKILL: no goodbye) leaves the fleet's status when
+/// its lease expires; the others say it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_leaves_the_fleet_when_its_lease_expires() {
+    let etcd = Etcd::start("killed").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/killed", 1).await;
+    let dir = test_dir("fleet-killed");
+    let policy = dir.join("policy.toml");
+    let admin_port = refused_port();
+    std::fs::write(
+        &policy,
+        w.policy(
+            &etcd,
+            "/t/killed",
+            "doomed",
+            &format!("[admin]\naddress = \"127.0.0.1:{admin_port}\""),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args(["run", "-c", policy.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = &routers[0];
+    eventually_async("the process to join", || async {
+        fleet_view(first).await["fleet"]["instances"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eventually_async("its lease to expire", || async {
+        let f = fleet_view(first).await;
+        f["fleet"]["instances"].as_array().unwrap().len() == 1
+            && f["fleet"]["gone"] == serde_json::json!(["doomed"])
+    })
+    .await;
+}
