@@ -51,6 +51,57 @@ pub fn config(
 /// admin API listens on loopback only).
 pub const ADMIN_TOKEN: &str = "demo-token";
 
+/// The demo on ephemeral loopback ports, in this process (for `drill --demo`):
+/// its simulated regions, the running router, its listener and admin addresses.
+pub struct InProcess {
+    pub regions: Vec<SimRegion>,
+    pub running: crate::launch::Running,
+    pub target: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts [`InProcess`] and waits (up to 10 s) for its first health checks.
+pub async fn in_process(db: &Path, token: &str) -> Result<InProcess, InProcessError> {
+    let regions = spawn_regions(|_| Duration::ZERO).await?;
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let config = config(any, any, &regions, Some(db))?;
+    let listeners = crate::server::bind(&config.listeners)?;
+    let target = listeners[0].tcp.local_addr()?;
+    let admin = std::net::TcpListener::bind(any)?;
+    let admin_addr = admin.local_addr()?;
+    let running = crate::launch::start(
+        config,
+        listeners,
+        admin,
+        crate::control::Options {
+            config_path: None,
+            admin_token: Some(token.to_owned()),
+        },
+    )?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !running.control.ready() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(InProcess {
+        regions,
+        running,
+        target,
+        admin: admin_addr,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InProcessError {
+    #[error("cannot start the demo: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] FromTomlError),
+    #[error(transparent)]
+    Start(#[from] crate::launch::StartError),
+    #[error(transparent)]
+    Bind(#[from] crate::server::BindError),
+}
+
 /// What the demo prints once it serves.
 pub fn banner(listen: SocketAddr, admin: SocketAddr, token: &str) -> String {
     format!(

@@ -5,6 +5,7 @@
 //! (`control/fleet.rs`); the CLI talks to etcd through this module directly.
 
 pub mod book;
+pub mod cli;
 pub mod etcd;
 pub mod keys;
 

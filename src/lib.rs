@@ -49,6 +49,7 @@ pub mod auth;
 pub mod authority;
 pub mod blame;
 pub mod budget;
+pub mod check;
 pub mod client_body;
 pub mod config;
 pub mod control;

@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use georouter::config::Config;
-use georouter::{control, demo, launch, server, table::RoutingTable, tls};
+use georouter::{control, demo, launch, server};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +64,46 @@ enum Command {
     /// A disaster-recovery drill: drain (or kill) a region under a bounded stream
     /// of requests, measure detection, switch, RTO and failback.
     Drill(DrillArgs),
+    /// The fleet through etcd directly (the policy's [fleet]), for when no
+    /// instance is reachable.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+        /// The policy file whose [fleet] names the etcd cluster.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// The live instances, whether each applied the latest drain, the gone ones, the drains.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a region on every instance (refused for the last serving region of
+    /// a jurisdiction unless --force).
+    Drain {
+        region: String,
+        /// Why (shown by /regions and `fleet status`).
+        #[arg(long, default_value = "no reason given")]
+        reason: String,
+        /// Drain even the last serving region of a jurisdiction.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for every live instance to apply it.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Undrain a region on every instance.
+    Undrain {
+        region: String,
+        /// How long to wait for every live instance to apply it.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
 }
 
 #[derive(clap::Args)]
@@ -172,6 +212,9 @@ fn main() -> ExitCode {
         } => control_runtime()
             .and_then(|rt| rt.block_on(run_demo(listen, admin, admin_token, db, latency))),
         Command::Drill(args) => control_runtime().and_then(|rt| rt.block_on(drill(args))),
+        Command::Fleet { command, config } => {
+            control_runtime().and_then(|rt| rt.block_on(fleet(command, config)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,88 +277,8 @@ fn geo_lookup(ip: std::net::IpAddr, db: &std::path::Path) -> Result<()> {
 
 fn check(path: &std::path::Path) -> Result<()> {
     use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let config = Config::load(path)?;
-    let table = RoutingTable::compile(&config)?;
-    for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(certs) = &l.tls {
-            tls::server_config(certs).with_context(|| format!("listeners[{i}].tls"))?;
-        }
-    }
-    // Everything `run` reads besides the policy: tokens, the drain state file.
-    control::preflight(&config, &control::Options::default())
-        .with_context(|| format!("{}", path.display()))?;
-    writeln!(
-        out,
-        "{}: ok: {} listener(s), {} region(s), {} route(s)",
-        path.display(),
-        config.listeners.len(),
-        table.regions().len(),
-        table.routes().len()
-    )?;
-    for l in &config.listeners {
-        let tls = if l.tls.is_some() { "tls" } else { "plain" };
-        writeln!(out, "  listener {:<16} {} ({tls})", l.name, l.address)?;
-    }
-    for r in table.regions() {
-        let endpoints: Vec<String> = r
-            .endpoints
-            .iter()
-            .map(|e| format!("{}://{}", e.scheme, e.authority))
-            .collect();
-        writeln!(
-            out,
-            "  region   {:<16} jurisdiction={} endpoints={}",
-            r.name,
-            r.jurisdiction.as_deref().unwrap_or("-"),
-            endpoints.join(",")
-        )?;
-    }
-    let names = |ids: &[georouter::table::RegionId]| {
-        ids.iter()
-            .map(|&id| table.region(id).name.as_str())
-            .collect::<Vec<_>>()
-            .join(" > ")
-    };
-    for (route, spec) in table.routes().iter().zip(&config.routes) {
-        let methods = if spec.methods.is_any() { "any" } else { "some" };
-        writeln!(
-            out,
-            "  route    {:<16} host={} prefix={} methods={methods} steering={:?} residency={} -> {}",
-            route.name,
-            spec.host.as_deref().unwrap_or("*"),
-            route.path_prefix,
-            spec.steering,
-            spec.residency,
-            names(&route.candidates)
-        )?;
-        for (k, (rule, ids)) in spec.rules.iter().zip(route.rules.iter()).enumerate() {
-            let mut matches: Vec<String> = Vec::new();
-            matches.extend(rule.cidrs.iter().map(|c| c.to_string()));
-            matches.extend(
-                rule.subdivisions
-                    .iter()
-                    .map(|(c, s)| format!("{c}-{}", s.as_str())),
-            );
-            matches.extend(rule.countries.iter().map(|c| c.to_string()));
-            matches.extend(rule.continents.iter().map(|c| format!("continent {c}")));
-            writeln!(
-                out,
-                "             rules[{k}] {} -> {}",
-                matches.join(","),
-                names(ids)
-            )?;
-        }
-    }
-    for j in table.jurisdictions() {
-        writeln!(
-            out,
-            "  jurisdiction {} ({}) regions: {}",
-            j.name,
-            if j.strict { "strict" } else { "not strict" },
-            names(&j.regions)
-        )?;
-    }
+    let text = georouter::check::check(path)?;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
 }
 
@@ -403,31 +366,19 @@ async fn wait_for_signal(control: &std::sync::Arc<control::Control>) -> Result<(
 
 async fn drill(mut args: DrillArgs) -> Result<()> {
     use georouter::drill::{self, DrillOptions, Fault};
-    let mut demo_regions = Vec::new();
-    let mut running = None;
+    let mut demo = None;
     if args.demo {
-        // The demo on ephemeral loopback ports, in this process.
-        demo_regions = demo::spawn_regions(|_| Duration::ZERO)
-            .await
-            .context("cannot start the simulated regions")?;
         let db = std::path::Path::new(georouter::geo::DEFAULT_DATABASE);
         anyhow::ensure!(
             db.exists(),
             "{}: no geo database (run from the repository root)",
             db.display()
         );
-        let config = demo::config(
-            "127.0.0.1:0".parse()?,
-            "127.0.0.1:0".parse()?,
-            &demo_regions,
-            Some(db),
-        )?;
-        let listeners = server::bind(&config.listeners)?;
-        args.target = listeners[0].tcp.local_addr()?;
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")?;
-        args.admin = admin.local_addr()?;
-        args.token
+        let token = args
+            .token
             .get_or_insert_with(|| demo::ADMIN_TOKEN.to_owned());
+        let d = demo::in_process(db, token).await?;
+        (args.target, args.admin) = (d.target, d.admin);
         args.region.get_or_insert_with(|| "eu-west".to_owned());
         if args.headers.is_empty() {
             args.headers.push((
@@ -435,21 +386,7 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
                 http::HeaderValue::from_static("80.128.0.1"),
             ));
         }
-        let r = launch::start(
-            config,
-            listeners,
-            admin,
-            control::Options {
-                config_path: None,
-                admin_token: args.token.clone(),
-            },
-        )?;
-        let control = r.control.clone();
-        running = Some(r);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !control.ready() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        demo = Some(d);
     }
     let region = args
         .region
@@ -466,7 +403,11 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
         timeout: args.timeout,
     };
     let fault = if args.kill {
-        match demo_regions.iter_mut().find(|r| r.name() == region) {
+        let sims = demo
+            .as_mut()
+            .map(|d| &mut d.regions[..])
+            .unwrap_or_default();
+        match sims.iter_mut().find(|r| r.name() == region) {
             Some(sim) => Fault::Sim(sim),
             None if args.demo => anyhow::bail!("--region {region}: not a demo region"),
             None => Fault::Operator,
@@ -492,8 +433,41 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
     } else {
         println!("{report}");
     }
-    if let Some(r) = running {
-        r.shutdown().await;
+    if let Some(d) = demo {
+        d.running.shutdown().await;
     }
+    Ok(())
+}
+
+async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
+    use georouter::fleet::cli;
+    let path =
+        config.context("fleet: name the policy file with -c FILE (its [fleet] names etcd)")?;
+    let config = Config::load(&path)?;
+    let shown = path.display().to_string();
+    let fleet = cli::fleet_of(&config, &shown)?;
+    let (revision, status) = match command {
+        FleetCommand::Status { json } => {
+            let status = fleet.status().await?;
+            let text = if json {
+                serde_json::to_string_pretty(&status)? + "\n"
+            } else {
+                cli::render(&status)
+            };
+            std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
+            return Ok(());
+        }
+        FleetCommand::Drain {
+            region,
+            reason,
+            force,
+            wait,
+        } => cli::set_drain(&fleet, &config, &region, Some(reason), force, wait).await?,
+        FleetCommand::Undrain { region, wait } => {
+            cli::set_drain(&fleet, &config, &region, None, false, wait).await?
+        }
+    };
+    let text = cli::summary(revision, &status);
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
     Ok(())
 }

@@ -316,3 +316,58 @@ async fn a_killed_instance_leaves_the_fleet_when_its_lease_expires() {
     })
     .await;
 }
+
+/// `georouter fleet` talks to etcd directly: a drain reaches the running
+/// instances, the guard holds, and the status lists who applied what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_cli_drains_and_reports_without_any_instance_in_the_way() {
+    let etcd = Etcd::start("cli").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/cli", 2).await;
+    let dir = test_dir("fleet-cli");
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, w.policy(&etcd, "/t/cli", "cli", "")).unwrap();
+    let cli = |args: &[&str]| {
+        let policy = policy.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_georouter"))
+                    .arg("fleet")
+                    .args(&args)
+                    .args(["-c", policy.to_str().unwrap()])
+                    .output()
+                    .unwrap();
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (code, out, err) = cli(&["drain", "eu1", "--reason", "DR drill"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("2 of 2 live instance(s) applied it"), "{out}");
+    for r in &routers {
+        assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"));
+    }
+    let (code, out, err) = cli(&["drain", "eu2"]).await;
+    assert_eq!(code, Some(1), "the last EU region is refused: {out}{err}");
+    assert!(
+        err.contains("last serving region of jurisdiction eu"),
+        "{err}"
+    );
+    let (code, out, _) = cli(&["status"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("r1") && out.contains("r2") && out.contains("in step"),
+        "{out}"
+    );
+    assert!(out.contains("drained: eu1 (DR drill"), "{out}");
+    let (code, out, err) = cli(&["undrain", "eu1"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(drained(&routers[0], "eu1").await, None);
+}

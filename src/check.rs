@@ -1,0 +1,107 @@
+//! `georouter check`: everything `run` reads, validated without serving (like
+//! `nginx -t`), and the policy summarised for people.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::config::{Config, LoadError};
+use crate::table::{RoutingTable, TableError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("listeners[{0}].tls: {1}")]
+    Tls(usize, crate::tls::TlsError),
+    #[error("{0}: {1}")]
+    Start(String, Box<crate::control::StartError>),
+}
+
+/// Checks the policy at `path`; its summary.
+pub fn check(path: &Path) -> Result<String, CheckError> {
+    let mut out = String::new();
+    let config = Config::load(path)?;
+    let table = RoutingTable::compile(&config)?;
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(certs) = &l.tls {
+            crate::tls::server_config(certs).map_err(|e| CheckError::Tls(i, e))?;
+        }
+    }
+    // Everything `run` reads besides the policy: tokens, the drain state file.
+    crate::control::preflight(&config, &crate::control::Options::default())
+        .map_err(|e| CheckError::Start(path.display().to_string(), Box::new(e)))?;
+    let _ = writeln!(
+        out,
+        "{}: ok: {} listener(s), {} region(s), {} route(s)",
+        path.display(),
+        config.listeners.len(),
+        table.regions().len(),
+        table.routes().len()
+    );
+    for l in &config.listeners {
+        let tls = if l.tls.is_some() { "tls" } else { "plain" };
+        let _ = writeln!(out, "  listener {:<16} {} ({tls})", l.name, l.address);
+    }
+    for r in table.regions() {
+        let endpoints: Vec<String> = r
+            .endpoints
+            .iter()
+            .map(|e| format!("{}://{}", e.scheme, e.authority))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  region   {:<16} jurisdiction={} endpoints={}",
+            r.name,
+            r.jurisdiction.as_deref().unwrap_or("-"),
+            endpoints.join(",")
+        );
+    }
+    let names = |ids: &[crate::table::RegionId]| {
+        ids.iter()
+            .map(|&id| table.region(id).name.as_str())
+            .collect::<Vec<_>>()
+            .join(" > ")
+    };
+    for (route, spec) in table.routes().iter().zip(&config.routes) {
+        let methods = if spec.methods.is_any() { "any" } else { "some" };
+        let _ = writeln!(
+            out,
+            "  route    {:<16} host={} prefix={} methods={methods} steering={:?} residency={} -> {}",
+            route.name,
+            spec.host.as_deref().unwrap_or("*"),
+            route.path_prefix,
+            spec.steering,
+            spec.residency,
+            names(&route.candidates)
+        );
+        for (k, (rule, ids)) in spec.rules.iter().zip(route.rules.iter()).enumerate() {
+            let mut matches: Vec<String> = Vec::new();
+            matches.extend(rule.cidrs.iter().map(|c| c.to_string()));
+            matches.extend(
+                rule.subdivisions
+                    .iter()
+                    .map(|(c, s)| format!("{c}-{}", s.as_str())),
+            );
+            matches.extend(rule.countries.iter().map(|c| c.to_string()));
+            matches.extend(rule.continents.iter().map(|c| format!("continent {c}")));
+            let _ = writeln!(
+                out,
+                "             rules[{k}] {} -> {}",
+                matches.join(","),
+                names(ids)
+            );
+        }
+    }
+    for j in table.jurisdictions() {
+        let _ = writeln!(
+            out,
+            "  jurisdiction {} ({}) regions: {}",
+            j.name,
+            if j.strict { "strict" } else { "not strict" },
+            names(&j.regions)
+        );
+    }
+    Ok(out)
+}

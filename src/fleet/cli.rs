@@ -1,0 +1,141 @@
+//! `georouter fleet status|drain|undrain`: the fleet through etcd directly, for
+//! when no instance is reachable. The same guard as the admin API: a drain
+//! that would leave a jurisdiction without a serving region (as the live
+//! instances report their regions) is refused unless forced.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::keys::FleetDrain;
+use super::{now_ms, Fleet, FleetError, FleetStatus, Guard};
+use crate::config::Config;
+use crate::drains::{Drain, Intent, Scope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{path}: no [fleet] section: this policy's router is not in a fleet")]
+    NoFleet { path: String },
+    #[error("no region {0:?} in the policy")]
+    UnknownRegion(String),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Etcd(#[from] super::etcd::EtcdError),
+}
+
+/// The fleet of a policy file.
+pub fn fleet_of(config: &Config, path: &str) -> Result<Fleet, CliError> {
+    let settings = config.fleet.as_ref().ok_or_else(|| CliError::NoFleet {
+        path: path.to_owned(),
+    })?;
+    Ok(Fleet::new(settings, None).map_err(FleetError::from)?)
+}
+
+/// Drains (`reason: Some`) or undrains a region fleet-wide; the status after
+/// waiting up to `wait` for every live instance to apply it.
+pub async fn set_drain(
+    fleet: &Fleet,
+    config: &Config,
+    region: &str,
+    reason: Option<String>,
+    force: bool,
+    wait: Duration,
+) -> Result<(i64, FleetStatus), CliError> {
+    let spec = config
+        .regions
+        .iter()
+        .find(|r| r.name.as_str() == region)
+        .ok_or_else(|| CliError::UnknownRegion(region.to_owned()))?;
+    let status = fleet.status().await?;
+    // Healthy as the live instances see it: up somewhere, or not reported.
+    let healthy = |name: &str| {
+        let views: Vec<&String> = status
+            .instances
+            .iter()
+            .filter_map(|i| i.regions.get(name))
+            .collect();
+        views.is_empty() || views.iter().any(|v| v.starts_with("up"))
+    };
+    let guard = match (&spec.jurisdiction, force) {
+        (Some(j), false) => Some(Guard {
+            jurisdiction: j.clone(),
+            regions: config
+                .regions
+                .iter()
+                .filter(|r| r.jurisdiction.as_ref() == Some(j))
+                .map(|r| (r.name.to_string(), healthy(r.name.as_str())))
+                .collect(),
+        }),
+        _ => None,
+    };
+    let by = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned())
+    );
+    let intent = Intent {
+        drain: reason.map(|reason| Drain {
+            reason,
+            by,
+            since: now_ms() / 1000,
+            scope: Scope::Fleet,
+        }),
+        at_ms: now_ms(),
+    };
+    let revision = fleet.write_drain(region, &intent, guard.as_ref()).await?;
+    let status = fleet.wait_for(revision, wait).await?;
+    Ok((revision, status))
+}
+
+/// What a drain call did, for people.
+pub fn summary(revision: i64, status: &FleetStatus) -> String {
+    let lagging = status.lagging();
+    format!(
+        "written at revision {revision}; {} of {} live instance(s) applied it{}\n",
+        status.instances.len() - lagging.len(),
+        status.instances.len(),
+        if lagging.is_empty() {
+            String::new()
+        } else {
+            format!(" (not yet: {})", lagging.join(", "))
+        }
+    )
+}
+
+/// The status as a table for people.
+pub fn render(status: &FleetStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fleet {}: {} live instance(s); latest drain change at revision {}",
+        status.prefix,
+        status.instances.len(),
+        status.latest_drain_revision
+    );
+    for i in &status.instances {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<11} applied {:<8} policy generation {:<4} reported {:.1}s ago",
+            i.instance,
+            if i.in_step { "in step" } else { "LAGGING" },
+            i.applied_revision,
+            i.policy_generation,
+            i.seconds_since_report
+        );
+    }
+    for g in &status.gone {
+        let _ = writeln!(out, "  {g:<24} gone (its lease expired)");
+    }
+    let drained: Vec<(&String, &FleetDrain)> =
+        status.drains.iter().filter(|(_, d)| d.drained).collect();
+    if drained.is_empty() {
+        let _ = writeln!(out, "no fleet drain");
+    }
+    for (region, d) in drained {
+        let _ = writeln!(
+            out,
+            "  drained: {region} ({}; by {} through {})",
+            d.reason, d.by, d.instance
+        );
+    }
+    out
+}
