@@ -113,6 +113,12 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
             ),
         );
     }
+    if f.policy {
+        errs.push(
+            "fleet.policy",
+            "sharing the policy through etcd is not built yet: leave it false and roll the policy file out (drains are shared)".to_owned(),
+        );
+    }
     if f.timeout.is_zero() {
         errs.push(
             "fleet.timeout",
@@ -134,5 +140,45 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
         lease_ttl: f.lease_ttl,
         timeout: f.timeout,
         policy: f.policy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const REGIONS: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"a\"\nendpoints = [{ url = \"http://127.0.0.1:1\" }]\n[[routes]]\nregions = [\"a\"]\n";
+
+    #[test]
+    fn a_fleet_section_is_read_with_its_defaults() {
+        let c = Config::from_toml(&format!(
+            "[fleet]\nendpoints = [\"http://10.0.0.5:2379\"]\ninstance = \"fra-1\"\n{REGIONS}"
+        ))
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(f.prefix, "/georouter");
+        assert_eq!(f.instance, "fra-1");
+        assert_eq!(f.lease_ttl, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_fleet_mistake_is_reported_at_its_path() {
+        let e = Config::from_toml(&format!(
+            "[fleet]\nendpoints = [\"etcd:2379\"]\nprefix = \"nope\"\ninstance = \"a b\"\n\
+             cert_file = \"c.pem\"\npassword_env = \"P\"\nlease_ttl = \"1s\"\npolicy = true\n{REGIONS}"
+        ))
+        .unwrap_err()
+        .to_string();
+        for path in [
+            "fleet.endpoints[0]",
+            "fleet.prefix",
+            "fleet.instance",
+            "fleet.cert_file",
+            "fleet.username",
+            "fleet.lease_ttl",
+            "fleet.policy",
+        ] {
+            assert!(e.contains(path), "{path} in {e}");
+        }
     }
 }
