@@ -165,7 +165,8 @@ impl Control {
         if let Some(fleet) = control.fleet.clone() {
             control.start_fleet(&fleet);
         }
-        let watch = control.lock().config.reload.watch;
+        let from_fleet = control.fleet.as_ref().is_some_and(|f| f.settings.policy);
+        let watch = control.lock().config.reload.watch && !from_fleet;
         if let (Some(path), true) = (control.options.config_path.clone(), watch) {
             tokio::spawn(control.clone().watch_file(path));
         }

@@ -21,7 +21,7 @@ use crate::config::FleetSettings;
 use crate::drains::Intent;
 use crate::metrics::Metrics;
 use etcd::{Etcd, EtcdError, Op, Unchanged};
-use keys::{FleetDrain, InstanceRecord, Keys};
+use keys::{FleetDrain, InstanceRecord, Keys, Rejection};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -116,12 +116,17 @@ pub struct Fleet {
     pub reset: tokio::sync::Notify,
     /// Instances seen alive, with when (for "gone").
     seen: Mutex<BTreeMap<String, u64>>,
+    /// The fleet policy in service here, and the last one refused.
+    policy: Mutex<(i64, Option<Rejection>)>,
 }
 
 /// An instance as `GET /fleet` and `georouter fleet status` show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceView {
     pub instance: String,
+    /// The fleet policy it serves (etcd revision; 0: its own file's).
+    pub policy_revision: i64,
+    pub policy_rejected: Option<Rejection>,
     pub applied_revision: i64,
     /// It has applied the fleet's latest drain change.
     pub in_step: bool,
@@ -141,9 +146,30 @@ pub struct FleetStatus {
     pub gone: Vec<String>,
     /// The fleet's drain intents, by region.
     pub drains: BTreeMap<String, FleetDrain>,
+    /// The revision of the fleet's policy (0: none pushed).
+    pub policy_revision: i64,
 }
 
 impl FleetStatus {
+    /// What became of the fleet policy at `revision`: (applied, rejected with
+    /// why, not yet) by instance.
+    pub fn policy_outcome(
+        &self,
+        revision: i64,
+    ) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
+        let (mut applied, mut rejected, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+        for i in &self.instances {
+            match &i.policy_rejected {
+                Some(r) if r.revision >= revision => {
+                    rejected.push((i.instance.clone(), r.errors.clone()))
+                }
+                _ if i.policy_revision >= revision => applied.push(i.instance.clone()),
+                _ => pending.push(i.instance.clone()),
+            }
+        }
+        (applied, rejected, pending)
+    }
+
     /// Live instances that have not applied the latest drain change.
     pub fn lagging(&self) -> Vec<String> {
         self.instances
@@ -169,6 +195,7 @@ impl Fleet {
             applied_changed: tokio::sync::Notify::new(),
             reset: tokio::sync::Notify::new(),
             seen: Mutex::new(BTreeMap::new()),
+            policy: Mutex::new((0, None)),
         })
     }
 
@@ -196,6 +223,30 @@ impl Fleet {
                 tracing::warn!(target: "georouter::fleet", "lost the fleet's etcd: serving with the drains last applied; drains made now are held locally and reconciled when it is back");
             }
         }
+    }
+
+    /// The fleet policy in service here (its etcd revision; 0: the file's) and
+    /// the last one refused.
+    pub fn policy_state(&self) -> (i64, Option<Rejection>) {
+        self.policy.lock().map(|p| p.clone()).unwrap_or((0, None))
+    }
+
+    /// Records what became of the fleet policy at `revision`.
+    pub fn set_policy(&self, revision: i64, result: Result<(), String>) {
+        if let Ok(mut p) = self.policy.lock() {
+            match result {
+                Ok(()) => p.0 = revision,
+                Err(errors) => p.1 = Some(Rejection { revision, errors }),
+            }
+        }
+        self.applied_changed.notify_one();
+    }
+
+    /// Writes a policy (already validated by the caller) for the fleet; its revision.
+    pub async fn push_policy(&self, text: &str) -> Result<i64, EtcdError> {
+        self.etcd
+            .put(&self.keys.policy(), text.as_bytes(), None)
+            .await
     }
 
     /// The revision of the last drain change applied here.
@@ -313,6 +364,8 @@ impl Fleet {
     pub async fn status(&self) -> Result<FleetStatus, EtcdError> {
         let (_, drains) = self.drains().await?;
         let latest = drains.values().map(|(_, rev)| *rev).max().unwrap_or(0);
+        let (_, policy) = self.etcd.range_prefix(&self.keys.policy()).await?;
+        let policy_revision = policy.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
         let dir = self.keys.instances();
         let (_, kvs) = self.etcd.range_prefix(&dir).await?;
         let now = now_ms();
@@ -322,6 +375,8 @@ impl Fleet {
                 continue;
             };
             instances.push(InstanceView {
+                policy_revision: r.policy_revision,
+                policy_rejected: r.policy_rejected,
                 in_step: r.applied_revision >= latest,
                 applied_revision: r.applied_revision,
                 policy_generation: r.policy_generation,
@@ -351,6 +406,7 @@ impl Fleet {
             instances,
             gone,
             drains: drains.into_iter().map(|(r, (d, _))| (r, d)).collect(),
+            policy_revision,
         })
     }
 

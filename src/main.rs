@@ -97,6 +97,13 @@ enum FleetCommand {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// Push the policy file (-c) to every instance (fleet.policy = true): checked
+    /// here first, checked again by each instance, applied or refused by each.
+    Push {
+        /// How long to wait for every live instance to apply or refuse it.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// Undrain a region on every instance.
     Undrain {
         region: String,
@@ -443,7 +450,10 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
     use georouter::fleet::cli;
     let path =
         config.context("fleet: name the policy file with -c FILE (its [fleet] names etcd)")?;
-    let config = Config::load(&path)?;
+    let pushing = matches!(command, FleetCommand::Push { .. });
+    let config = Config::load(&path).map_err(|e| {
+        anyhow::Error::from(e).context(if pushing { "not pushed" } else { "fleet" })
+    })?;
     let shown = path.display().to_string();
     let fleet = cli::fleet_of(&config, &shown)?;
     let (revision, status) = match command {
@@ -463,6 +473,16 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
             force,
             wait,
         } => cli::set_drain(&fleet, &config, &region, Some(reason), force, wait).await?,
+        FleetCommand::Push { wait } => {
+            // Every check `georouter check` makes, before anything is written.
+            georouter::check::check(&path).context("not pushed")?;
+            let (revision, status) = cli::push(&fleet, &path, wait).await?;
+            let text = cli::policy_summary(revision, &status);
+            std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
+            let (_, rejected, _) = status.policy_outcome(revision);
+            anyhow::ensure!(rejected.is_empty(), "some instances refused the policy");
+            return Ok(());
+        }
         FleetCommand::Undrain { region, wait } => {
             cli::set_drain(&fleet, &config, &region, None, false, wait).await?
         }

@@ -371,3 +371,100 @@ async fn the_fleet_cli_drains_and_reports_without_any_instance_in_the_way() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(drained(&routers[0], "eu1").await, None);
 }
+
+/// With fleet.policy, the policy lives in etcd: a push (checked first by the
+/// CLI) reaches every instance; a policy the instances cannot load is refused
+/// by each, recorded, and the policy before keeps serving everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_policy_reaches_every_instance_and_a_bad_one_replaces_none() {
+    let etcd = Etcd::start("policy").await;
+    let w = World::new().await;
+    let mut routers = Vec::new();
+    for i in 1..=3 {
+        let toml = w.policy(&etcd, "/t/policy", &format!("r{i}"), "policy = true");
+        routers.push(TestRouter::spawn_with_token(&toml, TOKEN).await);
+    }
+    for r in &routers {
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("join", move || fleet.connected()).await;
+        assert_eq!(
+            get(&h1_client(), &r.url("/")).await.headers["x-georouter-region"],
+            "eu1"
+        );
+    }
+    // A local reload is refused: the policy is the fleet's.
+    let (s, body) = admin_post(routers[0].admin, "/reload", Some(TOKEN)).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("georouter fleet push"), "{body}");
+
+    let dir = test_dir("fleet-policy");
+    let file = dir.join("policy.toml");
+    let pushed = w
+        .policy(&etcd, "/t/policy", "pusher", "policy = true")
+        .replace(
+            r#"regions = ["eu1", "eu2", "us"]"#,
+            r#"regions = ["eu2", "eu1", "us"]"#,
+        );
+    std::fs::write(&file, &pushed).unwrap();
+    let push = |file: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_georouter"))
+                .args(["fleet", "push", "-c", file.to_str().unwrap()])
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let (code, out) = push(file.clone()).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("3 applied, 0 rejected"), "{out}");
+    for r in &routers {
+        assert_eq!(
+            get(&h1_client(), &r.url("/")).await.headers["x-georouter-region"],
+            "eu2"
+        );
+    }
+
+    // An invalid file is not pushed at all.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        pushed.replace("[[routes]]", "[[routes]]\nsteering = \"sideways\""),
+    )
+    .unwrap();
+    let (code, out) = push(bad).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not pushed"), "{out}");
+
+    // One that loads where it was checked but not on the instances (here: a
+    // geo database they do not have) is refused by each, and said so.
+    let elsewhere = format!("{pushed}\n[geo]\ndatabase = \"/nonexistent/geo.mmdb\"\n");
+    let fleet = routers[0].control.fleet().unwrap().clone();
+    let revision = fleet.push_policy(&elsewhere).await.unwrap();
+    eventually_async("every instance to refuse it", || async {
+        let (_, rejected, _) = fleet.status().await.unwrap().policy_outcome(revision);
+        rejected.len() == 3
+    })
+    .await;
+    let status = fleet.status().await.unwrap();
+    let (_, rejected, _) = status.policy_outcome(revision);
+    assert!(
+        rejected.iter().all(|(_, why)| why.contains("geo")),
+        "{rejected:?}"
+    );
+    for r in &routers {
+        assert_eq!(
+            get(&h1_client(), &r.url("/")).await.headers["x-georouter-region"],
+            "eu2",
+            "the policy before keeps serving"
+        );
+    }
+    let text = georouter::fleet::cli::render(&status);
+    assert!(text.contains("0 applied, 3 rejected"), "{text}");
+}

@@ -113,12 +113,6 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
             ),
         );
     }
-    if f.policy {
-        errs.push(
-            "fleet.policy",
-            "sharing the policy through etcd is not built yet: leave it false and roll the policy file out (drains are shared)".to_owned(),
-        );
-    }
     if f.timeout.is_zero() {
         errs.push(
             "fleet.timeout",
@@ -165,7 +159,7 @@ mod tests {
     fn every_fleet_mistake_is_reported_at_its_path() {
         let e = Config::from_toml(&format!(
             "[fleet]\nendpoints = [\"etcd:2379\"]\nprefix = \"nope\"\ninstance = \"a b\"\n\
-             cert_file = \"c.pem\"\npassword_env = \"P\"\nlease_ttl = \"1s\"\npolicy = true\n{REGIONS}"
+             cert_file = \"c.pem\"\npassword_env = \"P\"\nlease_ttl = \"1s\"\n{REGIONS}"
         ))
         .unwrap_err()
         .to_string();
@@ -176,7 +170,6 @@ mod tests {
             "fleet.cert_file",
             "fleet.username",
             "fleet.lease_ttl",
-            "fleet.policy",
         ] {
             assert!(e.contains(path), "{path} in {e}");
         }

@@ -27,6 +27,81 @@ impl Control {
     pub(super) fn start_fleet(self: &Arc<Self>, fleet: &Arc<Fleet>) {
         tokio::spawn(self.clone().fleet_watch(fleet.clone()));
         tokio::spawn(self.clone().fleet_heartbeat(fleet.clone()));
+        if fleet.settings.policy {
+            tokio::spawn(self.clone().fleet_policy(fleet.clone()));
+        }
+    }
+
+    /// With `fleet.policy`: applies the fleet's policy whenever it changes
+    /// (validated again here; a policy that does not load is refused, recorded
+    /// in this instance's acknowledgement, and the one in service stays).
+    async fn fleet_policy(self: Arc<Self>, fleet: Arc<Fleet>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut failures = 0usize;
+        loop {
+            let outcome = tokio::select! {
+                r = self.follow_policy(&fleet, &mut failures) => r,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(e) = outcome {
+                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet policy watch interrupted; serving the policy last applied");
+                }
+            }
+            let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+            failures += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn follow_policy(
+        self: &Arc<Self>,
+        fleet: &Fleet,
+        failures: &mut usize,
+    ) -> Result<(), EtcdError> {
+        let key = fleet.keys.policy();
+        let (revision, kvs) = fleet.etcd.range_prefix(&key).await?;
+        if let Some(kv) = kvs.into_iter().find(|kv| kv.key == key) {
+            self.apply_fleet_policy(fleet, kv.value, kv.mod_revision)
+                .await;
+        }
+        let mut watch = fleet.etcd.watch(&key, revision + 1).await?;
+        *failures = 0;
+        loop {
+            let changes = tokio::select! {
+                c = watch.next() => c?,
+                _ = fleet.reset.notified() => return Err(EtcdError::Unreachable {
+                    endpoints: "the fleet's etcd".to_owned(),
+                    last: "the heartbeat lost etcd".to_owned(),
+                }),
+            };
+            let Some(changes) = changes else {
+                return Ok(());
+            };
+            for event in changes.events {
+                if let Event::Put(kv) = event {
+                    if kv.key == key {
+                        self.apply_fleet_policy(fleet, kv.value, kv.mod_revision)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply_fleet_policy(self: &Arc<Self>, fleet: &Fleet, text: Vec<u8>, revision: i64) {
+        let (current, rejected) = fleet.policy_state();
+        if revision <= current || rejected.is_some_and(|r| r.revision == revision) {
+            return;
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let trigger = format!("fleet policy at revision {revision}");
+        let result = self.reload_text(text, &trigger).await;
+        fleet.set_policy(revision, result.map(|_| ()).map_err(|e| e.to_string()));
     }
 
     async fn fleet_watch(self: Arc<Self>, fleet: Arc<Fleet>) {
@@ -258,7 +333,10 @@ impl Control {
                 (name.to_string(), view)
             })
             .collect();
+        let (policy_revision, policy_rejected) = fleet.policy_state();
         InstanceRecord {
+            policy_revision,
+            policy_rejected,
             instance: fleet.instance().to_owned(),
             applied_revision: fleet.applied(),
             policy_generation: self.generation.load(std::sync::atomic::Ordering::Relaxed),

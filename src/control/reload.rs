@@ -26,6 +26,14 @@ pub enum ReloadError {
     Auth(#[from] AuthError),
     #[error("the policy load was interrupted (the loading task panicked); the previous policy keeps serving")]
     Interrupted,
+    #[error("this router takes its policy from the fleet (fleet.policy = true): change it with `georouter fleet push -c FILE`")]
+    FromFleet,
+    #[error("the fleet's policy: {0}")]
+    Text(#[from] crate::config::FromTomlError),
+    #[error(
+        "the fleet's policy changes [fleet] ({0}); a router reads [fleet] from its own file only"
+    )]
+    FleetChanged(String),
 }
 
 /// What a policy file holds, loaded, validated and compiled.
@@ -44,6 +52,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("admin.address", old.admin.address != new.admin.address),
         (
+            "fleet",
+            format!("{:?}", old.fleet) != format!("{:?}", new.fleet),
+        ),
+        (
             "server",
             format!("{:?}", old.server) != format!("{:?}", new.server),
         ),
@@ -57,10 +69,53 @@ impl Control {
     /// Loads the policy file again and swaps it in, or keeps the one in service
     /// and says why. Health, drains and RTT history carry over by region name.
     pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ReloadError> {
-        let result = match self.load().await {
-            Ok(loaded) => Ok(self.apply(loaded)),
-            Err(e) => Err(e),
-        };
+        if self.fleet.as_ref().is_some_and(|f| f.settings.policy) {
+            return self.reloaded(trigger, Err(ReloadError::FromFleet));
+        }
+        let loaded = self.load().await;
+        self.reloaded(trigger, loaded)
+    }
+
+    /// Applies a policy given as text (the fleet's), or keeps the one in
+    /// service and says why. Its `[fleet]` must be this router's own.
+    pub async fn reload_text(
+        self: &Arc<Self>,
+        text: String,
+        trigger: &str,
+    ) -> Result<u64, ReloadError> {
+        let token = self.options.admin_token.clone();
+        let own = self.lock().config.fleet.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let config = Config::from_toml(&text)?;
+            let same = |a: &Option<crate::config::FleetSettings>| {
+                a.as_ref()
+                    .map(|f| (f.endpoints.clone(), f.prefix.clone(), f.policy))
+            };
+            if same(&config.fleet) != same(&own) {
+                return Err(ReloadError::FleetChanged(
+                    "endpoints, prefix or policy differ".to_owned(),
+                ));
+            }
+            let table = RoutingTable::compile(&config)?;
+            let auth = AdminAuth::from_settings(&config.admin, token.as_deref())?;
+            Ok(Loaded {
+                config,
+                table,
+                auth,
+            })
+        })
+        .await
+        .map_err(|_| ReloadError::Interrupted)
+        .and_then(|r| r);
+        self.reloaded(trigger, loaded)
+    }
+
+    fn reloaded(
+        self: &Arc<Self>,
+        trigger: &str,
+        loaded: Result<Loaded, ReloadError>,
+    ) -> Result<u64, ReloadError> {
+        let result = loaded.map(|loaded| self.apply(loaded));
         let m = &self.state.metrics;
         match &result {
             Ok(generation) => {

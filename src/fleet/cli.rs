@@ -13,6 +13,10 @@ use crate::drains::{Drain, Intent, Scope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error("{0}: fleet.policy is not true: the instances would not take a pushed policy")]
+    PolicyOff(String),
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
     #[error("{path}: no [fleet] section: this policy's router is not in a fleet")]
     NoFleet { path: String },
     #[error("no region {0:?} in the policy")]
@@ -86,6 +90,52 @@ pub async fn set_drain(
     Ok((revision, status))
 }
 
+/// Pushes the policy at `path` to the fleet (the caller ran `georouter
+/// check`'s checks on it first); the revision and the status after waiting up
+/// to `wait` for every live instance to apply or refuse it.
+pub async fn push(
+    fleet: &Fleet,
+    path: &std::path::Path,
+    wait: Duration,
+) -> Result<(i64, FleetStatus), CliError> {
+    let shown = path.display().to_string();
+    if !fleet.settings.policy {
+        return Err(CliError::PolicyOff(shown));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Read(shown, e))?;
+    let revision = fleet.push_policy(&text).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let status = fleet.status().await?;
+        let (_, _, pending) = status.policy_outcome(revision);
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok((revision, status));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What became of a pushed policy, for people: "4 applied, 1 rejected: ...".
+pub fn policy_summary(revision: i64, status: &FleetStatus) -> String {
+    let (applied, rejected, pending) = status.policy_outcome(revision);
+    let mut out = format!(
+        "policy pushed at revision {revision}: {} applied, {} rejected",
+        applied.len(),
+        rejected.len()
+    );
+    if !pending.is_empty() {
+        let _ = write!(out, ", {} not yet ({})", pending.len(), pending.join(", "));
+    }
+    out.push('\n');
+    for (instance, errors) in rejected {
+        let _ = writeln!(
+            out,
+            "  {instance} rejected it (and serves the policy before): {errors}"
+        );
+    }
+    out
+}
+
 /// What a drain call did, for people.
 pub fn summary(revision: i64, status: &FleetStatus) -> String {
     let lagging = status.lagging();
@@ -121,6 +171,24 @@ pub fn render(status: &FleetStatus) -> String {
             i.policy_generation,
             i.seconds_since_report
         );
+    }
+    if status.policy_revision > 0 {
+        let (applied, rejected, pending) = status.policy_outcome(status.policy_revision);
+        let _ = writeln!(
+            out,
+            "policy at revision {}: {} applied, {} rejected{}",
+            status.policy_revision,
+            applied.len(),
+            rejected.len(),
+            if pending.is_empty() {
+                String::new()
+            } else {
+                format!(", {} not yet", pending.len())
+            }
+        );
+        for (instance, errors) in rejected {
+            let _ = writeln!(out, "  {instance} rejected it: {errors}");
+        }
     }
     for g in &status.gone {
         let _ = writeln!(out, "  {g:<24} gone (its lease expired)");

@@ -4,6 +4,7 @@
 //! ```text
 //! {prefix}/drains/{region}      a drain intent (FleetDrain), newest wins
 //! {prefix}/instances/{id}       an instance's acknowledgement (InstanceRecord), on its lease
+//! {prefix}/policy               the fleet's policy, TOML (with fleet.policy = true)
 //! ```
 
 use std::collections::BTreeMap;
@@ -31,6 +32,10 @@ impl Keys {
 
     pub fn drain(&self, region: &str) -> String {
         format!("{}/drains/{region}", self.prefix)
+    }
+
+    pub fn policy(&self) -> String {
+        format!("{}/policy", self.prefix)
     }
 
     pub fn instances(&self) -> String {
@@ -107,6 +112,19 @@ pub struct InstanceRecord {
     /// Its view of each region: up, down, ejected, held_down (and drained).
     #[serde(default)]
     pub regions: BTreeMap<String, String>,
+    /// The etcd revision of the fleet policy it serves (0: its own file's).
+    #[serde(default)]
+    pub policy_revision: i64,
+    /// The last fleet policy it refused, and why.
+    #[serde(default)]
+    pub policy_rejected: Option<Rejection>,
     /// When it wrote this, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+}
+
+/// A fleet policy an instance refused: it keeps serving the one before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub revision: i64,
+    pub errors: String,
 }
