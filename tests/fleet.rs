@@ -468,3 +468,45 @@ async fn a_pushed_policy_reaches_every_instance_and_a_bad_one_replaces_none() {
     let text = georouter::fleet::cli::render(&status);
     assert!(text.contains("0 applied, 3 rejected"), "{text}");
 }
+
+/// etcd with mutual TLS: the router presents its client certificate and
+/// checks etcd's against the CA; without the certificate it cannot join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_that_requires_mtls_is_joined_with_the_client_certificate() {
+    let pki = Pki::new("etcd-mtls");
+    let etcd = Etcd::start_mtls("mtls", &pki).await;
+    let tls = etcd.tls.as_ref().unwrap();
+    let w = World::new().await;
+    let files = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+        toml_path(&tls.ca),
+        toml_path(&tls.client_cert),
+        toml_path(&tls.client_key)
+    );
+    let with_cert = w.policy(&etcd, "/t/mtls", "r1", &files);
+    let router = TestRouter::spawn_with_token(&with_cert, TOKEN).await;
+    let fleet = router.control.fleet().unwrap().clone();
+    eventually("the instance to join over mTLS", move || fleet.connected()).await;
+    let (s, body) = admin_post(router.admin, "/regions/us/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["fleet"]["acknowledged"],
+        serde_json::json!(["r1"]),
+        "{body}"
+    );
+
+    // Without the client certificate: refused by etcd, so held locally.
+    let only_ca = w.policy(
+        &etcd,
+        "/t/mtls",
+        "r2",
+        &format!("ca_file = \"{}\"", toml_path(&tls.ca)),
+    );
+    let stranger = TestRouter::spawn_with_token(&only_ca, TOKEN).await;
+    let (s, body) = admin_post(stranger.admin, "/regions/us/undrain", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["fleet"]["held"], true, "{body}");
+    assert!(!stranger.control.fleet().unwrap().connected());
+}

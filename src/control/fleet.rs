@@ -294,7 +294,11 @@ impl Control {
                     _ = tokio::time::sleep(every) => {
                         fleet.refresh_gauges();
                         match fleet.etcd.lease_keepalive(id).await {
-                            Ok(true) => continue,
+                            Ok(true) => {
+                                // Keeps georouter_fleet_instances current.
+                                let _ = fleet.status().await;
+                                continue;
+                            }
                             Ok(false) => {
                                 tracing::warn!(target: "georouter::fleet", "this instance's lease expired; registering again");
                                 lease = None;
