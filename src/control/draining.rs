@@ -128,23 +128,7 @@ impl Control {
         let Some(r) = table.region_by_name(region) else {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         };
-        let snapshot = self.state.routing.load();
-        let states = &snapshot.states;
-        if let Some(j) = &r.jurisdiction {
-            let serving_here = states.get(&table, r.id).serving();
-            let others = table.regions().iter().any(|o| {
-                o.id != r.id
-                    && o.jurisdiction.as_ref() == Some(j)
-                    && states.get(&table, o.id).serving()
-            });
-            if serving_here && !others {
-                return Err(DrainError::LastInJurisdiction {
-                    region: region.to_owned(),
-                    jurisdiction: j.clone(),
-                });
-            }
-        }
-        Ok(())
+        last_serving_guard(&table, &self.state.routing.load().states, r)
     }
 
     /// Applies a fleet intent here (from this call or the watch).
@@ -203,23 +187,8 @@ impl Control {
         let Some(r) = table.region_by_name(region) else {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         };
-        let snapshot = self.state.routing.load();
-        let states = &snapshot.states;
         if drain.is_some() && !force {
-            if let Some(j) = &r.jurisdiction {
-                let serving_here = states.get(&table, r.id).serving();
-                let others = table.regions().iter().any(|o| {
-                    o.id != r.id
-                        && o.jurisdiction.as_ref() == Some(j)
-                        && states.get(&table, o.id).serving()
-                });
-                if serving_here && !others {
-                    return Err(DrainError::LastInJurisdiction {
-                        region: region.to_owned(),
-                        jurisdiction: j.clone(),
-                    });
-                }
-            }
+            last_serving_guard(&table, &self.state.routing.load().states, r)?;
         }
         let undrained = drain.is_none() && inner.drains.get(region).is_some();
         if undrained {
@@ -237,4 +206,27 @@ impl Control {
         self.publish(&mut inner);
         Ok(persisted)
     }
+}
+
+/// Refuses to drain `r` when it is the last region of its jurisdiction that
+/// serves in `states`: its residents would get 503.
+fn last_serving_guard(
+    table: &crate::table::RoutingTable,
+    states: &crate::regions::RegionStates,
+    r: &crate::table::Region,
+) -> Result<(), DrainError> {
+    let Some(j) = &r.jurisdiction else {
+        return Ok(());
+    };
+    let serving_here = states.get(table, r.id).serving();
+    let others = table.regions().iter().any(|o| {
+        o.id != r.id && o.jurisdiction.as_ref() == Some(j) && states.get(table, o.id).serving()
+    });
+    if serving_here && !others {
+        return Err(DrainError::LastInJurisdiction {
+            region: r.name.to_string(),
+            jurisdiction: j.clone(),
+        });
+    }
+    Ok(())
 }

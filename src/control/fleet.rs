@@ -72,13 +72,7 @@ impl Control {
         let mut watch = fleet.etcd.watch(&key, revision + 1).await?;
         *failures = 0;
         loop {
-            let changes = tokio::select! {
-                c = watch.next() => c?,
-                _ = fleet.reset.notified() => return Err(EtcdError::Unreachable {
-                    endpoints: "the fleet's etcd".to_owned(),
-                    last: "the heartbeat lost etcd".to_owned(),
-                }),
-            };
+            let changes = next_changes(&mut watch, fleet).await?;
             let Some(changes) = changes else {
                 return Ok(());
             };
@@ -152,13 +146,7 @@ impl Control {
         *failures = 0;
         let dir = fleet.keys.drains();
         loop {
-            let changes = tokio::select! {
-                c = watch.next() => c?,
-                _ = fleet.reset.notified() => return Err(EtcdError::Unreachable {
-                    endpoints: "the fleet's etcd".to_owned(),
-                    last: "the heartbeat lost etcd".to_owned(),
-                }),
-            };
+            let changes = next_changes(&mut watch, fleet).await?;
             let Some(changes) = changes else {
                 return Ok(());
             };
@@ -347,5 +335,20 @@ impl Control {
             regions,
             at_ms: now_ms(),
         }
+    }
+}
+
+/// The watch's next changes, or an error as soon as the heartbeat finds etcd
+/// gone (a partition can leave the watch's connection silent, not closed).
+async fn next_changes(
+    watch: &mut crate::fleet::etcd::Watch,
+    fleet: &Fleet,
+) -> Result<Option<crate::fleet::etcd::Changes>, EtcdError> {
+    tokio::select! {
+        c = watch.next() => c,
+        _ = fleet.reset.notified() => Err(EtcdError::Unreachable {
+            endpoints: "the fleet's etcd".to_owned(),
+            last: "the heartbeat lost etcd".to_owned(),
+        }),
     }
 }

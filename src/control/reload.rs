@@ -43,6 +43,17 @@ struct Loaded {
     auth: AdminAuth,
 }
 
+/// A validated policy's table and admin tokens.
+fn compile(config: Config, token: Option<&str>) -> Result<Loaded, ReloadError> {
+    let table = RoutingTable::compile(&config)?;
+    let auth = AdminAuth::from_settings(&config.admin, token)?;
+    Ok(Loaded {
+        config,
+        table,
+        auth,
+    })
+}
+
 /// Sections read only at start: a change to them waits for a restart.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     [
@@ -96,13 +107,7 @@ impl Control {
                     "endpoints, prefix or policy differ".to_owned(),
                 ));
             }
-            let table = RoutingTable::compile(&config)?;
-            let auth = AdminAuth::from_settings(&config.admin, token.as_deref())?;
-            Ok(Loaded {
-                config,
-                table,
-                auth,
-            })
+            compile(config, token.as_deref())
         })
         .await
         .map_err(|_| ReloadError::Interrupted)
@@ -140,18 +145,9 @@ impl Control {
             .clone()
             .ok_or(ReloadError::NoFile)?;
         let token = self.options.admin_token.clone();
-        tokio::task::spawn_blocking(move || {
-            let config = Config::load(&path)?;
-            let table = RoutingTable::compile(&config)?;
-            let auth = AdminAuth::from_settings(&config.admin, token.as_deref())?;
-            Ok(Loaded {
-                config,
-                table,
-                auth,
-            })
-        })
-        .await
-        .map_err(|_| ReloadError::Interrupted)?
+        tokio::task::spawn_blocking(move || compile(Config::load(&path)?, token.as_deref()))
+            .await
+            .map_err(|_| ReloadError::Interrupted)?
     }
 
     /// Swaps a loaded policy in; returns its generation.
