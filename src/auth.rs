@@ -20,7 +20,21 @@ pub enum AuthError {
     MissingEnv { field: &'static str, var: String },
     #[error("admin.{field}: the token is empty")]
     Empty { field: &'static str },
+    #[error("admin.{field}: the token is {len} bytes; use at least 32 random ones (e.g. openssl rand -hex 32 > FILE)")]
+    Short { field: &'static str, len: usize },
+    #[error("admin.{field}: the token is still the placeholder shipped in deploy/kubernetes/secret.yaml; put a real secret there")]
+    Placeholder { field: &'static str },
 }
+
+/// The placeholder secrets the deploy files ship with: never a real secret.
+pub const PLACEHOLDERS: [&str; 2] = [
+    "REPLACE-WITH-A-LONG-RANDOM-TOKEN",
+    "REPLACE-WITH-AT-LEAST-32-RANDOM-BYTES",
+];
+
+/// The shortest token a policy may name (a command-line token, the demo's, is
+/// exempt).
+pub const MIN_TOKEN_BYTES: usize = 32;
 
 /// A token, kept only as an HMAC under a per-process random key: checking a
 /// presented token is a constant-time tag comparison whatever its length.
@@ -98,6 +112,15 @@ fn load(
     };
     if secret.is_empty() {
         return Err(AuthError::Empty { field });
+    }
+    if PLACEHOLDERS.contains(&secret.as_str()) {
+        return Err(AuthError::Placeholder { field });
+    }
+    if secret.len() < MIN_TOKEN_BYTES {
+        return Err(AuthError::Short {
+            field,
+            len: secret.len(),
+        });
     }
     Ok(Some(Token::new(&secret)))
 }
@@ -213,8 +236,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("georouter-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
-        std::fs::write(&file, "from-file\n").unwrap();
-        std::env::set_var("GEOROUTER_TEST_READ_TOKEN", "from-env");
+        std::fs::write(&file, "from-file-from-file-from-file-from-file\n").unwrap();
+        std::env::set_var(
+            "GEOROUTER_TEST_READ_TOKEN",
+            "from-env-from-env-from-env-from-env",
+        );
         let settings = AdminSettings {
             address: "127.0.0.1:0".parse().unwrap(),
             token_file: Some(file),
@@ -224,8 +250,20 @@ mod tests {
             state_file: None,
         };
         let a = AdminAuth::from_settings(&settings, None).unwrap();
-        assert_eq!(a.check(Some(b"Bearer from-file"), Access::Write), Ok(()));
-        assert_eq!(a.check(Some(b"Bearer from-env"), Access::Read), Ok(()));
+        assert_eq!(
+            a.check(
+                Some(b"Bearer from-file-from-file-from-file-from-file"),
+                Access::Write
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            a.check(
+                Some(b"Bearer from-env-from-env-from-env-from-env"),
+                Access::Read
+            ),
+            Ok(())
+        );
         let missing = AdminSettings {
             token_env: Some("GEOROUTER_TEST_UNSET_TOKEN".to_owned()),
             token_file: None,

@@ -32,6 +32,8 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("residency.cookie_key_file: {path} is still the placeholder shipped in deploy/kubernetes/secret.yaml; use at least 32 random bytes (e.g. head -c 32 /dev/urandom > FILE)")]
+    Placeholder { path: PathBuf },
     #[error("residency.cookie_key_file: {path} holds {len} bytes; use at least 32 random bytes (e.g. head -c 32 /dev/urandom > FILE)")]
     Short { path: PathBuf, len: usize },
 }
@@ -69,6 +71,12 @@ impl CookieSigner {
             path: path.to_owned(),
             source,
         })?;
+        let text = String::from_utf8_lossy(&key);
+        if crate::auth::PLACEHOLDERS.contains(&text.trim()) {
+            return Err(KeyError::Placeholder {
+                path: path.to_owned(),
+            });
+        }
         if key.len() < 32 {
             return Err(KeyError::Short {
                 path: path.to_owned(),

@@ -67,7 +67,7 @@ async fn a_read_token_guards_reads_but_not_probes_and_cannot_mutate() {
     let a = region("a").await;
     let b = region("b").await;
     let dir = test_dir("read-token");
-    std::fs::write(dir.join("read"), "reader\n").unwrap();
+    std::fs::write(dir.join("read"), "reader-reader-reader-reader-reader\n").unwrap();
     let extra = format!(
         "[admin]\nread_token_file = \"{}\"\n",
         toml_path(&dir.join("read"))
@@ -77,7 +77,7 @@ async fn a_read_token_guards_reads_but_not_probes_and_cannot_mutate() {
     let url = |p: &str| format!("http://{}{p}", router.admin);
     for path in ["/regions", "/metrics", "/config", "/explain?ip=1.2.3.4"] {
         assert_eq!(get(&client, &url(path)).await.status, 401, "{path}");
-        for token in ["reader", "writer"] {
+        for token in ["reader-reader-reader-reader-reader", "writer"] {
             let r = send(
                 &client,
                 http::Request::get(url(path))
@@ -102,7 +102,12 @@ async fn a_read_token_guards_reads_but_not_probes_and_cannot_mutate() {
         );
         assert!(r.body.is_empty(), "HEAD has no body");
     }
-    let (status, _) = admin_post(router.admin, "/regions/a/drain", Some("reader")).await;
+    let (status, _) = admin_post(
+        router.admin,
+        "/regions/a/drain",
+        Some("reader-reader-reader-reader-reader"),
+    )
+    .await;
     assert_eq!(status, 401);
 }
 
@@ -275,7 +280,7 @@ async fn ready_after_the_first_checks_and_config_is_redacted() {
     let a = region("a").await;
     let b = region("b").await;
     let dir = test_dir("redact");
-    std::fs::write(dir.join("token"), "hunter2").unwrap();
+    std::fs::write(dir.join("token"), "hunter2-hunter2-hunter2-hunter2-hunter2").unwrap();
     let extra = format!(
         "[admin]\ntoken_file = \"{}\"\n",
         toml_path(&dir.join("token"))
@@ -346,4 +351,48 @@ async fn metrics_name_what_happened_and_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A short token, or a placeholder shipped in the deploy files, is refused at
+/// load with what to do: a guessable admin token is a lever on every region.
+#[test]
+fn short_and_placeholder_secrets_are_refused_at_load() {
+    let dir = test_dir("weak-secrets");
+    let policy = |extra: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"a\"\n\
+             endpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n[[routes]]\nregions = [\"a\"]\n{extra}"
+        )
+    };
+    let start = |extra: &str| {
+        let config = georouter::config::Config::from_toml(&policy(extra)).unwrap();
+        georouter::control::preflight(&config, &Default::default())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let token = dir.join("token");
+    let admin = format!("[admin]\ntoken_file = \"{}\"\n", toml_path(&token));
+    std::fs::write(&token, "s3cret").unwrap();
+    let e = start(&admin).unwrap_err();
+    assert!(
+        e.contains("admin.token_file") && e.contains("6 bytes") && e.contains("32"),
+        "{e}"
+    );
+    std::fs::write(&token, "REPLACE-WITH-A-LONG-RANDOM-TOKEN\n").unwrap();
+    let e = start(&admin).unwrap_err();
+    assert!(e.contains("placeholder"), "{e}");
+    std::fs::write(&token, "a-long-enough-random-looking-token-0123").unwrap();
+    start(&admin).unwrap();
+
+    let key = dir.join("cookie.key");
+    std::fs::write(&key, "REPLACE-WITH-AT-LEAST-32-RANDOM-BYTES").unwrap();
+    let residency = format!(
+        "[residency]\ncookie = \"home\"\ncookie_key_file = \"{}\"\n",
+        toml_path(&key)
+    );
+    let compiled = georouter::table::RoutingTable::compile(
+        &georouter::config::Config::from_toml(&policy(&residency)).unwrap(),
+    );
+    let e = compiled.unwrap_err().to_string();
+    assert!(e.contains("placeholder"), "{e}");
 }
