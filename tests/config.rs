@@ -132,3 +132,46 @@ fn the_example_and_demo_policies_are_valid() {
     .unwrap();
     Config::from_toml(&example).unwrap_or_else(|e| panic!("config/georouter.toml: {e}"));
 }
+
+/// Country codes are ISO 3166-1: a code no client has would protect nobody, so
+/// "UK", "EL" and "XX" are errors, the first two with the code meant.
+#[test]
+fn country_codes_are_checked_against_iso_3166_with_the_code_meant() {
+    let toml = r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [[regions]]
+        name = "eu"
+        jurisdiction = "eu"
+        endpoints = [{ url = "http://127.0.0.1:1" }]
+        [[regions]]
+        name = "uk"
+        jurisdiction = "uk"
+        endpoints = [{ url = "http://127.0.0.1:2" }]
+        [[jurisdictions]]
+        name = "eu"
+        countries = ["DE", "EL", "XX"]
+        [[jurisdictions]]
+        name = "uk"
+        countries = ["UK"]
+        [[routes]]
+        regions = ["eu", "uk"]
+        [[routes.rules]]
+        countries = ["de", "ZZ"]
+        continents = ["XX"]
+        regions = ["eu"]
+    "#;
+    let e = georouter::config::Config::from_toml(toml)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        r#"jurisdictions[0].countries[1]: "EL" is not a country code: did you mean "GR""#,
+        r#"jurisdictions[0].countries[2]: "XX" is not a country code"#,
+        r#"jurisdictions[1].countries[0]: "UK" is not a country code: did you mean "GB""#,
+        r#"routes[0].rules[0].countries[1]: "ZZ" is not a country code"#,
+        r#"routes[0].rules[0].continents[0]: "XX" is not a continent code"#,
+    ] {
+        assert!(e.contains(want), "{want}\nin\n{e}");
+    }
+    assert!(!e.contains(r#""de""#), "lower case is fine: {e}");
+}

@@ -113,22 +113,40 @@ fn region_list(path: &str, names: &[String], known: &HashSet<&str>, errs: &mut I
     }
 }
 
+/// Codes people write for a country that ISO 3166-1 spells otherwise.
+const ALIASES: [(&str, &str); 2] = [
+    // The United Kingdom's ISO code is GB (UK is exceptionally reserved).
+    ("UK", "GB"),
+    // The EU's own code for Greece; ISO 3166-1 says GR.
+    ("EL", "GR"),
+];
+
 fn codes(path: &str, values: &[String], what: &str, errs: &mut Invalid) -> Vec<Code> {
     values
         .iter()
         .enumerate()
         .filter_map(|(k, v)| {
-            let code =
-                Code::parse(v).filter(|c| what != "continent" || CONTINENTS.contains(&c.as_str()));
+            let code = Code::parse(v).filter(|c| match what {
+                "continent" => CONTINENTS.contains(&c.as_str()),
+                // A country the router knows (ISO 3166-1, and XK for Kosovo):
+                // a code no client can have would protect nobody.
+                _ => continent_of(*c).is_some(),
+            });
             if code.is_none() {
-                let hint = if what == "continent" {
-                    "one of AF, AN, AS, EU, NA, OC, SA"
+                let upper = v.trim().to_ascii_uppercase();
+                let hint = match (what, ALIASES.iter().find(|(a, _)| *a == upper)) {
+                    ("continent", _) => "use one of AF, AN, AS, EU, NA, OC, SA".to_owned(),
+                    (_, Some((_, iso))) => format!("did you mean {iso:?} (its ISO 3166-1 code)?"),
+                    _ => "use an ISO 3166-1 alpha-2 code such as \"DE\"".to_owned(),
+                };
+                let what = if what == "continent" {
+                    "continent"
                 } else {
-                    "an ISO 3166-1 alpha-2 code such as \"DE\""
+                    "country"
                 };
                 errs.push(
                     format!("{path}[{k}]"),
-                    format!("{v:?} is not a {what} code: use {hint}"),
+                    format!("{v:?} is not a {what} code: {hint}"),
                 );
             }
             code
@@ -352,6 +370,12 @@ pub(super) fn jurisdictions(
                         "no region has jurisdiction = {:?}: its residents could go nowhere",
                         j.name
                     ),
+                );
+            }
+            if j.countries.is_empty() {
+                errs.push(
+                    format!("{path}.countries"),
+                    "lists no country: the jurisdiction would protect nobody (e.g. [\"DE\", \"FR\"])",
                 );
             }
             let countries = codes(&format!("{path}.countries"), &j.countries, "country", errs);
