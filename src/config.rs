@@ -243,7 +243,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
             FromTomlError::Parse(source) => LoadError::Parse {
                 path: path.to_owned(),
                 source,
@@ -252,7 +252,52 @@ impl Config {
                 path: path.to_owned(),
                 errors,
             },
-        })
+        })?;
+        // Paths in a policy file are relative to the file, not to wherever the
+        // router was started.
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Makes every relative file path of the policy relative to `dir`.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let at = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        let maybe = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                at(p);
+            }
+        };
+        maybe(&mut self.geo_database);
+        for l in &mut self.listeners {
+            for c in l.tls.iter_mut().flatten() {
+                at(&mut c.cert);
+                at(&mut c.key);
+            }
+        }
+        maybe(&mut self.admin.token_file);
+        maybe(&mut self.admin.read_token_file);
+        maybe(&mut self.admin.state_file);
+        let tls = |t: &mut RegionTls| {
+            maybe(&mut t.ca);
+            maybe(&mut t.client_cert);
+            maybe(&mut t.client_key);
+        };
+        for r in &mut self.regions {
+            tls(&mut r.tls);
+        }
+        if let Some((_, key, _)) = &mut self.residency.cookie {
+            at(key);
+        }
+        if let Some(f) = &mut self.fleet {
+            tls(&mut f.tls);
+            maybe(&mut f.password_file);
+        }
     }
 
     /// Parses and validates policy text; file paths inside it are taken as they are.

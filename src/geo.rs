@@ -15,6 +15,34 @@ pub use countries::{centroid, continent_of};
 /// The free country database shipped in `data/` (see `data/README.md`).
 pub const DEFAULT_DATABASE: &str = "data/geo-whois-asn-country.mmdb";
 
+/// Where the shipped database is when no `--db` names one, whatever the
+/// working directory: `$GEOROUTER_GEO_DB`, then `data/` here, beside the
+/// binary (`../share/georouter/data/` too), in the repository the binary was
+/// built in. The first that exists; else the plain relative path (whose
+/// absence the caller reports).
+pub fn default_database() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    if let Some(p) = std::env::var_os("GEOROUTER_GEO_DB") {
+        return PathBuf::from(p);
+    }
+    let name = Path::new(DEFAULT_DATABASE);
+    let mut candidates = vec![name.to_path_buf()];
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join(name));
+        candidates.push(dir.join("../share/georouter").join(name));
+        // target/{debug,release}/georouter in the repository.
+        candidates.push(dir.join("../..").join(name));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(name));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.to_path_buf())
+}
+
 /// What the router knows about where an address is. All optional: a private or
 /// unknown address has none of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

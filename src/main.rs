@@ -54,9 +54,11 @@ enum Command {
         /// Bearer token for mutating admin calls.
         #[arg(long)]
         admin_token: Option<String>,
-        /// Geo database (the shipped country database by default).
-        #[arg(long, value_name = "FILE", default_value = georouter::geo::DEFAULT_DATABASE)]
-        db: PathBuf,
+        /// Geo database (default: the shipped country database, found through
+        /// $GEOROUTER_GEO_DB, data/ here, beside the binary, or in the
+        /// repository it was built in).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
         /// Artificial latency of a simulated region, e.g. `eu-west=40ms` (repeatable).
         #[arg(long, value_name = "REGION=DURATION", value_parser = parse_latency)]
         latency: Vec<(String, Duration)>,
@@ -174,9 +176,11 @@ enum GeoCommand {
     /// Print what the router knows about an address.
     Lookup {
         ip: std::net::IpAddr,
-        /// A MaxMind DB file (default: the database shipped in data/).
-        #[arg(long, value_name = "FILE", default_value = georouter::geo::DEFAULT_DATABASE)]
-        db: PathBuf,
+        /// A MaxMind DB file (default: the shipped country database, found
+        /// through $GEOROUTER_GEO_DB, data/ here, beside the binary, or in the
+        /// repository it was built in).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
     },
 }
 
@@ -208,7 +212,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Geo {
             command: GeoCommand::Lookup { ip, db },
-        } => geo_lookup(ip, &db),
+        } => geo_lookup(ip, &db.unwrap_or_else(georouter::geo::default_database)),
         Command::Run { config } => control_runtime().and_then(|rt| rt.block_on(run(config))),
         Command::Demo {
             listen,
@@ -216,8 +220,15 @@ fn main() -> ExitCode {
             admin_token,
             db,
             latency,
-        } => control_runtime()
-            .and_then(|rt| rt.block_on(run_demo(listen, admin, admin_token, db, latency))),
+        } => control_runtime().and_then(|rt| {
+            rt.block_on(run_demo(
+                listen,
+                admin,
+                admin_token,
+                db.unwrap_or_else(georouter::geo::default_database),
+                latency,
+            ))
+        }),
         Command::Drill(args) => control_runtime().and_then(|rt| rt.block_on(drill(args))),
         Command::Fleet { command, config } => {
             control_runtime().and_then(|rt| rt.block_on(fleet(command, config)))
@@ -375,7 +386,8 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
     use georouter::drill::{self, DrillOptions, Fault};
     let mut demo = None;
     if args.demo {
-        let db = std::path::Path::new(georouter::geo::DEFAULT_DATABASE);
+        let db = georouter::geo::default_database();
+        let db = db.as_path();
         anyhow::ensure!(
             db.exists(),
             "{}: no geo database (run from the repository root)",

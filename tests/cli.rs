@@ -94,3 +94,30 @@ fn check_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// Run from anywhere: the example policy's relative database path is relative
+/// to the policy file, and `geo lookup` finds the shipped database without
+/// --db from another directory.
+#[test]
+fn the_cli_works_from_any_directory() {
+    let elsewhere = std::env::temp_dir();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/georouter.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_georouter"))
+            .args(args)
+            .current_dir(&elsewhere)
+            .env_remove("GEOROUTER_GEO_DB")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["check", "-c", example]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["geo", "lookup", "8.8.8.8"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("US"), "{out}");
+}

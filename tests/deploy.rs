@@ -222,3 +222,63 @@ fn the_dockerfile_copies_files_that_exist_and_runs_as_non_root() {
         );
     }
 }
+
+/// The image's default command works on the files the image holds: the
+/// Dockerfile's COPY lines are replayed under a temporary root, and its CMD
+/// runs (as `check`, which reads everything `run` reads, without binding
+/// 0.0.0.0:8080) from another directory.
+#[test]
+fn the_images_default_command_line_works_on_the_files_the_image_holds() {
+    let df = read("deploy/Dockerfile");
+    let root = std::env::temp_dir().join(format!("georouter-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let copy = |from: &Path, to: &Path| {
+        if from.is_dir() {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                if e.path().is_file() {
+                    std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+                }
+            }
+        } else {
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(from, to).unwrap();
+        }
+    };
+    for line in df
+        .lines()
+        .filter(|l| l.starts_with("COPY --from=build /src/"))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let (from, to) = (parts[2].trim_start_matches("/src/"), parts[3]);
+        if from.starts_with("target/") {
+            continue;
+        }
+        copy(&repo.join(from), &root.join(to.trim_start_matches('/')));
+    }
+    let cmd = df
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("a CMD");
+    let args: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert_eq!(args[0], "run");
+    let policy = args
+        .iter()
+        .skip_while(|a| *a != "-c")
+        .nth(1)
+        .expect("run -c FILE");
+    let policy = root.join(policy.trim_start_matches('/'));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args(["check", "-c", policy.to_str().unwrap()])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
