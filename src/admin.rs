@@ -364,11 +364,24 @@ async fn route(
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.render(),
         ),
-        "/config" => reply(
-            StatusCode::OK,
-            "application/toml; charset=utf-8",
-            state.config.load().effective.to_string(),
-        ),
+        "/config" => {
+            // The policy in service; then, apart and commented out, what the
+            // file says of the sections that take effect only at a restart.
+            let mut text = format!(
+                "# The policy in service (every default filled in, secrets redacted).\n{}",
+                state.config.load().effective
+            );
+            let pending = control.pending_restart();
+            if !pending.is_empty() {
+                text.push_str("\n# Changed in the policy file, in service only after a restart:\n");
+                for line in pending.lines() {
+                    text.push_str("# ");
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+            reply(StatusCode::OK, "application/toml; charset=utf-8", text)
+        }
         "/explain" => explain(state, req.uri().query().unwrap_or("")),
         "/fleet" => match control.fleet() {
             None => reply(

@@ -61,6 +61,9 @@ pub struct Control {
     shutdown: Shutdown,
     /// This router's membership of a fleet (`[fleet]`).
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// What the policy file says of the sections read only at start, when it
+    /// differs from what is in service (TOML; empty: nothing waits).
+    pending_restart: Mutex<String>,
 }
 
 impl std::fmt::Debug for Control {
@@ -153,6 +156,7 @@ impl Control {
             shutdown,
             state,
             fleet,
+            pending_restart: Mutex::new(String::new()),
         });
         control.state.metrics.config_generation.set(1);
         {
@@ -180,6 +184,15 @@ impl Control {
 
     pub fn state(&self) -> &Arc<State> {
         &self.state
+    }
+
+    /// What a restart would change (TOML of the policy file's restart-only
+    /// sections that differ from what is in service; empty: nothing).
+    pub fn pending_restart(&self) -> String {
+        self.pending_restart
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// This router's fleet, when it is in one.

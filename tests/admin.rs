@@ -396,3 +396,50 @@ fn short_and_placeholder_secrets_are_refused_at_load() {
     let e = compiled.unwrap_err().to_string();
     assert!(e.contains("placeholder"), "{e}");
 }
+
+/// `/config` shows the policy in service: after a reload that changes a
+/// listener and a connection limit (read only at start), those show as they
+/// serve, and what the file says of them is listed apart, as waiting for a
+/// restart; a per-request setting changed by the same reload is in service.
+#[tokio::test]
+async fn config_shows_what_serves_and_apart_what_a_restart_would_change() {
+    let a = region("a").await;
+    let dir = test_dir("config-restart");
+    let path = dir.join("policy.toml");
+    let policy = |listen: &str, extra: &str| {
+        format!(
+            "[server]\nidle_timeout = \"{extra}\"\nallow_trace = {}\n[[listeners]]\naddress = \"{listen}\"\n\
+             [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"{}\" }}]\n[[routes]]\nregions = [\"a\"]\n",
+            extra != "60s",
+            a.url()
+        )
+    };
+    std::fs::write(&path, policy("127.0.0.1:0", "60s")).unwrap();
+    let token = "config-restart-token-0123456789abcdef";
+    let router = TestRouter::spawn_file(&path, Some(token)).await;
+    let config = || async {
+        let r = get(&h1_client(), &format!("http://{}/config", router.admin)).await;
+        assert_eq!(r.status, 200);
+        r.body
+    };
+    let before = config().await;
+    assert!(!before.contains("after a restart"), "{before}");
+
+    std::fs::write(&path, policy("127.0.0.1:1", "5s")).unwrap();
+    let (s, body) = admin_post(router.admin, "/reload", Some(token)).await;
+    assert_eq!(s, 200, "{body}");
+    let after = config().await;
+    let (in_service, waiting) = after
+        .split_once("# Changed in the policy file, in service only after a restart:")
+        .unwrap_or_else(|| panic!("no restart section in {after}"));
+    assert!(in_service.contains("127.0.0.1:0"), "{in_service}");
+    assert!(!in_service.contains("127.0.0.1:1"), "{in_service}");
+    assert!(in_service.contains("idle_timeout = \"1m\""), "{in_service}");
+    assert!(
+        in_service.contains("allow_trace = true"),
+        "per request: in service now\n{in_service}"
+    );
+    assert!(waiting.contains("# address = \"127.0.0.1:1\""), "{waiting}");
+    assert!(waiting.contains("# idle_timeout = \"5s\""), "{waiting}");
+    assert!(!waiting.contains("allow_trace"), "{waiting}");
+}

@@ -54,8 +54,58 @@ fn compile(config: Config, token: Option<&str>) -> Result<Loaded, ReloadError> {
     })
 }
 
-/// Sections read only at start: a change to them waits for a restart.
+/// The effective TOML of a reloaded policy as it is in service (the
+/// restart-only `sections` as `running` has them) and, apart, what the file
+/// says of those sections (empty when nothing waits for a restart).
+fn split_effective(running: &str, file: &str, sections: &[&str]) -> (std::sync::Arc<str>, String) {
+    let (Ok(mut merged), Ok(old)) = (
+        toml::from_str::<toml::Table>(file),
+        toml::from_str::<toml::Table>(running),
+    ) else {
+        return (std::sync::Arc::from(file), String::new());
+    };
+    let mut waiting = toml::Table::new();
+    for section in sections {
+        let mut path = section.split('.');
+        let top = path.next().unwrap_or_default();
+        match path.next() {
+            None => {
+                if let Some(v) = merged.remove(top) {
+                    waiting.insert(top.to_owned(), v);
+                }
+                if let Some(v) = old.get(top) {
+                    merged.insert(top.to_owned(), v.clone());
+                }
+            }
+            Some(key) => {
+                let old_value = old.get(top).and_then(|t| t.get(key)).cloned();
+                if let Some(toml::Value::Table(t)) = merged.get_mut(top) {
+                    if let Some(v) = t.remove(key) {
+                        let mut sub = toml::Table::new();
+                        sub.insert(key.to_owned(), v);
+                        waiting.insert(top.to_owned(), toml::Value::Table(sub));
+                    }
+                    if let Some(v) = old_value {
+                        t.insert(key.to_owned(), v);
+                    }
+                }
+            }
+        }
+    }
+    let in_service = toml::to_string_pretty(&merged).unwrap_or_else(|_| file.to_owned());
+    let waiting = if waiting.is_empty() {
+        String::new()
+    } else {
+        toml::to_string_pretty(&waiting).unwrap_or_default()
+    };
+    (std::sync::Arc::from(in_service), waiting)
+}
+
+/// Sections (or `section.key`s) read only at start: a change to them waits for
+/// a restart. `[server]`'s per-request settings (limits on URI and body, Host,
+/// the region header, TRACE, encoded slashes, the access log) apply at reload.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.server, &new.server);
     [
         (
             "listeners",
@@ -66,14 +116,54 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             "fleet",
             format!("{:?}", old.fleet) != format!("{:?}", new.fleet),
         ),
+        ("server.workers", a.workers != b.workers),
         (
-            "server",
-            format!("{:?}", old.server) != format!("{:?}", new.server),
+            "server.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
+            "server.header_read_timeout",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
+        (
+            "server.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
+        ("server.max_headers", a.max_headers != b.max_headers),
+        (
+            "server.http2_max_concurrent_streams",
+            a.http2_max_concurrent_streams != b.http2_max_concurrent_streams,
+        ),
+        (
+            "server.http2_max_control_frames",
+            a.http2_max_control_frames != b.http2_max_control_frames,
+        ),
+        (
+            "server.shutdown_grace",
+            a.shutdown_grace != b.shutdown_grace,
         ),
     ]
     .into_iter()
     .filter_map(|(what, changed)| changed.then_some(what))
     .collect()
+}
+
+/// Keeps in `new` what `running` serves of the sections read only at start.
+fn keep_restart_only(new: &mut Config, running: &Config) {
+    new.listeners = running.listeners.clone();
+    new.admin.address = running.admin.address;
+    new.fleet = running.fleet.clone();
+    let (s, r) = (&mut new.server, &running.server);
+    s.workers = r.workers;
+    s.max_connections = r.max_connections;
+    s.header_read_timeout = r.header_read_timeout;
+    s.idle_timeout = r.idle_timeout;
+    s.max_header_bytes = r.max_header_bytes;
+    s.max_headers = r.max_headers;
+    s.http2_max_concurrent_streams = r.http2_max_concurrent_streams;
+    s.http2_max_control_frames = r.http2_max_control_frames;
+    s.shutdown_grace = r.shutdown_grace;
 }
 
 impl Control {
@@ -153,16 +243,27 @@ impl Control {
     /// Swaps a loaded policy in; returns its generation.
     fn apply(self: &Arc<Self>, loaded: Loaded) -> u64 {
         let Loaded {
-            config,
+            mut config,
             table,
             auth,
         } = loaded;
         let mut inner = self.lock();
-        for section in restart_only_changes(&inner.config, &config) {
+        let pending = restart_only_changes(&inner.config, &config);
+        for section in &pending {
             tracing::warn!(
                 section,
                 "changed in the policy file; it takes effect at the next restart"
             );
+        }
+        // What is in service keeps the sections read only at start; what the
+        // file says of them waits for a restart (GET /config shows both).
+        let file_effective = config.effective.clone();
+        keep_restart_only(&mut config, &inner.config);
+        let (in_service, waiting) =
+            split_effective(&inner.config.effective, &file_effective, &pending);
+        config.effective = in_service;
+        if let Ok(mut p) = self.pending_restart.lock() {
+            *p = waiting;
         }
         let mut regions = HashMap::new();
         for spec in &config.regions {
