@@ -59,6 +59,14 @@ pub enum FailoverReason {
 impl FailoverReason {
     const COUNT: usize = FailureKind::ALL.len() + 2;
 
+    /// Every reason, for series exported at 0 from the start.
+    pub fn all() -> impl Iterator<Item = FailoverReason> {
+        FailureKind::ALL
+            .into_iter()
+            .map(FailoverReason::Failed)
+            .chain([FailoverReason::Drained, FailoverReason::Unhealthy])
+    }
+
     fn index(self) -> usize {
         match self {
             FailoverReason::Failed(k) => k as usize,
@@ -85,6 +93,40 @@ pub struct TableCounters {
     regions: usize,
     failovers: Box<[OnceLock<IntCounter>]>,
     refusals: Box<[OnceLock<IntCounter>]>,
+}
+
+/// Exports at 0, from the start, the series of `table` that alerts and the
+/// dashboard read (failovers between any two regions for any reason, residency
+/// refusals, health transitions): a rate or an increase over a series that
+/// appears only at its first event misses that event.
+pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
+    let regions = table.regions();
+    for from in regions {
+        for to in regions.iter().filter(|to| to.id != from.id) {
+            for reason in FailoverReason::all() {
+                metrics.failovers.with_label_values(&[
+                    from.name.as_str(),
+                    to.name.as_str(),
+                    reason.as_str(),
+                ]);
+            }
+        }
+        for (a, b) in [
+            ("up", "down"),
+            ("down", "up"),
+            ("up", "ejected"),
+            ("ejected", "up"),
+            ("ejected", "held_down"),
+            ("held_down", "up"),
+        ] {
+            metrics
+                .health_transitions
+                .with_label_values(&[from.name.as_str(), a, b]);
+        }
+    }
+    for j in table.jurisdictions() {
+        metrics.residency_refusals.with_label_values(&[&*j.name]);
+    }
 }
 
 impl TableCounters {

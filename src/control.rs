@@ -159,6 +159,7 @@ impl Control {
             pending_restart: Mutex::new(String::new()),
         });
         control.state.metrics.config_generation.set(1);
+        crate::accounting::export_known_series(&control.state.metrics, &control.lock().table);
         {
             let mut inner = control.lock();
             control.publish(&mut inner);

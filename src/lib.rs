@@ -89,6 +89,10 @@ pub mod tls;
 
 use arc_swap::ArcSwap;
 
+/// The commit this binary was built from (`git rev-parse`, when the build had
+/// a repository), for `--version` and `georouter_build_info`.
+pub const COMMIT: &str = env!("GEOROUTER_COMMIT");
+
 use config::Config;
 use regions::RegionStates;
 use snapshot::Snapshot;

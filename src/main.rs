@@ -18,7 +18,7 @@ use georouter::{control, demo, launch, server};
 #[derive(Parser)]
 #[command(
     name = "georouter",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GEOROUTER_COMMIT"), ")"),
     about = "A geo-aware global traffic router"
 )]
 struct Cli {
@@ -30,11 +30,13 @@ struct Cli {
 enum Command {
     /// Serve traffic with a policy file.
     Run {
+        /// The policy file (TOML); paths inside it are relative to it.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Validate a policy file without serving (like `nginx -t`); exit 0 or 1.
     Check {
+        /// The policy file (TOML) to validate.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -66,6 +68,11 @@ enum Command {
     /// A disaster-recovery drill: drain (or kill) a region under a bounded stream
     /// of requests, measure detection, switch, RTO and failback.
     Drill(DrillArgs),
+    /// Print a shell completion script: `georouter completions bash > /etc/bash_completion.d/georouter`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// The fleet through etcd directly (the policy's [fleet]), for when no
     /// instance is reachable.
     Fleet {
@@ -88,6 +95,7 @@ enum FleetCommand {
     /// Drain a region on every instance (refused for the last serving region of
     /// a jurisdiction unless --force).
     Drain {
+        /// The region to drain (its name in the policy).
         region: String,
         /// Why (shown by /regions and `fleet status`).
         #[arg(long, default_value = "no reason given")]
@@ -108,6 +116,7 @@ enum FleetCommand {
     },
     /// Undrain a region on every instance.
     Undrain {
+        /// The region to undrain (its name in the policy).
         region: String,
         /// How long to wait for every live instance to apply it.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -175,6 +184,7 @@ fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String
 enum GeoCommand {
     /// Print what the router knows about an address.
     Lookup {
+        /// The address to look up (IPv4 or IPv6).
         ip: std::net::IpAddr,
         /// A MaxMind DB file (default: the shipped country database, found
         /// through $GEOROUTER_GEO_DB, data/ here, beside the binary, or in the
@@ -230,6 +240,11 @@ fn main() -> ExitCode {
             ))
         }),
         Command::Drill(args) => control_runtime().and_then(|rt| rt.block_on(drill(args))),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "georouter", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Fleet { command, config } => {
             control_runtime().and_then(|rt| rt.block_on(fleet(command, config)))
         }

@@ -33,6 +33,7 @@ pub const NAMES: &[&str] = &[
     "georouter_local_errors_total",
     "georouter_geo_lookup_errors_total",
     "georouter_ejections_capped_total",
+    "georouter_build_info",
 ];
 
 /// The families a router in a fleet exports besides [`NAMES`] (`[fleet]`).
@@ -171,7 +172,20 @@ impl Metrics {
             "georouter_ejections_capped_total",
             "Passive ejections refused by the cap (max_ejected_percent, last serving region of a jurisdiction).",
         );
-        Metrics {
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "georouter_build_info",
+                "1, labelled with the version and the commit of this build.",
+            ),
+            &["version", "commit"],
+        )
+        .expect("metric options are valid");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric names are unique");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::COMMIT])
+            .set(1);
+        let m = Metrics {
             client_errors: ClientFault::ALL.map(|k| client_errors.with_label_values(&[k.as_str()])),
             local_errors: LocalFault::ALL.map(|k| local_errors.with_label_values(&[k.as_str()])),
             geo_lookup_errors,
@@ -255,7 +269,18 @@ impl Metrics {
                 &["action", "result"],
             ),
             registry: r,
+        };
+        // Exported at 0 from the start: an increase over a series that appears
+        // only at its first event misses that event (the reload alert would).
+        for result in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
         }
+        for action in ["drain", "undrain", "reload"] {
+            for result in ["ok", "denied", "rejected", "failed"] {
+                m.admin_requests.with_label_values(&[action, result]);
+            }
+        }
+        m
     }
 
     /// The registry, for families registered later (the fleet's).

@@ -443,3 +443,28 @@ async fn config_shows_what_serves_and_apart_what_a_restart_would_change() {
     assert!(waiting.contains("# idle_timeout = \"5s\""), "{waiting}");
     assert!(!waiting.contains("allow_trace"), "{waiting}");
 }
+
+/// What alerts and the dashboard read exists from the start, at 0, before its
+/// first event (an increase over a series that appears at its first event
+/// misses that event); the build is named.
+#[tokio::test]
+async fn the_series_alerts_read_are_exported_at_zero_from_the_start() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn(&eu_policy(&a, &b, "")).await;
+    let text = get(&h1_client(), &format!("http://{}/metrics", router.admin))
+        .await
+        .body;
+    for needle in [
+        r#"georouter_config_reloads_total{result="failure"} 0"#,
+        r#"georouter_config_reloads_total{result="success"} 0"#,
+        r#"georouter_failovers_total{from="a",reason="connect",to="b"} 0"#,
+        r#"georouter_failovers_total{from="b",reason="drained",to="a"} 0"#,
+        r#"georouter_residency_refusals_total{jurisdiction="eu"} 0"#,
+        r#"georouter_health_transitions_total{from="up",region="a",to="down"} 0"#,
+        r#"georouter_admin_requests_total{action="drain",result="denied"} 0"#,
+        r#"georouter_build_info{commit="#,
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+}

@@ -121,3 +121,62 @@ fn the_cli_works_from_any_directory() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("US"), "{out}");
 }
+
+/// Every command and every flag says what it is for in --help; --version names
+/// the commit; completion scripts come out for the usual shells.
+#[test]
+fn every_flag_has_help_the_version_names_the_commit_and_completions_exist() {
+    let commands: [&[&str]; 12] = [
+        &[],
+        &["run"],
+        &["check"],
+        &["geo", "lookup"],
+        &["demo"],
+        &["drill"],
+        &["fleet", "status"],
+        &["fleet", "drain"],
+        &["fleet", "undrain"],
+        &["fleet", "push"],
+        &["completions"],
+        &["geo"],
+    ];
+    for path in commands {
+        let mut args = path.to_vec();
+        args.push("--help");
+        let (code, out, err) = georouter(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let mut section = "";
+        for line in out.lines() {
+            if !line.starts_with(' ') && line.ends_with(':') {
+                section = line;
+                continue;
+            }
+            if !matches!(section, "Options:" | "Arguments:" | "Commands:") {
+                continue;
+            }
+            let entry = line.trim_start();
+            if entry.is_empty() || line.starts_with("          ") {
+                continue; // a wrapped description or a possible-values list
+            }
+            // "-c, --config <FILE>  The policy file" : text after the spec.
+            assert!(
+                entry.split("  ").filter(|p| !p.trim().is_empty()).count() >= 2,
+                "{args:?}: no help text for {entry:?}\n{out}"
+            );
+        }
+    }
+    let (code, out, _) = georouter(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("georouter ") && out.contains("(commit "),
+        "{out}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = georouter(&["completions", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("georouter") && out.contains("drain"),
+            "{shell}: {out}"
+        );
+    }
+}

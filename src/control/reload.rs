@@ -283,6 +283,7 @@ impl Control {
             tracing::info!(region = %gone, "region left the policy");
             self.state.metrics.forget_region(gone.as_str());
         }
+        crate::accounting::export_known_series(&self.state.metrics, &table);
         let table = Arc::new(table);
         let config = Arc::new(config);
         inner.regions = regions;

@@ -593,3 +593,13 @@ pub fn tool(binary: &str, probe: &str, package: &str) -> std::process::Command {
 }
 
 pub mod etcd;
+
+/// The sum of the values of every sample in `metrics` (text exposition) whose
+/// line starts with `prefix` (a family name, with labels begun if wanted).
+pub fn sum_of(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
