@@ -215,6 +215,24 @@ async fn mutate(
         return denied(d);
     }
     match (action, region) {
+        ("log", _) => {
+            let filter = query_param(req, "filter").unwrap_or_default();
+            match crate::logging::set_filter(&filter) {
+                Ok(()) => {
+                    audit("ok", &filter);
+                    tracing::info!(target: "georouter::audit", %filter, "log filter changed");
+                    json(StatusCode::OK, &serde_json::json!({ "filter": filter }))
+                }
+                Err(e @ crate::logging::FilterError::NotReloadable) => {
+                    audit("failed", &e.to_string());
+                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n"))
+                }
+                Err(e) => {
+                    audit("rejected", &e.to_string());
+                    reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n"))
+                }
+            }
+        }
         ("reload", _) => match control.reload(&format!("POST /reload from {peer}")).await {
             Ok(generation) => {
                 audit("ok", "");
@@ -330,6 +348,7 @@ async fn route(
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         return Ok(match segments.as_slice() {
             ["reload"] => mutate(&control, peer, &req, "reload", None).await,
+            ["log"] => mutate(&control, peer, &req, "log", None).await,
             ["regions", name, action @ ("drain" | "undrain")] => {
                 mutate(&control, peer, &req, action, Some(name)).await
             }

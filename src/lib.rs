@@ -71,6 +71,7 @@ pub mod identity;
 mod io_delegate;
 pub mod launch;
 pub mod log_limit;
+pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod policy;

@@ -24,6 +24,21 @@ use georouter::{control, demo, launch, server};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The log's format: text (key=value) or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "GEOROUTER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -210,14 +225,7 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(default_filter, cli.log_format);
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Geo {
@@ -517,4 +525,44 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
     let text = cli::summary(revision, &status);
     std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
     Ok(())
+}
+
+/// Logging to stderr, as text or one JSON object per line, with a filter the
+/// admin API can change while the router runs (`POST /log`).
+fn init_logging(default_filter: &str, format: LogFormat) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{reload, EnvFilter};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .init();
+    georouter::logging::install(move |directives| {
+        let next = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        handle.reload(next).map_err(|e| e.to_string())
+    });
 }

@@ -180,3 +180,80 @@ fn every_flag_has_help_the_version_names_the_commit_and_completions_exist() {
         );
     }
 }
+
+/// `run --log-format json` writes one JSON object per line, every event; the
+/// log filter changes at run time through the admin API (token), and a bad
+/// filter is refused with an example.
+#[test]
+fn json_logs_and_a_log_filter_changed_at_run_time() {
+    let dir = std::env::temp_dir().join(format!("georouter-json-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:{port}\"\n\
+             token_env = \"GEOROUTER_TEST_TOKEN\"\n[health]\nenabled = false\n\
+             [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n\
+             [[routes]]\nregions = [\"a\"]\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("stderr.log");
+    let token = "json-log-test-token-0123456789abcdef";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args([
+            "run",
+            "-c",
+            policy.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .env("GEOROUTER_TEST_TOKEN", token)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let admin = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while curl(&[&format!("{admin}/healthz")]) != "200" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let auth = format!("Authorization: Bearer {token}");
+    let post = |query: &str| curl(&["-X", "POST", "-H", &auth, &format!("{admin}/log?{query}")]);
+    assert_eq!(post("filter=georouter%3Ddebug"), "200");
+    assert_eq!(post("filter=georouter%3Dloud"), "400");
+    assert_eq!(
+        curl(&["-X", "POST", &format!("{admin}/log?filter=debug")]),
+        "401"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["message"] == "log filter changed"),
+        "{text}"
+    );
+    assert!(events.iter().all(|e| e["level"].is_string()), "{text}");
+}
