@@ -91,7 +91,11 @@ pub async fn handle(
     let snapshot = conn.state.routing.load_full();
     let log = snapshot.table.settings.access_log.then(|| {
         let head = (req.method().clone(), req.uri().clone(), req.version());
-        (started, head)
+        // The client as identity sees it (not the proxy in front), also for
+        // the answers the router gives itself.
+        let settings = &snapshot.table.settings;
+        let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
+        (started, head, client)
     });
     // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
     // future several times while spawning its task; a box is moved as a pointer.
@@ -137,7 +141,7 @@ pub async fn handle(
             (e.into_response(http1, &request_id), None, text)
         }
     };
-    if let Some((started, (method, uri, version))) = log {
+    if let Some((started, (method, uri, version), client)) = log {
         let (region, why) = match &served {
             Some(s) => (s.region.as_str(), s.reason.as_deref().unwrap_or("")),
             None => ("-", error.as_deref().unwrap_or("")),
@@ -145,7 +149,7 @@ pub async fn handle(
         tracing::info!(
             target: "georouter::access",
             peer = %conn.peer.0,
-            client = %served.as_ref().map_or(conn.peer.ip(), |s| s.client),
+            client = %served.as_ref().map_or(client.0, |s| s.client),
             method = %method,
             uri = %uri,
             version = ?version,

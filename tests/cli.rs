@@ -193,11 +193,17 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
         .local_addr()
         .unwrap()
         .port();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
         format!(
-            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:{port}\"\n\
+            "[client]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+             [[listeners]]\naddress = \"127.0.0.1:{listen}\"\n[admin]\naddress = \"127.0.0.1:{port}\"\n\
              token_env = \"GEOROUTER_TEST_TOKEN\"\n[health]\nenabled = false\n\
              [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n\
              [[routes]]\nregions = [\"a\"]\n"
@@ -244,6 +250,14 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
         curl(&["-X", "POST", &format!("{admin}/log?filter=debug")]),
         "401"
     );
+    // An answer the router gives itself (the region is unreachable): the access
+    // log names the client behind the trusted proxy, not the proxy.
+    let status = curl(&[
+        "-H",
+        "X-Forwarded-For: 80.128.0.1",
+        &format!("http://127.0.0.1:{listen}/"),
+    ]);
+    assert_eq!(status, "502");
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -256,4 +270,11 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
         "{text}"
     );
     assert!(events.iter().all(|e| e["level"].is_string()), "{text}");
+    let access = events
+        .iter()
+        .find(|e| e["target"] == "georouter::access")
+        .unwrap_or_else(|| panic!("no access log line in {text}"));
+    assert_eq!(access["client"], "80.128.0.1", "{access}");
+    assert_eq!(access["status"], 502, "{access}");
+    assert_eq!(access["region"], "-", "{access}");
 }
