@@ -28,15 +28,17 @@ use raw::RawConfig;
 /// Why a policy file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
+    // (Not `source` fields: the message already holds them, and an error
+    // chain would print them a second time.)
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
     #[error("{path}: {errors}")]
     Invalid { path: PathBuf, errors: Invalid },
@@ -239,14 +241,14 @@ pub struct RouteSpec {
 impl Config {
     /// Reads, parses and validates a policy file.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut config = Self::from_toml(&text).map_err(|e| match e {
-            FromTomlError::Parse(source) => LoadError::Parse {
+            FromTomlError::Parse(error) => LoadError::Parse {
                 path: path.to_owned(),
-                source,
+                error,
             },
             FromTomlError::Invalid(errors) => LoadError::Invalid {
                 path: path.to_owned(),
@@ -302,7 +304,10 @@ impl Config {
 
     /// Parses and validates policy text; file paths inside it are taken as they are.
     pub fn from_toml(text: &str) -> Result<Config, FromTomlError> {
-        let raw: RawConfig = toml::from_str(text).map_err(FromTomlError::Parse)?;
+        // Syntax first (line and column, with the line); then every section's
+        // errors at their dotted paths, all at once.
+        let table: toml::Table = text.parse().map_err(FromTomlError::Parse)?;
+        let raw: RawConfig = raw::read(table).map_err(FromTomlError::Invalid)?;
         let effective = effective(&raw);
         let mut config = Config::try_from(raw).map_err(FromTomlError::Invalid)?;
         config.effective = effective;

@@ -278,3 +278,19 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
     assert_eq!(access["status"], 502, "{access}");
     assert_eq!(access["region"], "-", "{access}");
 }
+
+/// A policy error is printed once, not once more as its own cause.
+#[test]
+fn check_prints_each_error_once() {
+    let dir = std::env::temp_dir().join(format!("georouter-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[server]\nworker = 4\n").unwrap();
+    let (code, _, err) = georouter(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("did you mean `workers`").count(), 1, "{err}");
+    std::fs::write(&bad, "[server\n").unwrap();
+    let (code, _, err) = georouter(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("line 1").count(), 1, "{err}");
+}

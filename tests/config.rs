@@ -175,3 +175,40 @@ fn country_codes_are_checked_against_iso_3166_with_the_code_meant() {
     }
     assert!(!e.contains(r#""de""#), "lower case is fine: {e}");
 }
+
+/// Every mistake at once, each once, at its dotted path: a misspelt key with
+/// the key meant, a bad duration with the format, an unknown section; a syntax
+/// error keeps its line and column.
+#[test]
+fn key_and_type_mistakes_are_all_reported_at_their_paths() {
+    let toml = r#"
+        [server]
+        worker = 4
+        [health]
+        interval = "5 sekonds"
+        [healthh]
+        x = 1
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [[regions]]
+        name = "a"
+        endpoint = [{ url = "http://127.0.0.1:1" }]
+    "#;
+    let e = georouter::config::Config::from_toml(toml)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "4 errors in policy",
+        "server.worker: unknown key; did you mean `workers`?",
+        r#"health.interval: invalid value: string "5 sekonds", expected a duration; a duration is a number and a unit, e.g. "250ms", "10s""#,
+        "healthh: unknown section; did you mean [health]?",
+        "regions[0].endpoint: unknown key; did you mean `endpoints`?",
+    ] {
+        assert!(e.contains(want), "{want}\nin\n{e}");
+    }
+    assert_eq!(e.matches("worker").count(), 2, "each error once: {e}");
+    let e = georouter::config::Config::from_toml("[server]\nworkers = [\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 2") && e.contains("workers = ["), "{e}");
+}

@@ -192,7 +192,9 @@ impl Etcd {
 }
 
 impl Drop for Etcd {
+    /// Stops etcd and removes its data (its WAL alone preallocates 64 MB).
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
