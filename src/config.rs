@@ -120,6 +120,8 @@ pub struct ServerSettings {
     pub allow_trace: bool,
     pub reject_encoded_slashes: bool,
     pub access_log: bool,
+    /// The log as JSON, one object per line (else key=value text).
+    pub log_json: bool,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -24,15 +24,10 @@ use georouter::{control, demo, launch, server};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// The log's format: text (key=value) or json (one object per line).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "GEOROUTER_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    /// The log's format: text (key=value) or json (one object per line);
+    /// default: the policy's server.log_format for `run`, else text.
+    #[arg(long, global = true, value_enum, env = "GEOROUTER_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -225,7 +220,15 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_logging(default_filter, cli.log_format);
+    // The policy's choice for `run`, unless the flag or the variable says.
+    let format = cli.log_format.unwrap_or(match &cli.command {
+        Command::Run { config } => match Config::load(config) {
+            Ok(c) if c.server.log_json => LogFormat::Json,
+            _ => LogFormat::Text,
+        },
+        _ => LogFormat::Text,
+    });
+    init_logging(default_filter, format);
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Geo {

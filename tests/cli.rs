@@ -294,3 +294,59 @@ fn check_prints_each_error_once() {
     assert_eq!(code, 1);
     assert_eq!(err.matches("line 1").count(), 1, "{err}");
 }
+
+/// `server.log_format = "json"` in the policy makes `run` log JSON without the
+/// flag (the flag and GEOROUTER_LOG_FORMAT win over it).
+#[test]
+fn the_policy_chooses_the_log_format() {
+    let dir = std::env::temp_dir().join(format!("georouter-log-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[server]\nlog_format = \"json\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+             [admin]\naddress = \"127.0.0.1:{port}\"\n[health]\nenabled = false\n\
+             [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args(["run", "-c", policy.to_str().unwrap()])
+        .env_remove("GEOROUTER_LOG_FORMAT")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() > 0, "no log at all");
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    let (code, _, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(&policy, "[server]\nlog_format = \"xml\"\n").unwrap();
+    let (code, _, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.log_format") && err.contains("\"json\""),
+        "{err}"
+    );
+}

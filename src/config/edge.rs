@@ -40,7 +40,19 @@ pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
             errs.push(name, "must be longer than 0s");
         }
     }
+    let log_json = match s.log_format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            errs.push(
+                "server.log_format",
+                format!("{other:?} is not a log format: use \"text\" or \"json\""),
+            );
+            false
+        }
+    };
     ServerSettings {
+        log_json,
         workers: s.workers,
         max_connections: s.max_connections,
         header_read_timeout: s.header_read_timeout,

@@ -153,6 +153,8 @@ pub struct RawServer {
     pub allow_trace: bool,
     /// Refuse paths with an encoded slash (%2F) with 400.
     pub reject_encoded_slashes: bool,
+    /// The log's format: "text" or "json" (`--log-format` wins); read at start.
+    pub log_format: String,
 }
 
 impl Default for RawServer {
@@ -174,6 +176,7 @@ impl Default for RawServer {
             access_log: true,
             allow_trace: false,
             reject_encoded_slashes: false,
+            log_format: "text".to_owned(),
         }
     }
 }
