@@ -111,14 +111,7 @@ pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
                 ]);
             }
         }
-        for (a, b) in [
-            ("up", "down"),
-            ("down", "up"),
-            ("up", "ejected"),
-            ("ejected", "up"),
-            ("ejected", "held_down"),
-            ("held_down", "up"),
-        ] {
+        for (a, b) in KNOWN_TRANSITIONS {
             metrics
                 .health_transitions
                 .with_label_values(&[from.name.as_str(), a, b]);
@@ -126,6 +119,37 @@ pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
     }
     for j in table.jurisdictions() {
         metrics.residency_refusals.with_label_values(&[&*j.name]);
+    }
+}
+
+/// The phase changes exported at 0 for every region.
+const KNOWN_TRANSITIONS: [(&str, &str); 6] = [
+    ("up", "down"),
+    ("down", "up"),
+    ("up", "ejected"),
+    ("ejected", "up"),
+    ("ejected", "held_down"),
+    ("held_down", "up"),
+];
+
+/// Removes the series of a region that left the policy, `others` being every
+/// region it could have failed over to or from: a departed region is not
+/// exported at 0 for ever.
+pub fn forget_region(metrics: &Metrics, region: &str, others: &[&str]) {
+    metrics.forget_region(region);
+    for other in others.iter().filter(|o| **o != region) {
+        for reason in FailoverReason::all() {
+            for (from, to) in [(region, *other), (*other, region)] {
+                let _ = metrics
+                    .failovers
+                    .remove_label_values(&[from, to, reason.as_str()]);
+            }
+        }
+    }
+    for (a, b) in KNOWN_TRANSITIONS {
+        let _ = metrics
+            .health_transitions
+            .remove_label_values(&[region, a, b]);
     }
 }
 

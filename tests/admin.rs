@@ -468,3 +468,52 @@ async fn the_series_alerts_read_are_exported_at_zero_from_the_start() {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
 }
+
+/// A region that leaves the policy leaves the metrics too: the series it was
+/// exported with at 0 (failovers to and from it, its health transitions) go.
+#[tokio::test]
+async fn a_region_that_leaves_the_policy_is_not_exported_at_zero_for_ever() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let dir = test_dir("forget-region");
+    let path = dir.join("policy.toml");
+    let policy = |regions: &[&georouter::sim::SimRegion]| {
+        let names: Vec<String> = regions
+            .iter()
+            .map(|r| format!("\"{}\"", r.name()))
+            .collect();
+        format!(
+            "{}\n[[routes]]\nregions = [{}]\n",
+            support::policy(regions, ""),
+            names.join(", ")
+        )
+    };
+    std::fs::write(&path, policy(&[&a, &b])).unwrap();
+    let token = "forget-region-token-0123456789abcdef";
+    let router = TestRouter::spawn_file(&path, Some(token)).await;
+    let metrics = || async {
+        get(&h1_client(), &format!("http://{}/metrics", router.admin))
+            .await
+            .body
+    };
+    let before = metrics().await;
+    assert!(
+        before.contains(r#"georouter_failovers_total{from="b",reason="connect",to="a"} 0"#),
+        "{before}"
+    );
+    std::fs::write(&path, policy(&[&a])).unwrap();
+    let (s, body) = admin_post(router.admin, "/reload", Some(token)).await;
+    assert_eq!(s, 200, "{body}");
+    let after = metrics().await;
+    for family in [
+        "georouter_failovers_total",
+        "georouter_health_transitions_total",
+    ] {
+        assert!(
+            !after
+                .lines()
+                .any(|l| l.starts_with(family) && l.contains(r#""b""#)),
+            "{family} still names b:\n{after}"
+        );
+    }
+}

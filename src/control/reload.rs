@@ -279,9 +279,15 @@ impl Control {
             };
             regions.insert(spec.name.clone(), rec);
         }
+        let names: Vec<&str> = inner
+            .regions
+            .keys()
+            .chain(regions.keys())
+            .map(|n| n.as_str())
+            .collect();
         for gone in inner.regions.keys() {
             tracing::info!(region = %gone, "region left the policy");
-            self.state.metrics.forget_region(gone.as_str());
+            crate::accounting::forget_region(&self.state.metrics, gone.as_str(), &names);
         }
         crate::accounting::export_known_series(&self.state.metrics, &table);
         let table = Arc::new(table);

@@ -607,8 +607,8 @@ impl Watch {
                 None => return Ok(None),
                 Some(Err(e)) => {
                     return Err(EtcdError::Unreachable {
-                        endpoints: "watch".to_owned(),
-                        last: e.to_string(),
+                        endpoints: "the watch's connection".to_owned(),
+                        last: format!("it broke: {e}"),
                     })
                 }
                 Some(Ok(frame)) => {
