@@ -186,45 +186,21 @@ fn every_flag_has_help_the_version_names_the_commit_and_completions_exist() {
 /// filter is refused with an example.
 #[test]
 fn json_logs_and_a_log_filter_changed_at_run_time() {
-    let dir = std::env::temp_dir().join(format!("georouter-json-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    let (port, listen) = (free_port(), free_port());
+    let token = "json-log-test-token-0123456789abcdef";
+    let (mut child, log) = run_router(
+        "json-log",
+        &format!(
             "[client]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
              [[listeners]]\naddress = \"127.0.0.1:{listen}\"\n[admin]\naddress = \"127.0.0.1:{port}\"\n\
              token_env = \"GEOROUTER_TEST_TOKEN\"\n[health]\nenabled = false\n\
              [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n\
              [[routes]]\nregions = [\"a\"]\n"
         ),
-    )
-    .unwrap();
-    let log = dir.join("stderr.log");
-    let token = "json-log-test-token-0123456789abcdef";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
-        .args([
-            "run",
-            "-c",
-            policy.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .env("GEOROUTER_TEST_TOKEN", token)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        &["--log-format", "json"],
+        &[("GEOROUTER_TEST_TOKEN", token)],
+        port,
+    );
     let curl = |args: &[&str]| {
         let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2"])
@@ -234,14 +210,6 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let admin = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while curl(&[&format!("{admin}/healthz")]) != "200" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the router did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let auth = format!("Authorization: Bearer {token}");
     let post = |query: &str| curl(&["-X", "POST", "-H", &auth, &format!("{admin}/log?{query}")]);
     assert_eq!(post("filter=georouter%3Ddebug"), "200");
@@ -299,38 +267,13 @@ fn check_prints_each_error_once() {
 /// flag (the flag and GEOROUTER_LOG_FORMAT win over it).
 #[test]
 fn the_policy_chooses_the_log_format() {
-    let dir = std::env::temp_dir().join(format!("georouter-log-key-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[server]\nlog_format = \"json\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
-             [admin]\naddress = \"127.0.0.1:{port}\"\n[health]\nenabled = false\n\
-             [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
-        ),
-    )
-    .unwrap();
-    let log = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
-        .args(["run", "-c", policy.to_str().unwrap()])
-        .env_remove("GEOROUTER_LOG_FORMAT")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the router did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let port = free_port();
+    let text = format!(
+        "[server]\nlog_format = \"json\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [admin]\naddress = \"127.0.0.1:{port}\"\n[health]\nenabled = false\n\
+         [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
+    );
+    let (mut child, log) = run_router("log-key", &text, &[], &[], port);
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -340,6 +283,7 @@ fn the_policy_chooses_the_log_format() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["level"].is_string(), "{line}");
     }
+    let policy = log.with_file_name("policy.toml");
     let (code, _, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     std::fs::write(&policy, "[server]\nlog_format = \"xml\"\n").unwrap();
@@ -349,4 +293,47 @@ fn the_policy_chooses_the_log_format() {
         err.contains("server.log_format") && err.contains("\"json\""),
         "{err}"
     );
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `georouter run` on `policy` (with `args` and `env`), its stderr in a file,
+/// returned once the admin listener on `admin_port` accepts.
+fn run_router(
+    tag: &str,
+    policy: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    admin_port: u16,
+) -> (std::process::Child, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("georouter-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let log = dir.join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .env_remove("GEOROUTER_LOG_FORMAT")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, log)
 }
