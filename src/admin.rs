@@ -1,6 +1,7 @@
 //! The admin API on its own listener (loopback by default): liveness, readiness,
 //! metrics, regions, the effective policy, why a request would go where it goes;
-//! and, with the mutating token, drains and reloads, each an audit event.
+//! and, with the mutating token, drains and reloads, each an audit event. `/` is
+//! a status page over the same calls.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+mod page;
 pub mod views;
 
 use crate::auth::{Access, Denied};
@@ -342,6 +344,13 @@ async fn route(
                 )
             })
         }
+        // The status page's files: nothing secret, so no token; its data
+        // (`/status`) is behind the read token like every other view.
+        (&Method::GET | &Method::HEAD, _) => {
+            if let Some(page) = page::asset(&path) {
+                return Ok(page);
+            }
+        }
         _ => {}
     }
     if method == Method::POST {
@@ -357,7 +366,7 @@ async fn route(
     }
     let known = matches!(
         path.as_str(),
-        "/metrics" | "/regions" | "/config" | "/explain" | "/fleet"
+        "/metrics" | "/regions" | "/config" | "/explain" | "/fleet" | "/status"
     );
     if method != Method::GET {
         return Ok(if known {
@@ -378,6 +387,14 @@ async fn route(
     let state = control.state();
     Ok(match path.as_str() {
         "/regions" => json(StatusCode::OK, &views::regions(&control)),
+        "/status" => {
+            let mut r = json(StatusCode::OK, &views::status(&control));
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -150,6 +150,11 @@ impl AdminAuth {
         Ok(AdminAuth { write, read })
     }
 
+    /// Mutating calls are possible (a mutating token is set).
+    pub fn writes_enabled(&self) -> bool {
+        self.write.is_some()
+    }
+
     /// Checks an `Authorization` header value against what `access` needs.
     pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<(), Denied> {
         let presented = authorization.and_then(|h| {

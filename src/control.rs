@@ -6,10 +6,12 @@
 
 mod draining;
 mod fleet;
+mod journal;
 mod monitor;
 mod reload;
 
 pub use draining::{DrainError, Drained};
+pub use journal::Event;
 pub use reload::{restart_only_changes, ReloadError};
 
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ pub struct Control {
     /// What the policy file says of the sections read only at start, when it
     /// differs from what is in service (TOML; empty: nothing waits).
     pending_restart: Mutex<String>,
+    /// Recent health transitions, drains and reloads, for the status page.
+    journal: journal::Journal,
 }
 
 impl std::fmt::Debug for Control {
@@ -157,6 +161,7 @@ impl Control {
             state,
             fleet,
             pending_restart: Mutex::new(String::new()),
+            journal: journal::Journal::default(),
         });
         control.state.metrics.config_generation.set(1);
         crate::accounting::export_known_series(&control.state.metrics, &control.lock().table);
@@ -206,6 +211,16 @@ impl Control {
     }
 
     /// Ready once every region with checks has had its first one.
+    /// Recent health transitions, drains and reloads, newest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.journal.recent()
+    }
+
+    /// The policy's generation in service (1 at start, +1 a reload).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

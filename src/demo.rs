@@ -106,7 +106,8 @@ pub enum InProcessError {
 pub fn banner(listen: SocketAddr, admin: SocketAddr, token: &str) -> String {
     format!(
         "georouter demo: 4 simulated regions ({regions}) behind http://{listen}\n\
-         admin API on http://{admin}\n\n\
+         admin API on http://{admin}\n\
+         status page: open http://{admin}/ in a browser (drain buttons take the token {token:?})\n\n\
          Loopback is a trusted proxy here, so X-Forwarded-For plays a client anywhere:\n  \
          curl -i -H 'X-Forwarded-For: 80.128.0.1' http://{listen}/    # Germany (EU resident): eu-west\n  \
          curl -i -H 'X-Forwarded-For: 8.8.8.8' http://{listen}/       # United States: us-east\n  \

@@ -113,6 +113,9 @@ pub async fn handle(
         RequestId::Made(n) => Some(n),
         RequestId::Given(_) => None,
     };
+    // The route the decision chose, for the access log, also when the router
+    // then answers itself.
+    let mut route = None;
     let (resp, served, error) = match Box::pin(proxy(
         &conn,
         &snapshot,
@@ -120,6 +123,7 @@ pub async fn handle(
         started,
         (flaw, admitted),
         made,
+        &mut route,
     ))
     .await
     {
@@ -137,14 +141,18 @@ pub async fn handle(
                     tracing::warn!(peer = %conn.peer.0, %request_id, error = %e, suppressed, "request failed");
                 }
             }
-            let text = log.is_some().then(|| e.to_string());
+            let text = log
+                .is_some()
+                .then(|| (e.region().map(|r| r.to_string()), e.to_string()));
             (e.into_response(http1, &request_id), None, text)
         }
     };
     if let Some((started, (method, uri, version), client)) = log {
-        let (region, why) = match &served {
-            Some(s) => (s.region.as_str(), s.reason.as_deref().unwrap_or("")),
-            None => ("-", error.as_deref().unwrap_or("")),
+        // A region the router tried and then answered for (502, 504), or "-".
+        let (region, why) = match (&served, &error) {
+            (Some(s), _) => (s.region.as_str(), s.reason.as_deref().unwrap_or("")),
+            (None, Some((region, why))) => (region.as_deref().unwrap_or("-"), why.as_str()),
+            (None, None) => ("-", ""),
         };
         tracing::info!(
             target: "georouter::access",
@@ -154,6 +162,7 @@ pub async fn handle(
             uri = %uri,
             version = ?version,
             status = resp.status().as_u16(),
+            route = route.unwrap_or("-"),
             region,
             why,
             %request_id,
@@ -206,18 +215,19 @@ fn request_host<'b>(
 /// forwarding ([`forward::forward`], its failure read by [`forward_error`]) and
 /// the response ([`respond`]). Every stage returns a
 /// [`ProxyError`]; [`handle`] maps it to the answer, once.
-async fn proxy(
+async fn proxy<'s>(
     conn: &Arc<Connection>,
-    snapshot: &Snapshot,
+    snapshot: &'s Snapshot,
     mut req: Request<Incoming>,
     started: Instant,
     door: (Option<Flaw>, Result<Admitted, Refused>),
     made_id: Option<u64>,
+    route: &mut Option<&'s str>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let settings = &snapshot.table.settings;
     budget::deposit(&settings.retry);
     let admitted = check(&mut req, settings, door)?;
-    let plan = decide(conn, snapshot, &req, &admitted)?;
+    let plan = decide(conn, snapshot, &req, &admitted, route)?;
     let upstream = upstream::build(conn, snapshot, req, &admitted, &plan, made_id);
     let attempt = forward::Attempt {
         table: &snapshot.table,
@@ -317,6 +327,7 @@ fn decide<'t>(
     snapshot: &'t Snapshot,
     req: &Request<Incoming>,
     admitted: &Admitted,
+    route_out: &mut Option<&'t str>,
 ) -> Result<Plan<'t>, ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
     let settings = &table.settings;
@@ -342,6 +353,7 @@ fn decide<'t>(
         Refusal::GeoUnreadable => ProxyError::GeoUnreadable,
     })?;
     let route = decision.route;
+    *route_out = Some(&route.name);
     let reason = settings
         .access_log
         .then(|| crate::explain::short_reason(table, &decision));

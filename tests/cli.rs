@@ -219,7 +219,8 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
         "401"
     );
     // An answer the router gives itself (the region is unreachable): the access
-    // log names the client behind the trusted proxy, not the proxy.
+    // log names the client behind the trusted proxy, not the proxy, the route
+    // and the region it tried; a request no route takes names neither.
     let status = curl(&[
         "-H",
         "X-Forwarded-For: 80.128.0.1",
@@ -244,7 +245,12 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
         .unwrap_or_else(|| panic!("no access log line in {text}"));
     assert_eq!(access["client"], "80.128.0.1", "{access}");
     assert_eq!(access["status"], 502, "{access}");
-    assert_eq!(access["region"], "-", "{access}");
+    assert_eq!(access["route"], "routes[0]", "{access}");
+    assert_eq!(access["region"], "a", "{access}");
+    assert!(
+        access["why"].as_str().unwrap().contains("unreachable"),
+        "{access}"
+    );
 }
 
 /// A policy error is printed once, not once more as its own cause.

@@ -1,12 +1,12 @@
-//! What `GET /regions` (and the drain calls' answers) show: the control plane's
-//! region reports as JSON-friendly views.
+//! What `GET /regions` (and the drain calls' answers) and `GET /status` (the
+//! status page's data) show: the control plane's reports as JSON-friendly views.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::control::{Control, RegionReport};
+use crate::control::{Control, Event, RegionReport};
 
 /// `GET /regions`: every region of the policy in service.
 pub fn regions(control: &Control) -> Vec<RegionView> {
@@ -90,4 +90,79 @@ pub struct TransitionView {
     pub from: &'static str,
     pub to: &'static str,
     pub cause: String,
+}
+
+/// `GET /status`: everything the status page shows, in one read.
+pub fn status(control: &Control) -> StatusView {
+    let regions = regions(control);
+    let table = control.state().routing.load().table.clone();
+    let jurisdictions = table
+        .jurisdictions()
+        .iter()
+        .map(|j| {
+            let names: Vec<String> = j
+                .regions
+                .iter()
+                .map(|id| table.region(*id).name.to_string())
+                .collect();
+            let serving = regions
+                .iter()
+                .filter(|r| r.serving && names.contains(&r.name))
+                .count();
+            JurisdictionView {
+                name: j.name.to_string(),
+                strict: j.strict,
+                serving,
+                regions: names,
+            }
+        })
+        .collect();
+    StatusView {
+        version: env!("CARGO_PKG_VERSION"),
+        commit: crate::COMMIT,
+        generation: control.generation(),
+        ready: control.ready(),
+        writes_enabled: control.auth().writes_enabled(),
+        fleet: control.fleet().map(|f| FleetView {
+            instance: f.instance().to_string(),
+            connected: f.connected(),
+            applied_revision: f.applied(),
+        }),
+        regions,
+        jurisdictions,
+        events: control.events(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub version: &'static str,
+    pub commit: &'static str,
+    /// The policy's generation in service.
+    pub generation: u64,
+    pub ready: bool,
+    /// Drain and undrain are possible (a mutating token is set).
+    pub writes_enabled: bool,
+    pub fleet: Option<FleetView>,
+    pub regions: Vec<RegionView>,
+    pub jurisdictions: Vec<JurisdictionView>,
+    /// Recent health transitions, drains and reloads, newest first.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JurisdictionView {
+    pub name: String,
+    /// Residents fail closed (503) rather than leave it.
+    pub strict: bool,
+    pub regions: Vec<String>,
+    /// How many of its regions serve now.
+    pub serving: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetView {
+    pub instance: String,
+    pub connected: bool,
+    pub applied_revision: i64,
 }

@@ -168,6 +168,7 @@ impl Control {
             }
         }
         if was != now_drained {
+            self.journal_drain(region, inner.drains.get(region));
             self.publish(inner);
         }
     }
@@ -202,9 +203,30 @@ impl Control {
             since: unix_now(),
             scope: crate::drains::Scope::Local,
         });
+        let was = inner.drains.get(region).is_some();
         let persisted = inner.drains.set(region, entry).err();
+        let now = inner.drains.get(region);
+        if was || now.is_some() {
+            self.journal_drain(region, now);
+        }
         self.publish(&mut inner);
         Ok(persisted)
+    }
+}
+
+impl Control {
+    fn journal_drain(&self, region: &str, drain: Option<&Drain>) {
+        match drain {
+            Some(d) => self.journal.record(
+                region,
+                "drain",
+                format!("drained ({})", d.scope.as_str()),
+                format!("{} (by {})", d.reason, d.by),
+            ),
+            None => self
+                .journal
+                .record(region, "undrain", "undrained".to_owned(), String::new()),
+        }
     }
 }
 

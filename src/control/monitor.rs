@@ -61,6 +61,12 @@ impl Control {
             .health_transitions
             .with_label_values(&[region.as_str(), t.from.name(), t.to.name()])
             .inc();
+        self.journal.record(
+            region.as_str(),
+            "health",
+            format!("{} -> {}", t.from.name(), t.to.name()),
+            t.cause.clone(),
+        );
     }
 
     /// Feeds one check outcome into a region's machine.

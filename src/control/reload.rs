@@ -217,10 +217,22 @@ impl Control {
                 m.config_reloads.with_label_values(&["success"]).inc();
                 m.config_generation.set(*generation as i64);
                 tracing::info!(%trigger, generation, "policy reloaded");
+                self.journal.record(
+                    "",
+                    "reload",
+                    format!("generation {generation}"),
+                    trigger.to_owned(),
+                );
             }
             Err(e) => {
                 m.config_reloads.with_label_values(&["failure"]).inc();
                 tracing::error!(%trigger, error = %e, "policy reload rejected; the previous policy keeps serving");
+                self.journal.record(
+                    "",
+                    "reload",
+                    "rejected".to_owned(),
+                    format!("{trigger}: {e}"),
+                );
             }
         }
         result

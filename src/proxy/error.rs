@@ -57,6 +57,16 @@ fn client_fault_text(fault: ClientFault) -> &'static str {
 }
 
 impl ProxyError {
+    /// The region the router tried before answering itself, if it got that far.
+    pub fn region(&self) -> Option<&RegionName> {
+        match self {
+            ProxyError::UpstreamConnect { region, .. }
+            | ProxyError::UpstreamTimeout { region, .. }
+            | ProxyError::UpstreamFailed { region, .. } => Some(region),
+            _ => None,
+        }
+    }
+
     /// The one mapping from router error to HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -592,6 +592,7 @@ pub fn tool(binary: &str, probe: &str, package: &str) -> std::process::Command {
     Command::new(binary)
 }
 
+pub mod browser;
 pub mod etcd;
 
 /// The sum of the values of every sample in `metrics` (text exposition) whose
