@@ -25,8 +25,8 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
     let config = Config::load(path)?;
     let table = RoutingTable::compile(&config)?;
     for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(certs) = &l.tls {
-            crate::tls::server_config(certs).map_err(|e| CheckError::Tls(i, e))?;
+        if let Some(tls) = &l.tls {
+            crate::tls::server_config(tls).map_err(|e| CheckError::Tls(i, e))?;
         }
     }
     // Everything `run` reads besides the policy: tokens, the drain state file.

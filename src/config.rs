@@ -136,8 +136,27 @@ pub struct ClientSettings {
 pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
-    pub tls: Option<Vec<CertificateSpec>>,
+    pub tls: Option<TlsSpec>,
     pub proxy_protocol: bool,
+}
+
+/// A TLS listener: its certificates and how clients may resume sessions.
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    pub certificates: Vec<CertificateSpec>,
+    pub resumption: Resumption,
+}
+
+/// Session resumption on one TLS listener. Resumed handshakes are cheap; the
+/// price is forward secrecy bounded by how long a cache entry or ticket key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumption {
+    /// Entries of the in-process session cache; 0: off.
+    pub session_cache: usize,
+    pub tickets: bool,
+    /// Shared ticket keys (absent: keys made here, rotated every `ticket_rotation`).
+    pub ticket_keys: Option<PathBuf>,
+    pub ticket_rotation: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -279,9 +298,12 @@ impl Config {
         };
         maybe(&mut self.geo_database);
         for l in &mut self.listeners {
-            for c in l.tls.iter_mut().flatten() {
-                at(&mut c.cert);
-                at(&mut c.key);
+            if let Some(t) = &mut l.tls {
+                for c in &mut t.certificates {
+                    at(&mut c.cert);
+                    at(&mut c.key);
+                }
+                maybe(&mut t.resumption.ticket_keys);
             }
         }
         maybe(&mut self.admin.token_file);

@@ -64,8 +64,8 @@ pub fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, BindError> {
         .enumerate()
         .map(|(index, spec)| {
             let tls = match &spec.tls {
-                Some(certs) => Some(TlsAcceptor::from(
-                    crate::tls::server_config(certs)
+                Some(tls) => Some(TlsAcceptor::from(
+                    crate::tls::server_config(tls)
                         .map_err(|source| BindError::Tls { index, source })?,
                 )),
                 None => None,

@@ -1,5 +1,8 @@
 //! rustls configuration: the server side (certificates chosen by SNI, ALPN h2 and
-//! http/1.1) and the client side per region (CA bundle, optional client certificate).
+//! http/1.1, session resumption as the policy says) and the client side per
+//! region (CA bundle, optional client certificate).
+
+pub mod tickets;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{CertificateSpec, RegionTls};
+use crate::config::{RegionTls, Resumption, TlsSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -44,6 +47,8 @@ pub enum TlsError {
     },
     #[error("TLS settings rejected: {0}")]
     Config(#[from] rustls::Error),
+    #[error("tls.resumption.ticket_keys: {0}")]
+    TicketKeys(#[from] tickets::TicketKeyError),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -123,10 +128,10 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Server-side config for one TLS listener; advertises h2 and http/1.1 by ALPN.
-pub fn server_config(certs: &[CertificateSpec]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(spec: &TlsSpec) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut by_name = HashMap::new();
     let mut default = None;
-    for c in certs {
+    for c in &spec.certificates {
         let key = Arc::new(certified_key(&c.cert, &c.key)?);
         for n in &c.server_names {
             by_name.entry(n.clone()).or_insert_with(|| key.clone());
@@ -141,7 +146,28 @@ pub fn server_config(certs: &[CertificateSpec]) -> Result<Arc<rustls::ServerConf
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    resumption(&mut cfg, &spec.resumption)?;
     Ok(Arc::new(cfg))
+}
+
+/// Session cache and tickets as the listener's policy says; with neither, no
+/// TLS 1.3 ticket is sent at all and every connection pays a full handshake.
+fn resumption(cfg: &mut rustls::ServerConfig, r: &Resumption) -> Result<(), TlsError> {
+    cfg.session_storage = if r.session_cache > 0 {
+        rustls::server::ServerSessionMemoryCache::new(r.session_cache)
+    } else {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    };
+    if r.tickets {
+        cfg.ticketer = match &r.ticket_keys {
+            Some(path) => tickets::FileTicketer::start(path, r.ticket_rotation)?,
+            None => tickets::rotating(r.ticket_rotation)?,
+        };
+    }
+    if r.session_cache == 0 && !r.tickets {
+        cfg.send_tls13_tickets = 0;
+    }
+    Ok(())
 }
 
 /// Client-side config for one region: its CA bundle (or the Mozilla roots) and

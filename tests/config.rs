@@ -212,3 +212,28 @@ fn key_and_type_mistakes_are_all_reported_at_their_paths() {
         .to_string();
     assert!(e.contains("line 2") && e.contains("workers = ["), "{e}");
 }
+
+/// TLS resumption settings: a rotation too short to be of use and ticket keys
+/// with tickets off are refused at their paths; an unknown key names the ones
+/// meant.
+#[test]
+fn tls_resumption_settings_are_checked() {
+    let tls = |resumption: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[listeners.tls.certificates]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[listeners.tls.resumption]\n{resumption}\n{REGION}"
+        )
+    };
+    assert_eq!(errors(&tls("")), Vec::<String>::new());
+    assert_eq!(
+        errors(&tls("ticket_rotation = \"30s\"")),
+        ["listeners[0].tls.resumption.ticket_rotation"]
+    );
+    assert_eq!(
+        errors(&tls("tickets = false\nticket_keys = \"keys\"")),
+        ["listeners[0].tls.resumption.ticket_keys"]
+    );
+    let e = Config::from_toml(&tls("ticket_key = \"keys\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ticket_keys"), "{e}");
+}

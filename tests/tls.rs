@@ -224,3 +224,143 @@ async fn mtls_region_needs_the_client_certificate() {
     let router = TestRouter::spawn(&https_policy(&up, &without, "http1")).await;
     assert_eq!(get(&h1_client(), &router.url("/")).await.status, 502);
 }
+
+/// A TLS router for `a.test` whose `[listeners.tls.resumption]` is `resumption`.
+async fn resuming_router(pki: &Pki, upstream: &SimRegion, resumption: &str) -> TestRouter {
+    let (cert, key, _) = pki.issue("resume", &["a.test"]);
+    TestRouter::spawn(&format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [[listeners.tls.certificates]]
+        cert = "{}"
+        key = "{}"
+        [listeners.tls.resumption]
+        {resumption}
+        [[regions]]
+        name = "r"
+        endpoints = [{{ url = "{}" }}]
+        "#,
+        toml_path(&cert),
+        toml_path(&key),
+        upstream.url()
+    ))
+    .await
+}
+
+/// One request over a new TLS connection made with `client` (whose session
+/// store carries tickets between calls); how the handshake went.
+async fn handshake_kind(
+    client: &Arc<rustls::ClientConfig>,
+    router: &TestRouter,
+) -> rustls::HandshakeKind {
+    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let tls = TlsConnector::from(client.clone())
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    // A whole exchange, so that TLS 1.3 tickets (sent after the handshake) arrive.
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .header("connection", "close")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let _ = conn.await;
+    kind
+}
+
+fn tls12_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates([rustls::pki_types::CertificateDer::from(
+        std::fs::read(pki.ca_path())
+            .ok()
+            .and_then(|pem| {
+                use rustls::pki_types::pem::PemObject;
+                rustls::pki_types::CertificateDer::from_pem_slice(&pem).ok()
+            })
+            .unwrap()
+            .to_vec(),
+    )]);
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Resumption is a policy choice per listener: on by default (tickets and a
+/// session cache, TLS 1.2 and 1.3), either alone still resumes, both off
+/// means a full handshake every time.
+#[tokio::test]
+async fn session_resumption_follows_the_listener_policy() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let pki = Pki::new("resumption");
+    let up = SimRegion::spawn("r").await.unwrap();
+    let cases = [
+        ("", Resumed),
+        ("tickets = false", Resumed),
+        ("session_cache = 0", Resumed),
+        ("tickets = false\nsession_cache = 0", Full),
+    ];
+    for (resumption, second) in cases {
+        let router = resuming_router(&pki, &up, resumption).await;
+        for (version, client) in [
+            ("TLS 1.3", Arc::new(pki.client_config(&[]))),
+            ("TLS 1.2", tls12_client(&pki)),
+        ] {
+            assert_eq!(
+                handshake_kind(&client, &router).await,
+                Full,
+                "{resumption:?}"
+            );
+            assert_eq!(
+                handshake_kind(&client, &router).await,
+                second,
+                "{resumption:?}, {version}"
+            );
+        }
+    }
+}
+
+/// Instances that share a ticket key file resume each other's sessions (one
+/// anycast address, many routers); with keys of their own they cannot.
+#[tokio::test]
+async fn a_shared_ticket_key_file_resumes_across_instances() {
+    use base64::Engine;
+    use rustls::HandshakeKind::{Full, Resumed};
+    let pki = Pki::new("shared-tickets");
+    let up = SimRegion::spawn("r").await.unwrap();
+    let keys = pki.dir.join("ticket.keys");
+    let line = base64::engine::general_purpose::STANDARD.encode([7u8; 80]);
+    std::fs::write(&keys, format!("{line}\n")).unwrap();
+    let shared = format!("session_cache = 0\nticket_keys = \"{}\"", toml_path(&keys));
+    let (x, y) = (
+        resuming_router(&pki, &up, &shared).await,
+        resuming_router(&pki, &up, &shared).await,
+    );
+    let client = Arc::new(pki.client_config(&[]));
+    assert_eq!(handshake_kind(&client, &x).await, Full);
+    assert_eq!(
+        handshake_kind(&client, &y).await,
+        Resumed,
+        "y opens x's ticket"
+    );
+
+    let (x, y) = (
+        resuming_router(&pki, &up, "session_cache = 0").await,
+        resuming_router(&pki, &up, "session_cache = 0").await,
+    );
+    let client = Arc::new(pki.client_config(&[]));
+    assert_eq!(handshake_kind(&client, &x).await, Full);
+    assert_eq!(handshake_kind(&client, &y).await, Full, "keys of its own");
+}

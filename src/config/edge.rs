@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{
-    raw, AdminSettings, CertificateSpec, ClientSettings, Invalid, ListenerSpec, ServerSettings,
-    UpstreamSettings,
+    raw, AdminSettings, CertificateSpec, ClientSettings, Invalid, ListenerSpec, Resumption,
+    ServerSettings, TlsSpec, UpstreamSettings,
 };
 
 pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
@@ -156,7 +156,30 @@ pub(super) fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<L
                         "a TLS listener needs at least one certificate",
                     );
                 }
-                t.certificates
+                let r = t.resumption;
+                if r.ticket_rotation < Duration::from_secs(60) {
+                    errs.push(
+                        format!("{path}.tls.resumption.ticket_rotation"),
+                        format!(
+                            "{:?} is under a minute; keys that short-lived make most tickets useless (e.g. \"6h\")",
+                            r.ticket_rotation
+                        ),
+                    );
+                }
+                if r.ticket_keys.is_some() && !r.tickets {
+                    errs.push(
+                        format!("{path}.tls.resumption.ticket_keys"),
+                        "set, but tickets = false: remove one of them",
+                    );
+                }
+                let resumption = Resumption {
+                    session_cache: r.session_cache,
+                    tickets: r.tickets,
+                    ticket_keys: r.ticket_keys,
+                    ticket_rotation: r.ticket_rotation,
+                };
+                let certificates = t
+                    .certificates
                     .into_iter()
                     .enumerate()
                     .map(|(j, c)| {
@@ -179,7 +202,11 @@ pub(super) fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<L
                             server_names: names,
                         }
                     })
-                    .collect()
+                    .collect();
+                TlsSpec {
+                    certificates,
+                    resumption,
+                }
             });
             ListenerSpec {
                 name,

@@ -198,6 +198,36 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
     pub certificates: Vec<RawCertificate>,
+    /// Session resumption: a cache, tickets, their keys.
+    #[serde(default)]
+    pub resumption: RawResumption,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawResumption {
+    /// Sessions kept in this process (TLS 1.2 session IDs, TLS 1.3 stateful
+    /// tickets); 0 turns the cache off.
+    pub session_cache: usize,
+    /// Stateless session tickets.
+    pub tickets: bool,
+    /// A file of ticket keys shared by several instances, re-read every minute.
+    pub ticket_keys: Option<PathBuf>,
+    /// Generated keys: a new one this often (a ticket lives twice as long).
+    /// With `ticket_keys`: how long a ticket is good for, told to clients.
+    #[serde(with = "humantime_serde")]
+    pub ticket_rotation: Duration,
+}
+
+impl Default for RawResumption {
+    fn default() -> Self {
+        Self {
+            session_cache: 10_240,
+            tickets: true,
+            ticket_keys: None,
+            ticket_rotation: Duration::from_secs(6 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
