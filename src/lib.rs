@@ -32,7 +32,7 @@
 //! [`blame`] region, client and local faults; [`client_body`] the upload and
 //! its clock; [`pool`] upstream connections; [`proxy`] the per-request service;
 //! [`activity`] what a connection is doing; [`descriptors`] the descriptor
-//! budget; [`log_limit`] rate-limited log lines; [`auth`] admin tokens;
+//! budget; [`log_limit`] rate-limited log lines; [`memory`] freed pages back; [`auth`] admin tokens;
 //! [`server`] accept loops and shutdown; [`proxy_protocol`] PROXY v1/v2;
 //! [`launch`] worker threads and the admin listener; [`tls`] rustls configs;
 //! [`admin`] the admin API; [`metrics`] the Prometheus registry; [`sim`]
@@ -71,6 +71,7 @@ pub mod identity;
 mod io_delegate;
 pub mod launch;
 pub mod log_limit;
+pub mod memory;
 pub mod logging;
 pub mod metrics;
 pub mod path;

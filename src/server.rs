@@ -188,6 +188,8 @@ pub async fn run(
     }
     // This worker's upstream pool: idle connections closed on time.
     tasks.spawn(crate::pool::reap(shutdown.clone()));
+    // This worker's allocator heap: freed pages back to the system.
+    tasks.spawn(crate::memory::purge_loop(shutdown.clone()));
     tasks.close();
     tasks.wait().await;
 }

@@ -1,0 +1,40 @@
+//! Giving memory back: the binary registers how its allocator returns freed
+//! pages to the system, and each worker thread calls it every second, so that
+//! resident memory falls back after a burst of connections closes (an idle
+//! thread's allocator would otherwise keep its freed pages indefinitely).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How often each worker thread gives freed pages back.
+pub const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+static PURGE: OnceLock<fn()> = OnceLock::new();
+
+/// Registers the allocator's purge for the calling thread's heap (the binary
+/// does, once, at start). Later calls are ignored.
+pub fn set_purge(purge: fn()) {
+    let _ = PURGE.set(purge);
+}
+
+/// Gives the calling thread's freed pages back, if a purge is registered.
+pub fn purge() {
+    if let Some(purge) = PURGE.get() {
+        purge();
+    }
+}
+
+/// Purges on this thread every [`PURGE_EVERY`] until `shutdown`.
+pub async fn purge_loop(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    if PURGE.get().is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => purge(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
