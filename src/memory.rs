@@ -38,3 +38,27 @@ pub async fn purge_loop(mut shutdown: tokio::sync::watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn count() {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_purges_every_second_until_shutdown() {
+        set_purge(count);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(purge_loop(shutdown));
+        // The paused clock jumps: 3.5 s pass without waiting for them.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(CALLS.load(Ordering::Relaxed), 4, "at 0, 1, 2 and 3 s");
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}

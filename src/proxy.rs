@@ -97,8 +97,6 @@ pub async fn handle(
         let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
         (started, head, client)
     });
-    // Boxed: the proxying future is a few KiB, and HTTP/2 moves a stream's whole
-    // future several times while spawning its task; a box is moved as a pointer.
     let flaw = conn.verdicts.of(active.index());
     let scan = admit::scan(req.headers());
     let request_id = request_id::of(scan.request_id);
@@ -116,7 +114,7 @@ pub async fn handle(
     // The route the decision chose, for the access log, also when the router
     // then answers itself.
     let mut route = None;
-    let (resp, served, error) = match Box::pin(proxy(
+    let (resp, served, error) = match proxy(
         &conn,
         &snapshot,
         req,
@@ -124,7 +122,7 @@ pub async fn handle(
         (flaw, admitted),
         made,
         &mut route,
-    ))
+    )
     .await
     {
         Ok((resp, served)) => (resp, Some(served), None),

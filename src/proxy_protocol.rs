@@ -108,6 +108,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let n = (this.prefix.len() - this.pos).min(buf.remaining());
             buf.put_slice(&this.prefix[this.pos..this.pos + n]);
             this.pos += n;
+            if this.pos < this.prefix.len() {
+                return Poll::Ready(Ok(()));
+            }
+            // Spent: freed, and the same read goes on into the stream, so that
+            // a reader gets a whole request head in one read rather than the
+            // prefix alone (hyper would grow its buffer for the rest).
+            this.prefix = Vec::new();
+            this.pos = 0;
+            if buf.remaining() > 0 {
+                // Pending or an error now is the next read's business: the
+                // prefix is what this one returns.
+                let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)

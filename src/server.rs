@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -16,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerSpec, ServerSettings};
+use crate::http_conn::{Builders, Served, Version};
 use crate::identity::PeerAddr;
 use crate::proxy::{self, Connection};
 use crate::State;
@@ -157,20 +156,13 @@ impl ConnLimits {
         }
     }
 
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        // No hyper timer for HTTP/1.1: the header deadline is the connection
-        // watchdog's (serve_connection), which costs no timer per request.
-        b.http1()
-            .max_buf_size(self.max_header_bytes.max(8192))
-            .max_headers(self.max_headers);
-        b.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.http2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(self.idle_timeout / 2))
-            .keep_alive_timeout(Duration::from_secs(20));
-        b
+    fn builders(&self) -> Builders {
+        Builders::new(
+            self.max_header_bytes,
+            self.max_headers,
+            self.http2_max_concurrent_streams,
+            self.idle_timeout,
+        )
     }
 }
 
@@ -213,7 +205,7 @@ pub async fn serve(
             return;
         }
     };
-    let builder = Arc::new(limits.builder());
+    let builder = Arc::new(limits.builders());
     let connections = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -279,15 +271,32 @@ struct Accepted {
 }
 
 impl Accepted {
-    /// Reads the PROXY header when the listener expects one, completes TLS, and
-    /// serves HTTP. The PROXY header and the handshake share the header deadline.
+    /// Opens the connection (PROXY header, TLS, the first bytes) and serves
+    /// HTTP on it until it ends.
     async fn serve(
-        mut self,
-        builder: &auto::Builder<TokioExecutor>,
+        self,
+        builders: &Builders,
         state: Arc<State>,
         limits: &ConnLimits,
         shutdown: Shutdown,
     ) {
+        // Boxed and gone once open: the handshake's state is the largest this
+        // task ever holds, and an idle connection should not keep its room.
+        let opened = Box::pin(self.open(builders, state, limits, shutdown.clone())).await;
+        if let Some((conn, served)) = opened {
+            watch(served, &conn, limits, shutdown).await;
+        }
+    }
+
+    /// Reads the PROXY header when the listener expects one, completes TLS, and
+    /// finds the HTTP version; all within the header deadline.
+    async fn open(
+        mut self,
+        builders: &Builders,
+        state: Arc<State>,
+        limits: &ConnLimits,
+        mut shutdown: Shutdown,
+    ) -> Option<(Arc<Connection>, Served)> {
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         let mut peer = self.peer;
         let mut prefix = Vec::new();
@@ -300,24 +309,48 @@ impl Accepted {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %self.peer, error = %e, "PROXY protocol");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(peer = %self.peer, "PROXY protocol header timed out");
-                    return;
+                    return None;
                 }
             }
         }
         let io = crate::proxy_protocol::Prefixed::new(prefix, self.stream);
         let conn = Arc::new(Connection::new(state, PeerAddr(peer), self.tls.is_some()));
-        match self.tls {
-            None => serve_connection(io, builder, conn, limits, shutdown).await,
+        let served = match self.tls {
+            None => start_http(io, None, deadline, builders, &conn, limits, &mut shutdown).await,
             Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => serve_connection(tls, builder, conn, limits, shutdown).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Ok(tls)) => {
+                    // ALPN says which HTTP (RFC 9113 3.2); without it, the bytes do.
+                    let version = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Some(Version::Http2),
+                        Some(b"http/1.1") => Some(Version::Http1),
+                        _ => None,
+                    };
+                    start_http(
+                        tls,
+                        version,
+                        deadline,
+                        builders,
+                        &conn,
+                        limits,
+                        &mut shutdown,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
             },
-        }
+        }?;
+        Some((conn, served))
     }
 }
 
@@ -330,25 +363,59 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     )
 }
 
-async fn serve_connection<I>(
+/// Starts HTTP on one connection: in `version`, or the one its first bytes
+/// say (read before `deadline`). `None`: it ended first.
+async fn start_http<I>(
     io: I,
-    builder: &auto::Builder<TokioExecutor>,
-    conn: Arc<Connection>,
+    version: Option<Version>,
+    deadline: Instant,
+    builders: &Builders,
+    conn: &Arc<Connection>,
     limits: &ConnLimits,
-    mut shutdown: Shutdown,
-) where
+    shutdown: &mut Shutdown,
+) -> Option<Served>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
     let svc_conn = conn.clone();
-    let svc = service_fn(move |req| proxy::handle(svc_conn.clone(), req));
+    // Boxed: hyper keeps a slot of the service future's size for every
+    // connection, idle ones too (HTTP/1.1); a box makes that slot a pointer, and
+    // the request's whole future (a few KiB) exists only while it runs. HTTP/2
+    // moves a stream's future several times while spawning its task: a box
+    // moves as a pointer.
+    let svc = service_fn(move |req| Box::pin(proxy::handle(svc_conn.clone(), req)));
     // The guard reads HTTP/1.1 framing along with hyper (it stops at an HTTP/2
     // preface).
     let io = crate::head_guard::Guarded::new(io, conn.verdicts.clone());
     // And the HTTP/2 guard: control-frame floods and broken prefaces.
-    let io = crate::h2_guard::FrameGuard::new(io, limits.http2_max_control_frames);
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(served);
+    let mut io = crate::h2_guard::FrameGuard::new(io, limits.http2_max_control_frames);
+    let (version, seen) = match version {
+        Some(v) => (v, Vec::new()),
+        None => tokio::select! {
+            r = tokio::time::timeout_at(deadline, crate::http_conn::sniff(&mut io)) => match r {
+                Ok(Ok(Some(sniffed))) => sniffed,
+                Ok(Ok(None)) => return None,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer.0, error = %e, "connection ended before its first request");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer.0, "no request within the header deadline");
+                    return None;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        },
+    };
+    let io = crate::proxy_protocol::Prefixed::new(seen, io);
+    Some(builders.serve(version, io, svc))
+}
+
+/// Serves a started connection until it ends, closing it when silent for too
+/// long and gracefully at shutdown.
+async fn watch(mut served: Served, conn: &Connection, limits: &ConnLimits, mut shutdown: Shutdown) {
+    let peer = conn.peer;
     // The watchdog runs every half of the shorter deadline. A connection that
     // started no request and had none in flight (bodies included) over n checks
     // has been silent for at least (n - 1) periods. HTTP/1.1: silent for the
