@@ -207,6 +207,34 @@ fn key_and_type_mistakes_are_all_reported_at_their_paths() {
         assert!(e.contains(want), "{want}\nin\n{e}");
     }
     assert_eq!(e.matches("worker").count(), 2, "each error once: {e}");
+    // Several mistakes in one section, each reported, each once; a misspelt
+    // required key is not reported a second time as missing.
+    let toml = r#"
+        [server]
+        worker = 4
+        max_conections = 5
+        idle_timeout = "5 sekonds"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [[regions]]
+        name = "a"
+        endpoint = [{ url = "http://127.0.0.1:1" }]
+        weigth = 2
+    "#;
+    let e = georouter::config::Config::from_toml(toml)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "5 errors in policy",
+        "server.worker: unknown key; did you mean `workers`?",
+        "server.max_conections: unknown key; did you mean `max_connections`?",
+        "server.idle_timeout: invalid value",
+        "regions[0].endpoint: unknown key; did you mean `endpoints`?",
+        "regions[0].weigth: unknown key",
+    ] {
+        assert!(e.contains(want), "{want}\nin\n{e}");
+    }
+    assert!(!e.contains("missing"), "{e}");
     let e = georouter::config::Config::from_toml("[server]\nworkers = [\n")
         .unwrap_err()
         .to_string();

@@ -576,12 +576,20 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
         return Ok(raw);
     }
     let mut errs = super::Invalid::default();
+    /// Every mistake of one section: serde stops at the first, so the key at
+    /// fault is taken out and the section read again, until it reads or the
+    /// mistake is one that taking a key out cannot pass (a missing key).
     fn section<T: serde::de::DeserializeOwned>(
         name: &str,
-        value: toml::Value,
+        mut value: toml::Value,
         errs: &mut super::Invalid,
     ) {
-        if let Err(e) = serde_path_to_error::deserialize::<_, T>(value) {
+        // Keys meant by a misspelt one: their "missing" would say it twice.
+        let mut meant: Vec<String> = Vec::new();
+        for _ in 0..64 {
+            let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) else {
+                return;
+            };
             let inner = e.path().to_string();
             let path = match inner.as_str() {
                 "." | "" => name.to_owned(),
@@ -589,7 +597,21 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
                 p => format!("{name}.{p}"),
             };
             let (path, message) = explain(path, &e.into_inner().to_string());
+            if meant.contains(&path) {
+                return;
+            }
+            if let Some(key) = message
+                .strip_prefix("unknown key; did you mean `")
+                .and_then(|m| m.split('`').next())
+            {
+                let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+                meant.push(format!("{parent}.{key}"));
+            }
+            let within = path.strip_prefix(name).unwrap_or("").to_owned();
             errs.push(path, message);
+            if !remove_at(&mut value, &within) {
+                return;
+            }
         }
     }
     for (key, value) in table {
@@ -622,6 +644,51 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
         errs.push("(policy)", "the policy could not be read as a whole");
     }
     Err(errs)
+}
+
+/// Takes the key at `path` (`.a.b[2].c`, relative to `value`) out of its
+/// table; false when there is no such key or it is an array's element.
+fn remove_at(value: &mut toml::Value, path: &str) -> bool {
+    let mut segments = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut rest = part;
+        if let Some(open) = rest.find('[') {
+            segments.push((Some(&rest[..open]), None));
+            rest = &rest[open..];
+            while let Some(close) = rest.find(']') {
+                match rest[1..close].parse::<usize>() {
+                    Ok(i) => segments.push((None, Some(i))),
+                    Err(_) => return false,
+                }
+                rest = &rest[close + 1..];
+            }
+        } else {
+            segments.push((Some(rest), None));
+        }
+    }
+    let segments: Vec<_> = segments
+        .into_iter()
+        .filter(|(k, i)| !(k == &Some("") && i.is_none()))
+        .collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for seg in parents {
+        let next = match (seg, at) {
+            ((Some(k), None), toml::Value::Table(t)) => t.get_mut(*k),
+            ((None, Some(i)), toml::Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match (last, at) {
+        ((Some(k), None), toml::Value::Table(t)) => t.remove(*k).is_some(),
+        _ => false,
+    }
 }
 
 const SECTIONS: &[&str] = &[
