@@ -36,6 +36,16 @@ async fn text(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn fill(client: &Client, css: &str, value: &str) {
     let input = client.find(Locator::Css(css)).await.unwrap();
     input.clear().await.unwrap();
@@ -85,32 +95,15 @@ async fn the_status_page_shows_the_regions_and_drains_through_its_buttons() {
 
     // A drain through the button: refused with a wrong token, done with the
     // right one; the page and /regions agree.
-    c.find(Locator::Css(
-        "button[data-action='drain'][data-region='eu-west']",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(c, "button[data-action='drain'][data-region='eu-west']").await;
     fill(c, "#act-reason", "browser drill").await;
     fill(c, "#act-token", "not-the-token").await;
-    c.find(Locator::Css("#act-confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#act-confirm").await;
     let refused = wait_for(c, "#act-error:not(:empty)").await;
     assert_eq!(refused.text().await.unwrap(), "The token was refused.");
     assert_eq!(region_view(admin, "eu-west").await["drained"], false);
     fill(c, "#act-token", TOKEN).await;
-    c.find(Locator::Css("#act-confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#act-confirm").await;
     wait_for(c, "#regions tr[data-region='eu-west'][data-drained='true']").await;
     let drain = text(c, "#regions tr[data-region='eu-west'] td.drain").await;
     assert!(drain.contains("browser drill"), "{drain}");
@@ -154,12 +147,7 @@ async fn the_status_page_shows_the_regions_and_drains_through_its_buttons() {
 
     // The explain form.
     fill(c, "#explain input[name='ip']", "80.128.0.1").await;
-    c.find(Locator::Css("#explain button[type='submit']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#explain button[type='submit']").await;
     let summary = wait_for(c, "#explain-summary:not(:empty)").await;
     let summary = summary.text().await.unwrap();
     assert!(
