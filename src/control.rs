@@ -210,7 +210,6 @@ impl Control {
         self.auth.load()
     }
 
-    /// Ready once every region with checks has had its first one.
     /// Recent health transitions, drains and reloads, newest first.
     pub fn events(&self) -> Vec<Event> {
         self.journal.recent()
@@ -221,6 +220,7 @@ impl Control {
         self.generation.load(Ordering::Relaxed)
     }
 
+    /// Ready once every region with checks has had its first one.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -11,16 +11,6 @@ use anyhow::{Context, Result};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc purges freed pages only when the thread allocates again, after a
-/// delay: an idle worker would hold a burst's memory for good. A forced
-/// `mi_collect` returns every empty page and segment of the thread's heap
-/// (measured with bench/idle.sh: after 8,000 connections close, 277 MB stayed
-/// resident without it, 36 MB with it; unforced, 162 MB). Once a second per
-/// worker, it costs nothing measurable.
-fn purge_allocator() {
-    // SAFETY: mi_collect has no preconditions; it acts on the calling thread's heap.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
 use clap::{Parser, Subcommand};
 
 use georouter::config::Config;
@@ -221,6 +211,17 @@ fn parse_latency(s: &str) -> Result<(String, Duration), String> {
         .ok_or_else(|| format!("{s:?}: expected REGION=DURATION, e.g. eu-west=40ms"))?;
     let d = humantime::parse_duration(d).map_err(|e| format!("{d:?}: {e}"))?;
     Ok((name.to_owned(), d))
+}
+
+/// mimalloc purges freed pages only when the thread allocates again, after a
+/// delay: an idle worker would hold a burst's memory for good. A forced
+/// `mi_collect` returns every empty page and segment of the thread's heap
+/// (measured with bench/idle.sh: after 8,000 connections close, 277 MB stayed
+/// resident without it, 36 MB with it; unforced, 162 MB). Once a second per
+/// worker, it costs nothing measurable.
+fn purge_allocator() {
+    // SAFETY: mi_collect has no preconditions; it acts on the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 fn main() -> ExitCode {

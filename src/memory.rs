@@ -42,12 +42,15 @@ pub async fn purge_loop(mut shutdown: tokio::sync::watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::cell::Cell;
 
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        // Per thread: the purge is process-wide, and only this test's calls count.
+        static CALLS: Cell<usize> = const { Cell::new(0) };
+    }
 
     fn count() {
-        CALLS.fetch_add(1, Ordering::Relaxed);
+        CALLS.with(|c| c.set(c.get() + 1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -57,7 +60,7 @@ mod tests {
         let task = tokio::spawn(purge_loop(shutdown));
         // The paused clock jumps: 3.5 s pass without waiting for them.
         tokio::time::sleep(Duration::from_millis(3500)).await;
-        assert_eq!(CALLS.load(Ordering::Relaxed), 4, "at 0, 1, 2 and 3 s");
+        assert_eq!(CALLS.with(Cell::get), 4, "at 0, 1, 2 and 3 s");
         stop.send(true).unwrap();
         task.await.unwrap();
     }

@@ -133,6 +133,28 @@ crate::io_delegate::delegate_async_write!(Prefixed, inner);
 mod tests {
     use super::*;
 
+    /// A reader gets the prefix and what the stream already has in one read
+    /// (hyper would otherwise grow its buffer for the rest of the head), and
+    /// the spent prefix is freed.
+    #[tokio::test]
+    async fn a_spent_prefix_reads_on_into_the_stream_and_is_freed() {
+        use tokio::io::AsyncReadExt;
+        let stream: &[u8] = b"/ HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut p = Prefixed::new(b"GET ".to_vec(), stream);
+        let mut buf = [0u8; 64];
+        let n = p.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(p.prefix.capacity(), 0);
+        // A reader smaller than the prefix gets it in pieces, nothing skipped.
+        let mut p = Prefixed::new(b"GET ".to_vec(), &b"/"[..]);
+        let mut small = [0u8; 3];
+        let n = p.read(&mut small).await.unwrap();
+        assert_eq!(&small[..n], b"GET");
+        let mut rest = Vec::new();
+        p.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b" /");
+    }
+
     #[tokio::test]
     async fn v1_header_gives_the_client_and_keeps_the_rest() {
         let mut input: &[u8] = b"PROXY TCP4 80.128.0.1 10.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n";

@@ -47,7 +47,7 @@ pub enum TlsError {
     },
     #[error("TLS settings rejected: {0}")]
     Config(#[from] rustls::Error),
-    #[error("tls.resumption.ticket_keys: {0}")]
+    #[error("resumption.ticket_keys: {0}")]
     TicketKeys(#[from] tickets::TicketKeyError),
 }
 

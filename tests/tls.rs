@@ -278,22 +278,11 @@ async fn handshake_kind(
 }
 
 fn tls12_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates([rustls::pki_types::CertificateDer::from(
-        std::fs::read(pki.ca_path())
-            .ok()
-            .and_then(|pem| {
-                use rustls::pki_types::pem::PemObject;
-                rustls::pki_types::CertificateDer::from_pem_slice(&pem).ok()
-            })
-            .unwrap()
-            .to_vec(),
-    )]);
     Arc::new(
         rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS12])
             .unwrap()
-            .with_root_certificates(roots)
+            .with_root_certificates(pki.roots())
             .with_no_client_auth(),
     )
 }
@@ -363,4 +352,41 @@ async fn a_shared_ticket_key_file_resumes_across_instances() {
     let client = Arc::new(pki.client_config(&[]));
     assert_eq!(handshake_kind(&client, &x).await, Full);
     assert_eq!(handshake_kind(&client, &y).await, Full, "keys of its own");
+}
+
+/// A ticket key file that cannot be used refuses the listener, saying which
+/// setting, which file and which line.
+#[tokio::test]
+async fn a_bad_ticket_key_file_is_refused_where_it_is() {
+    let pki = Pki::new("bad-ticket-keys");
+    let (cert, key, _) = pki.issue("bad-keys", &["a.test"]);
+    let keys = pki.dir.join("short.keys");
+    std::fs::write(&keys, "c2hvcnQ=\n").unwrap();
+    let config = georouter::config::Config::from_toml(&format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [[listeners.tls.certificates]]
+        cert = "{}"
+        key = "{}"
+        [listeners.tls.resumption]
+        ticket_keys = "{}"
+        [[regions]]
+        name = "r"
+        endpoints = [{{ url = "http://127.0.0.1:1" }}]
+        "#,
+        toml_path(&cert),
+        toml_path(&key),
+        toml_path(&keys),
+    ))
+    .unwrap();
+    let Err(e) = georouter::server::bind(&config.listeners) else {
+        panic!("a listener with an unusable ticket key file was bound");
+    };
+    let e = e.to_string();
+    let want = format!(
+        "listeners[0].tls: resumption.ticket_keys: {}, line 1: 5 bytes",
+        keys.display()
+    );
+    assert!(e.starts_with(&want), "{e}");
 }

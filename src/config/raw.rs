@@ -649,35 +649,35 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
 /// Takes the key at `path` (`.a.b[2].c`, relative to `value`) out of its
 /// table; false when there is no such key or it is an array's element.
 fn remove_at(value: &mut toml::Value, path: &str) -> bool {
+    enum Seg<'p> {
+        Key(&'p str),
+        Index(usize),
+    }
+    // `.a[2].c` -> Key("a"), Index(2), Key("c").
     let mut segments = Vec::new();
     for part in path.split('.').filter(|p| !p.is_empty()) {
-        let mut rest = part;
-        if let Some(open) = rest.find('[') {
-            segments.push((Some(&rest[..open]), None));
-            rest = &rest[open..];
-            while let Some(close) = rest.find(']') {
-                match rest[1..close].parse::<usize>() {
-                    Ok(i) => segments.push((None, Some(i))),
-                    Err(_) => return false,
-                }
-                rest = &rest[close + 1..];
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|k| !k.is_empty()) {
+            segments.push(Seg::Key(key));
+        }
+        for index in pieces {
+            match index
+                .strip_suffix(']')
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                Some(i) => segments.push(Seg::Index(i)),
+                None => return false,
             }
-        } else {
-            segments.push((Some(rest), None));
         }
     }
-    let segments: Vec<_> = segments
-        .into_iter()
-        .filter(|(k, i)| !(k == &Some("") && i.is_none()))
-        .collect();
     let Some((last, parents)) = segments.split_last() else {
         return false;
     };
     let mut at = value;
     for seg in parents {
         let next = match (seg, at) {
-            ((Some(k), None), toml::Value::Table(t)) => t.get_mut(*k),
-            ((None, Some(i)), toml::Value::Array(a)) => a.get_mut(*i),
+            (Seg::Key(k), toml::Value::Table(t)) => t.get_mut(*k),
+            (Seg::Index(i), toml::Value::Array(a)) => a.get_mut(*i),
             _ => None,
         };
         match next {
@@ -686,7 +686,7 @@ fn remove_at(value: &mut toml::Value, path: &str) -> bool {
         }
     }
     match (last, at) {
-        ((Some(k), None), toml::Value::Table(t)) => t.remove(*k).is_some(),
+        (Seg::Key(k), toml::Value::Table(t)) => t.remove(*k).is_some(),
         _ => false,
     }
 }

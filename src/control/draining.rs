@@ -191,8 +191,8 @@ impl Control {
         if drain.is_some() && !force {
             last_serving_guard(&table, &self.state.routing.load().states, r)?;
         }
-        let undrained = drain.is_none() && inner.drains.get(region).is_some();
-        if undrained {
+        let was = inner.drains.get(region).is_some();
+        if drain.is_none() && was {
             if let Some(rec) = inner.regions.get_mut(&r.name) {
                 rec.machine.begin_ramp(Instant::now());
             }
@@ -203,7 +203,6 @@ impl Control {
             since: unix_now(),
             scope: crate::drains::Scope::Local,
         });
-        let was = inner.drains.get(region).is_some();
         let persisted = inner.drains.set(region, entry).err();
         let now = inner.drains.get(region);
         if was || now.is_some() {
@@ -212,9 +211,8 @@ impl Control {
         self.publish(&mut inner);
         Ok(persisted)
     }
-}
 
-impl Control {
+    /// The drain (or undrain) just made, in the journal.
     fn journal_drain(&self, region: &str, drain: Option<&Drain>) {
         match drain {
             Some(d) => self.journal.record(

@@ -330,16 +330,21 @@ impl Pki {
         (cert_path, key_path, cert.der().to_vec())
     }
 
-    /// A rustls client config that trusts this CA, with the given ALPN.
-    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    /// Roots holding this CA only.
+    pub fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
+        roots
+    }
+
+    /// A rustls client config that trusts this CA, with the given ALPN.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
         let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(self.roots())
         .with_no_client_auth();
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         c
