@@ -114,6 +114,7 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     pub http2_max_concurrent_streams: u32,
     pub http2_max_control_frames: u32,
+    pub http2: Http2Tuning,
     pub shutdown_grace: Duration,
     pub preserve_host: bool,
     pub region_header: bool,
@@ -122,6 +123,20 @@ pub struct ServerSettings {
     pub access_log: bool,
     /// The log as JSON, one object per line (else key=value text).
     pub log_json: bool,
+}
+
+/// HTTP/2 flow control and framing of one side: the clients' (`[server]`) or
+/// the regions' (`[upstream]`). Chosen by measurement (docs/performance.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Tuning {
+    /// What a peer may send on one stream before it must wait for us to read.
+    pub stream_window: u32,
+    /// The same, over all the connection's streams.
+    pub connection_window: u32,
+    /// The largest DATA frame we accept (SETTINGS_MAX_FRAME_SIZE).
+    pub max_frame_size: u32,
+    /// Windows sized by the measured bandwidth-delay product, not fixed.
+    pub adaptive_window: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -185,6 +200,7 @@ pub struct UpstreamSettings {
     pub request_body_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
+    pub http2: Http2Tuning,
 }
 
 /// A region name: cheap to clone, compared by value.
@@ -229,6 +245,8 @@ pub struct EndpointSpec {
     pub scheme: Scheme,
     pub authority: Authority,
     pub protocol: Protocol,
+    /// The authority as a `Host` value, rendered once.
+    pub host: http::HeaderValue,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -4,7 +4,7 @@
 
 use std::future::Future as _;
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
@@ -59,7 +59,9 @@ pub struct Forwarded<'t> {
 
 /// Points a request at an endpoint: origin-form URI for HTTP/1.1 (with the
 /// endpoint as `Host` unless the client's is preserved), absolute URI
-/// (`:scheme`, `:authority`) for HTTP/2.
+/// (`:scheme`, `:authority`) for HTTP/2, where the preserved host is
+/// `:authority` and no `Host` goes along: RFC 9113 8.3.1 makes a request whose
+/// `Host` differs from its `:authority` malformed.
 fn retarget(req: &mut Request<UpstreamBody>, ep: &EndpointSpec, preserve_host: bool) {
     let path = req
         .uri()
@@ -70,16 +72,20 @@ fn retarget(req: &mut Request<UpstreamBody>, ep: &EndpointSpec, preserve_host: b
         Protocol::Http1 => {
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = Version::HTTP_11;
+            // `insert` replaces the client's Host in place: one probe.
             if !preserve_host || !req.headers().contains_key(header::HOST) {
-                if let Ok(host) = HeaderValue::from_str(ep.authority.as_str()) {
-                    req.headers_mut().insert(header::HOST, host);
-                }
+                req.headers_mut().insert(header::HOST, ep.host.clone());
             }
         }
         Protocol::Http2 => {
+            let host = req.headers_mut().remove(header::HOST);
+            let authority = host
+                .filter(|_| preserve_host)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| ep.authority.clone());
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(ep.scheme.clone());
-            parts.authority = Some(ep.authority.clone());
+            parts.authority = Some(authority);
             parts.path_and_query = Some(path);
             *req.uri_mut() =
                 Uri::from_parts(parts).expect("scheme, authority and path are all set");

@@ -13,6 +13,7 @@ use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+use crate::config::Http2Tuning;
 use crate::proxy_protocol::Prefixed;
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -66,6 +67,7 @@ impl Builders {
         max_headers: usize,
         max_concurrent_streams: u32,
         idle_timeout: Duration,
+        tuning: &Http2Tuning,
     ) -> Builders {
         let mut h1 = http1::Builder::new();
         // No hyper timer for HTTP/1.1: the header deadline is the connection
@@ -75,6 +77,10 @@ impl Builders {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(max_concurrent_streams)
+            .initial_stream_window_size(tuning.stream_window)
+            .initial_connection_window_size(tuning.connection_window)
+            .max_frame_size(tuning.max_frame_size)
+            .adaptive_window(tuning.adaptive_window)
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(idle_timeout / 2))
             .keep_alive_timeout(Duration::from_secs(20));

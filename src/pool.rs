@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client_body::ClientBody;
-use crate::config::{EndpointSpec, Protocol};
+use crate::config::{EndpointSpec, Http2Tuning, Protocol};
 use crate::table::{Region, RoutingTable};
 
 /// A request body on its way upstream: the client's (with the size limit), or none.
@@ -243,11 +243,14 @@ pub async fn checkout(
     let timeout = table.settings.upstream.connect_timeout;
     // Boxed: a TLS handshake's state is large, and it would otherwise make every
     // request's future (moved into each HTTP/2 stream's task) as large.
-    let sender = Box::pin(tokio::time::timeout(timeout, connect(region, ep)))
-        .await
-        .map_err(|_| ConnectError::Timeout {
-            authority: ep.authority.to_string(),
-        })??;
+    let sender = Box::pin(tokio::time::timeout(
+        timeout,
+        connect(region, ep, &table.settings.upstream.http2),
+    ))
+    .await
+    .map_err(|_| ConnectError::Timeout {
+        authority: ep.authority.to_string(),
+    })??;
     if let Sender::Http2(s) = &sender {
         let s = s.clone();
         with_pools(table, |p| {
@@ -376,7 +379,11 @@ impl Body for PooledBody {
     }
 }
 
-async fn connect(region: &Region, ep: &EndpointSpec) -> Result<Sender, ConnectError> {
+async fn connect(
+    region: &Region,
+    ep: &EndpointSpec,
+    tuning: &Http2Tuning,
+) -> Result<Sender, ConnectError> {
     let authority = || ep.authority.to_string();
     let host = ep.authority.host();
     let host = host
@@ -397,7 +404,7 @@ async fn connect(region: &Region, ep: &EndpointSpec) -> Result<Sender, ConnectEr
         })?;
     let _ = tcp.set_nodelay(true);
     if ep.scheme != http::uri::Scheme::HTTPS {
-        return handshake(tcp, ep).await;
+        return handshake(tcp, ep, tuning).await;
     }
     let tls = match ep.protocol {
         Protocol::Http1 => region.tls_http1.clone(),
@@ -414,10 +421,14 @@ async fn connect(region: &Region, ep: &EndpointSpec) -> Result<Sender, ConnectEr
             authority: authority(),
             source,
         })?;
-    handshake(stream, ep).await
+    handshake(stream, ep, tuning).await
 }
 
-async fn handshake<I>(io: I, ep: &EndpointSpec) -> Result<Sender, ConnectError>
+async fn handshake<I>(
+    io: I,
+    ep: &EndpointSpec,
+    tuning: &Http2Tuning,
+) -> Result<Sender, ConnectError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -446,6 +457,10 @@ where
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(std::time::Duration::from_secs(20))
+                .initial_stream_window_size(tuning.stream_window)
+                .initial_connection_window_size(tuning.connection_window)
+                .max_frame_size(tuning.max_frame_size)
+                .adaptive_window(tuning.adaptive_window)
                 .handshake(io)
                 .await
                 .map_err(failed)?;
@@ -475,8 +490,9 @@ pub async fn probe(
     region: &Region,
     ep: &EndpointSpec,
     path: &http::uri::PathAndQuery,
+    tuning: &Http2Tuning,
 ) -> Result<http::StatusCode, ProbeError> {
-    let sender = connect(region, ep).await?;
+    let sender = connect(region, ep, tuning).await?;
     let mut req = Request::new(Either::Right(Empty::new()));
     req.headers_mut().insert(
         http::header::USER_AGENT,

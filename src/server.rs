@@ -134,6 +134,7 @@ pub struct ConnLimits {
     pub http2_max_concurrent_streams: u32,
     /// Control frames a client may send per second (see `h2_guard`).
     pub http2_max_control_frames: u32,
+    pub http2: crate::config::Http2Tuning,
     pub shutdown_grace: Duration,
     /// Accept failures that were not about one connection (EMFILE, ENFILE, ...).
     pub accept_errors: Arc<AtomicU64>,
@@ -151,6 +152,7 @@ impl ConnLimits {
             max_headers: settings.max_headers,
             http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
             http2_max_control_frames: settings.http2_max_control_frames,
+            http2: settings.http2,
             shutdown_grace: settings.shutdown_grace,
             accept_errors: Arc::new(AtomicU64::new(0)),
         }
@@ -162,6 +164,7 @@ impl ConnLimits {
             self.max_headers,
             self.http2_max_concurrent_streams,
             self.idle_timeout,
+            &self.http2,
         )
     }
 }

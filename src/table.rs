@@ -488,10 +488,13 @@ impl RoutingTable {
                 .map(|&i| &self.routes[i])
                 .find(|r| path.starts_with(&*r.path_prefix) && r.methods.contains(method))
         };
-        if !host.is_empty() {
+        // A policy without host routes (the common case) hashes nothing.
+        if !host.is_empty() && !self.exact.is_empty() {
             if let Some(r) = self.exact.get(host).and_then(|l| pick(l)) {
                 return Some(r);
             }
+        }
+        if !host.is_empty() && !self.wildcard.is_empty() {
             if let Some((_, parent)) = host.split_once('.') {
                 if let Some(r) = self.wildcard.get(parent).and_then(|l| pick(l)) {
                     return Some(r);

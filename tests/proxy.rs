@@ -58,6 +58,44 @@ async fn http2_endpoint_is_reached_with_prior_knowledge() {
     }
 }
 
+/// RFC 9113 8.3.1: a Host that differs from `:authority` makes an HTTP/2
+/// request malformed (nginx answers 400). The preserved host is `:authority`.
+#[tokio::test]
+async fn http2_endpoint_gets_the_host_as_authority_and_no_host_header() {
+    let a = region("a").await;
+    for (preserve, authority) in [
+        (true, "app.example:8443".to_owned()),
+        (false, a.addr().to_string()),
+    ] {
+        let toml = format!(
+            "[server]\npreserve_host = {preserve}\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+             [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"{}\", protocol = \"http2\" }}]\n",
+            a.url()
+        );
+        let router = TestRouter::spawn(&toml).await;
+        let r = send(
+            &h1_client(),
+            http::Request::get(router.url("/echo"))
+                .header("host", "app.example:8443")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let first = r.body.lines().next().unwrap();
+        assert_eq!(
+            first,
+            format!("GET http://{authority}/echo HTTP/2.0"),
+            "preserve_host = {preserve}"
+        );
+        assert!(
+            !r.body.lines().any(|l| l.starts_with("host:")),
+            "preserve_host = {preserve}: {}",
+            r.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn routes_pick_regions_by_host_and_path() {
     let a = region("a").await;

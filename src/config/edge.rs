@@ -6,9 +6,51 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{
-    raw, AdminSettings, CertificateSpec, ClientSettings, Invalid, ListenerSpec, Resumption,
-    ServerSettings, TlsSpec, UpstreamSettings,
+    raw, AdminSettings, CertificateSpec, ClientSettings, Http2Tuning, Invalid, ListenerSpec,
+    Resumption, ServerSettings, TlsSpec, UpstreamSettings,
 };
+
+/// HTTP/2 settings of `section`, in the bounds RFC 9113 sets: a window
+/// from 65535 (the initial one) to 2^31-1 (6.9.1), a frame size from 16384 to
+/// 2^24-1 (4.2).
+fn http2(
+    section: &str,
+    (stream_window, connection_window, max_frame_size, adaptive_window): (u32, u32, u32, bool),
+    errs: &mut Invalid,
+) -> Http2Tuning {
+    const WINDOWS: std::ops::RangeInclusive<u32> = 65_535..=(1 << 31) - 1;
+    const FRAMES: std::ops::RangeInclusive<u32> = 16_384..=(1 << 24) - 1;
+    for (key, value, range) in [
+        ("http2_stream_window", stream_window, WINDOWS),
+        ("http2_connection_window", connection_window, WINDOWS),
+        ("http2_max_frame_size", max_frame_size, FRAMES),
+    ] {
+        if !range.contains(&value) {
+            errs.push(
+                format!("{section}.{key}"),
+                format!(
+                    "{value} is outside {} to {} (RFC 9113)",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+    }
+    if connection_window < stream_window && WINDOWS.contains(&connection_window) {
+        errs.push(
+            format!("{section}.http2_connection_window"),
+            format!(
+                "{connection_window} is below http2_stream_window ({stream_window}): one stream could not use its window"
+            ),
+        );
+    }
+    Http2Tuning {
+        stream_window,
+        connection_window,
+        max_frame_size,
+        adaptive_window,
+    }
+}
 
 pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
     if s.max_connections == 0 {
@@ -40,6 +82,16 @@ pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
             errs.push(name, "must be longer than 0s");
         }
     }
+    let http2 = http2(
+        "server",
+        (
+            s.http2_stream_window,
+            s.http2_connection_window,
+            s.http2_max_frame_size,
+            s.http2_adaptive_window,
+        ),
+        errs,
+    );
     let log_json = match s.log_format.as_str() {
         "text" => false,
         "json" => true,
@@ -63,6 +115,7 @@ pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
         max_body_bytes: s.max_body_bytes,
         http2_max_concurrent_streams: s.http2_max_concurrent_streams,
         http2_max_control_frames: s.http2_max_control_frames,
+        http2,
         shutdown_grace: s.shutdown_grace,
         preserve_host: s.preserve_host,
         region_header: s.region_header,
@@ -264,5 +317,15 @@ pub(super) fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSetti
         request_body_timeout: u.request_body_timeout,
         pool_idle_timeout: u.pool_idle_timeout,
         pool_max_idle_per_endpoint: u.pool_max_idle_per_endpoint,
+        http2: http2(
+            "upstream",
+            (
+                u.http2_stream_window,
+                u.http2_connection_window,
+                u.http2_max_frame_size,
+                u.http2_adaptive_window,
+            ),
+            errs,
+        ),
     }
 }

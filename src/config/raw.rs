@@ -144,6 +144,10 @@ pub struct RawServer {
     /// SETTINGS, PING, WINDOW_UPDATE and PRIORITY frames a client may send per
     /// second before GOAWAY(ENHANCE_YOUR_CALM); 0 = no limit.
     pub http2_max_control_frames: u32,
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
+    pub http2_max_frame_size: u32,
+    pub http2_adaptive_window: bool,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub preserve_host: bool,
@@ -170,6 +174,10 @@ impl Default for RawServer {
             max_body_bytes: 64 * 1024 * 1024,
             http2_max_concurrent_streams: 256,
             http2_max_control_frames: 1000,
+            http2_stream_window: SERVER_HTTP2_STREAM_WINDOW,
+            http2_connection_window: SERVER_HTTP2_CONNECTION_WINDOW,
+            http2_max_frame_size: HTTP2_MAX_FRAME_SIZE,
+            http2_adaptive_window: false,
             shutdown_grace: Duration::from_secs(30),
             preserve_host: true,
             region_header: true,
@@ -460,7 +468,18 @@ pub struct RawUpstream {
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
+    pub http2_max_frame_size: u32,
+    pub http2_adaptive_window: bool,
 }
+
+// HTTP/2 defaults, chosen by measurement: docs/performance.md, "HTTP/2 settings".
+const SERVER_HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
+const SERVER_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const UPSTREAM_HTTP2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const UPSTREAM_HTTP2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const HTTP2_MAX_FRAME_SIZE: u32 = 16 * 1024;
 
 impl Default for RawUpstream {
     fn default() -> Self {
@@ -471,6 +490,10 @@ impl Default for RawUpstream {
             request_body_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_endpoint: 256,
+            http2_stream_window: UPSTREAM_HTTP2_STREAM_WINDOW,
+            http2_connection_window: UPSTREAM_HTTP2_CONNECTION_WINDOW,
+            http2_max_frame_size: HTTP2_MAX_FRAME_SIZE,
+            http2_adaptive_window: false,
         }
     }
 }

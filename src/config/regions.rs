@@ -158,9 +158,17 @@ fn endpoint(path: &str, e: &raw::RawEndpoint, errs: &mut Invalid) -> Option<Endp
             ),
         );
     }
+    let Ok(host) = http::HeaderValue::from_str(authority.as_str()) else {
+        errs.push(
+            format!("{path}.url"),
+            format!("{:?}: the host is not a valid Host header", e.url),
+        );
+        return None;
+    };
     Some(EndpointSpec {
         scheme: scheme.clone(),
         authority: authority.clone(),
         protocol,
+        host,
     })
 }

@@ -235,7 +235,7 @@ impl Control {
                 let region = table.region(id);
                 loop {
                     let outcome = tokio::select! {
-                        o = check::run(region, &check) => o,
+                        o = check::run(region, &check, &table.settings.upstream.http2) => o,
                         _ = shutdown.changed() => return,
                     };
                     control.report(&region.name, outcome);

@@ -140,6 +140,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             a.http2_max_control_frames != b.http2_max_control_frames,
         ),
         (
+            "server.http2_*_window, http2_max_frame_size",
+            a.http2 != b.http2,
+        ),
+        (
             "server.shutdown_grace",
             a.shutdown_grace != b.shutdown_grace,
         ),
@@ -163,6 +167,7 @@ fn keep_restart_only(new: &mut Config, running: &Config) {
     s.max_headers = r.max_headers;
     s.http2_max_concurrent_streams = r.http2_max_concurrent_streams;
     s.http2_max_control_frames = r.http2_max_control_frames;
+    s.http2 = r.http2;
     s.shutdown_grace = r.shutdown_grace;
 }
 

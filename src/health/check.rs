@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::blame::LocalFault;
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, Http2Tuning};
 use crate::pool;
 use crate::table::Region;
 
@@ -24,11 +24,13 @@ pub enum Outcome {
 /// Checks `region`: it passes when any endpoint answers in time with an expected
 /// status. Endpoints are not taken out one by one: a request that cannot connect
 /// to one goes to the region's next endpoint (`forward.rs`).
-pub async fn run(region: &Region, check: &HealthCheck) -> Outcome {
+pub async fn run(region: &Region, check: &HealthCheck, tuning: &Http2Tuning) -> Outcome {
     let mut why = String::new();
     for ep in region.endpoints.iter() {
         let started = Instant::now();
-        match tokio::time::timeout(check.timeout, pool::probe(region, ep, &check.path)).await {
+        match tokio::time::timeout(check.timeout, pool::probe(region, ep, &check.path, tuning))
+            .await
+        {
             Ok(Ok(status)) if check.expected_status.contains(&status.as_u16()) => {
                 return Outcome::Passed {
                     rtt: started.elapsed(),

@@ -92,14 +92,10 @@ pub(super) fn build(
         &conn.proto(),
         original_host.as_ref(),
     );
-    match (original_host, settings.preserve_host) {
-        (Some(h), true) if !host_in_map => {
-            parts.headers.insert(header::HOST, h);
-        }
-        (_, false) if host_in_map => {
-            parts.headers.remove(header::HOST);
-        }
-        _ => {}
+    // Without `preserve_host` the client's Host stays for `forward::retarget`
+    // to replace in place (HTTP/1.1) or take out (HTTP/2).
+    if let (Some(h), true, false) = (original_host, settings.preserve_host, host_in_map) {
+        parts.headers.insert(header::HOST, h);
     }
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
     let (body, progress) = if body.is_end_stream() {
