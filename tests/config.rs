@@ -89,6 +89,23 @@ fn every_error_is_reported_with_its_path() {
             format!("[[listeners]]\naddress = \"127.0.0.1:0\"\ntls = {{ certificates = [] }}\n{REGION}"),
             &["listeners[0].tls.certificates"],
         ),
+        (
+            "HTTP/2 windows and frame size outside RFC 9113's bounds",
+            format!(
+                "[server]\nhttp2_stream_window = 65534\nhttp2_max_frame_size = 16777216\n\
+                 [upstream]\nhttp2_connection_window = 2147483648\n{LISTENER}{REGION}"
+            ),
+            &[
+                "server.http2_stream_window",
+                "server.http2_max_frame_size",
+                "upstream.http2_connection_window",
+            ],
+        ),
+        (
+            "HTTP/2 connection window below the stream window",
+            format!("[upstream]\nhttp2_stream_window = 1048576\nhttp2_connection_window = 65535\n{LISTENER}{REGION}"),
+            &["upstream.http2_connection_window"],
+        ),
     ];
     for (name, toml, want) in cases {
         assert_eq!(errors(toml), *want, "case: {name}");

@@ -111,3 +111,51 @@ async fn an_ordinary_http2_client_is_not_disturbed() {
         assert_eq!(get(&client, &router.url("/")).await.status, 200);
     }
 }
+
+/// The HTTP/2 settings of `[server]` reach the client: the stream window and
+/// frame size in the router's SETTINGS, the connection window by a
+/// WINDOW_UPDATE on stream 0.
+#[tokio::test]
+async fn the_configured_http2_windows_and_frame_size_are_advertised() {
+    let a = region("a").await;
+    let r = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\nhttp2_stream_window = 262144\nhttp2_connection_window = 524288\n\
+         http2_max_frame_size = 32768\n",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(r.addr()).await.unwrap();
+    s.write_all(&opening()).await.unwrap();
+    let (mut settings, mut connection_increment) = (Vec::new(), None);
+    while settings.is_empty() || connection_increment.is_none() {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut head))
+            .await
+            .expect("the router's SETTINGS and WINDOW_UPDATE within 20 s")
+            .unwrap();
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        match head[3] {
+            0x4 if head[4] & 0x1 == 0 => {
+                settings = payload
+                    .chunks(6)
+                    .map(|c| {
+                        let id = u16::from_be_bytes([c[0], c[1]]);
+                        (id, u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+                    })
+                    .collect();
+            }
+            0x8 if stream == 0 => {
+                connection_increment = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+            }
+            _ => {}
+        }
+    }
+    assert!(settings.contains(&(0x4, 262_144)), "{settings:?}");
+    assert!(settings.contains(&(0x5, 32_768)), "{settings:?}");
+    assert_eq!(connection_increment, Some(524_288 - 65_535));
+}

@@ -432,3 +432,42 @@ async fn host_can_be_rewritten_to_the_endpoint() {
         r.body
     );
 }
+
+/// The HTTP/2 settings of `[upstream]` reach the region: its first SETTINGS
+/// from the router carries the stream window and frame size.
+#[tokio::test]
+async fn the_upstream_http2_settings_reach_the_region() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let toml = format!(
+        "[upstream]\nhttp2_stream_window = 131072\nhttp2_connection_window = 1048576\n\
+         http2_max_frame_size = 65536\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://{}\", protocol = \"http2\" }}]\n",
+        listener.local_addr().unwrap()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let client = h1_client();
+    let url = router.url("/");
+    let request = tokio::spawn(async move { get(&client, &url).await });
+    // A health check or the request: either connection opens with SETTINGS.
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut preface = [0u8; 24];
+    s.read_exact(&mut preface).await.unwrap();
+    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 0x4, "SETTINGS first");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    let settings: Vec<(u16, u32)> = payload
+        .chunks(6)
+        .map(|c| {
+            let id = u16::from_be_bytes([c[0], c[1]]);
+            (id, u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+        })
+        .collect();
+    assert!(settings.contains(&(0x4, 131_072)), "{settings:?}");
+    assert!(settings.contains(&(0x5, 65_536)), "{settings:?}");
+    drop(s);
+    request.abort();
+}
