@@ -76,6 +76,13 @@ pub struct Scan<'a> {
     pub request_id: Option<&'a HeaderValue>,
 }
 
+impl<'a> Scan<'a> {
+    /// The Host header, when the request has one (admission refuses two).
+    pub fn host(&self) -> Option<&'a HeaderValue> {
+        self.host
+    }
+}
+
 /// A request let in, and what its scan says the router must do to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admitted {

@@ -9,16 +9,37 @@ use std::task::Poll;
 
 use tokio::time::{Instant, Sleep};
 
-/// A connection's spare timer. HTTP/1.1 requests take turns with it; concurrent
-/// HTTP/2 streams that find it taken make their own.
+/// A connection's spare timers. HTTP/1.1 requests take turns with one;
+/// concurrent HTTP/2 streams take one each, and as many come back as were in
+/// use at once (up to [`MAX_SPARES`]), so a busy connection makes none.
 #[derive(Debug, Default)]
-pub struct TimerSlot(Mutex<Option<Pin<Box<Sleep>>>>);
+pub struct TimerSlot(Mutex<Spares>);
+
+/// The first spare inline: an HTTP/1.1 connection never allocates the list.
+#[derive(Debug, Default)]
+struct Spares {
+    first: Option<Pin<Box<Sleep>>>,
+    more: Vec<Pin<Box<Sleep>>>,
+}
+
+/// Spare timers kept per connection (a timer is about 100 bytes).
+pub const MAX_SPARES: usize = 32;
 
 impl TimerSlot {
-    /// Lends the spare timer, or none when another request holds it.
+    /// Lends a spare timer, or none when other requests hold them all.
     pub fn lend(&self) -> Lent<'_> {
-        let sleep = self.0.lock().ok().and_then(|mut s| s.take());
+        let sleep = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut s| s.first.take().or_else(|| s.more.pop()));
         Lent { slot: self, sleep }
+    }
+
+    #[cfg(test)]
+    fn spares(&self) -> usize {
+        let s = self.0.lock().unwrap();
+        usize::from(s.first.is_some()) + s.more.len()
     }
 }
 
@@ -58,8 +79,12 @@ impl Lent<'_> {
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
         if let Some(sleep) = self.sleep.take() {
-            if let Ok(mut spare) = self.slot.0.lock() {
-                spare.get_or_insert(sleep);
+            if let Ok(mut spares) = self.slot.0.lock() {
+                if spares.first.is_none() {
+                    spares.first = Some(sleep);
+                } else if spares.more.len() + 1 < MAX_SPARES {
+                    spares.more.push(sleep);
+                }
             }
         }
     }
@@ -116,9 +141,21 @@ mod tests {
         second.within(far, pin!(async {})).await;
         drop(first);
         drop(second);
-        assert!(
-            slot.0.lock().unwrap().is_some(),
-            "one timer kept as the spare"
-        );
+        assert_eq!(slot.spares(), 2, "both timers kept as spares");
+        // Concurrent borrowers (HTTP/2 streams) now find a timer each.
+        let (a, b, c) = (slot.lend(), slot.lend(), slot.lend());
+        assert!(a.sleep.is_some() && b.sleep.is_some() && c.sleep.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spares_are_capped() {
+        let slot = TimerSlot::default();
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut lent: Vec<Lent<'_>> = (0..MAX_SPARES + 8).map(|_| slot.lend()).collect();
+        for l in &mut lent {
+            l.within(far, pin!(async {})).await;
+        }
+        drop(lent);
+        assert_eq!(slot.spares(), MAX_SPARES);
     }
 }

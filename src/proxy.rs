@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
@@ -100,6 +100,9 @@ pub async fn handle(
     let flaw = conn.verdicts.of(active.index());
     let scan = admit::scan(req.headers());
     let request_id = request_id::of(scan.request_id);
+    // The Host header as the scan found it: no second lookup for the route or
+    // the upstream request.
+    let host_header = scan.host().cloned();
     let admitted = admit::check(
         &scan,
         req.method(),
@@ -119,7 +122,11 @@ pub async fn handle(
         &snapshot,
         req,
         started,
-        (flaw, admitted),
+        Door {
+            flaw,
+            admitted,
+            host_header,
+        },
         made,
         &mut route,
     )
@@ -188,10 +195,12 @@ fn set_path(uri: &mut http::Uri, path: &str) -> Result<(), ProxyError> {
 }
 
 /// The request's host, lower case and without port, in `buf` when it had to be
-/// lowered (no allocation either way). `host` is where admission found it.
+/// lowered (no allocation either way). `host` is where admission found it,
+/// `header` the Host header.
 fn request_host<'b>(
     req: &'b Request<Incoming>,
     host: Option<Host>,
+    header: Option<&'b HeaderValue>,
     buf: &'b mut [u8; 256],
 ) -> &'b str {
     let Some(host) = host else { return "" };
@@ -199,13 +208,18 @@ fn request_host<'b>(
     // admission, which made sure that Host agrees with it.
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(""),
+        None => header.and_then(|h| h.to_str().ok()).unwrap_or(""),
     };
     host.of(raw, buf)
+}
+
+/// What was found at the door, before anything was decided.
+struct Door {
+    /// The HTTP/1.1 framing guard's verdict.
+    flaw: Option<Flaw>,
+    admitted: Result<Admitted, Refused>,
+    /// The request's Host header, if it has one.
+    host_header: Option<HeaderValue>,
 }
 
 /// One request through its stages, each with one job: at the door ([`check`]),
@@ -218,15 +232,29 @@ async fn proxy<'s>(
     snapshot: &'s Snapshot,
     mut req: Request<Incoming>,
     started: Instant,
-    door: (Option<Flaw>, Result<Admitted, Refused>),
+    door: Door,
     made_id: Option<u64>,
     route: &mut Option<&'s str>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let settings = &snapshot.table.settings;
     budget::deposit(&settings.retry);
-    let admitted = check(&mut req, settings, door)?;
-    let plan = decide(conn, snapshot, &req, &admitted, route)?;
-    let upstream = upstream::build(conn, snapshot, req, &admitted, &plan, made_id);
+    let admitted = check(&mut req, settings, door.flaw, door.admitted)?;
+    let host_header = door.host_header;
+    let plan = decide(
+        conn,
+        snapshot,
+        &req,
+        (&admitted, host_header.as_ref()),
+        route,
+    )?;
+    let upstream = upstream::build(
+        conn,
+        snapshot,
+        req,
+        (&admitted, host_header),
+        &plan,
+        made_id,
+    );
     let attempt = forward::Attempt {
         table: &snapshot.table,
         accounts: &snapshot.accounts,
@@ -277,7 +305,8 @@ async fn proxy<'s>(
 fn check(
     req: &mut Request<Incoming>,
     settings: &RequestSettings,
-    (flaw, admitted): (Option<Flaw>, Result<Admitted, Refused>),
+    flaw: Option<Flaw>,
+    admitted: Result<Admitted, Refused>,
 ) -> Result<Admitted, ProxyError> {
     if let Some(flaw) = flaw {
         return Err(ProxyError::Refused(match flaw {
@@ -324,7 +353,7 @@ fn decide<'t>(
     conn: &Connection,
     snapshot: &'t Snapshot,
     req: &Request<Incoming>,
-    admitted: &Admitted,
+    (admitted, host_header): (&Admitted, Option<&HeaderValue>),
     route_out: &mut Option<&'t str>,
 ) -> Result<Plan<'t>, ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
@@ -336,7 +365,7 @@ fn decide<'t>(
         table,
         Sources {
             client,
-            host: request_host(req, admitted.host, &mut host_buf),
+            host: request_host(req, admitted.host, host_header, &mut host_buf),
             path: req.uri().path(),
             method: req.method(),
             headers: req.headers(),

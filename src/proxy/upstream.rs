@@ -35,7 +35,7 @@ pub(super) fn build(
     conn: &Connection,
     snapshot: &Snapshot,
     mut req: Request<Incoming>,
-    admitted: &Admitted,
+    (admitted, host_header): (&Admitted, Option<HeaderValue>),
     plan: &Plan<'_>,
     made_id: Option<u64>,
 ) -> Upstream {
@@ -66,7 +66,6 @@ pub(super) fn build(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // HTTP/1.1 carries Host; HTTP/2 carries :authority instead.
-    let host_header = parts.headers.get(header::HOST).cloned();
     let host_in_map = host_header.is_some();
     let original_host = host_header.or_else(|| {
         parts
