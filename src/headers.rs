@@ -28,11 +28,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names notes which are there, a bit each: most messages
     // carry none of them or only `Connection`, and a removal costs a hash and a
     // probe.
+    // The same pass reads `Connection`'s values: most name no header, only
+    // `keep-alive` or `close`, and then nothing is looked up again.
     const TE_BIT: u16 = 1 << HOP_COUNT;
     let mut present = 0u16;
-    for name in headers.keys() {
+    let mut names_headers = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
+            // HOP_BY_HOP[0] is `Connection`.
+            if i == 0 && !names_headers {
+                names_headers = connection_names(value).next().is_some();
+            }
         } else if name == header::TE {
             present |= TE_BIT;
         }
@@ -40,8 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    // HOP_BY_HOP[0] is `Connection`.
-    if present & 1 != 0 {
+    if names_headers {
         remove_connection_named(headers);
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
@@ -59,23 +65,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the headers that `Connection` names (RFC 9110 7.6.1). `keep-alive`,
-/// `close` and `upgrade` name nothing extra: the common case allocates nothing.
+/// The tokens of a `Connection` value that name headers (RFC 9110 7.6.1):
+/// `keep-alive`, `close` and `upgrade` name nothing extra.
+fn connection_names(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !is_connection_option(t))
+}
+
+/// Removes the headers that `Connection` names.
 fn remove_connection_named(headers: &mut HeaderMap) {
-    let names_extra = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| !is_connection_option(t.trim_ascii()));
-    if !names_extra {
-        return;
-    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter(|t| !is_connection_option(t.trim_ascii()))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .flat_map(connection_names)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for name in named {
         if name != header::TE {
@@ -187,6 +193,16 @@ mod tests {
             ("x-kept", "3"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+        // A name in a later `Connection` line counts as much as in the first.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", " , x-later"),
+            ("x-later", "1"),
+            ("x-kept", "2"),
         ]);
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

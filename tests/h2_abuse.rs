@@ -139,13 +139,7 @@ async fn the_configured_http2_windows_and_frame_size_are_advertised() {
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
         match head[3] {
             0x4 if head[4] & 0x1 == 0 => {
-                settings = payload
-                    .chunks(6)
-                    .map(|c| {
-                        let id = u16::from_be_bytes([c[0], c[1]]);
-                        (id, u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
-                    })
-                    .collect();
+                settings = settings_of(&payload);
             }
             0x8 if stream == 0 => {
                 connection_increment = Some(u32::from_be_bytes([

@@ -459,13 +459,7 @@ async fn the_upstream_http2_settings_reach_the_region() {
     let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
     let mut payload = vec![0u8; len];
     s.read_exact(&mut payload).await.unwrap();
-    let settings: Vec<(u16, u32)> = payload
-        .chunks(6)
-        .map(|c| {
-            let id = u16::from_be_bytes([c[0], c[1]]);
-            (id, u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
-        })
-        .collect();
+    let settings: Vec<(u16, u32)> = settings_of(&payload);
     assert!(settings.contains(&(0x4, 131_072)), "{settings:?}");
     assert!(settings.contains(&(0x5, 65_536)), "{settings:?}");
     drop(s);

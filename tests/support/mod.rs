@@ -609,3 +609,14 @@ pub fn sum_of(metrics: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The (identifier, value) pairs of an HTTP/2 SETTINGS payload (RFC 9113 6.5.1).
+pub fn settings_of(payload: &[u8]) -> Vec<(u16, u32)> {
+    payload
+        .chunks_exact(6)
+        .map(|c| {
+            let id = u16::from_be_bytes([c[0], c[1]]);
+            (id, u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+        })
+        .collect()
+}
