@@ -126,7 +126,7 @@ pub struct ServerSettings {
 }
 
 /// HTTP/2 flow control and framing of one side: the clients' (`[server]`) or
-/// the regions' (`[upstream]`). Chosen by measurement (docs/performance.md).
+/// the regions' (`[upstream]`). Defaults by measurement: README, "Performance".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Http2Tuning {
     /// What a peer may send on one stream before it must wait for us to read.

@@ -4,7 +4,7 @@
 
 use std::future::Future as _;
 
-use http::header;
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
@@ -57,8 +57,9 @@ pub struct Forwarded<'t> {
     pub first_failure: Option<(RegionId, FailureKind)>,
 }
 
-/// Points a request at an endpoint: origin-form URI for HTTP/1.1 (with the
-/// endpoint as `Host` unless the client's is preserved), absolute URI
+/// Points a request at an endpoint (again, on a retry elsewhere): origin-form
+/// URI for HTTP/1.1 (with the endpoint as `Host` unless the client's is
+/// preserved), absolute URI
 /// (`:scheme`, `:authority`) for HTTP/2, where the preserved host is
 /// `:authority` and no `Host` goes along: RFC 9113 8.3.1 makes a request whose
 /// `Host` differs from its `:authority` malformed.
@@ -70,12 +71,20 @@ fn retarget(req: &mut Request<UpstreamBody>, ep: &EndpointSpec, preserve_host: b
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match ep.protocol {
         Protocol::Http1 => {
+            if !preserve_host {
+                // `insert` replaces the client's Host in place: one probe.
+                req.headers_mut().insert(header::HOST, ep.host.clone());
+            } else if !req.headers().contains_key(header::HOST) {
+                // A try at an HTTP/2 endpoint moved the host to `:authority`.
+                let host = req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    .unwrap_or_else(|| ep.host.clone());
+                req.headers_mut().insert(header::HOST, host);
+            }
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = Version::HTTP_11;
-            // `insert` replaces the client's Host in place: one probe.
-            if !preserve_host || !req.headers().contains_key(header::HOST) {
-                req.headers_mut().insert(header::HOST, ep.host.clone());
-            }
         }
         Protocol::Http2 => {
             let host = req.headers_mut().remove(header::HOST);

@@ -27,9 +27,8 @@ pub const X_GEOROUTER_REGION: HeaderName = HeaderName::from_static("x-georouter-
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names notes which are there, a bit each: most messages
     // carry none of them or only `Connection`, and a removal costs a hash and a
-    // probe.
-    // The same pass reads `Connection`'s values: most name no header, only
-    // `keep-alive` or `close`, and then nothing is looked up again.
+    // probe. The same pass reads `Connection`'s values: most name no header,
+    // only `keep-alive` or `close`, and then nothing is looked up again.
     const TE_BIT: u16 = 1 << HOP_COUNT;
     let mut present = 0u16;
     let mut names_headers = false;

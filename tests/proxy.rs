@@ -465,3 +465,40 @@ async fn the_upstream_http2_settings_reach_the_region() {
     drop(s);
     request.abort();
 }
+
+/// A retry moves from an HTTP/2 endpoint (host in `:authority`, no Host) to
+/// an HTTP/1.1 one: the client's host goes with it, as Host.
+#[tokio::test]
+async fn a_retry_from_an_http2_to_an_http1_region_keeps_the_clients_host() {
+    let (a, b) = (region("a").await, region("b").await);
+    a.set_mode(Mode::Fail);
+    let toml = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [[routes]]\nregions = [\"a\", \"b\"]\n\
+         [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"{}\", protocol = \"http2\" }}]\n\
+         [[regions]]\nname = \"b\"\nendpoints = [{{ url = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let r = send(
+        &h1_client(),
+        http::Request::get(router.url("/echo"))
+            .header("host", "app.example")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body.lines().next(),
+        Some("GET /echo HTTP/1.1"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.lines().any(|l| l == "host: app.example"),
+        "{}",
+        r.body
+    );
+}

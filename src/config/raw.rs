@@ -474,7 +474,7 @@ pub struct RawUpstream {
     pub http2_adaptive_window: bool,
 }
 
-// HTTP/2 defaults, chosen by measurement: docs/performance.md, "HTTP/2 settings".
+// HTTP/2 defaults, by measurement (bench/h2settings.sh): README, "Performance".
 const SERVER_HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
 const SERVER_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 const UPSTREAM_HTTP2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;

@@ -140,7 +140,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             a.http2_max_control_frames != b.http2_max_control_frames,
         ),
         (
-            "server.http2_*_window, http2_max_frame_size",
+            "server.http2_stream_window, http2_connection_window, http2_max_frame_size, http2_adaptive_window",
             a.http2 != b.http2,
         ),
         (
