@@ -240,21 +240,8 @@ async fn proxy<'s>(
     budget::deposit(&settings.retry);
     let admitted = check(&mut req, settings, door.flaw, door.admitted)?;
     let host_header = door.host_header;
-    let plan = decide(
-        conn,
-        snapshot,
-        &req,
-        (&admitted, host_header.as_ref()),
-        route,
-    )?;
-    let upstream = upstream::build(
-        conn,
-        snapshot,
-        req,
-        (&admitted, host_header),
-        &plan,
-        made_id,
-    );
+    let plan = decide(conn, snapshot, &req, &admitted, host_header.as_ref(), route)?;
+    let upstream = upstream::build(conn, snapshot, req, &admitted, host_header, &plan, made_id);
     let attempt = forward::Attempt {
         table: &snapshot.table,
         accounts: &snapshot.accounts,
@@ -353,7 +340,8 @@ fn decide<'t>(
     conn: &Connection,
     snapshot: &'t Snapshot,
     req: &Request<Incoming>,
-    (admitted, host_header): (&Admitted, Option<&HeaderValue>),
+    admitted: &Admitted,
+    host_header: Option<&HeaderValue>,
     route_out: &mut Option<&'t str>,
 ) -> Result<Plan<'t>, ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);

@@ -73,14 +73,7 @@ async fn http2_endpoint_gets_the_host_as_authority_and_no_host_header() {
             a.url()
         );
         let router = TestRouter::spawn(&toml).await;
-        let r = send(
-            &h1_client(),
-            http::Request::get(router.url("/echo"))
-                .header("host", "app.example:8443")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        let r = get_as(&h1_client(), &router.url("/echo"), "app.example:8443").await;
         assert_eq!(r.status, 200, "{}", r.body);
         let first = r.body.lines().next().unwrap();
         assert_eq!(
@@ -112,15 +105,14 @@ async fn routes_pick_regions_by_host_and_path() {
     "#;
     let router = TestRouter::spawn(&policy(&[&a, &b], extra)).await;
     let c = h1_client();
-    let req = |host: &str, path: &str| {
-        http::Request::get(router.url(path))
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    assert_eq!(send(&c, req("API.Example.com:443", "/")).await.body, "b\n");
-    assert_eq!(send(&c, req("other", "/b/x")).await.body, "b\n");
-    assert_eq!(send(&c, req("other", "/x")).await.body, "a\n");
+    for (host, path, region) in [
+        ("API.Example.com:443", "/", "b\n"),
+        ("other", "/b/x", "b\n"),
+        ("other", "/x", "a\n"),
+    ] {
+        let r = get_as(&c, &router.url(path), host).await;
+        assert_eq!(r.body, region, "{host} {path}");
+    }
 }
 
 #[tokio::test]
@@ -416,11 +408,7 @@ async fn a_pooled_connection_closed_by_the_region_is_replaced_without_error() {
 async fn host_can_be_rewritten_to_the_endpoint() {
     let a = region("a").await;
     let router = TestRouter::spawn(&policy(&[&a], "[server]\npreserve_host = false\n")).await;
-    let req = http::Request::get(router.url("/echo"))
-        .header("host", "shop.example.com")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let r = send(&h1_client(), req).await;
+    let r = get_as(&h1_client(), &router.url("/echo"), "shop.example.com").await;
     assert!(
         r.body.contains(&format!("host: {}\n", a.addr())),
         "{}",
@@ -481,14 +469,7 @@ async fn a_retry_from_an_http2_to_an_http1_region_keeps_the_clients_host() {
         b.url()
     );
     let router = TestRouter::spawn(&toml).await;
-    let r = send(
-        &h1_client(),
-        http::Request::get(router.url("/echo"))
-            .header("host", "app.example")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let r = get_as(&h1_client(), &router.url("/echo"), "app.example").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.body.lines().next(),

@@ -10,20 +10,16 @@ use super::{
     Resumption, ServerSettings, TlsSpec, UpstreamSettings,
 };
 
-/// HTTP/2 settings of `section`, in the bounds RFC 9113 sets: a window
+/// Checks the HTTP/2 settings of `section` against RFC 9113's bounds: a window
 /// from 65535 (the initial one) to 2^31-1 (6.9.1), a frame size from 16384 to
 /// 2^24-1 (4.2).
-fn http2(
-    section: &str,
-    (stream_window, connection_window, max_frame_size, adaptive_window): (u32, u32, u32, bool),
-    errs: &mut Invalid,
-) -> Http2Tuning {
+fn check_http2(section: &str, t: &Http2Tuning, errs: &mut Invalid) {
     const WINDOWS: std::ops::RangeInclusive<u32> = 65_535..=(1 << 31) - 1;
     const FRAMES: std::ops::RangeInclusive<u32> = 16_384..=(1 << 24) - 1;
     for (key, value, range) in [
-        ("http2_stream_window", stream_window, WINDOWS),
-        ("http2_connection_window", connection_window, WINDOWS),
-        ("http2_max_frame_size", max_frame_size, FRAMES),
+        ("http2_stream_window", t.stream_window, WINDOWS),
+        ("http2_connection_window", t.connection_window, WINDOWS),
+        ("http2_max_frame_size", t.max_frame_size, FRAMES),
     ] {
         if !range.contains(&value) {
             errs.push(
@@ -36,19 +32,14 @@ fn http2(
             );
         }
     }
-    if connection_window < stream_window && WINDOWS.contains(&connection_window) {
+    if t.connection_window < t.stream_window && WINDOWS.contains(&t.connection_window) {
         errs.push(
             format!("{section}.http2_connection_window"),
             format!(
-                "{connection_window} is below http2_stream_window ({stream_window}): one stream could not use its window"
+                "{} is below http2_stream_window ({}): one stream could not use its window; raise it",
+                t.connection_window, t.stream_window
             ),
         );
-    }
-    Http2Tuning {
-        stream_window,
-        connection_window,
-        max_frame_size,
-        adaptive_window,
     }
 }
 
@@ -82,16 +73,13 @@ pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
             errs.push(name, "must be longer than 0s");
         }
     }
-    let http2 = http2(
-        "server",
-        (
-            s.http2_stream_window,
-            s.http2_connection_window,
-            s.http2_max_frame_size,
-            s.http2_adaptive_window,
-        ),
-        errs,
-    );
+    let http2 = Http2Tuning {
+        stream_window: s.http2_stream_window,
+        connection_window: s.http2_connection_window,
+        max_frame_size: s.http2_max_frame_size,
+        adaptive_window: s.http2_adaptive_window,
+    };
+    check_http2("server", &http2, errs);
     let log_json = match s.log_format.as_str() {
         "text" => false,
         "json" => true,
@@ -310,6 +298,13 @@ pub(super) fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSetti
             ),
         );
     }
+    let http2 = Http2Tuning {
+        stream_window: u.http2_stream_window,
+        connection_window: u.http2_connection_window,
+        max_frame_size: u.http2_max_frame_size,
+        adaptive_window: u.http2_adaptive_window,
+    };
+    check_http2("upstream", &http2, errs);
     UpstreamSettings {
         connect_timeout: u.connect_timeout,
         response_timeout: u.response_timeout,
@@ -317,15 +312,6 @@ pub(super) fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSetti
         request_body_timeout: u.request_body_timeout,
         pool_idle_timeout: u.pool_idle_timeout,
         pool_max_idle_per_endpoint: u.pool_max_idle_per_endpoint,
-        http2: http2(
-            "upstream",
-            (
-                u.http2_stream_window,
-                u.http2_connection_window,
-                u.http2_max_frame_size,
-                u.http2_adaptive_window,
-            ),
-            errs,
-        ),
+        http2,
     }
 }

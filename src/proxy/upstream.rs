@@ -30,12 +30,14 @@ pub(super) struct Upstream {
     pub progress: Option<Arc<Progress>>,
 }
 
-/// Builds the upstream request from the client's.
+/// Builds the upstream request from the client's; `host_header` is its Host
+/// header as admission found it.
 pub(super) fn build(
     conn: &Connection,
     snapshot: &Snapshot,
     mut req: Request<Incoming>,
-    (admitted, host_header): (&Admitted, Option<HeaderValue>),
+    admitted: &Admitted,
+    host_header: Option<HeaderValue>,
     plan: &Plan<'_>,
     made_id: Option<u64>,
 ) -> Upstream {

@@ -218,6 +218,18 @@ pub async fn get(client: &TestClient, url: &str) -> Reply {
     .await
 }
 
+/// A GET of `url` that names `host` in its Host header.
+pub async fn get_as(client: &TestClient, url: &str, host: &str) -> Reply {
+    send(
+        client,
+        http::Request::get(url)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
 pub async fn send(client: &TestClient, req: http::Request<Full<Bytes>>) -> Reply {
     let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
