@@ -100,6 +100,7 @@ fn bench(c: &mut Criterion) {
             geo: table.geo().lookup(ip),
             host: "api.example.com",
             path: "/v1/orders",
+            ambiguity: None,
             method: &http::Method::GET,
             home: None,
         };

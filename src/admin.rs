@@ -94,8 +94,8 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
             None => return bad(format!("host={h:?} is not a valid host[:port]\n")),
         },
     };
-    let path = match crate::path::normalize(&path, table.settings.reject_encoded_slashes) {
-        Ok(p) => p,
+    let (path, ambiguity) = match crate::path::read(&path) {
+        Ok(r) => (r.path, r.ambiguity),
         Err(e) => return bad(format!("path={path:?}: {e}\n")),
     };
     let mut headers = http::HeaderMap::new();
@@ -121,6 +121,7 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
             client: crate::identity::ClientIp(ip),
             host,
             path: &path,
+            ambiguity,
             method: &method,
             headers: &headers,
             peer_trusted: home.is_some(),

@@ -119,7 +119,8 @@ pub struct ServerSettings {
     pub preserve_host: bool,
     pub region_header: bool,
     pub allow_trace: bool,
-    pub reject_encoded_slashes: bool,
+    /// What routes do with ambiguous paths unless they say otherwise.
+    pub path_escapes: crate::path::PathEscapes,
     pub access_log: bool,
     /// The log as JSON, one object per line (else key=value text).
     pub log_json: bool,
@@ -275,6 +276,8 @@ pub struct RouteSpec {
     pub rules: Vec<RuleSpec>,
     /// Lower-case protocol tokens an `Upgrade` may switch to (`websocket`).
     pub upgrades: Vec<String>,
+    /// This route's answer to ambiguous paths; `None`: the server's.
+    pub path_escapes: Option<crate::path::PathEscapes>,
 }
 
 impl Config {

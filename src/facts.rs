@@ -6,6 +6,7 @@ use http::HeaderMap;
 
 use crate::geo::GeoFacts;
 use crate::identity::ClientIp;
+use crate::path::Ambiguity;
 use crate::table::RoutingTable;
 
 /// What the policy knows about one request.
@@ -16,6 +17,8 @@ pub struct RequestFacts<'a> {
     /// Lower-case host without port; empty when the request named none.
     pub host: &'a str,
     pub path: &'a str,
+    /// What the path's reading decoded that readers could split differently.
+    pub ambiguity: Option<Ambiguity>,
     pub method: &'a http::Method,
     /// A home-jurisdiction claim already checked (trusted header or signed cookie).
     pub home: Option<(&'a str, PinSource)>,
@@ -39,8 +42,9 @@ pub struct Sources<'a> {
     pub client: ClientIp,
     /// Lower-case host without port.
     pub host: &'a str,
-    /// The normalised path.
+    /// The path as read ([`crate::path::read`]).
     pub path: &'a str,
+    pub ambiguity: Option<Ambiguity>,
     pub method: &'a http::Method,
     /// Where the residency header and the residency cookie are read from.
     pub headers: &'a HeaderMap,
@@ -66,6 +70,7 @@ impl<'a> RequestFacts<'a> {
             geo: table.geo().lookup(s.client.0),
             host: s.host,
             path: s.path,
+            ambiguity: s.ambiguity,
             method: s.method,
             home,
         }

@@ -5,6 +5,7 @@
 use crate::config::{Steering, MAX_CANDIDATES};
 use crate::geo::distance_km;
 use crate::identity::ClientIp;
+use crate::path::{Ambiguity, PathEscapes};
 use crate::table::{JurisdictionId, Matched, RegionId, Route, RoutingTable};
 
 pub use crate::facts::{PinSource, RequestFacts};
@@ -84,6 +85,10 @@ pub enum Refusal {
     /// closed), not sent to the default regions.
     #[error("the client's location could not be read from the geo database; data residency cannot be checked")]
     GeoUnreadable,
+    /// The path was read by decoding a spelling other readers split
+    /// differently, and the route it reached refuses that.
+    #[error("{0}; the route refuses paths that readers could split differently (path_escapes = \"reject\")")]
+    AmbiguousPath(Ambiguity),
 }
 
 pub fn decide<'t>(
@@ -93,6 +98,9 @@ pub fn decide<'t>(
     let route = table
         .route(facts.host, facts.path, facts.method)
         .ok_or(Refusal::NoRoute)?;
+    if let (Some(a), PathEscapes::Reject) = (facts.ambiguity, route.path_escapes) {
+        return Err(Refusal::AmbiguousPath(a));
+    }
     let (matched, list) = route.candidates_for(facts.client.0, &facts.geo);
     let pin = if route.residency {
         pin_of(table, facts)
@@ -276,6 +284,7 @@ mod tests {
             geo: ask.geo,
             host: ask.host,
             path: ask.path,
+            ambiguity: None,
             method: &ask.method,
             home: ask.home,
         };

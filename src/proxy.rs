@@ -30,7 +30,7 @@ use crate::facts::{RequestFacts, Sources};
 use crate::forward::{self, ForwardError};
 use crate::head_guard::Flaw;
 use crate::identity::{self, ClientIp, PeerAddr};
-use crate::path::{self, PathError};
+use crate::path::{self, Ambiguity, PathError};
 use crate::policy::{self, Candidates, Refusal};
 use crate::pool::PooledBody;
 use crate::request_id::{self, RequestId};
@@ -238,9 +238,17 @@ async fn proxy<'s>(
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let settings = &snapshot.table.settings;
     budget::deposit(&settings.retry);
-    let admitted = check(&mut req, settings, door.flaw, door.admitted)?;
+    let (admitted, ambiguity) = check(&mut req, settings, door.flaw, door.admitted)?;
     let host_header = door.host_header;
-    let plan = decide(conn, snapshot, &req, &admitted, host_header.as_ref(), route)?;
+    let plan = decide(
+        conn,
+        snapshot,
+        &req,
+        &admitted,
+        host_header.as_ref(),
+        ambiguity,
+        route,
+    )?;
     let upstream = upstream::build(conn, snapshot, req, &admitted, host_header, &plan, made_id);
     let attempt = forward::Attempt {
         table: &snapshot.table,
@@ -286,15 +294,16 @@ async fn proxy<'s>(
     ))
 }
 
-/// At the door: the framing guard's verdict and admission's, the path
-/// normalised (the route matcher and the region see only that), the size
-/// limits. Nothing is decided yet.
+/// At the door: the framing guard's verdict and admission's, the path read
+/// once (the route matcher, the fence and the region see only that reading),
+/// the size limits. Nothing is decided yet; an ambiguous spelling that the
+/// reading decoded is returned for the route to accept or refuse.
 fn check(
     req: &mut Request<Incoming>,
     settings: &RequestSettings,
     flaw: Option<Flaw>,
     admitted: Result<Admitted, Refused>,
-) -> Result<Admitted, ProxyError> {
+) -> Result<(Admitted, Option<Ambiguity>), ProxyError> {
     if let Some(flaw) = flaw {
         return Err(ProxyError::Refused(match flaw {
             Flaw::LengthAndChunked => Refused::LengthAndChunked,
@@ -303,8 +312,9 @@ fn check(
         }));
     }
     let admitted = admitted?;
-    if let Cow::Owned(normal) = path::normalize(req.uri().path(), settings.reject_encoded_slashes)?
-    {
+    let reading = path::read(req.uri().path())?;
+    let ambiguity = reading.ambiguity;
+    if let Cow::Owned(normal) = reading.path {
         set_path(req.uri_mut(), &normal)?;
     }
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
@@ -318,7 +328,7 @@ fn check(
             limit: settings.max_body_bytes,
         });
     }
-    Ok(admitted)
+    Ok((admitted, ambiguity))
 }
 
 /// What the decision stage settled: the policy's decision and the regions to
@@ -342,6 +352,7 @@ fn decide<'t>(
     req: &Request<Incoming>,
     admitted: &Admitted,
     host_header: Option<&HeaderValue>,
+    ambiguity: Option<Ambiguity>,
     route_out: &mut Option<&'t str>,
 ) -> Result<Plan<'t>, ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
@@ -355,6 +366,7 @@ fn decide<'t>(
             client,
             host: request_host(req, admitted.host, host_header, &mut host_buf),
             path: req.uri().path(),
+            ambiguity,
             method: req.method(),
             headers: req.headers(),
             peer_trusted,
@@ -366,6 +378,7 @@ fn decide<'t>(
     let decision = policy::decide(table, &facts).map_err(|r| match r {
         Refusal::NoRoute => ProxyError::NoRoute,
         Refusal::GeoUnreadable => ProxyError::GeoUnreadable,
+        Refusal::AmbiguousPath(a) => ProxyError::BadPath(PathError::Ambiguous(a)),
     })?;
     let route = decision.route;
     *route_out = Some(&route.name);

@@ -334,6 +334,8 @@ async fn answer(
         }
     }
     let name = control.name.clone();
+    // The path as this region read it, for tests that compare readings.
+    let seen_path = http::HeaderValue::from_str(req.uri().path()).ok();
     let mut resp = if req.headers().contains_key(header::UPGRADE) {
         upgrade_echo(&mut req)
     } else {
@@ -378,6 +380,9 @@ async fn answer(
             text(StatusCode::OK, format!("{name}\n"))
         }
     };
+    if let Some(p) = seen_path {
+        resp.headers_mut().insert("x-sim-path", p);
+    }
     resp.headers_mut().insert(
         "x-sim-region",
         http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("?")),

@@ -11,6 +11,7 @@ use crate::config::{Config, EndpointSpec, Location, RegionName, UpstreamSettings
 use crate::config::{Methods, Steering};
 use crate::geo::{Code, Code3, GeoFacts, GeoLookup, MmdbGeo, NoGeo};
 use crate::identity::TrustedProxies;
+use crate::path::PathEscapes;
 use crate::residency::CookieSigner;
 use crate::tls::{self, TlsError};
 use ipnet::IpNet;
@@ -48,6 +49,8 @@ pub struct Route {
     pub weights: Box<[u32]>,
     /// Protocols an `Upgrade` may switch to (lower case).
     pub upgrades: Box<[Box<str>]>,
+    /// Refuse or decode a path that readers could split differently.
+    pub path_escapes: PathEscapes,
     /// Candidate lists of the route's rules, by rule index.
     pub rules: Box<[Box<[RegionId]>]>,
     /// Rule index per country (`Code::index`), `NO_RULE` for none.
@@ -220,7 +223,6 @@ pub struct RequestSettings {
     pub region_header: bool,
     pub access_log: bool,
     pub allow_trace: bool,
-    pub reject_encoded_slashes: bool,
     /// Drop `X-Forwarded-*` and `Forwarded` from untrusted peers.
     pub replace_forwarded: bool,
     pub upstream: UpstreamSettings,
@@ -345,6 +347,7 @@ impl RoutingTable {
                     residency: r.residency,
                     panic_mode: r.panic_mode,
                     upgrades: r.upgrades.iter().map(|u| u.as_str().into()).collect(),
+                    path_escapes: r.path_escapes.unwrap_or(config.server.path_escapes),
                     steering: r.steering,
                     weights: regions
                         .iter()
@@ -444,7 +447,6 @@ impl RoutingTable {
                 region_header: s.region_header,
                 access_log: s.access_log,
                 allow_trace: s.allow_trace,
-                reject_encoded_slashes: s.reject_encoded_slashes,
                 replace_forwarded: config.client.replace_forwarded,
                 upstream: config.upstream.clone(),
                 passive_failures: config.health.passive.consecutive_failures,

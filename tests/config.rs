@@ -70,6 +70,16 @@ fn every_error_is_reported_with_its_path() {
             &["routes[0].path_prefix", "routes[0].regions"],
         ),
         (
+            "a prefix that could be spelled two ways, a bad path_escapes",
+            format!("{LISTENER}{REGION}[[routes]]\npath_prefix = \"/a%2Fb/\"\nregions = [\"a\"]\npath_escapes = \"maybe\"\n[[routes]]\npath_prefix = \"/x/../y/\"\nregions = [\"a\"]\n"),
+            &["routes[0].path_prefix", "routes[0].path_escapes", "routes[1].path_prefix"],
+        ),
+        (
+            "a bad server path_escapes",
+            format!("{LISTENER}{REGION}[server]\npath_escapes = \"keep\"\n"),
+            &["server.path_escapes"],
+        ),
+        (
             "two routes for the same host and prefix",
             format!("{LISTENER}{REGION}[[routes]]\nhost = \"x.com\"\nregions = [\"a\"]\n[[routes]]\nhost = \"X.com\"\nregions = [\"a\"]\n"),
             &["routes[1]"],

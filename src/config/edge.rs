@@ -91,8 +91,24 @@ pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
             false
         }
     };
+    let path_escapes = crate::path::PathEscapes::parse(&s.path_escapes).unwrap_or_else(|| {
+        errs.push(
+            "server.path_escapes",
+            format!(
+                "{:?} is not a choice: use \"reject\" (400) or \"decode\"",
+                s.path_escapes
+            ),
+        );
+        crate::path::PathEscapes::Reject
+    });
+    if s.reject_encoded_slashes.is_some() {
+        tracing::warn!(
+            "server.reject_encoded_slashes is ignored: paths with %2F, backslashes, ';' or encoded dot-segments are refused unless path_escapes = \"decode\"; remove the key"
+        );
+    }
     ServerSettings {
         log_json,
+        path_escapes,
         workers: s.workers,
         max_connections: s.max_connections,
         header_read_timeout: s.header_read_timeout,
@@ -108,7 +124,6 @@ pub(super) fn server(s: raw::RawServer, errs: &mut Invalid) -> ServerSettings {
         preserve_host: s.preserve_host,
         region_header: s.region_header,
         allow_trace: s.allow_trace,
-        reject_encoded_slashes: s.reject_encoded_slashes,
         access_log: s.access_log,
     }
 }

@@ -155,8 +155,13 @@ pub struct RawServer {
     pub access_log: bool,
     /// TRACE reaches regions only when true (405 otherwise).
     pub allow_trace: bool,
-    /// Refuse paths with an encoded slash (%2F) with 400.
-    pub reject_encoded_slashes: bool,
+    /// What a route does with a path that readers could split differently
+    /// (`%2F`, `\\`, `;`, `%2E` segments): "reject" (400) or "decode"; routes may
+    /// say otherwise.
+    pub path_escapes: String,
+    /// Replaced by `path_escapes`; accepted and ignored, with a warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reject_encoded_slashes: Option<bool>,
     /// The log's format: "text" or "json" (`--log-format` wins); read at start.
     pub log_format: String,
 }
@@ -183,7 +188,8 @@ impl Default for RawServer {
             region_header: true,
             access_log: true,
             allow_trace: false,
-            reject_encoded_slashes: false,
+            path_escapes: "reject".to_owned(),
+            reject_encoded_slashes: None,
             log_format: "text".to_owned(),
         }
     }
@@ -568,6 +574,10 @@ pub struct RawRoute {
     /// Protocols an `Upgrade` may switch to on this route; others are stripped.
     #[serde(default = "websocket_only")]
     pub upgrades: Vec<String>,
+    /// "reject" or "decode" for this route's ambiguous paths (default: the
+    /// server's `path_escapes`).
+    #[serde(default)]
+    pub path_escapes: Option<String>,
 }
 
 pub fn websocket_only() -> Vec<String> {

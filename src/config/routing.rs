@@ -180,6 +180,7 @@ pub(super) fn routes(
             weights: Default::default(),
             rules: Vec::new(),
             upgrades: raw::websocket_only(),
+            path_escapes: None,
         }]
     } else {
         raw
@@ -201,12 +202,19 @@ pub(super) fn routes(
                 (h != "*").then_some(h)
             });
             let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_owned());
-            if !path_prefix.starts_with('/') {
-                errs.push(
-                    format!("{path}.path_prefix"),
-                    format!("{path_prefix:?} must start with '/'"),
-                );
+            if let Some(problem) = crate::path::prefix_problem(&path_prefix) {
+                errs.push(format!("{path}.path_prefix"), format!("{path_prefix:?} {problem}"));
             }
+            let path_escapes = r.path_escapes.as_deref().and_then(|e| {
+                let parsed = crate::path::PathEscapes::parse(e);
+                if parsed.is_none() {
+                    errs.push(
+                        format!("{path}.path_escapes"),
+                        format!("{e:?} is not a choice: use \"reject\" (400) or \"decode\", or leave it out for the server's"),
+                    );
+                }
+                parsed
+            });
             region_list(&path, &r.regions, &known, errs);
             let steering = match r.steering.as_deref() {
                 None | Some("failover") => Steering::Failover,
@@ -344,6 +352,7 @@ pub(super) fn routes(
                 weights,
                 rules,
                 upgrades: r.upgrades.iter().map(|u| u.trim().to_ascii_lowercase()).collect(),
+                path_escapes,
             }
         })
         .collect()

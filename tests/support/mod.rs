@@ -611,6 +611,7 @@ pub fn tool(binary: &str, probe: &str, package: &str) -> std::process::Command {
 
 pub mod browser;
 pub mod etcd;
+pub mod nginx;
 
 /// The sum of the values of every sample in `metrics` (text exposition) whose
 /// line starts with `prefix` (a family name, with labels begun if wanted).
