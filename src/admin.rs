@@ -69,7 +69,14 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
             "path" => path = v.into_owned(),
             "home" => home = Some(v.into_owned()),
             "cookie" => cookie = Some(v.into_owned()),
-            "method" => match http::Method::from_bytes(v.to_ascii_uppercase().as_bytes()) {
+            // Read as the data path reads it: exactly, case variants refused.
+            "method" => match http::Method::from_bytes(v.as_bytes()) {
+                Ok(m) if crate::admit::case_variant(&m) => {
+                    return bad(format!(
+                        "method={v:?}: {}\n",
+                        crate::admit::Refused::MethodCase
+                    ))
+                }
                 Ok(m) => method = m,
                 Err(_) => return bad(format!("method={v:?} is not an HTTP method\n")),
             },

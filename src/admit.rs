@@ -34,6 +34,8 @@ pub enum Refused {
     Trace,
     #[error("bad request: a line ends without CR")]
     BareLineFeed,
+    #[error("bad request: methods are case-sensitive; send the standard method in upper case")]
+    MethodCase,
 }
 
 impl Refused {
@@ -49,14 +51,15 @@ impl Refused {
             | Refused::RepeatedHost
             | Refused::InvalidHost
             | Refused::HostMismatch
-            | Refused::BareLineFeed => StatusCode::BAD_REQUEST,
+            | Refused::BareLineFeed
+            | Refused::MethodCase => StatusCode::BAD_REQUEST,
         }
     }
 
     /// Whether the connection must close: the body's framing is in doubt, so
     /// nothing after this head can be trusted to be a request.
     pub fn closes(self) -> bool {
-        !matches!(self, Refused::Trace)
+        !matches!(self, Refused::Trace | Refused::MethodCase)
     }
 }
 
@@ -136,6 +139,9 @@ pub fn check(
     if *method == Method::TRACE && !allow_trace {
         return Err(Refused::Trace);
     }
+    if case_variant(method) {
+        return Err(Refused::MethodCase);
+    }
     if version == Version::HTTP_10 && scan.codings > 0 {
         // RFC 9112 6.1: HTTP/1.0 has no transfer codings; a 1.0 request that
         // claims one was framed by something that is not HTTP/1.0.
@@ -169,6 +175,18 @@ pub fn check(
         host,
         upgrade: scan.upgrade,
     })
+}
+
+/// A case variant of a standard method (`post`, `Get`): RFC 9110 9.1 makes
+/// methods case-sensitive, but frameworks that upper-case them would read a
+/// `POST` that no method route saw. Refused, as nginx does.
+pub fn case_variant(method: &Method) -> bool {
+    let m = method.as_str();
+    (3..=7).contains(&m.len())
+        && !crate::config::STANDARD_METHODS.contains(method)
+        && crate::config::STANDARD_METHODS
+            .iter()
+            .any(|s| s.as_str().eq_ignore_ascii_case(m))
 }
 
 /// RFC 9112 6.1 and 6.3: one way to frame the body, or none.

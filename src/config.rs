@@ -13,7 +13,9 @@ pub use health::{
     FailbackSpec, HealthCheck, HealthSettings, PassiveSpec, ReloadSettings, RetrySettings,
 };
 
-pub use routing::{JurisdictionSpec, Methods, ResidencySpec, RuleSpec, Steering, MAX_CANDIDATES};
+pub use routing::{
+    JurisdictionSpec, Methods, ResidencySpec, RuleSpec, Steering, MAX_CANDIDATES, STANDARD_METHODS,
+};
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -113,6 +113,11 @@ const CASES: &[Case] = &[
     ("TRACE", b"TRACE / HTTP/1.1\r\nHost: example.com\r\n\r\n", 405, false, No),
     ("a path above the root", b"GET /../etc/passwd HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
     ("an encoded path above the root", b"GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
+    ("a lower-case POST", b"post /echo HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n", 400, false, No),
+    ("a mixed-case GET", b"Get /echo HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
+    ("a lower-case delete", b"delete /echo HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
+    ("an encoded slash", b"GET /a%2fb HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
+    ("a backslash", b"GET /a\\..\\b HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, false, No),
     // Line ends: CRLF only (RFC 9112 2.2 lets a server refuse a bare LF).
     ("a bare LF after the request line", b"GET / HTTP/1.1\nHost: example.com\r\n\r\n", 400, true, No),
     ("bare LFs throughout", b"GET / HTTP/1.1\nHost: example.com\n\n", 400, true, No),

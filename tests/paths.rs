@@ -179,6 +179,14 @@ async fn explain_reads_the_path_as_the_data_path_does() {
         "{v}"
     );
     assert!(v["chosen"].is_null(), "{v}");
+    // Methods are read exactly, as the data path reads them.
+    let e = get(
+        &h1_client(),
+        &format!("http://{}/explain?ip=80.128.0.1&method=post", router.admin),
+    )
+    .await;
+    assert_eq!(e.status, 400, "{}", e.body);
+    assert!(e.body.contains("case-sensitive"), "{}", e.body);
 }
 
 /// The route a reader of `path` would take, by the policy's prefixes.

@@ -26,7 +26,7 @@ pub enum Steering {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Methods(u16);
 
-const STANDARD_METHODS: [http::Method; 9] = [
+pub const STANDARD_METHODS: [http::Method; 9] = [
     http::Method::GET,
     http::Method::HEAD,
     http::Method::POST,
