@@ -10,7 +10,8 @@ use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 pub use crate::blame::FailureKind;
-use crate::config::RegionName;
+use crate::capacity::{Gauges, RegionLoad};
+use crate::config::{Capacity, EndpointSpec, RegionName};
 use crate::metrics::Metrics;
 use crate::table::{JurisdictionId, RegionId, RoutingTable};
 
@@ -120,6 +121,26 @@ pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
     for j in table.jurisdictions() {
         metrics.residency_refusals.with_label_values(&[&*j.name]);
     }
+    for from in regions {
+        for to in regions.iter().filter(|to| to.id != from.id) {
+            metrics
+                .spillover
+                .with_label_values(&[from.name.as_str(), to.name.as_str()]);
+        }
+        for ep in from.endpoints.iter() {
+            let key = format!("{}://{}", ep.scheme, ep.authority);
+            metrics
+                .endpoint_ejections
+                .with_label_values(&[from.name.as_str(), &key]);
+        }
+    }
+    for route in table.routes() {
+        for reason in crate::capacity::ShedReason::ALL {
+            metrics
+                .shed
+                .with_label_values(&[&route.name, reason.as_str()]);
+        }
+    }
 }
 
 /// The phase changes exported at 0 for every region.
@@ -144,6 +165,9 @@ pub fn forget_region(metrics: &Metrics, region: &str, others: &[&str]) {
                     .failovers
                     .remove_label_values(&[from, to, reason.as_str()]);
             }
+        }
+        for (from, to) in [(region, *other), (*other, region)] {
+            let _ = metrics.spillover.remove_label_values(&[from, to]);
         }
     }
     for (a, b) in KNOWN_TRANSITIONS {
@@ -244,7 +268,14 @@ impl Accounts {
         let accounts = table
             .regions()
             .iter()
-            .map(|r| Arc::new(RegionAccount::new(r.name.clone(), metrics)))
+            .map(|r| {
+                Arc::new(RegionAccount::new(
+                    r.name.clone(),
+                    metrics,
+                    &r.endpoints,
+                    &r.capacity,
+                ))
+            })
             .collect();
         Self::new(table, accounts, None)
     }
@@ -282,12 +313,30 @@ pub struct RegionAccount {
     last_failure: AtomicU8,
     /// Wakes the replayable requests waiting on this region when it leaves service.
     left: tokio::sync::Notify,
+    /// Requests in flight per endpoint, endpoint standing, the queue.
+    pub load: Arc<RegionLoad>,
 }
 
 impl RegionAccount {
-    pub fn new(name: RegionName, metrics: &Metrics) -> Self {
+    pub fn new(
+        name: RegionName,
+        metrics: &Metrics,
+        endpoints: &[EndpointSpec],
+        capacity: &Capacity,
+    ) -> Self {
         let n = name.as_str();
+        let healthy = |e: &str| metrics.endpoint_healthy.with_label_values(&[n, e]);
+        let load = Arc::new(RegionLoad::new(
+            endpoints,
+            capacity,
+            Gauges {
+                in_flight: metrics.region_in_flight.with_label_values(&[n]),
+                queue_depth: metrics.region_queue_depth.with_label_values(&[n]),
+                endpoint_healthy: &healthy,
+            },
+        ));
         Self {
+            load,
             codes: CodeCounters::new(&metrics.requests, name.clone()),
             duration: metrics.request_duration.with_label_values(&[n]),
             errors: FailureKind::ALL
@@ -368,10 +417,19 @@ impl RegionAccount {
 mod tests {
     use super::*;
 
+    fn account(m: &Metrics) -> RegionAccount {
+        let cap = Capacity {
+            max_in_flight: 1,
+            max_queue: 1,
+            queue_timeout: Duration::from_secs(1),
+        };
+        RegionAccount::new(RegionName::new("a"), m, &[], &cap)
+    }
+
     #[test]
     fn a_run_of_failures_trips_once_and_a_success_ends_the_run() {
         let m = Metrics::new();
-        let a = RegionAccount::new(RegionName::new("a"), &m);
+        let a = account(&m);
         assert!(!a.failure(FailureKind::Connect, 3));
         assert!(!a.failure(FailureKind::Reset, 3));
         a.success();
@@ -391,7 +449,7 @@ mod tests {
     #[test]
     fn responses_are_counted_by_code() {
         let m = Metrics::new();
-        let a = RegionAccount::new(RegionName::new("a"), &m);
+        let a = account(&m);
         a.response(StatusCode::OK, Duration::from_millis(3));
         a.response(StatusCode::OK, Duration::from_millis(3));
         a.response(StatusCode::BAD_GATEWAY, Duration::from_millis(3));

@@ -204,6 +204,17 @@ pub struct UpstreamSettings {
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
     pub http2: Http2Tuning,
+    /// Defaults for regions that do not set their own capacity.
+    pub capacity: Capacity,
+}
+
+/// What a region can take: requests in flight per endpoint, then a short queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Per endpoint (an endpoint may set its own).
+    pub max_in_flight: u32,
+    pub max_queue: u32,
+    pub queue_timeout: Duration,
 }
 
 /// A region name: cheap to clone, compared by value.
@@ -233,6 +244,7 @@ pub struct RegionSpec {
     pub endpoints: Vec<EndpointSpec>,
     pub tls: RegionTls,
     pub health: HealthCheck,
+    pub capacity: Capacity,
 }
 
 pub use crate::geo::Location;
@@ -250,6 +262,8 @@ pub struct EndpointSpec {
     pub protocol: Protocol,
     /// The authority as a `Host` value, rendered once.
     pub host: http::HeaderValue,
+    /// Requests in flight at most.
+    pub max_in_flight: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -385,7 +399,7 @@ impl TryFrom<RawConfig> for Config {
         let retry = health::retry(&raw.retry, &mut errs);
         let reload = health::reload(&raw.reload, &mut errs);
         let fleet = raw.fleet.map(|f| fleet::fleet(f, &mut errs));
-        let regions = regions::regions(raw.regions, &checks, &mut errs);
+        let regions = regions::regions(raw.regions, &checks, &upstream.capacity, &mut errs);
         let jurisdictions = routing::jurisdictions(raw.jurisdictions, &regions, &mut errs);
         let residency = routing::residency(raw.residency, &mut errs);
         let routes = routing::routes(raw.routes, &regions, &mut errs);

@@ -9,9 +9,14 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 
-use crate::accounting::{Accounts, FailureKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::accounting::{Accounts, FailureKind, RegionAccount};
 use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
+pub use crate::capacity::ShedReason;
+use crate::capacity::{Attempted, InFlight, Queued, RegionLoad};
 use crate::client_body::{ClientBodyError, Progress};
 use crate::config::{EndpointSpec, Protocol, RegionName};
 use crate::deadline::{Lent, TimerSlot};
@@ -41,6 +46,9 @@ pub enum ForwardError {
     /// The client's request body failed: the client's fault, not the region's.
     #[error("the request body failed: {}", .fault.as_str())]
     Client { fault: ClientFault },
+    /// Every candidate was at capacity: refused fast, nobody's fault.
+    #[error("every candidate region is at capacity ({})", .reason.as_str())]
+    Shed { reason: ShedReason },
     /// The router's own resources ran out: nobody's fault but the router's.
     #[error("the router is out of {}: {source}", .fault.as_str())]
     Local {
@@ -175,8 +183,8 @@ fn may_retry(ctx: &Attempt<'_>, reason: FailureKind) -> bool {
 enum NoHead {
     /// None within `response_timeout` (after the body was handed over).
     Timeout,
-    /// Given up on a replayable request, within the retry budget: no head within
-    /// `try_timeout`, or its region left service while it waited.
+    /// Given up on a replayable request: no head within `try_timeout` (within
+    /// the retry budget), or its region left service while it waited.
     MovedOn { timed_out: bool },
 }
 
@@ -238,6 +246,12 @@ async fn response_head<F: std::future::Future>(
             None if try_deadline >= deadline => return Err(NoHead::Timeout),
             None => true,
         };
+        if !timed_out {
+            // Its region left service: every waiting request moves, bounded by
+            // the next region's capacity, not by the retry budget.
+            ctx.state.metrics.retries_by_kind[FailureKind::Timeout as usize].inc();
+            return Err(NoHead::MovedOn { timed_out });
+        }
         if may_retry(ctx, FailureKind::Timeout) {
             return Err(NoHead::MovedOn { timed_out });
         }
@@ -247,13 +261,77 @@ async fn response_head<F: std::future::Future>(
     }
 }
 
-/// Sends `req` to the first candidate that answers. `replayable` says the request
-/// may be sent again after it was sent once (idempotent, no body): after a reset
-/// before any response, a 502/503/504, `try_timeout` without a head, or its region
-/// leaving service, within the retry budget. A request that could not be sent (no
-/// connection) moves on freely: nothing reached the region. Only region faults
-/// count against a region: a client's broken body and the router's own exhausted
-/// resources are returned as such.
+/// Waits in the queue of the first full candidate (`full`: a bit per candidate
+/// index) until any full candidate gives a slot back, up to its queue timeout.
+async fn wait_for_room(
+    ctx: &Attempt<'_>,
+    candidates: &[RegionId],
+    full: u64,
+) -> Result<(RegionId, InFlight), ShedReason> {
+    let loads: Vec<(RegionId, &Arc<RegionLoad>)> = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| full & (1 << (*i).min(63)) != 0)
+        .filter_map(|(_, &id)| Some((id, &ctx.accounts.account(ctx.table, id)?.load)))
+        .collect();
+    let Some(first) = loads.first() else {
+        return Err(ShedReason::QueueFull);
+    };
+    // A place in every full candidate's queue, so that each one's freed slots
+    // wake this request; the first one's bounds the queue.
+    let Some(_place) = first.1.enqueue() else {
+        return Err(ShedReason::QueueFull);
+    };
+    let _others: Vec<Queued> = loads[1..].iter().filter_map(|(_, l)| l.enqueue()).collect();
+    let deadline = tokio::time::Instant::now() + first.1.queue_timeout();
+    loop {
+        let mut waits: Vec<_> = loads.iter().map(|(_, l)| Box::pin(l.room())).collect();
+        for w in &mut waits {
+            w.as_mut().enable();
+        }
+        for (id, l) in &loads {
+            if let Some(slot) = l.acquire(0) {
+                return Ok((*id, slot));
+            }
+        }
+        let woke = std::future::poll_fn(|cx| {
+            for (i, w) in waits.iter_mut().enumerate() {
+                if w.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(i);
+                }
+            }
+            std::task::Poll::Pending
+        });
+        let Ok(i) = tokio::time::timeout_at(deadline, woke).await else {
+            return Err(ShedReason::QueueTimeout);
+        };
+        if let Some(slot) = loads[i].1.acquire(0) {
+            return Ok((loads[i].0, slot));
+        }
+        for (j, (id, l)) in loads.iter().enumerate() {
+            if j != i {
+                if let Some(slot) = l.acquire(0) {
+                    // The wake-up was for another waiter of region i.
+                    loads[i].1.pass_on();
+                    return Ok((*id, slot));
+                }
+            }
+        }
+    }
+}
+
+/// Sends `req` to the first candidate with room that answers. A full region
+/// (every endpoint at `max_in_flight`) spills over to the next candidate; when
+/// every candidate is full the request waits in a short queue, then is shed
+/// (never a region's fault). Within a region, endpoints are chosen by the power
+/// of two choices over requests in flight. `replayable` says the request may be
+/// sent again after it was sent once (idempotent, no body): after a reset before
+/// any response (on a sibling endpoint, or a new connection, first), a
+/// 502/503/504, `try_timeout` without a head, within the retry budget; or when
+/// its region leaves service, bounded by the next region's capacity alone. A
+/// request that could not be sent (no connection) moves on freely: nothing
+/// reached the region. Only region faults count against a region: a client's
+/// broken body and the router's own exhausted resources are returned as such.
 pub async fn forward<'t>(
     ctx: &Attempt<'t>,
     candidates: &[RegionId],
@@ -262,17 +340,59 @@ pub async fn forward<'t>(
 ) -> Result<Forwarded<'t>, ForwardError> {
     let table = ctx.table;
     let timeout = table.settings.upstream.response_timeout;
-    let mut candidates = candidates.iter().copied().peekable();
     let mut req = Some(req);
     let mut last_error = None;
     let mut first_failure = None;
     let mut timer = ctx.timer.lend();
-    while let Some(id) = candidates.next() {
+    let mut next = 0;
+    // Candidates found full, a bit per index; the queue is tried once.
+    let mut full: u64 = 0;
+    let mut queued = false;
+    loop {
+        let (id, acquired) = if next < candidates.len() {
+            let id = candidates[next];
+            next += 1;
+            match account_of(ctx, id).load.acquire(0) {
+                Some(slot) => (id, slot),
+                None => {
+                    full |= 1 << (next - 1).min(63);
+                    continue;
+                }
+            }
+        } else if full != 0 && !queued {
+            queued = true;
+            match wait_for_room(ctx, candidates, full).await {
+                Ok(found) => found,
+                Err(reason) => return Err(ForwardError::Shed { reason }),
+            }
+        } else {
+            break;
+        };
+        if full != 0 {
+            let from = candidates[full.trailing_zeros() as usize];
+            if from != id {
+                ctx.state
+                    .metrics
+                    .spillover
+                    .with_label_values(&[
+                        table.region(from).name.as_str(),
+                        table.region(id).name.as_str(),
+                    ])
+                    .inc();
+            }
+        }
         let region = table.region(id);
-        let mut endpoint = pool::pick_endpoint(table, region);
-        let mut endpoints_tried = 0;
+        let account = account_of(ctx, id);
+        let load = &account.load;
+        let mut slot = Some(acquired);
+        // Endpoints of this region already tried, a bit each.
+        let mut tried: u64 = 0;
         let mut stale_retry = true;
-        loop {
+        let mut reset_retry = true;
+        let more_regions = |next: usize| next < candidates.len();
+        while let Some(held) = slot.take() {
+            let endpoint = held.endpoint();
+            let bit = 1u64 << endpoint.min(63);
             let mut current = req.take().expect("a request is in hand for every attempt");
             retarget(
                 &mut current,
@@ -295,19 +415,19 @@ pub async fn forward<'t>(
                         return Err(ForwardError::Local { fault, source });
                     }
                     tracing::debug!(region = %region.name, error = %source, "connect failed");
-                    endpoints_tried += 1;
-                    if endpoints_tried < region.endpoints.len() {
-                        // The region's next endpoint first: nothing was sent.
-                        if let Some(a) = ctx.accounts.account(table, id) {
-                            if a.failure(FailureKind::Connect, table.settings.passive_failures) {
-                                ctx.state.wake.notify_one();
-                            }
+                    endpoint_failed(ctx, region, load, endpoint);
+                    tried |= bit;
+                    drop(held);
+                    // The region's next endpoint first: nothing was sent.
+                    slot = load.acquire(tried);
+                    if slot.is_some() {
+                        if account.failure(FailureKind::Connect, table.settings.passive_failures) {
+                            ctx.state.wake.notify_one();
                         }
-                        endpoint = (endpoint + 1) % region.endpoints.len();
                         continue;
                     }
                     failed(ctx, id, FailureKind::Connect, &mut first_failure);
-                    if candidates.peek().is_some() {
+                    if more_regions(next) {
                         ctx.state.metrics.retries_by_kind[FailureKind::Connect as usize].inc();
                     }
                     last_error = Some(ForwardError::Connect {
@@ -318,21 +438,29 @@ pub async fn forward<'t>(
                 }
             };
             let reused = lease.reused;
-            let copy = (replayable && candidates.peek().is_some()).then(|| replay_copy(&current));
+            let copy = replayable.then(|| replay_copy(&current));
+            // Somewhere else to go when this try hangs: a sibling or a region.
+            let elsewhere = more_regions(next) || load.endpoints.len() > 1;
+            let may_move_on = copy.is_some() && elsewhere;
             let send = std::pin::pin!(lease.send(current));
-            let head = if ctx.body.is_none() && copy.is_none() {
+            let head = if ctx.body.is_none() && !may_move_on {
                 // The common case, without the extra layer: one deadline.
                 let deadline = tokio::time::Instant::now() + timeout;
                 timer.within(deadline, send).await.ok_or(NoHead::Timeout)
             } else {
-                response_head(ctx, &mut timer, send, id, copy.is_some()).await
+                response_head(ctx, &mut timer, send, id, may_move_on).await
             };
             match head {
-                Ok(Ok(response)) => {
+                Ok(Ok(mut response)) => {
                     let status = response.status();
                     if status.is_server_error() {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
-                        if let Some(copy) = copy.filter(|_| retriable_status(status)) {
+                        if retriable_status(status) {
+                            endpoint_failed(ctx, region, load, endpoint);
+                        }
+                        if let Some(copy) =
+                            copy.filter(|_| retriable_status(status) && more_regions(next))
+                        {
                             if may_retry(ctx, FailureKind::Status5xx) {
                                 tracing::debug!(region = %region.name, %status, "retrying on the next region");
                                 req = Some(copy);
@@ -340,8 +468,13 @@ pub async fn forward<'t>(
                                 break;
                             }
                         }
-                    } else if let Some(a) = ctx.accounts.account(table, id) {
-                        a.success();
+                    } else {
+                        account.success();
+                        load.record(endpoint, Attempted::Ok, 0, Duration::ZERO, Duration::ZERO);
+                    }
+                    // An upgrade is a tunnel, not a request: its slot is free now.
+                    if status != StatusCode::SWITCHING_PROTOCOLS {
+                        response.body_mut().hold_slot(held);
                     }
                     return Ok(Forwarded {
                         response,
@@ -351,22 +484,29 @@ pub async fn forward<'t>(
                 }
                 Err(NoHead::Timeout) => {
                     failed(ctx, id, FailureKind::Timeout, &mut first_failure);
+                    endpoint_failed(ctx, region, load, endpoint);
                     return Err(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
                     });
                 }
                 Err(NoHead::MovedOn { timed_out }) => {
-                    if timed_out {
-                        failed(ctx, id, FailureKind::Timeout, &mut first_failure);
-                    }
-                    tracing::debug!(region = %region.name, timed_out, "sending on to the next region");
                     req = copy;
                     last_error = Some(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
                     });
-                    break;
+                    drop(held);
+                    if !timed_out {
+                        // The region left service: the next region.
+                        tracing::debug!(region = %region.name, "region left service; sending on to the next region");
+                        break;
+                    }
+                    failed(ctx, id, FailureKind::Timeout, &mut first_failure);
+                    endpoint_failed(ctx, region, load, endpoint);
+                    tried |= bit;
+                    slot = load.acquire(tried);
+                    tracing::debug!(region = %region.name, sibling = slot.is_some(), "no answer within try_timeout; sending on");
                 }
                 Ok(Err(SendError {
                     error,
@@ -376,14 +516,19 @@ pub async fn forward<'t>(
                     if reused && stale_retry {
                         // A pooled connection that died idle: one new connection.
                         stale_retry = false;
+                        slot = Some(held);
                         continue;
                     }
                     failed(ctx, id, FailureKind::Connect, &mut first_failure);
+                    endpoint_failed(ctx, region, load, endpoint);
+                    tried |= bit;
+                    drop(held);
+                    // Nothing reached the region: its next endpoint freely.
+                    slot = load.acquire(tried);
                     last_error = Some(ForwardError::Failed {
                         region: region.name.clone(),
                         source: error,
                     });
-                    break;
                 }
                 Ok(Err(SendError {
                     error,
@@ -398,22 +543,60 @@ pub async fn forward<'t>(
                         return Err(ForwardError::Client { fault });
                     }
                     failed(ctx, id, FailureKind::Reset, &mut first_failure);
+                    endpoint_failed(ctx, region, load, endpoint);
                     let failure = ForwardError::Failed {
                         region: region.name.clone(),
                         source: error,
                     };
-                    match copy {
-                        Some(copy) if may_retry(ctx, FailureKind::Reset) => {
-                            tracing::debug!(error = %failure, "replaying on the next region");
-                            req = Some(copy);
-                            last_error = Some(failure);
-                            break;
-                        }
-                        _ => return Err(failure),
+                    let Some(copy) = copy else {
+                        return Err(failure);
+                    };
+                    if !may_retry(ctx, FailureKind::Reset) {
+                        return Err(failure);
                     }
+                    req = Some(copy);
+                    last_error = Some(failure);
+                    tried |= bit;
+                    drop(held);
+                    // A sibling endpoint first; a lone endpoint gets one more
+                    // connection; then the next region.
+                    slot = load.acquire(tried);
+                    if slot.is_none() && load.endpoints.len() == 1 && reset_retry {
+                        reset_retry = false;
+                        slot = load.acquire(0);
+                    }
+                    tracing::debug!(region = %region.name, here = slot.is_some(), "replaying a reset request");
                 }
             }
         }
     }
     Err(last_error.expect("forward is called with at least one candidate"))
+}
+
+/// The account of a region of this attempt's table: published with it.
+fn account_of<'a>(ctx: &Attempt<'a>, id: RegionId) -> &'a RegionAccount {
+    ctx.accounts
+        .account(ctx.table, id)
+        .expect("a snapshot's accounts cover its table's regions")
+}
+
+/// A failed attempt on one endpoint: a run of them takes it out of rotation
+/// while a sibling serves (logged and counted).
+fn endpoint_failed(ctx: &Attempt<'_>, region: &Region, load: &RegionLoad, endpoint: usize) {
+    let s = &ctx.table.settings;
+    if load.record(
+        endpoint,
+        Attempted::Failed,
+        s.passive_failures,
+        s.endpoint_ejection,
+        s.endpoint_max_ejection,
+    ) {
+        let key = &load.endpoints[endpoint].key;
+        tracing::warn!(target: "georouter::health", region = %region.name, endpoint = %key, "endpoint out of rotation: a run of failed requests while a sibling serves");
+        ctx.state
+            .metrics
+            .endpoint_ejections
+            .with_label_values(&[region.name.as_str(), key])
+            .inc();
+    }
 }

@@ -13,8 +13,11 @@
 //!     geo       client IP -> country, continent, subdivision, location
 //!     policy    facts + RoutingTable -> route, rule, pin, candidates (fenced)
 //!     select    candidates + RegionStates -> regions to try, in order
-//!   forward     pooled upstream connection; next candidate when one cannot be had;
-//!               every failure blamed once: region, client or local (blame)
+//!   forward     a slot on an endpoint with room (capacity: power of two choices
+//!               over in-flight; a full region spills to the next candidate; all
+//!               full: a short queue, then 503 + Retry-After); pooled upstream
+//!               connection; a reset retried on a sibling endpoint, then the next
+//!               candidate; every failure blamed once: region, client or local
 //!   proxy       hop-by-hop headers out, x-georouter-region in; stream the body back
 //! ```
 //!
@@ -29,6 +32,7 @@
 //! where it goes; [`admit`], [`authority`], [`path`], [`head_guard`],
 //! [`h2_guard`] what the edge refuses; [`headers`] header hygiene;
 //! [`request_id`] `x-request-id`; [`forward`] attempts over the candidates;
+//! [`capacity`] requests in flight per endpoint, endpoint standing, the queue;
 //! [`blame`] region, client and local faults; [`client_body`] the upload and
 //! its clock; [`pool`] upstream connections; [`proxy`] the per-request service;
 //! [`activity`] what a connection is doing; [`descriptors`] the descriptor
@@ -49,6 +53,7 @@ pub mod auth;
 pub mod authority;
 pub mod blame;
 pub mod budget;
+pub mod capacity;
 pub mod check;
 pub mod client_body;
 pub mod config;

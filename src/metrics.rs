@@ -33,6 +33,12 @@ pub const NAMES: &[&str] = &[
     "georouter_local_errors_total",
     "georouter_geo_lookup_errors_total",
     "georouter_ejections_capped_total",
+    "georouter_shed_total",
+    "georouter_spillover_total",
+    "georouter_region_in_flight",
+    "georouter_region_queue_depth",
+    "georouter_endpoint_healthy",
+    "georouter_endpoint_ejections_total",
     "georouter_build_info",
 ];
 
@@ -81,6 +87,14 @@ pub struct Metrics {
     /// Passive ejections refused by the cap (`max_ejected_percent`, the last
     /// serving region of a jurisdiction): the router suspects itself or its network.
     pub ejections_capped: IntCounter,
+    /// Requests refused fast because every candidate was full: never a region's fault.
+    pub shed: IntCounterVec,
+    /// Requests served by a later candidate because an earlier one was full.
+    pub spillover: IntCounterVec,
+    pub region_in_flight: IntGaugeVec,
+    pub region_queue_depth: IntGaugeVec,
+    pub endpoint_healthy: IntGaugeVec,
+    pub endpoint_ejections: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -268,6 +282,42 @@ impl Metrics {
                 "Admin API calls, by action and result.",
                 &["action", "result"],
             ),
+            shed: counter(
+                &r,
+                "georouter_shed_total",
+                "Requests answered 503 + Retry-After because every candidate region was at capacity (queue_full: no place in the queue; queue_timeout: no room within queue_timeout).",
+                &["route", "reason"],
+            ),
+            spillover: counter(
+                &r,
+                "georouter_spillover_total",
+                "Requests served by the next candidate region because the earlier one was at capacity.",
+                &["from", "to"],
+            ),
+            region_in_flight: gauge(
+                &r,
+                "georouter_region_in_flight",
+                "Requests in flight to the region's endpoints (bounded by max_in_flight per endpoint).",
+                &["region"],
+            ),
+            region_queue_depth: gauge(
+                &r,
+                "georouter_region_queue_depth",
+                "Requests waiting for room in the region (bounded by max_queue).",
+                &["region"],
+            ),
+            endpoint_healthy: gauge(
+                &r,
+                "georouter_endpoint_healthy",
+                "1 when the endpoint passes its checks and is not ejected.",
+                &["region", "endpoint"],
+            ),
+            endpoint_ejections: counter(
+                &r,
+                "georouter_endpoint_ejections_total",
+                "Endpoints taken out of rotation by a run of failed requests while a sibling served.",
+                &["region", "endpoint"],
+            ),
             registry: r,
         };
         // Exported at 0 from the start: an increase over a series that appears
@@ -303,6 +353,8 @@ impl Metrics {
         let _ = self.region_drained.remove_label_values(&[region]);
         let _ = self.region_weight.remove_label_values(&[region]);
         let _ = self.region_rtt.remove_label_values(&[region]);
+        let _ = self.region_in_flight.remove_label_values(&[region]);
+        let _ = self.region_queue_depth.remove_label_values(&[region]);
     }
 }
 
@@ -338,6 +390,16 @@ mod tests {
         m.config_generation.set(1);
         m.upstream_errors.with_label_values(&["x", "connect"]).inc();
         m.admin_requests.with_label_values(&["drain", "ok"]).inc();
+        m.shed.with_label_values(&["r", "queue_full"]).inc();
+        m.spillover.with_label_values(&["x", "y"]).inc();
+        m.region_in_flight.with_label_values(one).set(1);
+        m.region_queue_depth.with_label_values(one).set(0);
+        m.endpoint_healthy
+            .with_label_values(&["x", "http://a:1"])
+            .set(1);
+        m.endpoint_ejections
+            .with_label_values(&["x", "http://a:1"])
+            .inc();
         let text = String::from_utf8(m.render()).unwrap();
         let mut exported: Vec<&str> = text
             .lines()

@@ -285,6 +285,7 @@ impl Lease {
                             body,
                             back,
                             streaming: None,
+                            slot: None,
                         }))
                     }
                     Err(mut e) => Err(SendError {
@@ -298,6 +299,7 @@ impl Lease {
                     body,
                     back: None,
                     streaming: None,
+                    slot: None,
                 })),
                 Err(mut e) => Err(SendError {
                     unsent: e.take_message(),
@@ -314,9 +316,18 @@ pub struct PooledBody {
     body: Incoming,
     back: Option<(http1::SendRequest<UpstreamBody>, Slot)>,
     streaming: Option<crate::activity::Streaming>,
+    /// The request's place in its endpoint's `max_in_flight`, until the body ends.
+    slot: Option<crate::capacity::InFlight>,
 }
 
 impl PooledBody {
+    /// Keeps the request counted in flight to its endpoint until this body is done.
+    pub fn hold_slot(&mut self, slot: crate::capacity::InFlight) {
+        if !self.body.is_end_stream() {
+            self.slot = Some(slot);
+        }
+    }
+
     /// Keeps the client connection counted busy until this body is done.
     pub fn hold(&mut self, streaming: crate::activity::Streaming) {
         self.streaming = Some(streaming);
@@ -362,9 +373,18 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Ready(None) => {
+                self.slot = None;
+                self.give_back();
+            }
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => {
+                self.slot = None;
+                self.give_back();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.slot = None;
+                self.back = None;
+            }
             _ => {}
         }
         polled

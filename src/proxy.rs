@@ -237,7 +237,7 @@ async fn proxy<'s>(
     route: &mut Option<&'s str>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let settings = &snapshot.table.settings;
-    budget::deposit(&settings.retry);
+    budget::deposit(&settings.retry, started);
     let (admitted, ambiguity) = check(&mut req, settings, door.flaw, door.admitted)?;
     let host_header = door.host_header;
     let plan = decide(
@@ -440,6 +440,14 @@ fn forward_error(
             plan.client,
             "every region inside the jurisdiction is unreachable",
         ),
+        (ForwardError::Shed { reason }, _) => {
+            conn.state
+                .metrics
+                .shed
+                .with_label_values(&[&plan.decision.route.name, reason.as_str()])
+                .inc();
+            ProxyError::Shed { reason }
+        }
         (ForwardError::Client { fault }, _) => {
             conn.state.metrics.client_errors[fault as usize].inc();
             tracing::debug!(client = %plan.client.0, fault = fault.as_str(), "the client's request body failed; no region is blamed");

@@ -8,6 +8,8 @@
 //! `/health` answers 200 (or 503 after `set_health(false)`; health checks are
 //! not counted as requests). Anything else answers the region name. A request with
 //! `Upgrade` gets `101` and an echo of every byte over the upgraded connection.
+//! Gray failures: a concurrency cap (requests past it wait, as in a full
+//! server), slow requests whose health checks stay fast, a reset every Nth request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -63,6 +65,15 @@ struct Control {
     health_ok: AtomicBool,
     /// Bumped to close every open connection while still accepting.
     sever: watch::Sender<u64>,
+    /// Requests served at once at most (0: no cap); the rest wait.
+    max_concurrency: AtomicU64,
+    busy: AtomicU64,
+    peak: AtomicU64,
+    freed: tokio::sync::Notify,
+    /// Added to every request but health checks.
+    slow_us: AtomicU64,
+    /// Every Nth request is reset (0: none).
+    reset_every: AtomicU64,
 }
 
 type SimBody = BoxBody<Bytes, std::io::Error>;
@@ -109,6 +120,12 @@ impl SimRegion {
             connections: AtomicU64::new(0),
             health_ok: AtomicBool::new(true),
             sever: watch::channel(0).0,
+            max_concurrency: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            freed: tokio::sync::Notify::new(),
+            slow_us: AtomicU64::new(0),
+            reset_every: AtomicU64::new(0),
         });
         let (kill, killed) = watch::channel(false);
         let is_tls = tls.is_some();
@@ -158,6 +175,36 @@ impl SimRegion {
     /// Requests received so far (including failed and hung ones), health checks aside.
     pub fn requests(&self) -> u64 {
         self.control.requests.load(Ordering::SeqCst)
+    }
+
+    /// Serves at most `n` requests at once (0: no cap); the others wait their
+    /// turn, as in a server whose workers are all busy. Health checks pass by.
+    pub fn set_max_concurrency(&self, n: u64) {
+        self.control.max_concurrency.store(n, Ordering::SeqCst);
+        self.control.freed.notify_waiters();
+    }
+
+    /// The most requests this region has served at once (health checks aside).
+    pub fn peak_concurrency(&self) -> u64 {
+        self.control.peak.load(Ordering::SeqCst)
+    }
+
+    /// Requests being served now (health checks aside).
+    pub fn in_flight(&self) -> u64 {
+        self.control.busy.load(Ordering::SeqCst)
+    }
+
+    /// Every request but health checks takes `d` longer: slow while its checks
+    /// stay fast.
+    pub fn set_slow_requests(&self, d: Duration) {
+        self.control
+            .slow_us
+            .store(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Resets the connection of every `n`th request (0: none).
+    pub fn set_reset_every(&self, n: u64) {
+        self.control.reset_every.store(n, Ordering::SeqCst);
     }
 
     /// Makes health checks fail (503) or pass, whatever the mode for traffic.
@@ -301,10 +348,29 @@ async fn answer(
     mut req: Request<Incoming>,
 ) -> Result<Response<SimBody>, std::io::Error> {
     let check = is_health_check(&req);
+    let mut nth = 0;
     if !check {
-        control.requests.fetch_add(1, Ordering::SeqCst);
+        nth = control.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if !counted.swap(true, Ordering::SeqCst) {
             control.connections.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let _turn = if check {
+        None
+    } else {
+        Some(Turn::take(&control).await)
+    };
+    if !check {
+        let slow = control.slow_us.load(Ordering::SeqCst);
+        if slow > 0 {
+            tokio::time::sleep(Duration::from_micros(slow)).await;
+        }
+        let every = control.reset_every.load(Ordering::SeqCst);
+        if every > 0 && nth % every == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated reset",
+            ));
         }
     }
     if check && !control.health_ok.load(Ordering::SeqCst) {
@@ -388,6 +454,38 @@ async fn answer(
         http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("?")),
     );
     Ok(resp)
+}
+
+/// A request's turn under the concurrency cap, given back when it is answered.
+struct Turn(Arc<Control>);
+
+impl Turn {
+    async fn take(control: &Arc<Control>) -> Turn {
+        loop {
+            let freed = control.freed.notified();
+            let cap = control.max_concurrency.load(Ordering::SeqCst);
+            let busy = control.busy.load(Ordering::SeqCst);
+            if (cap == 0 || busy < cap)
+                && control
+                    .busy
+                    .compare_exchange(busy, busy + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                control.peak.fetch_max(busy + 1, Ordering::SeqCst);
+                return Turn(control.clone());
+            }
+            if cap != 0 && busy >= cap {
+                freed.await;
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        self.0.freed.notify_one();
+    }
 }
 
 fn upgrade_echo(req: &mut Request<Incoming>) -> Response<SimBody> {

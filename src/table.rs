@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::config::{Config, EndpointSpec, Location, RegionName, UpstreamSettings};
+use crate::config::{Capacity, Config, EndpointSpec, Location, RegionName, UpstreamSettings};
 use crate::config::{Methods, Steering};
 use crate::geo::{Code, Code3, GeoFacts, GeoLookup, MmdbGeo, NoGeo};
 use crate::identity::TrustedProxies;
@@ -29,6 +29,7 @@ pub struct Region {
     pub jurisdiction: Option<String>,
     pub location: Option<Location>,
     pub endpoints: Box<[EndpointSpec]>,
+    pub capacity: Capacity,
     /// TLS with ALPN `http/1.1` and `h2`; present when any endpoint is `https://`.
     pub tls_http1: Option<Arc<rustls::ClientConfig>>,
     pub tls_http2: Option<Arc<rustls::ClientConfig>>,
@@ -228,6 +229,9 @@ pub struct RequestSettings {
     pub upstream: UpstreamSettings,
     /// Consecutive failed attempts that eject a region (0 = off).
     pub passive_failures: u32,
+    /// How long a failing endpoint stays out of rotation, and at most.
+    pub endpoint_ejection: std::time::Duration,
+    pub endpoint_max_ejection: std::time::Duration,
     pub retry: crate::config::RetrySettings,
 }
 
@@ -303,6 +307,7 @@ impl RoutingTable {
                 jurisdiction: r.jurisdiction.clone(),
                 location: r.location,
                 endpoints: r.endpoints.clone().into_boxed_slice(),
+                capacity: r.capacity,
                 tls_http1,
                 tls_http2,
             });
@@ -450,6 +455,8 @@ impl RoutingTable {
                 replace_forwarded: config.client.replace_forwarded,
                 upstream: config.upstream.clone(),
                 passive_failures: config.health.passive.consecutive_failures,
+                endpoint_ejection: config.health.passive.ejection,
+                endpoint_max_ejection: config.health.passive.max_ejection,
                 retry: config.retry,
             },
             geo,

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{
-    raw, AdminSettings, CertificateSpec, ClientSettings, Http2Tuning, Invalid, ListenerSpec,
-    Resumption, ServerSettings, TlsSpec, UpstreamSettings,
+    raw, AdminSettings, Capacity, CertificateSpec, ClientSettings, Http2Tuning, Invalid,
+    ListenerSpec, Resumption, ServerSettings, TlsSpec, UpstreamSettings,
 };
 
 /// Checks the HTTP/2 settings of `section` against RFC 9113's bounds: a window
@@ -320,7 +320,14 @@ pub(super) fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSetti
         adaptive_window: u.http2_adaptive_window,
     };
     check_http2("upstream", &http2, errs);
+    let capacity = Capacity {
+        max_in_flight: u.max_in_flight,
+        max_queue: u.max_queue,
+        queue_timeout: u.queue_timeout,
+    };
+    check_capacity("upstream", &capacity, errs);
     UpstreamSettings {
+        capacity,
         connect_timeout: u.connect_timeout,
         response_timeout: u.response_timeout,
         try_timeout,
@@ -328,5 +335,21 @@ pub(super) fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSetti
         pool_idle_timeout: u.pool_idle_timeout,
         pool_max_idle_per_endpoint: u.pool_max_idle_per_endpoint,
         http2,
+    }
+}
+
+/// Capacity that can serve: at least one request per endpoint.
+pub(super) fn check_capacity(at: &str, c: &Capacity, errs: &mut Invalid) {
+    if c.max_in_flight == 0 {
+        errs.push(
+            format!("{at}.max_in_flight"),
+            "must be at least 1 (drain the region to send it nothing)",
+        );
+    }
+    if c.max_queue > 0 && c.queue_timeout.is_zero() {
+        errs.push(
+            format!("{at}.queue_timeout"),
+            "must be longer than 0s when max_queue is above 0 (max_queue = 0 turns queueing off)",
+        );
     }
 }

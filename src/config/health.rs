@@ -50,8 +50,12 @@ pub struct FailbackSpec {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetrySettings {
+    /// Retries as a fraction of the window's requests.
     pub budget: f64,
+    /// Retries always allowed per window (per worker thread).
     pub min_retries: u32,
+    /// The sliding window (1 s to 60 s).
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,9 +223,19 @@ pub(super) fn retry(r: &RawRetry, errs: &mut Invalid) -> RetrySettings {
     if !(0.0..=1.0).contains(&r.budget) {
         errs.push("retry.budget", format!("{} is outside 0.0..=1.0", r.budget));
     }
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&r.window) {
+        errs.push(
+            "retry.window",
+            format!(
+                "{} is outside 1s..=60s",
+                humantime::format_duration(r.window)
+            ),
+        );
+    }
     RetrySettings {
         budget: r.budget,
         min_retries: r.min_retries,
+        window: r.window,
     }
 }
 

@@ -424,17 +424,22 @@ impl Default for RawFailback {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRetry {
-    /// Retries of requests a region already received, as a fraction of requests.
+    /// Retries of requests a region already received, as a fraction of the
+    /// window's requests.
     pub budget: f64,
-    /// Retries always allowed (per worker) before the fraction applies.
+    /// Retries always allowed per window, per worker thread.
     pub min_retries: u32,
+    /// The sliding window the budget counts over.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
 }
 
 impl Default for RawRetry {
     fn default() -> Self {
         Self {
             budget: 0.2,
-            min_retries: 10,
+            min_retries: 100,
+            window: Duration::from_secs(10),
         }
     }
 }
@@ -474,6 +479,14 @@ pub struct RawUpstream {
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
+    /// Requests in flight per endpoint at most: past it, the next candidate
+    /// with room, then a short queue, then 503.
+    pub max_in_flight: u32,
+    /// Requests waiting for room per region at most.
+    pub max_queue: u32,
+    /// The longest a request waits for room before 503 + Retry-After.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
     pub http2_stream_window: u32,
     pub http2_connection_window: u32,
     pub http2_max_frame_size: u32,
@@ -496,6 +509,9 @@ impl Default for RawUpstream {
             request_body_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_endpoint: 256,
+            max_in_flight: 1024,
+            max_queue: 1024,
+            queue_timeout: Duration::from_secs(1),
             http2_stream_window: UPSTREAM_HTTP2_STREAM_WINDOW,
             http2_connection_window: UPSTREAM_HTTP2_CONNECTION_WINDOW,
             http2_max_frame_size: HTTP2_MAX_FRAME_SIZE,
@@ -513,6 +529,15 @@ pub struct RawRegion {
     #[serde(default)]
     pub location: Option<RawLocation>,
     pub endpoints: Vec<RawEndpoint>,
+    /// Requests in flight per endpoint at most (default: `upstream.max_in_flight`).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Requests waiting for room at most (default: `upstream.max_queue`).
+    #[serde(default)]
+    pub max_queue: Option<u32>,
+    /// The longest a request waits for room (default: `upstream.queue_timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub queue_timeout: Option<Duration>,
     #[serde(default)]
     pub tls: RawRegionTls,
     #[serde(default)]
@@ -532,6 +557,9 @@ pub struct RawEndpoint {
     pub url: String,
     #[serde(default)]
     pub protocol: Option<String>,
+    /// This endpoint's own bound on requests in flight.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -7,7 +7,8 @@ use http::uri::Scheme;
 use http::Uri;
 
 use super::{
-    health, raw, EndpointSpec, HealthCheck, Invalid, Protocol, RegionName, RegionSpec, RegionTls,
+    health, raw, Capacity, EndpointSpec, HealthCheck, Invalid, Protocol, RegionName, RegionSpec,
+    RegionTls,
 };
 use crate::geo::Location;
 
@@ -22,6 +23,7 @@ pub(super) fn is_valid_name(name: &str) -> bool {
 pub(super) fn regions(
     raw: Vec<raw::RawRegion>,
     checks: &HealthCheck,
+    defaults: &Capacity,
     errs: &mut Invalid,
 ) -> Vec<RegionSpec> {
     if raw.is_empty() {
@@ -81,11 +83,25 @@ pub(super) fn regions(
                     "a region needs at least one endpoint",
                 );
             }
+            let capacity = Capacity {
+                max_in_flight: r.max_in_flight.unwrap_or(defaults.max_in_flight),
+                max_queue: r.max_queue.unwrap_or(defaults.max_queue),
+                queue_timeout: r.queue_timeout.unwrap_or(defaults.queue_timeout),
+            };
+            super::edge::check_capacity(&path, &capacity, errs);
             let endpoints = r
                 .endpoints
                 .iter()
                 .enumerate()
-                .filter_map(|(j, e)| endpoint(&format!("{path}.endpoints[{j}]"), e, errs))
+                .filter_map(|(j, e)| {
+                    let at = format!("{path}.endpoints[{j}]");
+                    if e.max_in_flight == Some(0) {
+                        errs.push(format!("{at}.max_in_flight"), "must be at least 1");
+                    }
+                    let mut spec = endpoint(&at, e, errs)?;
+                    spec.max_in_flight = e.max_in_flight.unwrap_or(capacity.max_in_flight);
+                    Some(spec)
+                })
                 .collect();
             if r.tls.client_cert.is_some() != r.tls.client_key.is_some() {
                 errs.push(
@@ -96,6 +112,7 @@ pub(super) fn regions(
             let health = health::region(&format!("{path}.health"), &r.health, checks, errs);
             RegionSpec {
                 health,
+                capacity,
                 name: RegionName::new(&r.name),
                 jurisdiction: r.jurisdiction,
                 location,
@@ -170,5 +187,6 @@ fn endpoint(path: &str, e: &raw::RawEndpoint, errs: &mut Invalid) -> Option<Endp
         authority: authority.clone(),
         protocol,
         host,
+        max_in_flight: 0,
     })
 }

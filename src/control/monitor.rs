@@ -69,6 +69,38 @@ impl Control {
         );
     }
 
+    /// Each endpoint's check result: in or out of rotation, logged when it changes.
+    fn endpoints_checked(&self, region: &crate::table::Region, results: &[Option<bool>]) {
+        let account = {
+            let inner = self.lock();
+            match inner.regions.get(&region.name) {
+                Some(rec) => rec.account.clone(),
+                None => return,
+            }
+        };
+        if !account.load.tracks(&region.endpoints) {
+            return;
+        }
+        for (i, ok) in results.iter().enumerate() {
+            let Some(ok) = *ok else { continue };
+            // A lone endpoint's standing is the region's, told by its machine.
+            if account.load.checked(i, ok) && results.len() > 1 {
+                let endpoint = &*account.load.endpoints[i].key;
+                if ok {
+                    tracing::info!(target: "georouter::health", region = %region.name, endpoint, "endpoint passes its checks: back in rotation");
+                } else {
+                    tracing::warn!(target: "georouter::health", region = %region.name, endpoint, "endpoint fails its checks: out of rotation");
+                }
+                self.journal.record(
+                    region.name.as_str(),
+                    "endpoint",
+                    format!("{endpoint} {}", if ok { "up" } else { "down" }),
+                    String::new(),
+                );
+            }
+        }
+    }
+
     /// Feeds one check outcome into a region's machine.
     fn report(&self, region: &RegionName, outcome: Outcome) {
         let mut inner = self.lock();
@@ -234,11 +266,12 @@ impl Control {
             let task = tokio::spawn(async move {
                 let region = table.region(id);
                 loop {
-                    let outcome = tokio::select! {
+                    let report = tokio::select! {
                         o = check::run(region, &check, &table.settings.upstream.http2) => o,
                         _ = shutdown.changed() => return,
                     };
-                    control.report(&region.name, outcome);
+                    control.endpoints_checked(region, &report.endpoints);
+                    control.report(&region.name, report.outcome);
                     let wait = jittered(check.interval, check.jitter);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

@@ -284,15 +284,28 @@ impl Control {
         }
         let mut regions = HashMap::new();
         for spec in &config.regions {
+            let account = || {
+                Arc::new(RegionAccount::new(
+                    spec.name.clone(),
+                    &self.state.metrics,
+                    &spec.endpoints,
+                    &spec.capacity,
+                ))
+            };
             let rec = match inner.regions.remove(&spec.name) {
                 Some(mut rec) => {
                     rec.check = spec.health.clone();
+                    if rec.account.load.tracks(&spec.endpoints) {
+                        rec.account
+                            .load
+                            .set_capacity(&spec.endpoints, &spec.capacity);
+                    } else {
+                        // Other endpoints: their load starts afresh.
+                        rec.account = account();
+                    }
                     rec
                 }
-                None => Record::new(
-                    spec.health.clone(),
-                    Arc::new(RegionAccount::new(spec.name.clone(), &self.state.metrics)),
-                ),
+                None => Record::new(spec.health.clone(), account()),
             };
             regions.insert(spec.name.clone(), rec);
         }

@@ -10,7 +10,7 @@ use super::ProxyBody;
 use crate::admit::Refused;
 use crate::blame::{ClientFault, LocalFault};
 use crate::config::RegionName;
-use crate::forward::ForwardError;
+use crate::forward::{ForwardError, ShedReason};
 use crate::path::PathError;
 use crate::request_id::{self, RequestId};
 
@@ -46,6 +46,8 @@ pub enum ProxyError {
     ClientBody { fault: ClientFault },
     #[error("the router is short of its own resources ({}); try again shortly", .fault.as_str())]
     Local { fault: LocalFault },
+    #[error("every region that may serve this request is at capacity ({}); try again shortly", .reason.as_str())]
+    Shed { reason: ShedReason },
 }
 
 fn client_fault_text(fault: ClientFault) -> &'static str {
@@ -86,7 +88,7 @@ impl ProxyError {
                 ClientFault::MalformedBody | ClientFault::Gone => StatusCode::BAD_REQUEST,
                 ClientFault::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             },
-            ProxyError::Local { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Local { .. } | ProxyError::Shed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -96,7 +98,7 @@ impl ProxyError {
             ProxyError::NoServingRegion { .. }
             | ProxyError::ResidencyRefused { .. }
             | ProxyError::GeoUnreadable => Some("5"),
-            ProxyError::Local { .. } => Some("1"),
+            ProxyError::Local { .. } | ProxyError::Shed { .. } => Some("1"),
             _ => None,
         }
     }
@@ -162,6 +164,7 @@ impl From<ForwardError> for ProxyError {
             ForwardError::BodyTooLarge { limit } => ProxyError::BodyTooLarge { limit },
             ForwardError::Client { fault } => ProxyError::ClientBody { fault },
             ForwardError::Local { fault, .. } => ProxyError::Local { fault },
+            ForwardError::Shed { reason } => ProxyError::Shed { reason },
         }
     }
 }

@@ -1,0 +1,503 @@
+//! What a region can take, as every worker sees it: requests in flight per
+//! endpoint against its bound, endpoints out of rotation (failed checks, passive
+//! ejection), the region's short queue, and the slot a request holds until its
+//! response ends. Endpoints are chosen by the power of two choices over in-flight.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::time::Instant;
+
+use crate::config::{Capacity, EndpointSpec};
+
+/// The clock endpoint ejections are measured on.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    Instant::now()
+        .saturating_duration_since(epoch())
+        .as_millis() as u64
+        + 1
+}
+
+/// One endpoint's load and standing.
+#[derive(Debug)]
+pub struct EndpointLoad {
+    /// The endpoint's `scheme://authority`, to tell a changed policy apart.
+    pub key: Box<str>,
+    in_flight: AtomicU32,
+    limit: AtomicU32,
+    /// Consecutive failed attempts (passive detection per endpoint).
+    failures: AtomicU32,
+    /// Out of rotation until this many ms past the epoch (0: in rotation).
+    ejected_until: AtomicU64,
+    /// How many ejections in a row (the next one lasts longer).
+    ejections: AtomicU32,
+    /// The last active check passed.
+    check_ok: AtomicBool,
+    healthy: IntGauge,
+}
+
+impl EndpointLoad {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// In rotation: its checks pass and it is not ejected.
+    pub fn available(&self) -> bool {
+        self.check_ok.load(Ordering::Relaxed) && !self.ejected()
+    }
+
+    pub fn ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    pub fn check_passed(&self) -> bool {
+        self.check_ok.load(Ordering::Relaxed)
+    }
+
+    fn refresh_gauge(&self) {
+        self.healthy.set(i64::from(self.available()));
+    }
+}
+
+/// How an endpoint did on one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempted {
+    Ok,
+    Failed,
+}
+
+/// A region's endpoints and queue, shared by every worker.
+#[derive(Debug)]
+pub struct RegionLoad {
+    pub endpoints: Box<[EndpointLoad]>,
+    queued: AtomicU32,
+    max_queue: AtomicU32,
+    queue_timeout_ms: AtomicU64,
+    room: tokio::sync::Notify,
+    in_flight: IntGauge,
+    queue_depth: IntGauge,
+}
+
+/// Where the gauges of a region's load are resolved.
+pub struct Gauges<'a> {
+    pub in_flight: IntGauge,
+    pub queue_depth: IntGauge,
+    pub endpoint_healthy: &'a dyn Fn(&str) -> IntGauge,
+}
+
+impl RegionLoad {
+    pub fn new(endpoints: &[EndpointSpec], capacity: &Capacity, gauges: Gauges<'_>) -> Self {
+        let load = Self {
+            endpoints: endpoints
+                .iter()
+                .map(|e| {
+                    let key: Box<str> = format!("{}://{}", e.scheme, e.authority).into();
+                    let healthy = (gauges.endpoint_healthy)(&key);
+                    healthy.set(1);
+                    EndpointLoad {
+                        healthy,
+                        key,
+                        in_flight: AtomicU32::new(0),
+                        limit: AtomicU32::new(e.max_in_flight.max(1)),
+                        failures: AtomicU32::new(0),
+                        ejected_until: AtomicU64::new(0),
+                        ejections: AtomicU32::new(0),
+                        check_ok: AtomicBool::new(true),
+                    }
+                })
+                .collect(),
+            queued: AtomicU32::new(0),
+            max_queue: AtomicU32::new(0),
+            queue_timeout_ms: AtomicU64::new(0),
+            room: tokio::sync::Notify::new(),
+            in_flight: gauges.in_flight,
+            queue_depth: gauges.queue_depth,
+        };
+        load.set_capacity(endpoints, capacity);
+        load
+    }
+
+    /// Whether this load tracks exactly `endpoints` (same order and addresses).
+    pub fn tracks(&self, endpoints: &[EndpointSpec]) -> bool {
+        self.endpoints.len() == endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(endpoints)
+                .all(|(l, e)| *l.key == *format!("{}://{}", e.scheme, e.authority))
+    }
+
+    /// A reload's bounds, for the same endpoints.
+    pub fn set_capacity(&self, endpoints: &[EndpointSpec], capacity: &Capacity) {
+        for (l, e) in self.endpoints.iter().zip(endpoints) {
+            l.limit.store(e.max_in_flight.max(1), Ordering::Relaxed);
+        }
+        self.max_queue.store(capacity.max_queue, Ordering::Relaxed);
+        self.queue_timeout_ms
+            .store(capacity.queue_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Requests in flight to every endpoint.
+    pub fn in_flight(&self) -> u32 {
+        self.endpoints.iter().map(EndpointLoad::in_flight).sum()
+    }
+
+    /// Requests in flight at most, over every endpoint.
+    pub fn limit(&self) -> u32 {
+        self.endpoints.iter().map(EndpointLoad::limit).sum()
+    }
+
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// A slot on an endpoint with room, not in `tried` (a bit per endpoint),
+    /// chosen by the power of two choices over requests in flight; endpoints
+    /// out of rotation only when none is in it. `None`: the region is full
+    /// (or every endpoint was tried).
+    pub fn acquire(self: &Arc<Self>, tried: u64) -> Option<InFlight> {
+        let n = self.endpoints.len();
+        let open = |i: usize| tried & (1 << i.min(63)) == 0;
+        let pick = |rotation: bool| -> Option<InFlight> {
+            let fits = |i: usize| {
+                let e = &self.endpoints[i];
+                open(i) && (!rotation || e.available()) && e.in_flight() < e.limit()
+            };
+            let count = (0..n).filter(|&i| fits(i)).count();
+            if count == 0 {
+                return None;
+            }
+            let nth = |k: usize| (0..n).filter(|&i| fits(i)).nth(k);
+            let first = nth(fastrand::usize(..count))?;
+            let best = if count > 1 {
+                let mut k = fastrand::usize(..count - 1);
+                let second = nth(k).filter(|&j| j != first).or_else(|| {
+                    k += 1;
+                    nth(k)
+                })?;
+                let (a, b) = (&self.endpoints[first], &self.endpoints[second]);
+                if b.in_flight() < a.in_flight() {
+                    second
+                } else {
+                    first
+                }
+            } else {
+                first
+            };
+            self.take(best)
+        };
+        // Two rounds in case another worker took the last room meanwhile.
+        for _ in 0..2 {
+            if let Some(slot) = pick(true) {
+                return Some(slot);
+            }
+        }
+        if (0..n).any(|i| open(i) && self.endpoints[i].available()) {
+            return None;
+        }
+        // Nothing in rotation: the region's own health decides whether it
+        // serves, so try what there is.
+        pick(false)
+    }
+
+    fn take(self: &Arc<Self>, i: usize) -> Option<InFlight> {
+        let e = &self.endpoints[i];
+        let limit = e.limit();
+        let mut cur = e.in_flight.load(Ordering::Relaxed);
+        loop {
+            if cur >= limit {
+                return None;
+            }
+            match e.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.in_flight.inc();
+        Some(InFlight {
+            region: self.clone(),
+            endpoint: i,
+        })
+    }
+
+    /// Joins the queue; `None` when it is full.
+    pub fn enqueue(self: &Arc<Self>) -> Option<Queued> {
+        let max = self.max_queue.load(Ordering::Relaxed);
+        let mut cur = self.queued.load(Ordering::Relaxed);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match self.queued.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.queue_depth.inc();
+        Some(Queued(self.clone()))
+    }
+
+    /// Resolves when a slot of this region is given back (or its bounds change).
+    pub fn room(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
+    }
+
+    /// Passes a wake-up on: a woken waiter that took no slot here.
+    pub fn pass_on(&self) {
+        self.room.notify_one();
+    }
+
+    /// An attempt on endpoint `i` ended: a run of `threshold` failures (0: off)
+    /// takes it out of rotation for `ejection`, doubling with each ejection in
+    /// a row up to `max_ejection`, while another endpoint is in rotation.
+    /// Returns true when this attempt ejected it.
+    pub fn record(
+        &self,
+        i: usize,
+        outcome: Attempted,
+        threshold: u32,
+        ejection: Duration,
+        max_ejection: Duration,
+    ) -> bool {
+        let Some(e) = self.endpoints.get(i) else {
+            return false;
+        };
+        match outcome {
+            Attempted::Ok => {
+                if e.failures.load(Ordering::Relaxed) != 0 {
+                    e.failures.store(0, Ordering::Relaxed);
+                }
+                if e.ejected_until.load(Ordering::Relaxed) != 0 && !e.ejected() {
+                    e.ejected_until.store(0, Ordering::Relaxed);
+                    e.ejections.store(0, Ordering::Relaxed);
+                    e.refresh_gauge();
+                }
+                false
+            }
+            Attempted::Failed => {
+                let run = e.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if threshold == 0 || run < threshold || self.endpoints.len() < 2 {
+                    return false;
+                }
+                let others = self
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != i && o.available());
+                if !others || e.ejected() {
+                    return false;
+                }
+                let k = e.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+                let span = ejection
+                    .saturating_mul(1 << k)
+                    .min(max_ejection.max(ejection));
+                e.ejected_until
+                    .store(now_ms() + span.as_millis() as u64, Ordering::Relaxed);
+                e.failures.store(0, Ordering::Relaxed);
+                e.refresh_gauge();
+                true
+            }
+        }
+    }
+
+    /// An active check of endpoint `i` passed or failed.
+    pub fn checked(&self, i: usize, ok: bool) -> bool {
+        let Some(e) = self.endpoints.get(i) else {
+            return false;
+        };
+        let was = e.check_ok.swap(ok, Ordering::Relaxed);
+        e.refresh_gauge();
+        was != ok
+    }
+
+    /// Gauges brought up to date (an ejection may have ended by the clock).
+    pub fn refresh(&self) {
+        for e in self.endpoints.iter() {
+            e.refresh_gauge();
+        }
+    }
+}
+
+/// Why a request was refused fast instead of sent: every candidate was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The first full candidate's queue had no place.
+    QueueFull,
+    /// No room came within the queue timeout.
+    QueueTimeout,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 2] = [ShedReason::QueueFull, ShedReason::QueueTimeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+/// A request's place in a region's queue, left when dropped.
+#[derive(Debug)]
+pub struct Queued(Arc<RegionLoad>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        self.0.queue_depth.dec();
+    }
+}
+
+/// A request in flight to an endpoint; the slot is given back when dropped
+/// (its response ended, or the attempt failed).
+#[derive(Debug)]
+pub struct InFlight {
+    region: Arc<RegionLoad>,
+    endpoint: usize,
+}
+
+impl InFlight {
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+
+    pub fn region(&self) -> &RegionLoad {
+        &self.region
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let r = &self.region;
+        r.endpoints[self.endpoint]
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel);
+        r.in_flight.dec();
+        if r.queued.load(Ordering::Acquire) > 0 {
+            r.room.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(limits: &[u32]) -> Arc<RegionLoad> {
+        let endpoints: Vec<EndpointSpec> = limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let a: http::uri::Authority = format!("127.0.0.1:{}", i + 1).parse().unwrap();
+                EndpointSpec {
+                    scheme: http::uri::Scheme::HTTP,
+                    host: http::HeaderValue::from_str(a.as_str()).unwrap(),
+                    authority: a,
+                    protocol: crate::config::Protocol::Http1,
+                    max_in_flight: *l,
+                }
+            })
+            .collect();
+        let cap = Capacity {
+            max_in_flight: 1,
+            max_queue: 2,
+            queue_timeout: Duration::from_secs(1),
+        };
+        Arc::new(RegionLoad::new(
+            &endpoints,
+            &cap,
+            Gauges {
+                in_flight: IntGauge::new("f", "f").unwrap(),
+                queue_depth: IntGauge::new("q", "q").unwrap(),
+                endpoint_healthy: &|_| IntGauge::new("h", "h").unwrap(),
+            },
+        ))
+    }
+
+    #[test]
+    fn slots_stop_at_each_endpoints_bound_and_come_back_when_dropped() {
+        let r = load(&[2, 1]);
+        let slots: Vec<_> = (0..3).map(|_| r.acquire(0).expect("room")).collect();
+        assert!(r.acquire(0).is_none(), "full at 3");
+        assert_eq!(r.in_flight(), 3);
+        drop(slots);
+        assert_eq!(r.in_flight(), 0);
+        assert!(r.acquire(0).is_some());
+    }
+
+    #[test]
+    fn the_less_loaded_of_two_endpoints_is_chosen() {
+        let r = load(&[100, 100]);
+        let _busy: Vec<_> = (0..10).map(|_| r.take(0).unwrap()).collect();
+        for _ in 0..20 {
+            assert_eq!(r.acquire(0).unwrap().endpoint(), 1);
+        }
+    }
+
+    #[test]
+    fn a_tried_endpoint_is_skipped() {
+        let r = load(&[5, 5]);
+        for _ in 0..10 {
+            assert_eq!(r.acquire(0b01).unwrap().endpoint(), 1);
+        }
+        assert!(r.acquire(0b11).is_none());
+    }
+
+    #[test]
+    fn a_failing_endpoint_is_ejected_while_its_sibling_serves() {
+        let r = load(&[5, 5]);
+        let d = Duration::from_secs(10);
+        assert!(!r.record(0, Attempted::Failed, 3, d, d));
+        assert!(!r.record(0, Attempted::Failed, 3, d, d));
+        // The sibling's success does not end endpoint 0's run.
+        r.record(1, Attempted::Ok, 3, d, d);
+        assert!(r.record(0, Attempted::Failed, 3, d, d));
+        assert!(!r.endpoints[0].available());
+        for _ in 0..10 {
+            assert_eq!(r.acquire(0).unwrap().endpoint(), 1);
+        }
+        // The last endpoint in rotation is never ejected.
+        for _ in 0..5 {
+            assert!(!r.record(1, Attempted::Failed, 3, d, d));
+        }
+        assert!(r.endpoints[1].available());
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let r = load(&[1]);
+        let a = r.enqueue().unwrap();
+        let _b = r.enqueue().unwrap();
+        assert!(r.enqueue().is_none());
+        drop(a);
+        assert!(r.enqueue().is_some());
+    }
+}
