@@ -326,6 +326,7 @@ impl Control {
                         .iter()
                         .map(|e| format!("{}://{}", e.scheme, e.authority))
                         .collect(),
+                    load: LoadReport::of(&rec.account.load),
                 }
             })
             .collect()
@@ -350,4 +351,48 @@ pub struct RegionReport {
     pub errors: u64,
     pub last_transition: Option<(Instant, Transition)>,
     pub endpoints: Vec<String>,
+    pub load: LoadReport,
+}
+
+/// A region's load against its capacity, and each endpoint's standing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    pub in_flight: u32,
+    pub max_in_flight: u32,
+    pub queued: u32,
+    pub endpoints: Vec<EndpointReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointReport {
+    pub url: String,
+    /// In rotation: its checks pass and it is not ejected.
+    pub healthy: bool,
+    pub checks_pass: bool,
+    pub ejected: bool,
+    pub in_flight: u32,
+    pub max_in_flight: u32,
+}
+
+impl LoadReport {
+    fn of(load: &crate::capacity::RegionLoad) -> Self {
+        load.refresh();
+        LoadReport {
+            in_flight: load.in_flight(),
+            max_in_flight: load.limit(),
+            queued: load.queued(),
+            endpoints: load
+                .endpoints
+                .iter()
+                .map(|e| EndpointReport {
+                    url: e.key.to_string(),
+                    healthy: e.available(),
+                    checks_pass: e.check_passed(),
+                    ejected: e.ejected(),
+                    in_flight: e.in_flight(),
+                    max_in_flight: e.limit(),
+                })
+                .collect(),
+        }
+    }
 }

@@ -373,13 +373,15 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
+            // The connection goes back before the slot, so the request the
+            // slot lets in finds it idle rather than opening another.
             Poll::Ready(None) => {
-                self.slot = None;
                 self.give_back();
+                self.slot = None;
             }
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => {
-                self.slot = None;
                 self.give_back();
+                self.slot = None;
             }
             Poll::Ready(Some(Err(_))) => {
                 self.slot = None;

@@ -53,6 +53,7 @@ impl RegionView {
                 }
             }),
             endpoints: r.endpoints,
+            load: r.load,
         }
     }
 }
@@ -80,6 +81,9 @@ pub struct RegionView {
     pub upstream_errors: u64,
     pub last_transition: Option<TransitionView>,
     pub endpoints: Vec<String>,
+    /// Requests in flight against the region's bound, the queue, and each
+    /// endpoint's standing.
+    pub load: crate::control::LoadReport,
 }
 
 #[derive(Debug, Serialize)]

@@ -119,6 +119,11 @@ function renderRegions(s, prev) {
       el('td', { class: 'num', 'data-label': 'RTT' }, r.rtt_ms === null ? (r.health_checks ? '…' : 'no checks') : r.rtt_ms.toFixed(1) + ' ms'),
       el('td', { class: 'num share', 'data-label': 'Share' }, share === null ? '—' : (share * 100).toFixed(1) + ' %',
         share === null ? null : bar(share)),
+      el('td', { class: 'num load', 'data-label': 'Load' },
+        r.load.in_flight + ' / ' + r.load.max_in_flight,
+        el('span', { class: 'sub' },
+          r.load.endpoints.filter((e) => e.healthy).length + ' of ' + r.load.endpoints.length + ' endpoints in rotation' +
+          (r.load.queued > 0 ? ' · ' + r.load.queued + ' queued' : ''))),
       el('td', { class: 'num', 'data-label': 'Requests' }, r.requests.toLocaleString()),
       el('td', { class: 'num', 'data-label': 'Errors' }, r.upstream_errors.toLocaleString(),
         served + failed > 0 ? el('span', { class: 'sub' }, (100 * failed / (served + failed)).toFixed(1) + ' % now') : null),

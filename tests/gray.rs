@@ -1,0 +1,315 @@
+//! Gray failure through a real router: regions that are full, slow, hung or
+//! resetting lose their traffic smoothly; a survivor gets only what it can take
+//! and the rest is refused fast with Retry-After; no request waits on a region
+//! already known bad.
+
+mod support;
+
+use std::time::Duration;
+
+use georouter::sim::{Mode, SimRegion};
+use support::*;
+
+/// One region `r` with the given simulated endpoints, then `extra`.
+fn one_region(endpoints: &[&SimRegion], region_extra: &str, extra: &str) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("{{ url = \"{}\" }}", e.url()))
+        .collect();
+    let health = if extra.contains("[health]") {
+        ""
+    } else {
+        "[health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nfall = 2\nrise = 2\njitter = 0.0\n"
+    };
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [server]\naccess_log = false\n\
+         {health}\
+         {extra}\n\
+         [[regions]]\nname = \"r\"\nendpoints = [{}]\n{region_extra}\n",
+        list.join(", ")
+    )
+}
+
+/// `n` GETs of `url`, all at once; (status, region or body, Retry-After).
+async fn burst(url: String, n: usize) -> Vec<(u16, String, Option<String>)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let r = get(&h1_client(), &url).await;
+                let region = r
+                    .headers
+                    .get("x-georouter-region")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let retry = r
+                    .headers
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (r.status, region.unwrap_or(r.body), retry)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_failover_onto_a_region_without_the_capacity_serves_or_sheds_fast() {
+    let a = region("a").await;
+    let b = region("b").await;
+    // b can take 4 requests at once, each 100 ms: it cannot absorb a's load.
+    b.set_slow_requests(Duration::from_millis(100));
+    let router = TestRouter::spawn(&format!(
+        "{}\n",
+        two_regions(
+            &a,
+            &b,
+            "[upstream]\nmax_queue = 8\nqueue_timeout = \"300ms\"\n"
+        )
+        .replace(
+            &format!("name = \"b\"\nendpoints = [{{ url = \"{}\" }}]", b.url()),
+            &format!(
+                "name = \"b\"\nmax_in_flight = 4\nendpoints = [{{ url = \"{}\" }}]",
+                b.url()
+            ),
+        )
+    ))
+    .await;
+    a.kill();
+    let answers = burst(router.url("/"), 120).await;
+    let served = answers
+        .iter()
+        .filter(|(s, r, _)| *s == 200 && r == "b")
+        .count();
+    let shed: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
+    let other: Vec<_> = answers
+        .iter()
+        .filter(|(s, r, _)| !(*s == 200 && r == "b") && *s != 503)
+        .collect();
+    assert!(other.is_empty(), "neither served nor shed: {other:?}");
+    assert!(served >= 4, "b served {served}");
+    assert!(
+        !shed.is_empty(),
+        "120 requests at once onto 4 slots shed none"
+    );
+    for (_, body, retry) in &shed {
+        assert_eq!(retry.as_deref(), Some("1"), "{body}");
+        assert!(body.contains("at capacity"), "{body}");
+    }
+    assert!(
+        b.peak_concurrency() <= 4,
+        "b saw {} requests at once, over its bound of 4",
+        b.peak_concurrency()
+    );
+    let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert!(sum_of(&metrics, "georouter_shed_total{") >= shed.len() as f64);
+    // Shedding is not b's fault: it stays in service.
+    assert_eq!(phase(&router, "b"), "up");
+}
+
+#[tokio::test]
+async fn a_full_region_spills_over_to_the_next_candidate() {
+    let a = region("a").await;
+    let b = region("b").await;
+    a.set_slow_requests(Duration::from_millis(100));
+    let toml = two_regions(&a, &b, "").replace(
+        &format!("name = \"a\"\nendpoints = [{{ url = \"{}\" }}]", a.url()),
+        &format!(
+            "name = \"a\"\nmax_in_flight = 2\nendpoints = [{{ url = \"{}\" }}]",
+            a.url()
+        ),
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let answers = burst(router.url("/"), 40).await;
+    assert!(answers.iter().all(|(s, _, _)| *s == 200), "{answers:?}");
+    let by_b = answers.iter().filter(|(_, r, _)| r == "b").count();
+    assert!(by_b > 0, "nothing spilled over to b");
+    assert!(a.peak_concurrency() <= 2, "a saw {}", a.peak_concurrency());
+    let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert_metrics(
+        &metrics,
+        &["georouter_spillover_total{from=\"a\",to=\"b\"}"],
+    );
+    assert!(sum_of(&metrics, "georouter_spillover_total{from=\"a\",to=\"b\"}") >= by_b as f64);
+}
+
+#[tokio::test]
+async fn every_request_waiting_on_a_hung_region_moves_when_it_leaves_service() {
+    let a = region("a").await;
+    let b = region("b").await;
+    // Only the region leaving service moves them: no try_timeout, and a retry
+    // budget that would allow none.
+    let router = TestRouter::spawn_with_token(
+        &two_regions(
+            &a,
+            &b,
+            "[upstream]\ntry_timeout = \"0s\"\nresponse_timeout = \"20s\"\n\
+             [retry]\nbudget = 0.0\nmin_retries = 0\n",
+        ),
+        "t0ken",
+    )
+    .await;
+    a.set_mode(Mode::Hang);
+    let waiting = tokio::spawn(burst(router.url("/"), 200));
+    eventually("200 requests waiting on a", || a.requests() >= 200).await;
+    let (status, body) =
+        admin_post(router.admin, "/regions/a/drain?reason=hung", Some("t0ken")).await;
+    assert_eq!(status, 200, "{body}");
+    let answers = waiting.await.unwrap();
+    let failed: Vec<_> = answers.iter().filter(|(s, _, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(answers.iter().all(|(_, r, _)| r == "b"));
+}
+
+#[tokio::test]
+async fn a_hung_endpoint_leaves_the_rotation_while_its_sibling_serves() {
+    let e1 = region("r").await;
+    let e2 = region("r").await;
+    let router = TestRouter::spawn(&one_region(
+        &[&e1, &e2],
+        "",
+        "[upstream]\ntry_timeout = \"300ms\"\nresponse_timeout = \"10s\"\n",
+    ))
+    .await;
+    e1.set_mode(Mode::Hang);
+    let load = Load::start(router.url("/"), 4);
+    load.wait_for(200).await;
+    let report = load.stop().await;
+    assert!(
+        report.failed().is_empty(),
+        "{} failed: {:?}",
+        report.failed().len(),
+        &report.failed()[..report.failed().len().min(3)]
+    );
+    // The checks see it too: out of rotation, and said so.
+    let key = format!("http://{}", e1.addr());
+    eventually("the hung endpoint out of rotation", || {
+        let m = String::from_utf8(router.state.metrics.render()).unwrap();
+        m.contains(&format!(
+            "georouter_endpoint_healthy{{endpoint=\"{key}\",region=\"r\"}} 0"
+        ))
+    })
+    .await;
+    assert_eq!(
+        phase(&router, "r"),
+        "up",
+        "the region serves on its sibling"
+    );
+    let view = region_view(router.admin, "r").await;
+    let endpoints = view["load"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints[0]["url"], key.as_str());
+    assert_eq!(endpoints[0]["healthy"], false, "{view}");
+    assert_eq!(endpoints[1]["healthy"], true, "{view}");
+}
+
+#[tokio::test]
+async fn a_reset_on_a_single_region_route_is_retried_on_the_sibling_endpoint() {
+    let e1 = region("r").await;
+    let e2 = region("r").await;
+    e1.set_mode(Mode::Reset);
+    let router = TestRouter::spawn(&one_region(
+        &[&e1, &e2],
+        "",
+        "[health]\nenabled = false\n[health.passive]\nconsecutive_failures = 0\n",
+    ))
+    .await;
+    let client = h1_client();
+    for i in 0..60 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    assert!(e1.requests() > 0, "the resetting endpoint was never tried");
+}
+
+#[tokio::test]
+async fn a_reset_on_a_lone_endpoint_is_retried_on_a_new_connection() {
+    let e = region("r").await;
+    e.set_reset_every(3);
+    let router = TestRouter::spawn(&one_region(
+        &[&e],
+        "",
+        "[health]\nenabled = false\n[health.passive]\nconsecutive_failures = 0\n",
+    ))
+    .await;
+    let client = h1_client();
+    for i in 0..60 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    assert!(
+        e.requests() >= 80,
+        "{} requests: no resets were retried",
+        e.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_loses_its_share_to_a_fast_sibling() {
+    let slow = region("r").await;
+    let fast = region("r").await;
+    // Slow on real requests only: its checks stay fast.
+    slow.set_slow_requests(Duration::from_millis(300));
+    let router = TestRouter::spawn(&one_region(&[&slow, &fast], "", "")).await;
+    let load = Load::start(router.url("/"), 4);
+    load.wait_for(400).await;
+    let report = load.stop().await;
+    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    let total = slow.requests() + fast.requests();
+    assert!(
+        slow.requests() * 10 < total,
+        "the slow endpoint took {} of {total} requests",
+        slow.requests()
+    );
+}
+
+#[tokio::test]
+async fn upstream_connections_stay_within_the_endpoints_bound() {
+    let e = region("r").await;
+    e.set_slow_requests(Duration::from_millis(50));
+    // One worker: one pool, so every connection it opens is counted here.
+    let router = TestRouter::spawn(
+        &one_region(
+            &[&e],
+            "max_in_flight = 3\nmax_queue = 1000\nqueue_timeout = \"10s\"",
+            "",
+        )
+        .replace("[server]\n", "[server]\nworkers = 1\n"),
+    )
+    .await;
+    let answers = burst(router.url("/"), 60).await;
+    assert!(answers.iter().all(|(s, _, _)| *s == 200), "{answers:?}");
+    assert!(e.peak_concurrency() <= 3, "peak {}", e.peak_concurrency());
+    assert!(
+        e.connections() <= 3,
+        "{} upstream connections for a bound of 3",
+        e.connections()
+    );
+}
+
+#[test]
+fn capacity_settings_are_checked_with_their_paths() {
+    let base = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
+    let toml = format!(
+        "{base}[upstream]\nmax_in_flight = 0\n[[regions]]\nname = \"a\"\nmax_queue = 5\nqueue_timeout = \"0s\"\n\
+         endpoints = [{{ url = \"http://127.0.0.1:1\", max_in_flight = 0 }}]\n"
+    );
+    let err = georouter::config::Config::from_toml(&toml)
+        .unwrap_err()
+        .to_string();
+    for line in [
+        "upstream.max_in_flight: must be at least 1",
+        "regions[0].queue_timeout: must be longer than 0s when max_queue is above 0",
+        "regions[0].endpoints[0].max_in_flight: must be at least 1",
+    ] {
+        assert!(err.contains(line), "{line} missing from: {err}");
+    }
+}
