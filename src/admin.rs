@@ -260,6 +260,36 @@ async fn mutate(
                 )
             }
         },
+        ("capacity", Some(name)) => {
+            let scale = query_param(req, "scale").and_then(|v| {
+                let v = v.trim();
+                match v.strip_suffix('%') {
+                    Some(p) => p.parse::<f64>().ok().map(|p| p / 100.0),
+                    None => v.parse::<f64>().ok(),
+                }
+            });
+            let Some(scale) = scale.filter(|s| (0.0..=1.0).contains(s)) else {
+                audit("rejected", "scale");
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    "scale: the share of its clients the region keeps, 0 to 1 or 0% to 100% (e.g. scale=0.25; scale=1 gives them all back)\n",
+                );
+            };
+            match control.set_capacity_scale(name, scale, &peer.ip().to_string()) {
+                Ok(()) => {
+                    audit("ok", &format!("scale={scale}"));
+                    let view = views::regions(control)
+                        .into_iter()
+                        .find(|r| r.name == *name);
+                    json(StatusCode::OK, &serde_json::json!({ "region": view }))
+                }
+                Err(e) => {
+                    audit("rejected", &e.to_string());
+                    reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n"))
+                }
+            }
+        }
         (_, Some(name)) => {
             let drain = (action == "drain").then(|| {
                 let why = if reason.is_empty() {
@@ -366,7 +396,7 @@ async fn route(
         return Ok(match segments.as_slice() {
             ["reload"] => mutate(&control, peer, &req, "reload", None).await,
             ["log"] => mutate(&control, peer, &req, "log", None).await,
-            ["regions", name, action @ ("drain" | "undrain")] => {
+            ["regions", name, action @ ("drain" | "undrain" | "capacity")] => {
                 mutate(&control, peer, &req, action, Some(name)).await
             }
             _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),

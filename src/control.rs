@@ -249,7 +249,7 @@ impl Control {
             let Some(rec) = inner.regions.get_mut(&region.name) else {
                 continue;
             };
-            rec.published_weight = rec.machine.weight(now, slow_start);
+            rec.published_weight = rec.weight(now, slow_start);
             let s = RegionState {
                 healthy: rec.machine.serving(),
                 drained,
@@ -327,6 +327,8 @@ impl Control {
                         .map(|e| format!("{}://{}", e.scheme, e.authority))
                         .collect(),
                     load: LoadReport::of(&rec.account.load),
+                    capacity_scale: f64::from(rec.capacity_scale) / 1000.0,
+                    scaled_by: rec.scaled_by.clone(),
                 }
             })
             .collect()
@@ -352,6 +354,9 @@ pub struct RegionReport {
     pub last_transition: Option<(Instant, Transition)>,
     pub endpoints: Vec<String>,
     pub load: LoadReport,
+    /// A partial drain: the share of its clients the region keeps (1: all).
+    pub capacity_scale: f64,
+    pub scaled_by: Option<String>,
 }
 
 /// A region's load against its capacity, and each endpoint's standing.

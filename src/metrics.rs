@@ -325,7 +325,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);
         }
-        for action in ["drain", "undrain", "reload", "log"] {
+        for action in ["drain", "undrain", "capacity", "reload", "log"] {
             for result in ["ok", "denied", "rejected", "failed"] {
                 m.admin_requests.with_label_values(&[action, result]);
             }

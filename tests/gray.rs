@@ -313,3 +313,73 @@ fn capacity_settings_are_checked_with_their_paths() {
         assert!(err.contains(line), "{line} missing from: {err}");
     }
 }
+
+/// Which region served each of `clients` (addresses told by a trusted proxy).
+async fn served_by(router: &TestRouter, clients: &[String]) -> Vec<String> {
+    let client = h1_client();
+    let mut out = Vec::new();
+    for ip in clients {
+        let req = http::Request::get(router.url("/"))
+            .header("x-forwarded-for", ip)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = send(&client, req).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        out.push(r.headers["x-georouter-region"].to_str().unwrap().to_owned());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_partial_drain_moves_the_stated_share_and_the_same_clients_each_time() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn_with_token(
+        &two_regions(&a, &b, "[client]\ntrusted_proxies = [\"127.0.0.0/8\"]\n"),
+        "t0ken",
+    )
+    .await;
+    let clients: Vec<String> = (0..400)
+        .map(|i| format!("3.1.{}.{}", i / 200, i % 200 + 1))
+        .collect();
+    assert!(served_by(&router, &clients).await.iter().all(|r| r == "a"));
+    let (status, body) = admin_post(
+        router.admin,
+        "/regions/a/capacity?scale=0.25",
+        Some("t0ken"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first = served_by(&router, &clients).await;
+    let kept = first.iter().filter(|r| *r == "a").count();
+    // 25 % of 400 clients, within what chance allows (about 4 standard deviations).
+    assert!((65..=135).contains(&kept), "a kept {kept} of 400 clients");
+    assert_eq!(
+        served_by(&router, &clients).await,
+        first,
+        "the moved clients changed"
+    );
+    let view = region_view(router.admin, "a").await;
+    assert_eq!(view["capacity_scale"], 0.25, "{view}");
+    // A 10 % shift first, then all back.
+    let (status, _) =
+        admin_post(router.admin, "/regions/a/capacity?scale=90%", Some("t0ken")).await;
+    assert_eq!(status, 200);
+    let shifted = served_by(&router, &clients).await;
+    let moved = shifted.iter().filter(|r| *r == "b").count();
+    assert!(
+        (10..=70).contains(&moved),
+        "{moved} of 400 moved for a 10 % shift"
+    );
+    for (before, after) in first.iter().zip(&shifted) {
+        // A client a kept at 25 % is kept at 90 %: the shares nest.
+        assert!(!(before == "a" && after == "b"), "a client bounced");
+    }
+    let (status, _) = admin_post(router.admin, "/regions/a/capacity?scale=1", Some("t0ken")).await;
+    assert_eq!(status, 200);
+    assert!(served_by(&router, &clients).await.iter().all(|r| r == "a"));
+    let (status, _) = admin_post(router.admin, "/regions/a/capacity?scale=2", Some("t0ken")).await;
+    assert_eq!(status, 400);
+    let (status, _) = admin_post(router.admin, "/regions/a/capacity?scale=0.5", None).await;
+    assert_eq!(status, 401);
+}

@@ -54,6 +54,8 @@ impl RegionView {
             }),
             endpoints: r.endpoints,
             load: r.load,
+            capacity_scale: r.capacity_scale,
+            scaled_by: r.scaled_by,
         }
     }
 }
@@ -84,6 +86,9 @@ pub struct RegionView {
     /// Requests in flight against the region's bound, the queue, and each
     /// endpoint's standing.
     pub load: crate::control::LoadReport,
+    /// A partial drain: the share of its clients the region keeps (1: all).
+    pub capacity_scale: f64,
+    pub scaled_by: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

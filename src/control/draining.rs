@@ -250,3 +250,34 @@ fn last_serving_guard(
     }
     Ok(())
 }
+
+impl Control {
+    /// A partial drain: `region` keeps `scale` (0 to 1) of its clients, the
+    /// same ones each time (the slow-start hash), and the rest go to their next
+    /// candidate; 1 gives all of them back. Where a region is a client's only
+    /// serving candidate, it keeps that client. Local to this instance.
+    pub fn set_capacity_scale(&self, region: &str, scale: f64, by: &str) -> Result<(), DrainError> {
+        let mut inner = self.lock();
+        let Some((name, rec)) = inner.regions.iter_mut().find(|(n, _)| n.as_str() == region) else {
+            return Err(DrainError::UnknownRegion(region.to_owned()));
+        };
+        let name = name.clone();
+        let permille = (scale.clamp(0.0, 1.0) * 1000.0).round() as u16;
+        let before = rec.capacity_scale;
+        rec.capacity_scale = permille;
+        rec.scaled_by = (permille < 1000).then(|| by.to_owned());
+        tracing::info!(target: "georouter::audit", region = %name, scale, by, "capacity scale set");
+        self.journal.record(
+            name.as_str(),
+            "capacity",
+            format!(
+                "scale {:.3} -> {:.3}",
+                f64::from(before) / 1000.0,
+                f64::from(permille) / 1000.0
+            ),
+            format!("by {by}"),
+        );
+        self.publish(&mut inner);
+        Ok(())
+    }
+}

@@ -31,6 +31,10 @@ pub(super) struct Record {
     /// Whether the snapshot in service has it serving.
     pub(super) published_serving: bool,
     pub(super) checked: bool,
+    /// A partial drain: the share of its clients the region keeps, 0..=1000
+    /// (`POST /regions/{name}/capacity?scale=`), and who set it.
+    pub(super) capacity_scale: u16,
+    pub(super) scaled_by: Option<String>,
 }
 
 impl Record {
@@ -44,7 +48,17 @@ impl Record {
             published_weight: 1000,
             published_serving: true,
             checked: false,
+            capacity_scale: 1000,
+            scaled_by: None,
         }
+    }
+
+    /// The share of its clients the region gets now: its slow-start ramp,
+    /// capped by a partial drain.
+    pub(super) fn weight(&self, now: Instant, slow_start: Duration) -> u16 {
+        self.machine
+            .weight(now, slow_start)
+            .min(self.capacity_scale)
     }
 }
 
@@ -164,8 +178,7 @@ impl Control {
             if let Some(t) = rec.machine.tick(now, &limits) {
                 transitions.push((name.clone(), t));
             }
-            changed |=
-                rec.machine.weight(now, config.health.failback.slow_start) != rec.published_weight;
+            changed |= rec.weight(now, config.health.failback.slow_start) != rec.published_weight;
         }
         for (name, t) in &transitions {
             self.transition(name, t);
