@@ -134,6 +134,11 @@ pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
                 .with_label_values(&[from.name.as_str(), &key]);
         }
     }
+    for r in regions {
+        metrics
+            .latency_outliers
+            .with_label_values(&[r.name.as_str()]);
+    }
     for route in table.routes() {
         for reason in crate::capacity::ShedReason::ALL {
             metrics
@@ -392,6 +397,15 @@ impl RegionAccount {
     /// Responses this region served (the histogram's count).
     pub fn served(&self) -> u64 {
         self.duration.get_sample_count()
+    }
+
+    /// Responses served and the seconds they took, in all: the control plane
+    /// reads real latency from the differences, at no cost to requests.
+    pub fn latency_totals(&self) -> (u64, f64) {
+        (
+            self.duration.get_sample_count(),
+            self.duration.get_sample_sum(),
+        )
     }
 
     /// Failed attempts to this region, every kind.

@@ -39,6 +39,7 @@ pub const NAMES: &[&str] = &[
     "georouter_region_queue_depth",
     "georouter_endpoint_healthy",
     "georouter_endpoint_ejections_total",
+    "georouter_latency_outliers_total",
     "georouter_build_info",
 ];
 
@@ -95,6 +96,8 @@ pub struct Metrics {
     pub region_queue_depth: IntGaugeVec,
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_ejections: IntCounterVec,
+    /// Regions found far slower than their peers on real requests.
+    pub latency_outliers: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -318,6 +321,12 @@ impl Metrics {
                 "Endpoints taken out of rotation by a run of failed requests while a sibling served.",
                 &["region", "endpoint"],
             ),
+            latency_outliers: counter(
+                &r,
+                "georouter_latency_outliers_total",
+                "Times a region's real request latency stayed over health.passive.slow_factor times its peers' median (it is ejected like a failing region, within the cap).",
+                &["region"],
+            ),
             registry: r,
         };
         // Exported at 0 from the start: an increase over a series that appears
@@ -400,6 +409,7 @@ mod tests {
         m.endpoint_ejections
             .with_label_values(&["x", "http://a:1"])
             .inc();
+        m.latency_outliers.with_label_values(one).inc();
         let text = String::from_utf8(m.render()).unwrap();
         let mut exported: Vec<&str> = text
             .lines()

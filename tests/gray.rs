@@ -383,3 +383,51 @@ async fn a_partial_drain_moves_the_stated_share_and_the_same_clients_each_time()
     let (status, _) = admin_post(router.admin, "/regions/a/capacity?scale=0.5", None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_region_slow_on_real_requests_loses_its_traffic_to_its_peers() {
+    let a = region("a").await;
+    let b = region("b").await;
+    // Slow on real requests only: its checks stay fast and pass.
+    a.set_slow_requests(Duration::from_millis(600));
+    let toml = policy(
+        &[&a, &b],
+        r#"
+        [server]
+        access_log = false
+        [health]
+        interval = "50ms"
+        timeout = "200ms"
+        jitter = 0.0
+        [health.passive]
+        slow_factor = 5.0
+        slow_min = "250ms"
+        slow_min_requests = 5
+        [[routes]]
+        path_prefix = "/a/"
+        regions = ["a", "b"]
+        [[routes]]
+        regions = ["b", "a"]
+        "#,
+    );
+    let router = TestRouter::spawn(&toml).await;
+    // Clients of both regions, so each has peers to be compared with.
+    let near_a = Load::start(router.url("/a/x"), 8);
+    let near_b = Load::start(router.url("/b/x"), 2);
+    eventually("the slow region out of service", || {
+        phase(&router, "a") != "up"
+    })
+    .await;
+    near_a.wait_for(50).await;
+    let a_requests = a.requests();
+    near_a.wait_for(50).await;
+    let (ra, rb) = (near_a.stop().await, near_b.stop().await);
+    assert!(ra.failed().is_empty() && rb.failed().is_empty());
+    assert_eq!(
+        a.requests(),
+        a_requests,
+        "the slow region still got new requests"
+    );
+    let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert!(sum_of(&metrics, "georouter_latency_outliers_total{region=\"a\"}") >= 1.0);
+}

@@ -38,6 +38,11 @@ pub struct PassiveSpec {
     pub max_ejection: Duration,
     /// The most of a route's regions passive ejection may hold out at once, in percent.
     pub max_ejected_percent: u32,
+    /// Real latency over the peers' median that ejects a region, in percent
+    /// (500: five times); 0 = off.
+    pub slow_factor_percent: u32,
+    pub slow_min: Duration,
+    pub slow_min_requests: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +198,15 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
             format!("{} is over 100", p.max_ejected_percent),
         );
     }
+    if !(p.slow_factor == 0.0 || (1.5..=1000.0).contains(&p.slow_factor)) {
+        errs.push(
+            "health.passive.slow_factor",
+            format!(
+                "{} is not a factor: use 1.5 to 1000 times the peers' median latency, or 0 to turn it off",
+                p.slow_factor
+            ),
+        );
+    }
     let w = h.latency.ewma_weight;
     if !(w > 0.0 && w <= 1.0) {
         errs.push(
@@ -207,6 +221,9 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
             ejection: p.ejection,
             max_ejection: p.max_ejection,
             max_ejected_percent: p.max_ejected_percent.min(100),
+            slow_factor_percent: (p.slow_factor * 100.0).round() as u32,
+            slow_min: p.slow_min,
+            slow_min_requests: p.slow_min_requests,
         },
         ewma_weight: w,
         hysteresis: h.latency.hysteresis,

@@ -363,6 +363,14 @@ pub struct RawPassive {
     pub max_ejection: Duration,
     /// Passive ejection never takes out more than this share of a route's regions.
     pub max_ejected_percent: u32,
+    /// A region whose real request latency stays this many times its peers'
+    /// median is ejected like a failing one (0 = off).
+    pub slow_factor: f64,
+    /// ... and only when its latency is above this.
+    #[serde(with = "humantime_serde")]
+    pub slow_min: Duration,
+    /// ... over at least this many requests.
+    pub slow_min_requests: u32,
 }
 
 impl Default for RawPassive {
@@ -372,6 +380,9 @@ impl Default for RawPassive {
             ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
             max_ejected_percent: 50,
+            slow_factor: 5.0,
+            slow_min: Duration::from_millis(500),
+            slow_min_requests: 20,
         }
     }
 }

@@ -35,6 +35,11 @@ pub(super) struct Record {
     /// (`POST /regions/{name}/capacity?scale=`), and who set it.
     pub(super) capacity_scale: u16,
     pub(super) scaled_by: Option<String>,
+    /// Real request latency: a moving average (seconds), the requests it has
+    /// seen since the region last entered service, and the totals last read.
+    pub(super) real: Option<f64>,
+    pub(super) real_requests: u64,
+    pub(super) real_seen: (u64, f64),
 }
 
 impl Record {
@@ -50,6 +55,9 @@ impl Record {
             checked: false,
             capacity_scale: 1000,
             scaled_by: None,
+            real: None,
+            real_requests: 0,
+            real_seen: (0, 0.0),
         }
     }
 
@@ -172,7 +180,8 @@ impl Control {
         let now = Instant::now();
         let mut changed = false;
         let mut transitions = Vec::new();
-        self.passive_ejections(&mut inner, now, &mut transitions);
+        let slow = latency_outliers(&mut inner);
+        self.passive_ejections(&mut inner, now, slow, &mut transitions);
         for (name, rec) in inner.regions.iter_mut() {
             let limits = limits(&config, &rec.check);
             if let Some(t) = rec.machine.tick(now, &limits) {
@@ -195,13 +204,30 @@ impl Control {
         &self,
         inner: &mut Inner,
         now: Instant,
+        slow: Vec<(RegionName, String)>,
         transitions: &mut Vec<(RegionName, Transition)>,
     ) {
-        let tripped: Vec<(RegionName, crate::accounting::FailureKind)> = inner
+        let mut tripped: Vec<(RegionName, String)> = inner
             .regions
             .iter()
-            .filter_map(|(name, rec)| Some((name.clone(), rec.account.take_tripped()?)))
+            .filter_map(|(name, rec)| {
+                Some((
+                    name.clone(),
+                    rec.account.take_tripped()?.as_str().to_owned(),
+                ))
+            })
             .collect();
+        for (name, why) in slow {
+            tracing::warn!(target: "georouter::health", region = %name, %why, "region far slower than its peers on real requests");
+            self.state
+                .metrics
+                .latency_outliers
+                .with_label_values(&[name.as_str()])
+                .inc();
+            if !tripped.iter().any(|(n, _)| *n == name) {
+                tripped.push((name, why));
+            }
+        }
         if tripped.is_empty() {
             return;
         }
@@ -239,12 +265,12 @@ impl Control {
                 self.state.metrics.ejections_capped.inc();
                 static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
                 if let Some(suppressed) = LOG.allow() {
-                    tracing::warn!(target: "georouter::health", region = %name, last = kind.as_str(), why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
+                    tracing::warn!(target: "georouter::health", region = %name, last = %kind, why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
                 }
                 continue;
             }
             let limits = limits(&config, &rec.check);
-            if let Some(t) = rec.machine.passive_failure(now, kind.as_str(), &limits) {
+            if let Some(t) = rec.machine.passive_failure(now, &kind, &limits) {
                 out[usize::from(region.id.0)] = true;
                 transitions.push((name, t));
             }
@@ -295,6 +321,64 @@ impl Control {
             inner.checkers.push(task.abort_handle());
         }
     }
+}
+
+/// Real request latency per region, read from the request histogram's totals
+/// since the last tick (nothing on the request path); the serving regions whose
+/// average stays `slow_factor` times their peers' median and above `slow_min`,
+/// over `slow_min_requests` at least, with why.
+fn latency_outliers(inner: &mut Inner) -> Vec<(RegionName, String)> {
+    let p = inner.config.health.passive;
+    let mut known = Vec::new();
+    for (name, rec) in inner.regions.iter_mut() {
+        let (n, sum) = rec.account.latency_totals();
+        let (dn, ds) = (n.saturating_sub(rec.real_seen.0), sum - rec.real_seen.1);
+        rec.real_seen = (n, sum);
+        if !rec.machine.serving() {
+            // Measured afresh when it is back.
+            rec.real = None;
+            rec.real_requests = 0;
+            continue;
+        }
+        if dn > 0 {
+            let sample = (ds / dn as f64).max(0.0);
+            rec.real = Some(rec.real.map_or(sample, |old| old + 0.3 * (sample - old)));
+            rec.real_requests += dn;
+        }
+        if let Some(real) = rec
+            .real
+            .filter(|_| rec.real_requests >= u64::from(p.slow_min_requests))
+        {
+            known.push((name.clone(), real));
+        }
+    }
+    if p.slow_factor_percent == 0 || known.len() < 2 {
+        return Vec::new();
+    }
+    let factor = f64::from(p.slow_factor_percent) / 100.0;
+    let floor = p.slow_min.as_secs_f64();
+    let mut out = Vec::new();
+    for (name, real) in &known {
+        let mut peers: Vec<f64> = known
+            .iter()
+            .filter(|(n, _)| n != name)
+            .map(|(_, r)| *r)
+            .collect();
+        peers.sort_by(f64::total_cmp);
+        let median = peers[peers.len() / 2];
+        if *real > floor && *real > factor * median {
+            out.push((
+                name.clone(),
+                format!(
+                    "slow: real requests take {:.0} ms, {:.1} times its peers' median of {:.0} ms",
+                    real * 1000.0,
+                    real / median.max(1e-6),
+                    median * 1000.0
+                ),
+            ));
+        }
+    }
+    out
 }
 
 fn jittered(interval: Duration, jitter: f64) -> Duration {
