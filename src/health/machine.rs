@@ -281,6 +281,9 @@ mod tests {
                 ejection: Duration::from_secs(10),
                 max_ejection: Duration::from_secs(60),
                 max_ejected_percent: 50,
+                slow_factor_percent: 500,
+                slow_min: Duration::from_millis(500),
+                slow_min_requests: 20,
             },
             failback: FailbackSpec {
                 slow_start: Duration::from_secs(30),
