@@ -74,7 +74,20 @@ fn connection_names(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !is_connection_option(t))
 }
 
-/// Removes the headers that `Connection` names.
+/// Headers a `Connection` list may not remove: the router owes them to the
+/// region (the host it routed by, the request id it logged, the forwarding
+/// chain it read the client from).
+fn owed(name: &HeaderName) -> bool {
+    *name == header::TE
+        || *name == header::HOST
+        || *name == header::FORWARDED
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || name.as_str() == crate::request_id::NAME
+}
+
+/// Removes the headers that `Connection` names, but not the ones the router owes.
 fn remove_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -83,7 +96,7 @@ fn remove_connection_named(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for name in named {
-        if name != header::TE {
+        if !owed(&name) {
             headers.remove(name);
         }
     }
@@ -105,11 +118,27 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+    // Two `Upgrade` lines are two readings of one list: no upgrade.
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    match (asks, values.next(), values.next()) {
+        (true, Some(v), None) => Some(v.clone()),
+        _ => None,
     }
+}
+
+/// Whether a `101`'s `Upgrade` names a protocol the request asked for and was
+/// allowed (`asked`): anything else is not spliced.
+pub fn switched_as_asked(response: &HeaderMap, asked: &HeaderValue) -> bool {
+    let Some(got) = response.get(header::UPGRADE) else {
+        return false;
+    };
+    let got = got.as_bytes().trim_ascii();
+    !got.contains(&b',')
+        && asked
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|t| t.eq_ignore_ascii_case(got))
 }
 
 /// Puts back what an upgrade needs after [`strip_hop_by_hop`].

@@ -282,7 +282,7 @@ async fn proxy<'s>(
         settings.region_header,
         upstream.client_upgrade,
         Streaming::new(conn.activity.clone()),
-    );
+    )?;
     respond::pin_resident(conn, snapshot, &plan.decision, &mut response);
     Ok((
         response,

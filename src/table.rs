@@ -149,16 +149,22 @@ impl Matched {
 
 impl Route {
     /// Whether an `Upgrade` to `protocol` (its first token, any case) may pass.
+    /// Whether every protocol an `Upgrade` value lists (`websocket`,
+    /// `websocket, h2c`, `foo/2`) is one this route allows: one unlisted token
+    /// and there is no upgrade at all.
     pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
-        let first = protocol
+        let mut tokens = protocol
             .split(|&b| b == b',')
-            .next()
-            .unwrap_or(b"")
-            .trim_ascii();
-        let first = first.split(|&b| b == b'/').next().unwrap_or(b"");
-        self.upgrades
-            .iter()
-            .any(|u| u.as_bytes().eq_ignore_ascii_case(first))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .peekable();
+        tokens.peek().is_some()
+            && tokens.all(|t| {
+                let name = t.split(|&b| b == b'/').next().unwrap_or(b"");
+                self.upgrades
+                    .iter()
+                    .any(|u| u.as_bytes().eq_ignore_ascii_case(name))
+            })
     }
 
     /// The list for a client: a CIDR rule, then its subdivision, its country, its

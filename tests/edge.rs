@@ -290,3 +290,102 @@ async fn forwarded_headers_from_untrusted_peers_are_appended_to_or_replaced() {
     );
     assert!(head.contains("x-forwarded-host: example.com"), "{head}");
 }
+
+#[tokio::test]
+async fn an_upgrade_list_with_one_unlisted_protocol_is_no_upgrade() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    for upgrade in ["websocket, h2c", "h2c, websocket", "websocket,foo/1"] {
+        let head = echoed(
+            &router,
+            format!(
+                "GET /echo HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade, close\r\nUpgrade: {upgrade}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(!head.contains("upgrade"), "{upgrade}: {head}");
+    }
+    // Two Upgrade lines are two readings of one list.
+    let head = echoed(
+        &router,
+        b"GET /echo HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert!(!head.contains("upgrade"), "{head}");
+}
+
+/// A region that answers every request `101` to `protocol`, whatever was asked.
+async fn switching_region(protocol: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Health checks get a plain answer.
+                let reply = if head.starts_with(b"GET /health") {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                } else {
+                    format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n")
+                };
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_switch_to_a_protocol_nobody_asked_for_is_502_and_nothing_is_spliced() {
+    let addr = switching_region("h2c").await;
+    let router = TestRouter::spawn(&format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[server]\naccess_log = false\n\
+         [[regions]]\nname = \"rogue\"\nendpoints = [{{ url = \"http://{addr}\" }}]\n"
+    ))
+    .await;
+    for request in [
+        &b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        &b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+    ] {
+        let reply = raw(router.addr(), request).await;
+        assert_eq!(status_of(&reply), 502, "{reply}");
+        assert!(
+            !reply.to_ascii_lowercase().contains("upgrade: h2c"),
+            "{reply}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connection_cannot_remove_the_headers_the_router_owes() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    let head = echoed(
+        &router,
+        b"GET /echo HTTP/1.1\r\nHost: app.example\r\nX-Request-Id: trace-9\r\n\
+          Connection: host, x-request-id, x-forwarded-for, x-forwarded-host, close\r\nX-Other: dropped\r\n\r\n",
+    )
+    .await;
+    assert!(head.contains("host: app.example"), "{head}");
+    assert!(head.contains("x-request-id: trace-9"), "{head}");
+    assert!(head.contains("x-forwarded-for: 127.0.0.1"), "{head}");
+    assert!(head.contains("x-forwarded-host: app.example"), "{head}");
+    let head = echoed(
+        &router,
+        b"GET /echo HTTP/1.1\r\nHost: app.example\r\nConnection: x-other, close\r\nX-Other: dropped\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !head.contains("x-other"),
+        "a header Connection names is still removed: {head}"
+    );
+}

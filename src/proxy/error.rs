@@ -48,6 +48,10 @@ pub enum ProxyError {
     Local { fault: LocalFault },
     #[error("every region that may serve this request is at capacity ({}); try again shortly", .reason.as_str())]
     Shed { reason: ShedReason },
+    /// A `101` to a protocol the client did not ask for, or the route does
+    /// not allow: nothing is spliced.
+    #[error("region {region} switched to a protocol that was not asked for")]
+    UnaskedUpgrade { region: RegionName },
 }
 
 fn client_fault_text(fault: ClientFault) -> &'static str {
@@ -64,7 +68,8 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect { region, .. }
             | ProxyError::UpstreamTimeout { region, .. }
-            | ProxyError::UpstreamFailed { region, .. } => Some(region),
+            | ProxyError::UpstreamFailed { region, .. }
+            | ProxyError::UnaskedUpgrade { region } => Some(region),
             _ => None,
         }
     }
@@ -80,9 +85,9 @@ impl ProxyError {
             ProxyError::NoServingRegion { .. }
             | ProxyError::ResidencyRefused { .. }
             | ProxyError::GeoUnreadable => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamFailed { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamFailed { .. }
+            | ProxyError::UnaskedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody { fault } => match fault {
                 ClientFault::MalformedBody | ClientFault::Gone => StatusCode::BAD_REQUEST,
@@ -108,7 +113,7 @@ impl ProxyError {
     fn closes(&self) -> bool {
         match self {
             ProxyError::Refused(r) => r.closes(),
-            ProxyError::ClientBody { .. } => true,
+            ProxyError::ClientBody { .. } | ProxyError::UnaskedUpgrade { .. } => true,
             _ => false,
         }
     }

@@ -2,12 +2,12 @@
 //! headers out, the region named, upgrades spliced, a resident pinned by cookie)
 //! and what the request is counted as (served, failed over).
 
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 
-use super::{Connection, ProxyBody};
+use super::{Connection, ProxyBody, ProxyError};
 use crate::accounting::{FailoverReason, FailureKind};
 use crate::activity::Streaming;
 use crate::facts::PinSource;
@@ -80,17 +80,26 @@ pub(super) fn respond(
     mut resp: Response<PooledBody>,
     region: &crate::table::Region,
     region_header: bool,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     streaming: Streaming,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     // The client connection counts as busy until the body is done.
     resp.body_mut().hold(streaming);
-    let switched = match client_upgrade {
-        Some(client_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            tunnel(client_side, hyper::upgrade::on(&mut resp));
-            resp.headers().get(header::UPGRADE).cloned()
+    let switched = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Spliced only to what the client asked for and the route allows.
+        match client_upgrade {
+            Some((client_side, asked)) if headers::switched_as_asked(resp.headers(), &asked) => {
+                tunnel(client_side, hyper::upgrade::on(&mut resp));
+                resp.headers().get(header::UPGRADE).cloned()
+            }
+            _ => {
+                return Err(ProxyError::UnaskedUpgrade {
+                    region: region.name.clone(),
+                })
+            }
         }
-        _ => None,
+    } else {
+        None
     };
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -102,7 +111,7 @@ pub(super) fn respond(
             .headers
             .insert(headers::X_GEOROUTER_REGION, region.header_value.clone());
     }
-    Response::from_parts(parts, Either::Left(body))
+    Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
 /// Splices an upgraded client connection to the upgraded upstream connection.

@@ -22,8 +22,8 @@ use crate::snapshot::Snapshot;
 /// The request on its way to a region, and what forwarding needs to know of it.
 pub(super) struct Upstream {
     pub request: Request<UpstreamBody>,
-    /// The client side of an upgrade the route allows.
-    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client side of an upgrade the route allows, and what it asked for.
+    pub client_upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     /// Without a body and idempotent: it can be sent again while nothing came back.
     pub replayable: bool,
     /// The client's upload, when there is one: whose clock is running.
@@ -65,7 +65,9 @@ pub(super) fn build(
     } else {
         None
     };
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade
+        .as_ref()
+        .map(|asked| (hyper::upgrade::on(&mut req), asked.clone()));
     let (mut parts, body) = req.into_parts();
     // HTTP/1.1 carries Host; HTTP/2 carries :authority instead.
     let host_in_map = host_header.is_some();
