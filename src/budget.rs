@@ -17,6 +17,8 @@ struct Window {
     base: Instant,
     /// The second (since `base`) the newest slot holds.
     second: u64,
+    /// When that second ends: a request before it needs no clock arithmetic.
+    second_ends: Instant,
     requests: [u32; SLOTS],
     retries: [u32; SLOTS],
 }
@@ -34,6 +36,7 @@ impl Window {
         Window {
             base: now,
             second: 0,
+            second_ends: now + std::time::Duration::from_secs(1),
             requests: [0; SLOTS],
             retries: [0; SLOTS],
         }
@@ -41,7 +44,11 @@ impl Window {
 
     /// Moves the window to `now`, emptying the seconds it left behind.
     fn advance(&mut self, now: Instant, span: u64) -> usize {
+        if now < self.second_ends {
+            return (self.second % span) as usize;
+        }
         let sec = now.saturating_duration_since(self.base).as_secs();
+        self.second_ends = self.base + std::time::Duration::from_secs(sec + 1);
         if sec > self.second {
             for k in 1..=(sec - self.second).min(span) {
                 let i = ((self.second + k) % span) as usize;

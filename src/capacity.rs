@@ -174,6 +174,10 @@ impl RegionLoad {
     /// (or every endpoint was tried).
     pub fn acquire(self: &Arc<Self>, tried: u64) -> Option<InFlight> {
         let n = self.endpoints.len();
+        if n == 1 {
+            // A lone endpoint: its own health is the region's.
+            return if tried & 1 == 0 { self.take(0) } else { None };
+        }
         let open = |i: usize| tried & (1 << i.min(63)) == 0;
         let pick = |rotation: bool| -> Option<InFlight> {
             let fits = |i: usize| {

@@ -438,10 +438,13 @@ pub async fn forward<'t>(
                 }
             };
             let reused = lease.reused;
-            let copy = replayable.then(|| replay_copy(&current));
-            // Somewhere else to go when this try hangs: a sibling or a region.
+            // Somewhere else to go when this try fails after sending: a sibling
+            // endpoint or another region. A lone endpoint of the last region is
+            // not tried twice: a copy of every request would cost more than
+            // the rare reset it saves.
             let elsewhere = more_regions(next) || load.endpoints.len() > 1;
-            let may_move_on = copy.is_some() && elsewhere;
+            let copy = (replayable && elsewhere).then(|| replay_copy(&current));
+            let may_move_on = copy.is_some();
             let send = std::pin::pin!(lease.send(current));
             let head = if ctx.body.is_none() && !may_move_on {
                 // The common case, without the extra layer: one deadline.
@@ -470,7 +473,9 @@ pub async fn forward<'t>(
                         }
                     } else {
                         account.success();
-                        load.record(endpoint, Attempted::Ok, 0, Duration::ZERO, Duration::ZERO);
+                        if load.endpoints.len() > 1 {
+                            load.record(endpoint, Attempted::Ok, 0, Duration::ZERO, Duration::ZERO);
+                        }
                     }
                     // An upgrade is a tunnel, not a request: its slot is free now.
                     if status != StatusCode::SWITCHING_PROTOCOLS {

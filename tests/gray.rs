@@ -231,25 +231,32 @@ async fn a_reset_on_a_single_region_route_is_retried_on_the_sibling_endpoint() {
 }
 
 #[tokio::test]
-async fn a_reset_on_a_lone_endpoint_is_retried_on_a_new_connection() {
+async fn a_reset_on_a_lone_endpoint_is_retried_on_a_new_connection_before_the_next_region() {
     let e = region("r").await;
+    let next = region("next").await;
     e.set_reset_every(3);
-    let router = TestRouter::spawn(&one_region(
+    let toml = one_region(
         &[&e],
         "",
         "[health]\nenabled = false\n[health.passive]\nconsecutive_failures = 0\n",
-    ))
-    .await;
+    ) + &format!(
+        "[[regions]]\nname = \"next\"\nendpoints = [{{ url = \"{}\" }}]\n\
+         [[routes]]\nregions = [\"r\", \"next\"]\n",
+        next.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
     let client = h1_client();
     for i in 0..60 {
         let r = get(&client, &router.url("/")).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(r.headers["x-georouter-region"], "r", "request {i}");
     }
     assert!(
         e.requests() >= 80,
         "{} requests: no resets were retried",
         e.requests()
     );
+    assert_eq!(next.requests(), 0, "a reset went to the next region first");
 }
 
 #[tokio::test]
