@@ -182,7 +182,9 @@ pub fn check(
 /// `POST` that no method route saw. Refused, as nginx does.
 pub fn case_variant(method: &Method) -> bool {
     let m = method.as_str();
-    (3..=7).contains(&m.len())
+    // Standard methods are upper case: one short scan rules them out.
+    m.bytes().any(|b| b.is_ascii_lowercase())
+        && (3..=7).contains(&m.len())
         && !crate::config::STANDARD_METHODS.contains(method)
         && crate::config::STANDARD_METHODS
             .iter()

@@ -85,10 +85,14 @@ impl Reading<'_> {
 /// Whether a byte needs a look: an escape, a backslash, a parameter, or a
 /// slash that may start a dot-segment or an empty one.
 fn may_change(path: &[u8]) -> bool {
-    path.iter().any(|&b| matches!(b, b'%' | b'\\' | b';'))
-        || path
-            .windows(2)
-            .any(|w| w[0] == b'/' && (w[1] == b'.' || w[1] == b'/'))
+    let mut prev = 0u8;
+    for &b in path {
+        if matches!(b, b'%' | b'\\' | b';') || (prev == b'/' && (b == b'.' || b == b'/')) {
+            return true;
+        }
+        prev = b;
+    }
+    false
 }
 
 fn hex(b: u8) -> Option<u8> {
