@@ -2,7 +2,7 @@
 //! handles resolved ahead of time, and the run of consecutive failures that
 //! passive health detection reads.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -314,6 +314,10 @@ pub struct RegionAccount {
     duration: Histogram,
     errors: [IntCounter; 4],
     failures: AtomicU32,
+    /// The clients (hashed, 0: empty) whose requests failed in this run after
+    /// they were sent, up to eight: one client cannot eject a region.
+    clients: [AtomicU64; 8],
+    distinct: AtomicU32,
     tripped: AtomicBool,
     last_failure: AtomicU8,
     /// Wakes the replayable requests waiting on this region when it leaves service.
@@ -347,6 +351,8 @@ impl RegionAccount {
             errors: FailureKind::ALL
                 .map(|k| metrics.upstream_errors.with_label_values(&[n, k.as_str()])),
             failures: AtomicU32::new(0),
+            clients: Default::default(),
+            distinct: AtomicU32::new(0),
             tripped: AtomicBool::new(false),
             last_failure: AtomicU8::new(0),
             left: tokio::sync::Notify::new(),
@@ -366,20 +372,54 @@ impl RegionAccount {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
+        if self.distinct.load(Ordering::Relaxed) != 0 {
+            self.forget_clients();
+        }
     }
 
-    /// An attempt failed. Returns true when this failure made the run reach
-    /// `threshold` (0 = passive detection off): the caller wakes the controller.
-    pub fn failure(&self, kind: FailureKind, threshold: u32) -> bool {
+    fn forget_clients(&self) {
+        for c in &self.clients {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.distinct.store(0, Ordering::Relaxed);
+    }
+
+    /// Notes the client of a failure; the number of distinct ones so far.
+    fn client_failed(&self, client: u64) -> u32 {
+        let client = client.max(1);
+        for c in &self.clients {
+            match c.compare_exchange(0, client, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return self.distinct.fetch_add(1, Ordering::AcqRel) + 1,
+                Err(seen) if seen == client => break,
+                Err(_) => {}
+            }
+        }
+        self.distinct.load(Ordering::Acquire)
+    }
+
+    /// An attempt failed, for `client` (hashed; `None`: nothing was sent, so
+    /// no client could have caused it). Returns true when this failure made
+    /// the run reach `threshold` (0 = passive detection off) with failures from
+    /// `min_clients` distinct clients: the caller wakes the controller.
+    pub fn failure(
+        &self,
+        kind: FailureKind,
+        threshold: u32,
+        client: Option<u64>,
+        min_clients: u32,
+    ) -> bool {
         self.errors[kind as usize].inc();
         if threshold == 0 {
             return false;
         }
         let run = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if run == threshold {
+        let clients_ok = match client {
+            None => true,
+            Some(c) => self.client_failed(c) >= min_clients,
+        };
+        if run >= threshold && clients_ok && !self.tripped.load(Ordering::Acquire) {
             self.last_failure.store(kind as u8, Ordering::Relaxed);
-            self.tripped.store(true, Ordering::Release);
-            return true;
+            return !self.tripped.swap(true, Ordering::AcqRel);
         }
         false
     }
@@ -418,6 +458,7 @@ impl RegionAccount {
     pub fn take_tripped(&self) -> Option<FailureKind> {
         if self.tripped.swap(false, Ordering::Acquire) {
             self.failures.store(0, Ordering::Relaxed);
+            self.forget_clients();
             Some(FailureKind::from_u8(
                 self.last_failure.load(Ordering::Relaxed),
             ))
@@ -444,13 +485,16 @@ mod tests {
     fn a_run_of_failures_trips_once_and_a_success_ends_the_run() {
         let m = Metrics::new();
         let a = account(&m);
-        assert!(!a.failure(FailureKind::Connect, 3));
-        assert!(!a.failure(FailureKind::Reset, 3));
+        assert!(!a.failure(FailureKind::Connect, 3, None, 1));
+        assert!(!a.failure(FailureKind::Reset, 3, None, 1));
         a.success();
-        assert!(!a.failure(FailureKind::Connect, 3));
-        assert!(!a.failure(FailureKind::Connect, 3));
-        assert!(a.failure(FailureKind::Timeout, 3));
-        assert!(!a.failure(FailureKind::Timeout, 3), "trips once per run");
+        assert!(!a.failure(FailureKind::Connect, 3, None, 1));
+        assert!(!a.failure(FailureKind::Connect, 3, None, 1));
+        assert!(a.failure(FailureKind::Timeout, 3, None, 1));
+        assert!(
+            !a.failure(FailureKind::Timeout, 3, None, 1),
+            "trips once per run"
+        );
         assert_eq!(a.take_tripped(), Some(FailureKind::Timeout));
         assert_eq!(a.take_tripped(), None);
         let text = String::from_utf8(m.render()).unwrap();
@@ -458,6 +502,36 @@ mod tests {
             text.contains(r#"georouter_upstream_errors_total{kind="connect",region="a"} 3"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_client_cannot_eject_a_region_with_failures_after_sending() {
+        let m = Metrics::new();
+        let a = account(&m);
+        for _ in 0..20 {
+            assert!(!a.failure(FailureKind::Status5xx, 3, Some(7), 3));
+        }
+        assert!(!a.failure(FailureKind::Reset, 3, Some(8), 3));
+        assert!(
+            a.failure(FailureKind::Timeout, 3, Some(9), 3),
+            "three clients"
+        );
+        assert_eq!(a.take_tripped(), Some(FailureKind::Timeout));
+        for _ in 0..12 {
+            assert!(!a.failure(FailureKind::Status5xx, 3, Some(7), 3));
+        }
+        a.success();
+        let mut tripped = false;
+        for c in [4, 4, 5, 5, 6] {
+            tripped |= a.failure(FailureKind::Status5xx, 3, Some(c), 3);
+        }
+        assert!(tripped, "a run after a success, from three clients");
+        assert!(a.take_tripped().is_some());
+        // Connect failures reach no client's request: they need no quorum.
+        for _ in 0..2 {
+            assert!(!a.failure(FailureKind::Connect, 3, None, 3));
+        }
+        assert!(a.failure(FailureKind::Connect, 3, None, 3));
     }
 
     #[test]

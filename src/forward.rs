@@ -141,7 +141,10 @@ fn failed(
     first: &mut Option<(RegionId, FailureKind)>,
 ) {
     if let Some(a) = ctx.accounts.account(ctx.table, id) {
-        if a.failure(kind, ctx.table.settings.passive_failures) {
+        let s = &ctx.table.settings;
+        // Nothing reached the region on a connect failure: no client caused it.
+        let client = (kind != FailureKind::Connect).then(|| crate::policy::client_hash(ctx.client));
+        if a.failure(kind, s.passive_failures, client, s.min_distinct_clients) {
             ctx.state.wake.notify_one();
         }
     }
@@ -158,6 +161,8 @@ pub struct Attempt<'a> {
     /// The request body's progress, when it has one: the region's response clock
     /// starts when the body has been handed over.
     pub body: Option<&'a Progress>,
+    /// The client, for the passive detection's quorum of clients.
+    pub client: crate::identity::ClientIp,
 }
 
 /// Whether a response status says "this region cannot serve it right now".
@@ -421,7 +426,12 @@ pub async fn forward<'t>(
                     // The region's next endpoint first: nothing was sent.
                     slot = load.acquire(tried);
                     if slot.is_some() {
-                        if account.failure(FailureKind::Connect, table.settings.passive_failures) {
+                        if account.failure(
+                            FailureKind::Connect,
+                            table.settings.passive_failures,
+                            None,
+                            1,
+                        ) {
                             ctx.state.wake.notify_one();
                         }
                         continue;
@@ -456,9 +466,12 @@ pub async fn forward<'t>(
             match head {
                 Ok(Ok(mut response)) => {
                     let status = response.status();
-                    if status.is_server_error() {
+                    // A gateway failure (502, 503, 504) is the region's; another
+                    // 5xx is the application's answer unless the policy counts it.
+                    let gateway = retriable_status(status);
+                    if gateway || (status.is_server_error() && table.settings.count_all_5xx) {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
-                        if retriable_status(status) {
+                        if gateway {
                             endpoint_failed(ctx, region, load, endpoint);
                         }
                         if let Some(copy) =

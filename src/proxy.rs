@@ -256,6 +256,7 @@ async fn proxy<'s>(
         state: &conn.state,
         timer: &conn.timer,
         body: upstream.progress.as_deref(),
+        client: plan.client,
     };
     let forwarded = forward::forward(
         &attempt,

@@ -238,6 +238,10 @@ pub struct RequestSettings {
     /// How long a failing endpoint stays out of rotation, and at most.
     pub endpoint_ejection: std::time::Duration,
     pub endpoint_max_ejection: std::time::Duration,
+    /// Every 5xx counts against a region (else 502, 503, 504 only).
+    pub count_all_5xx: bool,
+    /// Client addresses a run of failures after sending must come from.
+    pub min_distinct_clients: u32,
     pub retry: crate::config::RetrySettings,
 }
 
@@ -463,6 +467,8 @@ impl RoutingTable {
                 passive_failures: config.health.passive.consecutive_failures,
                 endpoint_ejection: config.health.passive.ejection,
                 endpoint_max_ejection: config.health.passive.max_ejection,
+                count_all_5xx: config.health.passive.count_all_5xx,
+                min_distinct_clients: config.health.passive.min_distinct_clients,
                 retry: config.retry,
             },
             geo,

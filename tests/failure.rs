@@ -350,6 +350,8 @@ async fn when_every_region_fails_at_once_at_most_half_are_ejected() {
         access_log = false
         [health]
         enabled = false
+        [health.passive]
+        min_distinct_clients = 1
         [[routes]]
         regions = ["a", "b", "c", "d"]
         "#,

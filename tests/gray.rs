@@ -438,3 +438,63 @@ async fn a_region_slow_on_real_requests_loses_its_traffic_to_its_peers() {
     let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
     assert!(sum_of(&metrics, "georouter_latency_outliers_total{region=\"a\"}") >= 1.0);
 }
+
+/// POSTs (never replayed elsewhere) of `path` from each of `clients` (told
+/// by a trusted proxy), `n` each.
+async fn from_clients(router: &TestRouter, path: &str, clients: &[&str], n: usize) {
+    let client = h1_client();
+    for ip in clients {
+        for _ in 0..n {
+            let req = http::Request::post(router.url(path))
+                .header("x-forwarded-for", *ip)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            send(&client, req).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_client_cannot_eject_a_region_with_any_status() {
+    for count_5xx in ["gateway", "all"] {
+        let a = region("a").await;
+        let b = region("b").await;
+        let router = TestRouter::spawn(&two_regions(
+            &a,
+            &b,
+            &format!(
+                "enabled = false\n[health.passive]\nconsecutive_failures = 3\ncount_5xx = \"{count_5xx}\"\n\
+                 [client]\ntrusted_proxies = [\"127.0.0.0/8\"]\n"
+            ),
+        ))
+        .await;
+        // One client, any number of 500s and 502s: a stays in service.
+        from_clients(&router, "/status/500", &["3.3.3.3"], 12).await;
+        from_clients(&router, "/status/502", &["3.3.3.3"], 12).await;
+        assert_eq!(phase(&router, "a"), "up", "count_5xx = {count_5xx}");
+        // Application errors count only when the policy says so, and then
+        // only from a quorum of clients.
+        from_clients(
+            &router,
+            "/status/500",
+            &["3.3.3.4", "3.3.3.5", "3.3.3.6"],
+            2,
+        )
+        .await;
+        let after_500s = phase(&router, "a");
+        if count_5xx == "gateway" {
+            assert_eq!(after_500s, "up", "500s are the application's answers");
+            from_clients(
+                &router,
+                "/status/502",
+                &["3.3.3.4", "3.3.3.5", "3.3.3.6"],
+                2,
+            )
+            .await;
+        }
+        eventually("a ejected by three clients' failures", || {
+            phase(&router, "a") == "ejected"
+        })
+        .await;
+    }
+}

@@ -97,7 +97,7 @@ async fn a_failing(health: &str) -> (SimRegion, SimRegion, TestRouter) {
 #[tokio::test]
 async fn failures_in_real_traffic_eject_a_region_before_any_check_notices() {
     let (a, _b, router) = a_failing(
-        "enabled = false\n[health.passive]\nconsecutive_failures = 3\nejection = \"1h\"\nmax_ejection = \"2h\"\n",
+        "enabled = false\n[health.passive]\nconsecutive_failures = 3\nejection = \"1h\"\nmax_ejection = \"2h\"\nmin_distinct_clients = 1\n",
     )
     .await;
     let client = h1_client();

@@ -43,6 +43,9 @@ pub struct PassiveSpec {
     pub slow_factor_percent: u32,
     pub slow_min: Duration,
     pub slow_min_requests: u32,
+    /// Every 5xx counts as a failure (else only 502, 503, 504).
+    pub count_all_5xx: bool,
+    pub min_distinct_clients: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +201,21 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
             format!("{} is over 100", p.max_ejected_percent),
         );
     }
+    if p.count_5xx != "gateway" && p.count_5xx != "all" {
+        errs.push(
+            "health.passive.count_5xx",
+            format!(
+                "{:?} is not a choice: use \"gateway\" (502, 503, 504 count) or \"all\" (every 5xx counts)",
+                p.count_5xx
+            ),
+        );
+    }
+    if p.min_distinct_clients > 8 {
+        errs.push(
+            "health.passive.min_distinct_clients",
+            format!("{} is over 8", p.min_distinct_clients),
+        );
+    }
     if !(p.slow_factor == 0.0 || (1.5..=1000.0).contains(&p.slow_factor)) {
         errs.push(
             "health.passive.slow_factor",
@@ -224,6 +242,8 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
             slow_factor_percent: (p.slow_factor * 100.0).round() as u32,
             slow_min: p.slow_min,
             slow_min_requests: p.slow_min_requests,
+            count_all_5xx: p.count_5xx == "all",
+            min_distinct_clients: p.min_distinct_clients.max(1),
         },
         ewma_weight: w,
         hysteresis: h.latency.hysteresis,

@@ -371,6 +371,11 @@ pub struct RawPassive {
     pub slow_min: Duration,
     /// ... over at least this many requests.
     pub slow_min_requests: u32,
+    /// Which 5xx answers count as failures: "gateway" (502, 503, 504) or "all".
+    pub count_5xx: String,
+    /// Failures after a request was sent eject only when this many client
+    /// addresses had them (connect failures need none).
+    pub min_distinct_clients: u32,
 }
 
 impl Default for RawPassive {
@@ -383,6 +388,8 @@ impl Default for RawPassive {
             slow_factor: 5.0,
             slow_min: Duration::from_millis(500),
             slow_min_requests: 20,
+            count_5xx: "gateway".to_owned(),
+            min_distinct_clients: 3,
         }
     }
 }

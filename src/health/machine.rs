@@ -284,6 +284,8 @@ mod tests {
                 slow_factor_percent: 500,
                 slow_min: Duration::from_millis(500),
                 slow_min_requests: 20,
+                count_all_5xx: false,
+                min_distinct_clients: 1,
             },
             failback: FailbackSpec {
                 slow_start: Duration::from_secs(30),
