@@ -75,6 +75,8 @@ pub struct Scan<'a> {
     codings: u8,
     coding: Option<&'a HeaderValue>,
     upgrade: bool,
+    /// `Forwarded` or `X-Real-IP` came with it.
+    identity: bool,
     /// The client's `x-request-id`, found on the way (no second lookup).
     pub request_id: Option<&'a HeaderValue>,
 }
@@ -97,6 +99,8 @@ pub struct Admitted {
     pub host: Option<Host>,
     /// The request names an `Upgrade`.
     pub upgrade: bool,
+    /// It carries `Forwarded` or `X-Real-IP`: the router writes them anew.
+    pub identity: bool,
 }
 
 const OWNED_PREFIX: &str = "x-georouter-";
@@ -116,12 +120,16 @@ pub fn scan(headers: &HeaderMap) -> Scan<'_> {
             scan.coding = Some(value);
         } else if name == header::UPGRADE {
             scan.upgrade = true;
+        } else if name == header::FORWARDED {
+            scan.identity = true;
         } else {
             let name = name.as_str();
             if name.starts_with(OWNED_PREFIX) {
                 scan.owned = true;
             } else if name == crate::request_id::NAME {
                 scan.request_id = Some(value);
+            } else if name == crate::headers::X_REAL_IP.as_str() {
+                scan.identity = true;
             }
         }
     }
@@ -174,6 +182,7 @@ pub fn check(
         owned: scan.owned,
         host,
         upgrade: scan.upgrade,
+        identity: scan.identity,
     })
 }
 

@@ -21,6 +21,26 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_GEOROUTER_REGION: HeaderName = HeaderName::from_static("x-georouter-region");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// What clients claim about who they are or where the request came from, that
+/// frameworks read as the truth (Rails, Spring, IIS, Cloudflare, Akamai): the
+/// `X-Forwarded-*` family and these, dropped from untrusted peers under
+/// `client.forwarded = "replace"`.
+const IDENTITY: [&str; 12] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-forwarded-for",
+];
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `TE: trailers` survives (gRPC needs it end to end); other `TE` values do not.
@@ -183,16 +203,49 @@ pub fn set_forwarded(
     }
 }
 
-/// Removes what a client may claim about earlier hops: `Forwarded` and
-/// `X-Forwarded-*` (`client.forwarded = "replace"` for untrusted peers).
+/// Removes what a client may claim about earlier hops or itself: `Forwarded`,
+/// every `X-Forwarded-*` (`-Port`, `-Prefix`, `-Ssl`, `-Scheme`, `-Server`,
+/// `-Uri`...) and the [`IDENTITY`] family (`client.forwarded = "replace"` for
+/// untrusted peers).
 pub fn strip_forwarded(headers: &mut HeaderMap) {
-    for name in [
-        header::FORWARDED,
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_FORWARDED_HOST,
-    ] {
+    let claims: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n.starts_with("x-forwarded-") || n == "x-forwarded" || IDENTITY.contains(&n)
+        })
+        .cloned()
+        .collect();
+    for name in claims {
         headers.remove(name);
+    }
+}
+
+/// `Forwarded` and `X-Real-IP` that came with a request, written anew: the
+/// peer appended to `Forwarded` (RFC 7239 `for=`, as to `X-Forwarded-For`),
+/// and `X-Real-IP` set to the client as the router identified it.
+pub fn rewrite_identity(headers: &mut HeaderMap, peer: std::net::IpAddr, client: std::net::IpAddr) {
+    if let header::Entry::Occupied(mut e) = headers.entry(header::FORWARDED) {
+        let mut joined = Vec::with_capacity(64);
+        for v in e.iter() {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        let node = match peer {
+            std::net::IpAddr::V4(ip) => format!("for={ip}"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        };
+        joined.extend_from_slice(node.as_bytes());
+        let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| {
+            HeaderValue::from_str(&node).expect("an address is a header value")
+        });
+        e.insert(value);
+    }
+    if headers.contains_key(X_REAL_IP) {
+        headers.insert(
+            X_REAL_IP,
+            HeaderValue::from_str(&client.to_string()).expect("an address is a header value"),
+        );
     }
 }
 

@@ -389,3 +389,47 @@ async fn connection_cannot_remove_the_headers_the_router_owes() {
         "a header Connection names is still removed: {head}"
     );
 }
+
+#[tokio::test]
+async fn identity_headers_are_appended_to_or_replaced_as_documented() {
+    let a = region("a").await;
+    let ask: &[u8] = b"GET /echo HTTP/1.1\r\nHost: example.com\r\nForwarded: for=198.51.100.1\r\n\
+        X-Real-IP: 198.51.100.2\r\nX-Forwarded-Port: 8443\r\nX-Forwarded-Prefix: /admin\r\n\
+        X-Forwarded-Ssl: on\r\nX-Forwarded-Scheme: https\r\nX-Forwarded-Server: inside\r\n\
+        X-Forwarded-Uri: /admin\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
+        True-Client-IP: 198.51.100.3\r\nCF-Connecting-IP: 198.51.100.4\r\nConnection: close\r\n\r\n";
+    let append = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
+    let head = echoed(&append, ask).await;
+    assert!(
+        head.contains("forwarded: for=198.51.100.1, for=127.0.0.1\n"),
+        "append adds the peer to Forwarded: {head}"
+    );
+    assert!(
+        head.contains("x-real-ip: 127.0.0.1\n"),
+        "X-Real-IP is the client the router saw: {head}"
+    );
+    let replace = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\naccess_log = false\n[client]\nforwarded = \"replace\"\n",
+    ))
+    .await;
+    let head = echoed(&replace, ask).await;
+    for gone in [
+        "198.51.100",
+        "forwarded:",
+        "x-real-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-forwarded-uri",
+        "x-original-url",
+        "x-rewrite-url",
+        "true-client-ip",
+        "cf-connecting-ip",
+    ] {
+        assert!(!head.contains(gone), "replace drops {gone}: {head}");
+    }
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\n"), "{head}");
+}

@@ -95,6 +95,9 @@ pub(super) fn build(
         &conn.proto(),
         original_host.as_ref(),
     );
+    if admitted.identity {
+        headers::rewrite_identity(&mut parts.headers, conn.peer.ip(), plan.client.0);
+    }
     // Without `preserve_host` the client's Host stays for `forward::retarget`
     // to replace in place (HTTP/1.1) or take out (HTTP/2).
     if let (Some(h), true, false) = (original_host, settings.preserve_host, host_in_map) {
