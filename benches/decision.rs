@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
             ambiguity: None,
             method: &http::Method::GET,
             home: None,
+            cookie_conflict: false,
         };
         let decide = |facts: &RequestFacts<'_>| {
             let d = policy::decide(&table, facts).unwrap();

@@ -7,6 +7,7 @@ use http::HeaderMap;
 use crate::geo::GeoFacts;
 use crate::identity::ClientIp;
 use crate::path::Ambiguity;
+use crate::residency::CookieClaim;
 use crate::table::RoutingTable;
 
 /// What the policy knows about one request.
@@ -22,6 +23,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a http::Method,
     /// A home-jurisdiction claim already checked (trusted header or signed cookie).
     pub home: Option<(&'a str, PinSource)>,
+    /// Valid residency cookies named different jurisdictions: none was believed.
+    pub cookie_conflict: bool,
 }
 
 /// Where a request's jurisdiction came from.
@@ -61,9 +64,17 @@ impl<'a> RequestFacts<'a> {
             Some(name) if s.peer_trusted => s.headers.get(name).and_then(|v| v.to_str().ok()),
             _ => None,
         };
+        let mut cookie_conflict = false;
         let home = from_header.map(|h| (h, PinSource::Header)).or_else(|| {
             let signer = table.cookie.as_ref()?;
-            Some((signer.from_request(s.headers)?, PinSource::Cookie))
+            match signer.from_request(s.headers) {
+                CookieClaim::One(j) => Some((j, PinSource::Cookie)),
+                CookieClaim::None => None,
+                CookieClaim::Conflict => {
+                    cookie_conflict = true;
+                    None
+                }
+            }
         });
         RequestFacts {
             client: s.client,
@@ -73,6 +84,7 @@ impl<'a> RequestFacts<'a> {
             ambiguity: s.ambiguity,
             method: s.method,
             home,
+            cookie_conflict,
         }
     }
 }

@@ -40,6 +40,7 @@ pub const NAMES: &[&str] = &[
     "georouter_endpoint_healthy",
     "georouter_endpoint_ejections_total",
     "georouter_latency_outliers_total",
+    "georouter_residency_cookie_conflicts_total",
     "georouter_build_info",
 ];
 
@@ -98,6 +99,8 @@ pub struct Metrics {
     pub endpoint_ejections: IntCounterVec,
     /// Regions found far slower than their peers on real requests.
     pub latency_outliers: IntCounterVec,
+    /// Requests whose valid residency cookies named different jurisdictions.
+    pub cookie_conflicts: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -185,6 +188,10 @@ impl Metrics {
             "georouter_geo_lookup_errors_total",
             "Geo lookups that failed to decode a database record; residency routes answer them 503.",
         );
+        let cookie_conflicts = plain(
+            "georouter_residency_cookie_conflicts_total",
+            "Requests with valid residency cookies naming different jurisdictions (a planted cookie beside the router's): neither was believed.",
+        );
         let ejections_capped = plain(
             "georouter_ejections_capped_total",
             "Passive ejections refused by the cap (max_ejected_percent, last serving region of a jurisdiction).",
@@ -207,6 +214,7 @@ impl Metrics {
             local_errors: LocalFault::ALL.map(|k| local_errors.with_label_values(&[k.as_str()])),
             geo_lookup_errors,
             ejections_capped,
+            cookie_conflicts,
             requests: counter(
                 &r,
                 "georouter_requests_total",

@@ -287,6 +287,7 @@ mod tests {
             ambiguity: None,
             method: &ask.method,
             home: ask.home,
+            cookie_conflict: false,
         };
         decide(t, &facts)
     }

@@ -284,7 +284,7 @@ async fn proxy<'s>(
         upstream.client_upgrade,
         Streaming::new(conn.activity.clone()),
     )?;
-    respond::pin_resident(conn, snapshot, &plan.decision, &mut response);
+    respond::pin_resident(snapshot, &plan.decision, plan.https, &mut response);
     Ok((
         response,
         Served {
@@ -340,6 +340,8 @@ struct Plan<'t> {
     client: ClientIp,
     /// The peer is a trusted proxy.
     peer_trusted: bool,
+    /// The client reached us over TLS (this listener's, or a trusted proxy's).
+    https: bool,
     /// Why this region (route, rule, pin); only when the access log is on.
     reason: Option<String>,
 }
@@ -375,6 +377,9 @@ fn decide<'t>(
     );
     if facts.geo.error {
         conn.state.metrics.geo_lookup_errors.inc();
+    }
+    if facts.cookie_conflict {
+        conn.state.metrics.cookie_conflicts.inc();
     }
     let decision = policy::decide(table, &facts).map_err(|r| match r {
         Refusal::NoRoute => ProxyError::NoRoute,
@@ -414,11 +419,19 @@ fn decide<'t>(
             },
         });
     }
+    // Over TLS, here or (a trusted proxy says) in front: cookies are Secure.
+    let https = conn.tls
+        || (peer_trusted
+            && req
+                .headers()
+                .get(crate::headers::X_FORWARDED_PROTO)
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")));
     Ok(Plan {
         decision,
         regions,
         client,
         peer_trusted,
+        https,
         reason,
     })
 }

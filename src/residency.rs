@@ -8,6 +8,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use ring::hmac;
 
+/// What a request's residency cookies say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieClaim<'a> {
+    None,
+    One(&'a str),
+    /// Valid cookies naming different jurisdictions: none is believed.
+    Conflict,
+}
+
+/// The prefix that makes browsers refuse the cookie from a sibling subdomain
+/// or over plain HTTP (RFC 6265bis 4.1.3.2).
+pub const HOST_PREFIX: &str = "__Host-";
+
 /// Signs and checks home-jurisdiction cookies.
 pub struct CookieSigner {
     pub name: String,
@@ -112,16 +125,27 @@ impl CookieSigner {
         (expires > now_secs()).then_some(jurisdiction)
     }
 
-    /// The claim in a request's `Cookie` headers, when one of them is valid.
-    pub fn from_request<'h>(&self, headers: &'h http::HeaderMap) -> Option<&'h str> {
-        headers
+    /// The claim in a request's `Cookie` headers: the jurisdiction its valid
+    /// cookies name. Two valid cookies that name different jurisdictions (one
+    /// planted beside the router's) are a conflict, not a claim.
+    pub fn from_request<'h>(&self, headers: &'h http::HeaderMap) -> CookieClaim<'h> {
+        let mut found = None;
+        let valid = headers
             .get_all(http::header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .filter(|(k, _)| *k == self.name)
-            .find_map(|(_, v)| self.verify(v))
+            .filter_map(|(_, v)| self.verify(v));
+        for j in valid {
+            match found {
+                None => found = Some(j),
+                Some(f) if f == j => {}
+                Some(_) => return CookieClaim::Conflict,
+            }
+        }
+        found.map_or(CookieClaim::None, CookieClaim::One)
     }
 
     /// A `Set-Cookie` pinning the user to `jurisdiction`.
@@ -186,7 +210,26 @@ mod tests {
             http::header::COOKIE,
             HeaderValue::from_str(&format!("b=2; georouter_home={v}")).unwrap(),
         );
-        assert_eq!(s.from_request(&h), Some("eu"));
+        assert_eq!(s.from_request(&h), CookieClaim::One("eu"));
+    }
+
+    #[test]
+    fn two_valid_cookies_for_different_jurisdictions_are_no_claim() {
+        let s = signer();
+        let eu = s.value("eu", now_secs() + 60);
+        let us = s.value("us", now_secs() + 60);
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_str(&format!("georouter_home={us}; georouter_home={eu}")).unwrap(),
+        );
+        assert_eq!(s.from_request(&h), CookieClaim::Conflict);
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_str(&format!("georouter_home={eu}; georouter_home={eu}")).unwrap(),
+        );
+        assert_eq!(s.from_request(&h), CookieClaim::One("eu"));
     }
 
     #[test]

@@ -204,7 +204,15 @@ async fn a_resident_gets_a_signed_cookie_that_keeps_them_home_abroad() {
     let at_home = as_client(&router, "80.128.0.1", None).await;
     assert_eq!(at_home.body, "eu\n");
     let set = at_home.headers["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set.starts_with("georouter_home=eu."), "{set}");
+    assert!(set.starts_with("__Host-georouter_home=eu."), "{set}");
+    assert!(
+        set.contains("; Path=/;") && set.contains("; HttpOnly; SameSite=Lax"),
+        "{set}"
+    );
+    assert!(
+        !set.contains("Secure"),
+        "plain HTTP, no proxy saying https: {set}"
+    );
     let cookie = set.split(';').next().unwrap().to_owned();
 
     let client = h1_client();
@@ -326,4 +334,57 @@ async fn explain_agrees_with_what_a_request_gets() {
     )
     .await;
     assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_cookie_is_secure_behind_a_trusted_tls_terminator() {
+    let (router, _us, _eu) = world_with_cookie().await;
+    let req = http::Request::get(router.url("/"))
+        .header("x-forwarded-for", "80.128.0.1")
+        .header("x-forwarded-proto", "https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&h1_client(), req).await;
+    let set = r.headers["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("__Host-georouter_home=eu."), "{set}");
+    assert!(set.ends_with("; Secure"), "{set}");
+}
+
+#[tokio::test]
+async fn two_valid_cookies_for_different_jurisdictions_pin_nobody() {
+    let (router, us, _eu) = world_with_cookie().await;
+    let key = mmdb_dir().join("cookie.key");
+    let signer = georouter::residency::CookieSigner::from_key_file(
+        "__Host-georouter_home",
+        &key,
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let (eu, elsewhere) = (signer.value("eu", expires), signer.value("us", expires));
+    let req = http::Request::get(router.url("/"))
+        .header("x-forwarded-for", "3.3.3.3")
+        .header(
+            "cookie",
+            format!("__Host-georouter_home={elsewhere}; __Host-georouter_home={eu}"),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&h1_client(), req).await;
+    // Neither is believed: the client is where its address says.
+    assert_eq!(r.body, "us\n");
+    assert_eq!(us.requests(), 1);
+    let m = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert_metrics(&m, &["georouter_residency_cookie_conflicts_total 1"]);
+    // Without the prefix, a cookie a sibling subdomain could plant is ignored.
+    let req = http::Request::get(router.url("/"))
+        .header("x-forwarded-for", "3.3.3.3")
+        .header("cookie", format!("georouter_home={eu}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.body, "us\n");
 }

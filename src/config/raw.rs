@@ -110,6 +110,10 @@ pub struct RawResidency {
     pub cookie_key_file: Option<PathBuf>,
     #[serde(with = "humantime_serde", default = "thirty_days")]
     pub cookie_max_age: Duration,
+    /// Prefix the cookie's name with `__Host-`, so that a sibling subdomain
+    /// cannot plant one.
+    #[serde(default = "yes")]
+    pub cookie_host_prefix: bool,
 }
 
 impl Default for RawResidency {
@@ -119,6 +123,7 @@ impl Default for RawResidency {
             cookie: None,
             cookie_key_file: None,
             cookie_max_age: thirty_days(),
+            cookie_host_prefix: true,
         }
     }
 }

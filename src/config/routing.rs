@@ -464,6 +464,12 @@ pub(super) fn residency(raw: raw::RawResidency, errs: &mut Invalid) -> Residency
             if raw.cookie_max_age.is_zero() {
                 errs.push("residency.cookie_max_age", "must be longer than 0s");
             }
+            let prefix = crate::residency::HOST_PREFIX;
+            let name = if raw.cookie_host_prefix && !name.starts_with(prefix) {
+                format!("{prefix}{name}")
+            } else {
+                name
+            };
             Some((name, key, raw.cookie_max_age))
         }
     };

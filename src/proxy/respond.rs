@@ -19,9 +19,9 @@ use crate::table::RegionId;
 
 /// Pins a resident who has no valid cookie yet, so travel does not move them.
 pub(super) fn pin_resident(
-    conn: &Connection,
     snapshot: &Snapshot,
     decision: &policy::Decision<'_>,
+    https: bool,
     response: &mut Response<ProxyBody>,
 ) {
     let table = &snapshot.table;
@@ -30,7 +30,7 @@ pub(super) fn pin_resident(
             let name = &table.jurisdiction(pin.jurisdiction).name;
             response
                 .headers_mut()
-                .append(header::SET_COOKIE, signer.set_cookie(name, conn.tls));
+                .append(header::SET_COOKIE, signer.set_cookie(name, https));
         }
     }
 }
