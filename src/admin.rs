@@ -28,25 +28,47 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
 
 /// Serves the admin API until `shutdown` fires.
+/// Connections the admin listener serves at once; past it, a new one is
+/// closed at once (operators and Prometheus need a handful).
+pub const MAX_CONNECTIONS: usize = 64;
+/// The time a connection has to send its request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest any admin connection lives (a `wait` on a fleet drain is 60 s at most).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(90);
+
 pub async fn serve(listener: TcpListener, control: Arc<Control>, mut shutdown: Shutdown) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    static ACCEPT: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    if let Some(suppressed) = ACCEPT.allow() {
+                        tracing::warn!(error = %e, suppressed, "admin accept failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        // Full: the newcomer is closed, its descriptor freed at once.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let control = control.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| route(control.clone(), peer, req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            // One request a connection: nothing idles here between polls.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
     }
 }
@@ -198,16 +220,37 @@ async fn mutate(
 ) -> Response<Full<Bytes>> {
     let reason = query_param(req, "reason").unwrap_or_default();
     let force = query_param(req, "force").is_some_and(|v| v == "true" || v == "1");
+    // What the caller wrote (reason, region, detail) is quoted and escaped
+    // (Debug): a newline or a terminal escape cannot forge or hide a line.
+    // Denied calls are logged at most once a second (each is counted).
+    static DENIED: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
     let audit = |result: &str, detail: &str| {
+        let suppressed = if result == "denied" {
+            match DENIED.allow() {
+                Some(n) => n,
+                None => {
+                    control
+                        .state()
+                        .metrics
+                        .admin_requests
+                        .with_label_values(&[action, result])
+                        .inc();
+                    return;
+                }
+            }
+        } else {
+            0
+        };
         tracing::info!(
             target: "georouter::audit",
             peer = %peer,
             action,
-            region = region.unwrap_or("-"),
-            reason = %reason,
+            region = ?region.unwrap_or("-"),
+            reason = ?reason,
             force,
             result,
-            detail,
+            detail = ?detail,
+            suppressed,
         );
         control
             .state()
@@ -228,10 +271,10 @@ async fn mutate(
         ("log", _) => {
             let filter = query_param(req, "filter").unwrap_or_default();
             match crate::logging::set_filter(&filter) {
-                Ok(()) => {
-                    audit("ok", &filter);
-                    tracing::info!(target: "georouter::audit", %filter, "log filter changed");
-                    json(StatusCode::OK, &serde_json::json!({ "filter": filter }))
+                Ok(in_force) => {
+                    audit("ok", &in_force);
+                    tracing::info!(target: "georouter::audit", filter = ?in_force, "log filter changed");
+                    json(StatusCode::OK, &serde_json::json!({ "filter": in_force }))
                 }
                 Err(e @ crate::logging::FilterError::NotReloadable) => {
                     audit("failed", &e.to_string());
@@ -365,6 +408,18 @@ async fn route(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    // A page on another site whose name resolves to this address (DNS
+    // rebinding) sends its own name as Host: only names this listener is
+    // known by are answered.
+    if let Some(host) = req.headers().get(header::HOST) {
+        if !control.admin_host_allowed(host.as_bytes()) {
+            return Ok(reply(
+                StatusCode::MISDIRECTED_REQUEST,
+                TEXT,
+                "this admin listener does not answer for that Host: use its address, localhost, or a name in admin.hosts\n",
+            ));
+        }
+    }
     // Liveness and readiness are for probes: never behind a token.
     match (&method, path.as_str()) {
         // HEAD as GET (hyper sends no body): load balancers probe with either.
@@ -404,7 +459,7 @@ async fn route(
     }
     let known = matches!(
         path.as_str(),
-        "/metrics" | "/regions" | "/config" | "/explain" | "/fleet" | "/status"
+        "/metrics" | "/regions" | "/config" | "/explain" | "/fleet" | "/status" | "/log"
     );
     if method != Method::GET {
         return Ok(if known {
@@ -457,6 +512,14 @@ async fn route(
             reply(StatusCode::OK, "application/toml; charset=utf-8", text)
         }
         "/explain" => explain(state, req.uri().query().unwrap_or("")),
+        "/log" => match crate::logging::current() {
+            Some(filter) => json(StatusCode::OK, &serde_json::json!({ "filter": filter })),
+            None => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "this process's log filter cannot be read or changed at run time\n",
+            ),
+        },
         "/fleet" => match control.fleet() {
             None => reply(
                 StatusCode::NOT_FOUND,

@@ -253,6 +253,7 @@ mod tests {
             read_token_file: None,
             read_token_env: Some("GEOROUTER_TEST_READ_TOKEN".to_owned()),
             state_file: None,
+            hosts: Vec::new(),
         };
         let a = AdminAuth::from_settings(&settings, None).unwrap();
         assert_eq!(

@@ -192,6 +192,8 @@ pub struct AdminSettings {
     pub read_token_file: Option<PathBuf>,
     pub read_token_env: Option<String>,
     pub state_file: Option<PathBuf>,
+    /// Lower-case host names answered besides IP literals and localhost.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -299,6 +299,35 @@ impl Control {
             }));
     }
 
+    /// Whether the admin API answers a request with this `Host`: an IP
+    /// literal, localhost, or a name in `admin.hosts`, with any port.
+    pub fn admin_host_allowed(&self, host: &[u8]) -> bool {
+        let Ok(host) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let host = host.trim();
+        if host.starts_with('[') {
+            return host
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip[1..].parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let name = name.trim_end_matches('.');
+        name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || self
+                .state
+                .config
+                .load()
+                .admin
+                .hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+    }
+
     /// Every region of the table in service as the control plane sees it, for
     /// the admin views.
     pub fn region_reports(&self) -> Vec<RegionReport> {

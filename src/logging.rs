@@ -2,15 +2,30 @@
 //! API): the binary installs the setter when it sets up logging; a process
 //! without one (a test harness) says so.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 type Setter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 static SETTER: OnceLock<Setter> = OnceLock::new();
+static CURRENT: Mutex<String> = Mutex::new(String::new());
 
-/// Installs what changes the filter (once, at start).
-pub fn install(setter: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) {
-    let _ = SETTER.set(Box::new(setter));
+/// The audit log's target: a filter change never silences it.
+const AUDIT: &str = "georouter::audit=info";
+
+/// Installs what changes the filter (once, at start), and the filter in force.
+pub fn install(
+    initial: String,
+    setter: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static,
+) {
+    if SETTER.set(Box::new(setter)).is_ok() {
+        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = initial;
+    }
+}
+
+/// The filter in force, when this process can change it.
+pub fn current() -> Option<String> {
+    SETTER.get()?;
+    Some(CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +38,43 @@ pub enum FilterError {
     Invalid(String, String),
 }
 
-/// Replaces the log filter (`RUST_LOG` syntax).
-pub fn set_filter(directives: &str) -> Result<(), FilterError> {
+/// Replaces the log filter (`RUST_LOG` syntax). An empty filter is refused
+/// (it would silence every line), and the audit log stays on whatever the
+/// filter says of the rest. Returns the filter now in force.
+pub fn set_filter(directives: &str) -> Result<String, FilterError> {
     let set = SETTER.get().ok_or(FilterError::NotReloadable)?;
-    set(directives).map_err(|e| FilterError::Invalid(directives.to_owned(), e))
+    let directives = directives.trim();
+    if directives.is_empty() {
+        return Err(FilterError::Invalid(
+            String::new(),
+            "an empty filter would silence every line, the audit log's too".to_owned(),
+        ));
+    }
+    let full = if directives.contains("georouter::audit") {
+        directives.to_owned()
+    } else {
+        format!("{directives},{AUDIT}")
+    };
+    set(&full).map_err(|e| FilterError::Invalid(directives.to_owned(), e))?;
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = full.clone();
+    Ok(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_filter_is_refused_and_the_audit_log_stays_on() {
+        install("info".to_owned(), |_| Ok(()));
+        assert_eq!(current().as_deref(), Some("info"));
+        assert!(matches!(set_filter("  "), Err(FilterError::Invalid(..))));
+        assert_eq!(current().as_deref(), Some("info"), "unchanged");
+        assert_eq!(set_filter("off").unwrap(), "off,georouter::audit=info");
+        assert_eq!(current().as_deref(), Some("off,georouter::audit=info"));
+        assert_eq!(
+            set_filter("warn,georouter::audit=debug").unwrap(),
+            "warn,georouter::audit=debug"
+        );
+    }
 }

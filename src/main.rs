@@ -550,6 +550,7 @@ fn init_logging(default_filter: &str, format: LogFormat) {
     use tracing_subscriber::{reload, EnvFilter};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let initial = filter.to_string();
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (text, json) = match format {
@@ -577,7 +578,7 @@ fn init_logging(default_filter: &str, format: LogFormat) {
         .with(text)
         .with(json)
         .init();
-    georouter::logging::install(move |directives| {
+    georouter::logging::install(initial, move |directives| {
         let next = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
         handle.reload(next).map_err(|e| e.to_string())
     });

@@ -517,3 +517,59 @@ async fn a_region_that_leaves_the_policy_is_not_exported_at_zero_for_ever() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_admin_api_answers_only_the_names_it_is_known_by() {
+    let a = region("a").await;
+    let toml = policy(
+        &[&a],
+        "[admin]\naddress = \"127.0.0.1:0\"\nhosts = [\"router.internal\"]\n",
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let port = router.admin.port();
+    for (host, status) in [
+        (format!("127.0.0.1:{port}"), 200),
+        ("localhost".to_owned(), 200),
+        (format!("LOCALHOST:{port}"), 200),
+        (format!("[::1]:{port}"), 200),
+        ("router.internal".to_owned(), 200),
+        (format!("evil.example:{port}"), 421),
+        ("127.0.0.1.evil.example".to_owned(), 421),
+    ] {
+        let reply = raw(
+            router.admin,
+            format!("GET /regions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&reply), status, "Host: {host}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn idle_admin_connections_are_bounded_and_closed() {
+    use tokio::io::AsyncReadExt;
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let mut idle = Vec::new();
+    for _ in 0..georouter::admin::MAX_CONNECTIONS + 16 {
+        idle.push(tokio::net::TcpStream::connect(router.admin).await.unwrap());
+    }
+    // Past the cap, newcomers are closed at once; the rest when their head
+    // does not come: every one of them ends without a byte of ours.
+    let mut closed = 0;
+    for mut s in idle {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .expect("an idle admin connection was closed")
+            .unwrap_or(0);
+        if n == 0 {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, georouter::admin::MAX_CONNECTIONS + 16);
+    // And the listener still answers.
+    let r = get(&h1_client(), &format!("http://{}/healthz", router.admin)).await;
+    assert_eq!(r.status, 200);
+}

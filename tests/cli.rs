@@ -343,3 +343,83 @@ fn run_router(
     }
     (child, log)
 }
+
+/// The text audit log quotes what a caller wrote: a reason with a newline
+/// cannot forge a second `result="ok"` line, nor a terminal escape pass;
+/// denied calls are logged at most once a second (each is counted); an empty
+/// log filter is refused and `GET /log` shows the one in force.
+#[test]
+fn the_text_audit_log_cannot_be_forged_and_denials_do_not_flood_it() {
+    let (port, listen) = (free_port(), free_port());
+    let token = "audit-test-token-0123456789abcdef0123";
+    let (child, log) = run_router(
+        "audit",
+        &format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{listen}\"\n[admin]\naddress = \"127.0.0.1:{port}\"\n\
+             token_env = \"GEOROUTER_TEST_TOKEN\"\n[health]\nenabled = false\n\
+             [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n\
+             [[regions]]\nname = \"b\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
+        ),
+        &["--log-format", "text"],
+        &[("GEOROUTER_TEST_TOKEN", token)],
+        port,
+    );
+    // Stopped by PID whatever happens below.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Stop(child);
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-m", "2"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let admin = format!("http://127.0.0.1:{port}");
+    let auth = format!("Authorization: Bearer {token}");
+    let forged = "x%0a2026-01-01T00:00:00Z%20%20INFO%20georouter::audit:%20action=%22undrain%22%20result=%22ok%22%1b%5B2J";
+    let r = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        &format!("{admin}/regions/a/drain?reason={forged}"),
+    ]);
+    assert!(r.ends_with("200"), "{r}");
+    for _ in 0..50 {
+        curl(&[
+            "-X",
+            "POST",
+            &format!("{admin}/regions/a/drain?reason=guess"),
+        ]);
+    }
+    let r = curl(&["-X", "POST", "-H", &auth, &format!("{admin}/log?filter=")]);
+    assert!(r.ends_with("400"), "an empty filter: {r}");
+    let r = curl(&["-H", &auth, &format!("{admin}/log")]);
+    assert!(r.contains("\"filter\"") && r.ends_with("200"), "{r}");
+    drop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("georouter::audit"))
+        .collect();
+    assert!(
+        !audit.iter().any(|l| l.contains("action=\"undrain\"")),
+        "a forged line: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "a terminal escape passed: {text:?}"
+    );
+    let denied = audit.iter().filter(|l| l.contains("denied")).count();
+    assert!(
+        (1..=5).contains(&denied),
+        "{denied} lines for 50 denied calls: {text}"
+    );
+}

@@ -282,6 +282,11 @@ pub(super) fn admin(a: raw::RawAdmin, errs: &mut Invalid) -> AdminSettings {
         read_token_file: a.read_token_file,
         read_token_env: a.read_token_env,
         state_file: a.state_file,
+        hosts: a
+            .hosts
+            .iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
     }
 }
 

@@ -289,6 +289,9 @@ pub struct RawAdmin {
     pub read_token_env: Option<String>,
     /// Where drains are kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// Host names the admin API answers besides its address and localhost
+    /// (421 for any other: a DNS-rebinding page cannot read it).
+    pub hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -300,6 +303,7 @@ impl Default for RawAdmin {
             read_token_file: None,
             read_token_env: None,
             state_file: None,
+            hosts: Vec::new(),
         }
     }
 }
