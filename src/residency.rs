@@ -17,10 +17,6 @@ pub enum CookieClaim<'a> {
     Conflict,
 }
 
-/// The prefix that makes browsers refuse the cookie from a sibling subdomain
-/// or over plain HTTP (RFC 6265bis 4.1.3.2).
-pub const HOST_PREFIX: &str = "__Host-";
-
 /// Signs and checks home-jurisdiction cookies.
 pub struct CookieSigner {
     pub name: String,

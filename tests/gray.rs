@@ -141,13 +141,13 @@ async fn a_full_region_spills_over_to_the_next_candidate() {
 async fn every_request_waiting_on_a_hung_region_moves_when_it_leaves_service() {
     let a = region("a").await;
     let b = region("b").await;
-    // Only the region leaving service moves them: no try_timeout, and a retry
-    // budget that would allow none.
+    // Only the region leaving service (the drain below) moves them: no checks,
+    // no try_timeout, and a retry budget that would allow none.
     let router = TestRouter::spawn_with_token(
         &two_regions(
             &a,
             &b,
-            "[upstream]\ntry_timeout = \"0s\"\nresponse_timeout = \"20s\"\n\
+            "enabled = false\n[upstream]\ntry_timeout = \"0s\"\nresponse_timeout = \"20s\"\n\
              [retry]\nbudget = 0.0\nmin_retries = 0\n",
         ),
         "t0ken",

@@ -169,7 +169,10 @@ async fn world_with_cookie() -> (TestRouter, SimRegion, SimRegion) {
     let us = region("us").await;
     let eu = region("eu").await;
     let key = mmdb_dir().join("cookie.key");
-    std::fs::write(&key, [42u8; 32]).unwrap();
+    // Written aside and renamed: tests running at once never read it half-written.
+    let tmp = mmdb_dir().join(format!("cookie.key.{:?}", std::thread::current().id()));
+    std::fs::write(&tmp, [42u8; 32]).unwrap();
+    std::fs::rename(&tmp, &key).unwrap();
     let toml = format!(
         r#"
         [[listeners]]

@@ -464,7 +464,9 @@ pub(super) fn residency(raw: raw::RawResidency, errs: &mut Invalid) -> Residency
             if raw.cookie_max_age.is_zero() {
                 errs.push("residency.cookie_max_age", "must be longer than 0s");
             }
-            let prefix = crate::residency::HOST_PREFIX;
+            // Browsers refuse a `__Host-` cookie from a sibling subdomain or
+            // over plain HTTP (RFC 6265bis 4.1.3.2).
+            let prefix = "__Host-";
             let name = if raw.cookie_host_prefix && !name.starts_with(prefix) {
                 format!("{prefix}{name}")
             } else {
