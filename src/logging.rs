@@ -60,9 +60,54 @@ pub fn set_filter(directives: &str) -> Result<String, FilterError> {
     Ok(full)
 }
 
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lines are JSON objects (their writer escapes every value itself).
+pub fn set_json(json: bool) {
+    JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A value a client chose, for a log line: in text, written quoted, with `"`,
+/// `\` and control characters escaped, so it cannot end its field or start a
+/// line; in JSON, as it is (the JSON writer escapes it).
+pub struct Quoted<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Debug for Quoted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            return write!(f, "{}", self.0);
+        }
+        struct Escape<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+        impl std::fmt::Write for Escape<'_, '_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                for c in s.chars() {
+                    match c {
+                        '"' | '\\' => write!(self.0, "\\{c}")?,
+                        c if c.is_control() => write!(self.0, "{}", c.escape_default())?,
+                        c => self.0.write_char(c)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+        f.write_str("\"")?;
+        std::fmt::write(&mut Escape(f), format_args!("{}", self.0))?;
+        f.write_str("\"")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_values_cannot_end_their_field() {
+        assert_eq!(format!("{:?}", Quoted("/a")), r#""/a""#);
+        assert_eq!(
+            format!("{:?}", Quoted("/a\" status=200 x=\"\\\n")),
+            r#""/a\" status=200 x=\"\\\n""#
+        );
+    }
 
     #[test]
     fn an_empty_filter_is_refused_and_the_audit_log_stays_on() {

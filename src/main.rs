@@ -551,6 +551,7 @@ fn init_logging(default_filter: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let initial = filter.to_string();
+    georouter::logging::set_json(matches!(format, LogFormat::Json));
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (text, json) = match format {

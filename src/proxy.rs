@@ -164,13 +164,13 @@ pub async fn handle(
             peer = %conn.peer.0,
             client = %served.as_ref().map_or(client.0, |s| s.client),
             method = %method,
-            uri = %uri,
+            uri = ?crate::logging::Quoted(&uri),
             version = ?version,
             status = resp.status().as_u16(),
             route = route.unwrap_or("-"),
             region,
             why,
-            %request_id,
+            request_id = ?crate::logging::Quoted(&request_id),
             micros = started.elapsed().as_micros() as u64,
         );
     }

@@ -403,8 +403,28 @@ fn the_text_audit_log_cannot_be_forged_and_denials_do_not_flood_it() {
     assert!(r.ends_with("400"), "an empty filter: {r}");
     let r = curl(&["-H", &auth, &format!("{admin}/log")]);
     assert!(r.contains("\"filter\"") && r.ends_with("200"), "{r}");
+    // A target and a request id with quotes: the access log quotes them.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        s.write_all(
+            b"GET /x\"status=200 HTTP/1.1\r\nHost: a\r\nX-Request-Id: id\"route=forged\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+    }
     drop(child);
     let text = std::fs::read_to_string(&log).unwrap();
+    let access = text
+        .lines()
+        .find(|l| l.contains("georouter::access"))
+        .unwrap_or_else(|| panic!("no access line: {text}"));
+    assert!(access.contains(r#"uri="/x\"status=200""#), "{access}");
+    assert!(
+        access.contains(r#"request_id="id\"route=forged""#),
+        "{access}"
+    );
     let audit: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("georouter::audit"))
