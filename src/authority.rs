@@ -252,4 +252,67 @@ mod tests {
             assert!(!is_valid(v.as_bytes()), "{v:?}");
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn label() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9][a-zA-Z0-9-]{0,10}"
+        }
+
+        /// A valid authority and the host routes should see in it.
+        fn authority() -> impl Strategy<Value = (String, String)> {
+            let name = prop::collection::vec(label(), 1..4).prop_map(|l| l.join("."));
+            let v4 = any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string());
+            let v6 = any::<[u16; 8]>().prop_map(|s| format!("[{}]", Ipv6Addr::from(s)));
+            (prop_oneof![name, v4, v6], proptest::option::of(1u16..)).prop_map(|(host, port)| {
+                let seen = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase();
+                let full = match port {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                };
+                (full, seen)
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_parse_without_panic(v in prop::collection::vec(any::<u8>(), 0..300)) {
+                if let Some(h) = parse(&v) {
+                    if let Ok(text) = std::str::from_utf8(&v) {
+                        let mut buf = [0u8; 256];
+                        let _ = h.of(text, &mut buf);
+                    }
+                }
+                let _ = same(&v, b"example.com:80");
+            }
+
+            #[test]
+            fn a_valid_authority_round_trips_to_its_host((full, seen) in authority()) {
+                let h = parse(full.as_bytes());
+                prop_assert!(h.is_some(), "{} refused", full);
+                let mut buf = [0u8; 256];
+                prop_assert_eq!(h.unwrap().of(&full, &mut buf), seen.as_str());
+                prop_assert!(same(full.as_bytes(), full.to_ascii_uppercase().as_bytes()));
+            }
+
+            #[test]
+            fn userinfo_spaces_and_slashes_never_pass(
+                (full, _) in authority(),
+                bad in prop::sample::select(vec!["@", " ", "/", "\\", "\t", "?", "#"]),
+                at in 0usize..64,
+            ) {
+                let mut v = full.clone();
+                let at = at % (v.len() + 1);
+                v.insert_str(at, bad);
+                prop_assert!(parse(v.as_bytes()).is_none(), "{:?} accepted", v);
+            }
+        }
+    }
 }

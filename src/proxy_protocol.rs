@@ -199,4 +199,70 @@ mod tests {
             Err(ProxyHeaderError::Closed)
         ));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn run<F: std::future::Future>(f: F) -> F::Output {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(f)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_are_a_header_or_an_error_never_a_panic(
+                v in prop::collection::vec(any::<u8>(), 0..600)
+            ) {
+                let mut input = &v[..];
+                let _ = run(read_header(&mut input));
+            }
+
+            #[test]
+            fn a_v1_header_round_trips_and_keeps_what_follows(
+                src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+                sport in any::<u16>(), dport in any::<u16>(),
+                rest in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let (s, d) = (std::net::Ipv4Addr::from(src), std::net::Ipv4Addr::from(dst));
+                let mut bytes = format!("PROXY TCP4 {s} {d} {sport} {dport}\r\n").into_bytes();
+                bytes.extend_from_slice(&rest);
+                let mut input = &bytes[..];
+                let (addr, after) = run(read_header(&mut input)).unwrap();
+                prop_assert_eq!(addr, Some(SocketAddr::from((s, sport))));
+                let mut all = after;
+                all.extend_from_slice(input);
+                prop_assert_eq!(all, rest);
+            }
+
+            #[test]
+            fn a_v2_header_round_trips(
+                src in any::<[u16; 8]>(), sport in any::<u16>(),
+                rest in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let s = std::net::Ipv6Addr::from(src);
+                let mut bytes = ppp::v2::Builder::with_addresses(
+                    ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                    ppp::v2::Protocol::Stream,
+                    (
+                        SocketAddr::from((s, sport)),
+                        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 443)),
+                    ),
+                )
+                .build()
+                .unwrap();
+                bytes.extend_from_slice(&rest);
+                let mut input = &bytes[..];
+                let (addr, after) = run(read_header(&mut input)).unwrap();
+                prop_assert_eq!(addr, Some(SocketAddr::from((s, sport))));
+                let mut all = after;
+                all.extend_from_slice(input);
+                prop_assert_eq!(all, rest);
+            }
+        }
+    }
 }
