@@ -148,6 +148,8 @@ pub struct ClientSettings {
     /// Drop `X-Forwarded-*` and `Forwarded` from untrusted peers instead of
     /// appending to them.
     pub replace_forwarded: bool,
+    /// Connections one TCP peer address may hold open (0: no cap); read at start.
+    pub max_connections_per_ip: u32,
 }
 
 #[derive(Debug, Clone)]

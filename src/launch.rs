@@ -51,6 +51,9 @@ pub fn start(
     );
     let mut limits = ConnLimits::new(&config.server);
     limits.max_connections = Arc::new(tokio::sync::Semaphore::new(budget.max_connections));
+    limits.pressure = Arc::new(crate::pressure::Pressure::new(
+        config.client.max_connections_per_ip,
+    ));
     let state = Arc::new(State::new(config)?);
     let (stop, shutdown) = watch::channel(false);
     let control = Control::start(state.clone(), options, shutdown.clone())?;

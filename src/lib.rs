@@ -35,7 +35,8 @@
 //! [`capacity`] requests in flight per endpoint, endpoint standing, the queue;
 //! [`blame`] region, client and local faults; [`client_body`] the upload and
 //! its clock; [`pool`] upstream connections; [`proxy`] the per-request service;
-//! [`activity`] what a connection is doing; [`descriptors`] the descriptor
+//! [`activity`] what a connection is doing; [`pressure`] which connections make
+//! room when every slot is taken; [`descriptors`] the descriptor
 //! budget; [`log_limit`] rate-limited log lines; [`memory`] freed pages back; [`auth`] admin tokens;
 //! [`server`] accept loops and shutdown; [`proxy_protocol`] PROXY v1/v2;
 //! [`launch`] worker threads and the admin listener; [`tls`] rustls configs;
@@ -83,6 +84,7 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod pool;
+pub mod pressure;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod regions;

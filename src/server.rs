@@ -138,6 +138,8 @@ pub struct ConnLimits {
     pub shutdown_grace: Duration,
     /// Accept failures that were not about one connection (EMFILE, ENFILE, ...).
     pub accept_errors: Arc<AtomicU64>,
+    /// Which connections make room when every slot is taken; the per-address cap.
+    pub pressure: Arc<crate::pressure::Pressure>,
 }
 
 impl ConnLimits {
@@ -155,6 +157,7 @@ impl ConnLimits {
             http2: settings.http2,
             shutdown_grace: settings.shutdown_grace,
             accept_errors: Arc::new(AtomicU64::new(0)),
+            pressure: Arc::new(crate::pressure::Pressure::new(0)),
         }
     }
 
@@ -212,9 +215,17 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            p = limits.max_connections.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
-            _ = shutdown.changed() => break,
+        let permit = match limits.max_connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Every slot is taken: a connection that does nothing makes
+                // room (one that never sent a head, then an idle keep-alive).
+                limits.pressure.reclaim();
+                tokio::select! {
+                    p = limits.max_connections.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+                    _ = shutdown.changed() => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
@@ -237,17 +248,28 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         backoff = Duration::from_millis(5);
+        // Over the per-address cap: closed at once, its slot given back.
+        let Some(registration) = limits.pressure.register(peer.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let accepted = Accepted {
             stream,
             peer,
             proxy_protocol: listener.proxy_protocol,
             tls: listener.tls.clone(),
+            tracked: registration.tracked.clone(),
         };
         let (builder, limits, state) = (builder.clone(), limits.clone(), state.clone());
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            accepted.serve(&builder, state, &limits, shutdown).await;
+            let tracked = registration.tracked.clone();
+            tokio::select! {
+                _ = accepted.serve(&builder, state, &limits, shutdown) => {}
+                // Chosen to make room: it had nothing in flight.
+                _ = tracked.closed() => {}
+            }
+            drop(registration);
             drop(permit);
         });
     }
@@ -271,6 +293,8 @@ struct Accepted {
     peer: std::net::SocketAddr,
     proxy_protocol: bool,
     tls: Option<TlsAcceptor>,
+    /// Its place in connection pressure, told when it is open.
+    tracked: Arc<crate::pressure::Tracked>,
 }
 
 impl Accepted {
@@ -322,6 +346,7 @@ impl Accepted {
         }
         let io = crate::proxy_protocol::Prefixed::new(prefix, self.stream);
         let conn = Arc::new(Connection::new(state, PeerAddr(peer), self.tls.is_some()));
+        self.tracked.opened(conn.activity.clone());
         let served = match self.tls {
             None => start_http(io, None, deadline, builders, &conn, limits, &mut shutdown).await,
             Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {

@@ -433,3 +433,72 @@ async fn identity_headers_are_appended_to_or_replaced_as_documented() {
     }
     assert!(head.contains("x-forwarded-for: 127.0.0.1\n"), "{head}");
 }
+
+/// A connection that sends half a head and then nothing.
+async fn slowloris(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn when_every_slot_is_taken_silent_connections_make_room_for_newcomers() {
+    let a = region("a").await;
+    // Long head and idle deadlines: only pressure can free a slot here.
+    let router = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\naccess_log = false\nworkers = 1\nmax_connections = 20\n\
+         header_read_timeout = \"120s\"\nidle_timeout = \"120s\"\n",
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(slowloris(router.addr()).await);
+    }
+    // Every slot is taken by a connection that never completes its head; fresh
+    // clients are still served, each in its turn.
+    for i in 0..30 {
+        let r = get(&h1_client(), &router.url("/")).await;
+        assert_eq!(r.status, 200, "probe {i}");
+        held.push(slowloris(router.addr()).await);
+    }
+    // An idle keep-alive connection makes room too.
+    let keep = h1_client();
+    assert_eq!(get(&keep, &router.url("/")).await.status, 200);
+    for _ in 0..25 {
+        held.push(slowloris(router.addr()).await);
+    }
+    assert_eq!(get(&h1_client(), &router.url("/")).await.status, 200);
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(
+        &[&a],
+        "[server]\naccess_log = false\n[client]\nmax_connections_per_ip = 3\n",
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(slowloris(router.addr()).await);
+    }
+    let mut fourth = slowloris(router.addr()).await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), fourth.read(&mut buf))
+        .await
+        .expect("the fourth connection is closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    drop(held);
+    // Its connections gone, the address is served again.
+    eventually_async("the address served again", || async {
+        tokio::net::TcpStream::connect(router.addr()).await.is_ok()
+            && get(&h1_client(), &router.url("/")).await.status == 200
+    })
+    .await;
+}

@@ -165,6 +165,7 @@ pub(super) fn client(c: raw::RawClient, errs: &mut Invalid) -> ClientSettings {
     ClientSettings {
         trusted_proxies,
         replace_forwarded,
+        max_connections_per_ip: c.max_connections_per_ip,
     }
 }
 

@@ -267,6 +267,8 @@ pub struct RawClient {
     /// "append" (default) adds the peer to what an untrusted client sent;
     /// "replace" drops what it sent (X-Forwarded-*, Forwarded) first.
     pub forwarded: Option<String>,
+    /// Connections one client address may hold open at once (0: no cap).
+    pub max_connections_per_ip: u32,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -113,6 +113,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("admin.address", old.admin.address != new.admin.address),
         (
+            "client.max_connections_per_ip",
+            old.client.max_connections_per_ip != new.client.max_connections_per_ip,
+        ),
+        (
             "fleet",
             format!("{:?}", old.fleet) != format!("{:?}", new.fleet),
         ),
@@ -157,6 +161,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 fn keep_restart_only(new: &mut Config, running: &Config) {
     new.listeners = running.listeners.clone();
     new.admin.address = running.admin.address;
+    new.client.max_connections_per_ip = running.client.max_connections_per_ip;
     new.fleet = running.fleet.clone();
     let (s, r) = (&mut new.server, &running.server);
     s.workers = r.workers;
