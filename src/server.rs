@@ -215,18 +215,6 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = match limits.max_connections.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                // Every slot is taken: a connection that does nothing makes
-                // room (one that never sent a head, then an idle keep-alive).
-                limits.pressure.reclaim();
-                tokio::select! {
-                    p = limits.max_connections.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
-                    _ = shutdown.changed() => break,
-                }
-            }
-        };
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
                 Ok(pair) => pair,
@@ -248,6 +236,19 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         backoff = Duration::from_millis(5);
+        let permit = match limits.max_connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Every slot is taken and a newcomer is here: a connection that
+                // does nothing makes room (one that never sent a head, then an
+                // idle keep-alive); else it waits for one to end.
+                limits.pressure.reclaim();
+                tokio::select! {
+                    p = limits.max_connections.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
         // Over the per-address cap: closed at once, its slot given back.
         let Some(registration) = limits.pressure.register(peer.ip()) else {
             continue;

@@ -86,8 +86,11 @@ async fn shutdown_grace_bounds_the_wait_for_a_hung_request() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_wait_for_a_free_slot() {
+async fn connections_over_the_cap_wait_for_a_slot_busy_with_a_request() {
     let a = region("a").await;
+    // The first connection's request is in flight while the second comes: a
+    // busy connection is never closed to make room (an idle one would be).
+    a.set_slow_requests(Duration::from_millis(1500));
     let router = TestRouter::spawn(&policy(&[&a], "[server]\nmax_connections = 1\n")).await;
     let first = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(first))
@@ -100,9 +103,10 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
             .body(Empty::<Bytes>::new())
             .unwrap()
     };
-    assert_eq!(send.send_request(req()).await.unwrap().status(), 200);
+    let first_request = tokio::spawn(send.send_request(req()));
+    eventually("the first request at the region", || a.requests() == 1).await;
 
-    // The second connection is not accepted while the first one holds the slot.
+    // The second connection is not served while the first one's request holds the slot.
     let url = router.url("/");
     let second = tokio::spawn(async move { get(&h1_client(), &url).await });
     let waited = tokio::time::timeout(Duration::from_millis(300), async {
@@ -113,9 +117,8 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     .await;
     assert!(waited.is_err(), "a connection over the cap was served");
     assert_eq!(a.requests(), 1);
-
-    drop(send);
-    first_conn.await.unwrap().unwrap();
+    assert_eq!(first_request.await.unwrap().unwrap().status(), 200);
+    first_conn.abort();
     let r = second.await.unwrap();
     assert_eq!(r.status, 200);
 }
