@@ -70,6 +70,9 @@ impl Frames {
 enum Mode {
     /// Comparing the first bytes with the HTTP/2 preface.
     Preface(usize),
+    /// Not HTTP/2: reading the first line, which must end in ` HTTP/1.x`
+    /// (its length so far, and its last ten bytes).
+    FirstLine(usize, [u8; 10]),
     Http2,
     /// HTTP/1: nothing to watch.
     Http1,
@@ -117,17 +120,47 @@ impl<IO> FrameGuard<IO> {
             if bytes[..n] != PREFACE[seen..seen + n] {
                 // The PRI method exists only to start HTTP/2 (RFC 9113 11.6): a
                 // client that sends it with a broken preface gets a
-                // PROTOCOL_ERROR; anything else is HTTP/1.
-                self.mode = Mode::Http1;
+                // PROTOCOL_ERROR; anything else is HTTP/1 if its first line
+                // says so.
                 let began_pri = seen >= 4 || bytes.starts_with(&PREFACE[seen..4]);
-                return began_pri.then_some(PROTOCOL_ERROR);
-            }
-            if seen + n < PREFACE.len() {
+                if began_pri {
+                    self.mode = Mode::Http1;
+                    return Some(PROTOCOL_ERROR);
+                }
+                self.mode = Mode::FirstLine(seen, [0; 10]);
+            } else if seen + n < PREFACE.len() {
                 self.mode = Mode::Preface(seen + n);
                 return None;
+            } else {
+                self.mode = Mode::Http2;
+                bytes = &bytes[n..];
             }
-            self.mode = Mode::Http2;
-            bytes = &bytes[n..];
+        }
+        if let Mode::FirstLine(len, tail) = &mut self.mode {
+            for &b in bytes {
+                if b == b'\n' {
+                    // A line that does not end in ` HTTP/1.x` is neither
+                    // protocol: a broken HTTP/2 preface as much as a bad
+                    // HTTP/1 request line (h2spec 3.5 sends one).
+                    let line = if tail[9] == b'\r' {
+                        &tail[..9]
+                    } else {
+                        &tail[1..]
+                    };
+                    let http1 = line == b" HTTP/1.1" || line == b" HTTP/1.0";
+                    self.mode = Mode::Http1;
+                    return (!http1).then_some(PROTOCOL_ERROR);
+                }
+                tail.copy_within(1.., 0);
+                tail[9] = b;
+                *len += 1;
+                if *len > 64 * 1024 {
+                    // hyper refuses a line this long on its own.
+                    self.mode = Mode::Http1;
+                    return None;
+                }
+            }
+            return None;
         }
         if self.mode != Mode::Http2 {
             return None;
@@ -276,7 +309,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FrameGuard<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.mode == Mode::Http1 {
+        if matches!(this.mode, Mode::Http1 | Mode::FirstLine(..)) {
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         if this.goaway.is_some() && this.outgoing.at_boundary() {
@@ -394,6 +427,17 @@ mod tests {
         let mut g = FrameGuard::new((), 10);
         assert_eq!(g.inspect(b"POST / HTTP/1.1\r\n"), None);
         assert_eq!(g.mode, Mode::Http1);
+        let mut g = FrameGuard::new((), 10);
+        assert_eq!(g.inspect(b"GET /x HT"), None);
+        assert_eq!(g.inspect(b"TP/1.0\r"), None);
+        assert_eq!(g.inspect(b"\nHost: x\r\n"), None);
+        assert_eq!(g.mode, Mode::Http1);
+        // Neither protocol (h2spec 3.5's invalid preface): GOAWAY.
+        let mut g = FrameGuard::new((), 10);
+        assert_eq!(
+            g.inspect(b"INVALID CONNECTION PREFACE\r\n\r\n"),
+            Some(PROTOCOL_ERROR)
+        );
     }
 
     /// A writer that takes vectored writes, as a TCP socket does.

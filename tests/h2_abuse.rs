@@ -101,6 +101,16 @@ async fn an_invalid_preface_gets_goaway_protocol_error() {
     )
     .await;
     assert_eq!(code, Some(0x1));
+    // A preface that is not even PRI, and not an HTTP/1 request line either
+    // (h2spec 3.5 on h2c): the same GOAWAY, not an HTTP/1.1 400.
+    let code = goaway_after(
+        router.addr(),
+        b"INVALID CONNECTION PREFACE\r\n\r\n".to_vec(),
+        Vec::new(),
+        0,
+    )
+    .await;
+    assert_eq!(code, Some(0x1));
 }
 
 #[tokio::test]
