@@ -56,6 +56,8 @@ pub struct Connection {
     pub verdicts: Arc<crate::head_guard::Verdicts>,
     /// The response deadline its requests reuse.
     pub timer: TimerSlot,
+    /// TLS: the names the certificate this connection was given covers.
+    pub cert_names: std::sync::OnceLock<Arc<[Box<str>]>>,
 }
 
 impl Connection {
@@ -69,6 +71,7 @@ impl Connection {
             activity: Arc::new(Activity::new()),
             verdicts: Arc::default(),
             timer: TimerSlot::default(),
+            cert_names: std::sync::OnceLock::new(),
         }
     }
 
@@ -363,11 +366,18 @@ fn decide<'t>(
     let peer_trusted = settings.trusted_proxies.contains(conn.peer.ip());
     let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
     let mut host_buf = [0u8; 256];
+    let host = request_host(req, admitted.host, host_header, &mut host_buf);
+    // A connection's certificate vouches for its names only (RFC 9110 7.4).
+    if let Some(names) = conn.cert_names.get() {
+        if !host.is_empty() && !crate::tls::covers(names, host) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
     let facts = RequestFacts::from_request(
         table,
         Sources {
             client,
-            host: request_host(req, admitted.host, host_header, &mut host_buf),
+            host,
             path: req.uri().path(),
             ambiguity,
             method: req.method(),

@@ -24,6 +24,8 @@ pub struct Listener {
     pub name: String,
     pub tcp: std::net::TcpListener,
     pub tls: Option<TlsAcceptor>,
+    /// The names each certificate covers (TLS listeners).
+    pub cert_names: Option<Arc<crate::tls::CertNames>>,
     /// Connections start with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
 }
@@ -35,6 +37,7 @@ impl Listener {
             name: self.name.clone(),
             tcp: self.tcp.try_clone()?,
             tls: self.tls.clone(),
+            cert_names: self.cert_names.clone(),
             proxy_protocol: self.proxy_protocol,
         })
     }
@@ -77,6 +80,10 @@ pub fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, BindError> {
                 })?;
             Ok(Listener {
                 name: spec.name.clone(),
+                cert_names: spec
+                    .tls
+                    .as_ref()
+                    .map(|t| Arc::new(crate::tls::CertNames::of(t))),
                 tcp,
                 tls,
                 proxy_protocol: spec.proxy_protocol,
@@ -259,6 +266,7 @@ pub async fn serve(
             peer,
             proxy_protocol: listener.proxy_protocol,
             tls: listener.tls.clone(),
+            cert_names: listener.cert_names.clone(),
             tracked: registration.tracked.clone(),
         };
         let (builder, limits, state) = (builder.clone(), limits.clone(), state.clone());
@@ -294,6 +302,7 @@ struct Accepted {
     peer: std::net::SocketAddr,
     proxy_protocol: bool,
     tls: Option<TlsAcceptor>,
+    cert_names: Option<Arc<crate::tls::CertNames>>,
     /// Its place in connection pressure, told when it is open.
     tracked: Arc<crate::pressure::Tracked>,
 }
@@ -352,6 +361,11 @@ impl Accepted {
             None => start_http(io, None, deadline, builders, &conn, limits, &mut shutdown).await,
             Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => {
+                    if let Some(index) = &self.cert_names {
+                        if let Some(names) = index.for_sni(tls.get_ref().1.server_name()) {
+                            let _ = conn.cert_names.set(names);
+                        }
+                    }
                     // ALPN says which HTTP (RFC 9113 3.2); without it, the bytes do.
                     let version = match tls.get_ref().1.alpn_protocol() {
                         Some(b"h2") => Some(Version::Http2),

@@ -127,6 +127,60 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The names each certificate of a TLS listener covers, chosen the way the
+/// SNI resolver chooses the certificate: a request's Host must be one of the
+/// names of the certificate its connection was given (else 421).
+#[derive(Debug, Default)]
+pub struct CertNames {
+    by_name: HashMap<String, usize>,
+    names: Vec<Arc<[Box<str>]>>,
+}
+
+impl CertNames {
+    pub fn of(spec: &TlsSpec) -> Self {
+        let mut out = CertNames::default();
+        for (i, c) in spec.certificates.iter().enumerate() {
+            for n in &c.server_names {
+                out.by_name.entry(n.to_ascii_lowercase()).or_insert(i);
+            }
+            out.names.push(
+                c.server_names
+                    .iter()
+                    .map(|n| n.to_ascii_lowercase().into())
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// The names of the certificate a connection with this SNI gets.
+    pub fn for_sni(&self, sni: Option<&str>) -> Option<Arc<[Box<str>]>> {
+        let i = sni
+            .map(str::to_ascii_lowercase)
+            .and_then(|sni| {
+                self.by_name.get(&sni).copied().or_else(|| {
+                    let (_, parent) = sni.split_once('.')?;
+                    self.by_name.get(&format!("*.{parent}")).copied()
+                })
+            })
+            .unwrap_or(0);
+        self.names.get(i).cloned()
+    }
+}
+
+/// Whether `host` (lower case, no port) is one of `names` (`*.parent` covers
+/// one label). A certificate configured without names covers any host.
+pub fn covers(names: &[Box<str>], host: &str) -> bool {
+    names.is_empty()
+        || names.iter().any(|n| {
+            **n == *host
+                || n.strip_prefix("*.").is_some_and(|parent| {
+                    host.split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == parent)
+                })
+        })
+}
+
 /// Server-side config for one TLS listener; advertises h2 and http/1.1 by ALPN.
 pub fn server_config(spec: &TlsSpec) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut by_name = HashMap::new();

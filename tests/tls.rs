@@ -390,3 +390,37 @@ async fn a_bad_ticket_key_file_is_refused_where_it_is() {
     );
     assert!(e.starts_with(&want), "{e}");
 }
+
+/// One HTTP/1.1 request on a TLS connection with SNI `sni` and `Host: host`.
+async fn status_with(pki: &Pki, router: &TestRouter, sni: &str, host: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tls, _, _) = connect(pki, router, sni, &[b"http/1.1"]).await;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    status_of(&String::from_utf8_lossy(&out))
+}
+
+#[tokio::test]
+async fn a_host_the_connections_certificate_does_not_cover_is_misdirected() {
+    let pki = Pki::new("misdirected");
+    let up = region("r").await;
+    let router = tls_router(&pki, &up).await;
+    assert_eq!(status_with(&pki, &router, "a.test", "a.test").await, 200);
+    assert_eq!(
+        status_with(&pki, &router, "b.test", "www.b.test:443").await,
+        200
+    );
+    // A connection made for a.test asking for b.test: its certificate does not
+    // vouch for that host (RFC 9110 7.4, 15.5.20).
+    assert_eq!(status_with(&pki, &router, "a.test", "b.test").await, 421);
+    assert_eq!(
+        status_with(&pki, &router, "b.test", "x.y.b.test").await,
+        421
+    );
+    assert_eq!(up.requests(), 2);
+}

@@ -27,6 +27,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("no route for this host and path")]
     NoRoute,
+    #[error("misdirected request: this connection's certificate does not cover the request's host; open a connection to that host")]
+    Misdirected,
     #[error("the client's location could not be determined; data residency forbids guessing (try again later)")]
     GeoUnreadable,
     #[error("no serving region for route {route}")]
@@ -82,6 +84,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoServingRegion { .. }
             | ProxyError::ResidencyRefused { .. }
             | ProxyError::GeoUnreadable => StatusCode::SERVICE_UNAVAILABLE,
