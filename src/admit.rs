@@ -190,11 +190,12 @@ pub fn check(
 /// methods case-sensitive, but frameworks that upper-case them would read a
 /// `POST` that no method route saw. Refused, as nginx does.
 pub fn case_variant(method: &Method) -> bool {
+    // A standard method (the common case) is one comparison of its tag.
+    if crate::config::STANDARD_METHODS.contains(method) {
+        return false;
+    }
     let m = method.as_str();
-    // Standard methods are upper case: one short scan rules them out.
-    m.bytes().any(|b| b.is_ascii_lowercase())
-        && (3..=7).contains(&m.len())
-        && !crate::config::STANDARD_METHODS.contains(method)
+    (3..=7).contains(&m.len())
         && crate::config::STANDARD_METHODS
             .iter()
             .any(|s| s.as_str().eq_ignore_ascii_case(m))

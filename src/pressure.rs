@@ -34,7 +34,7 @@ pub struct Tracked {
     /// Set once the connection is open (PROXY header, TLS and first bytes read).
     activity: OnceLock<Arc<Activity>>,
     closing: AtomicBool,
-    close: tokio::sync::Notify,
+    waker: atomic_waker::AtomicWaker,
 }
 
 impl Tracked {
@@ -43,15 +43,17 @@ impl Tracked {
         let _ = self.activity.set(activity);
     }
 
-    /// Resolves when the connection is chosen to make room.
-    pub async fn closed(&self) {
-        loop {
-            let mut notified = std::pin::pin!(self.close.notified());
-            notified.as_mut().enable();
-            if self.closing.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
+    /// Ready once the connection is chosen to make room: one flag read and a
+    /// waker kept, per poll of its connection.
+    pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.closing.load(Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
     }
 
@@ -126,7 +128,7 @@ impl Pressure {
             since: Instant::now(),
             activity: OnceLock::new(),
             closing: AtomicBool::new(false),
-            close: tokio::sync::Notify::new(),
+            waker: atomic_waker::AtomicWaker::new(),
         });
         self.conns
             .lock()
@@ -155,7 +157,7 @@ impl Pressure {
             return false;
         };
         t.closing.store(true, Ordering::Release);
-        t.close.notify_waiters();
+        t.waker.wake();
         self.reclaimed.fetch_add(1, Ordering::Relaxed);
         true
     }

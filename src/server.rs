@@ -273,11 +273,15 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let tracked = registration.tracked.clone();
-            tokio::select! {
-                _ = accepted.serve(&builder, state, &limits, shutdown) => {}
-                // Chosen to make room: it had nothing in flight.
-                _ = tracked.closed() => {}
-            }
+            let mut serving = std::pin::pin!(accepted.serve(&builder, state, &limits, shutdown));
+            std::future::poll_fn(|cx| {
+                // Chosen to make room (it had nothing in flight): dropped.
+                if tracked.poll_closed(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+                std::future::Future::poll(serving.as_mut(), cx)
+            })
+            .await;
             drop(registration);
             drop(permit);
         });
