@@ -225,21 +225,18 @@ async fn mutate(
     // Denied calls are logged at most once a second (each is counted).
     static DENIED: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
     let audit = |result: &str, detail: &str| {
-        let suppressed = if result == "denied" {
-            match DENIED.allow() {
+        control
+            .state()
+            .metrics
+            .admin_requests
+            .with_label_values(&[action, result])
+            .inc();
+        let suppressed = match result {
+            "denied" => match DENIED.allow() {
                 Some(n) => n,
-                None => {
-                    control
-                        .state()
-                        .metrics
-                        .admin_requests
-                        .with_label_values(&[action, result])
-                        .inc();
-                    return;
-                }
-            }
-        } else {
-            0
+                None => return,
+            },
+            _ => 0,
         };
         tracing::info!(
             target: "georouter::audit",
@@ -252,12 +249,6 @@ async fn mutate(
             detail = ?detail,
             suppressed,
         );
-        control
-            .state()
-            .metrics
-            .admin_requests
-            .with_label_values(&[action, result])
-            .inc();
     };
     let authz = req
         .headers()

@@ -71,6 +71,15 @@ impl EndpointLoad {
     }
 }
 
+/// Adds one to `counter` unless that would reach past `max`.
+fn increment_below(counter: &AtomicU32, max: u32) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
+            (c < max).then_some(c + 1)
+        })
+        .is_ok()
+}
+
 /// How an endpoint did on one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempted {
@@ -223,21 +232,8 @@ impl RegionLoad {
 
     fn take(self: &Arc<Self>, i: usize) -> Option<InFlight> {
         let e = &self.endpoints[i];
-        let limit = e.limit();
-        let mut cur = e.in_flight.load(Ordering::Relaxed);
-        loop {
-            if cur >= limit {
-                return None;
-            }
-            match e.in_flight.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
+        if !increment_below(&e.in_flight, e.limit()) {
+            return None;
         }
         self.in_flight.inc();
         Some(InFlight {
@@ -248,21 +244,8 @@ impl RegionLoad {
 
     /// Joins the queue; `None` when it is full.
     pub fn enqueue(self: &Arc<Self>) -> Option<Queued> {
-        let max = self.max_queue.load(Ordering::Relaxed);
-        let mut cur = self.queued.load(Ordering::Relaxed);
-        loop {
-            if cur >= max {
-                return None;
-            }
-            match self.queued.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
+        if !increment_below(&self.queued, self.max_queue.load(Ordering::Relaxed)) {
+            return None;
         }
         self.queue_depth.inc();
         Some(Queued(self.clone()))
