@@ -17,6 +17,8 @@ pub enum CheckError {
     Tls(usize, crate::tls::TlsError),
     #[error("{0}: {1}")]
     Start(String, Box<crate::control::StartError>),
+    #[error(transparent)]
+    Secret(#[from] crate::secret::WorldWritable),
 }
 
 /// Checks the policy at `path`; its summary.
@@ -32,6 +34,7 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
     // Everything `run` reads besides the policy: tokens, the drain state file.
     crate::control::preflight(&config, &crate::control::Options::default())
         .map_err(|e| CheckError::Start(path.display().to_string(), Box::new(e)))?;
+    let warnings = crate::secret::audit(&config)?;
     let _ = writeln!(
         out,
         "{}: ok: {} listener(s), {} region(s), {} route(s)",
@@ -102,6 +105,9 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
             if j.strict { "strict" } else { "not strict" },
             names(&j.regions)
         );
+    }
+    for w in &warnings {
+        let _ = writeln!(out, "  warning: {w}");
     }
     Ok(out)
 }

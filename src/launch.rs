@@ -21,6 +21,8 @@ pub enum StartError {
     Admin(std::io::Error),
     #[error(transparent)]
     Control(#[from] crate::control::StartError),
+    #[error(transparent)]
+    Secret(#[from] crate::secret::WorldWritable),
 }
 
 /// A router that is serving. Stop it with [`Running::shutdown`].
@@ -42,6 +44,9 @@ pub fn start(
     admin: std::net::TcpListener,
     options: control::Options,
 ) -> Result<Running, StartError> {
+    for warning in crate::secret::audit(&config)? {
+        tracing::warn!("{warning}");
+    }
     let workers = server::worker_count(config.server.workers);
     let endpoints = config.regions.iter().map(|r| r.endpoints.len()).sum();
     let budget = crate::descriptors::raise_and_budget(

@@ -39,7 +39,8 @@
 //! room when every slot is taken; [`descriptors`] the descriptor
 //! budget; [`log_limit`] rate-limited log lines; [`memory`] freed pages back; [`auth`] admin tokens;
 //! [`server`] accept loops and shutdown; [`proxy_protocol`] PROXY v1/v2;
-//! [`launch`] worker threads and the admin listener; [`tls`] rustls configs;
+//! [`launch`] worker threads and the admin listener; [`secret`] secret files'
+//! permissions; [`tls`] rustls configs;
 //! [`admin`] the admin API; [`metrics`] the Prometheus registry; [`sim`]
 //! simulated regions for the demo and the tests; [`demo`] the embedded default.
 
@@ -90,6 +91,7 @@ pub mod proxy_protocol;
 pub mod regions;
 pub mod request_id;
 pub mod residency;
+pub mod secret;
 pub mod select;
 pub mod server;
 pub mod sim;

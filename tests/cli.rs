@@ -443,3 +443,45 @@ fn the_text_audit_log_cannot_be_forged_and_denials_do_not_flood_it() {
         "{denied} lines for 50 denied calls: {text}"
     );
 }
+
+/// Secret files: readable by group or others is a warning at `check` (and in
+/// `run`'s log); writable by everyone is refused, naming the setting and the fix.
+#[test]
+fn secret_files_anyone_can_read_are_warned_about_and_world_writable_ones_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("georouter-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "a-long-enough-admin-token-0123456789abcdef").unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
+             [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let check = || georouter(&["check", "-c", policy.to_str().unwrap()]);
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("warning"), "{out}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning: admin.token_file:") && out.contains("can be read by everyone"),
+        "{out}"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, out, err) = check();
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("admin.token_file")
+            && err.contains("writable by everyone")
+            && err.contains("chmod o-w"),
+        "{err}"
+    );
+}
