@@ -557,4 +557,72 @@ mod tests {
         let b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
         assert_eq!(verdicts(b, 3), [None; 4]);
     }
+
+    mod properties {
+        use super::super::*;
+        use super::verdicts;
+        use proptest::prelude::*;
+
+        /// A request head: (header lines, which end in a bare LF, how many
+        /// Content-Length lines, chunked or not).
+        fn head() -> impl Strategy<Value = (Vec<(String, bool)>, usize, bool)> {
+            (
+                prop::collection::vec(
+                    ("[A-Z][a-z]{1,8}: [a-z0-9]{1,8}", prop::bool::weighted(0.1)),
+                    0..5,
+                ),
+                0usize..3,
+                any::<bool>(),
+                prop::collection::vec(any::<bool>(), 4),
+            )
+                .prop_map(|(mut lines, lengths, chunked, lf)| {
+                    for i in 0..lengths {
+                        lines.push(("Content-Length: 5".to_owned(), lf[i]));
+                    }
+                    if chunked {
+                        lines.push(("Transfer-Encoding: chunked".to_owned(), lf[3]));
+                    }
+                    (lines, lengths, chunked)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// The guard's verdict agrees with a plain reading of the same
+            /// bytes, however the reads split them.
+            #[test]
+            fn the_verdict_agrees_with_a_reference_reading(
+                (lines, lengths, chunked) in head(),
+                step in 1usize..64,
+            ) {
+                let mut bytes = b"POST / HTTP/1.1\r\nHost: a\r\n".to_vec();
+                for (line, bare) in &lines {
+                    bytes.extend_from_slice(line.as_bytes());
+                    bytes.extend_from_slice(if *bare { b"\n" } else { b"\r\n" });
+                }
+                bytes.extend_from_slice(b"\r\n");
+                if chunked {
+                    bytes.extend_from_slice(b"0\r\n\r\n");
+                } else if lengths > 0 {
+                    bytes.extend_from_slice(b"hello");
+                }
+                let mut flaws = Vec::new();
+                if lines.iter().any(|(_, bare)| *bare) {
+                    flaws.push(Flaw::BareLineFeed);
+                }
+                if lengths >= 2 {
+                    flaws.push(Flaw::RepeatedLength);
+                }
+                if lengths >= 1 && chunked {
+                    flaws.push(Flaw::LengthAndChunked);
+                }
+                let got = verdicts(&bytes, step)[0];
+                match got {
+                    None => prop_assert!(flaws.is_empty(), "missed {:?} in {:?}", flaws, String::from_utf8_lossy(&bytes)),
+                    Some(f) => prop_assert!(flaws.contains(&f), "{:?} not in {:?}", f, flaws),
+                }
+            }
+        }
+    }
 }
