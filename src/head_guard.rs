@@ -576,8 +576,8 @@ mod tests {
                 prop::collection::vec(any::<bool>(), 4),
             )
                 .prop_map(|(mut lines, lengths, chunked, lf)| {
-                    for i in 0..lengths {
-                        lines.push(("Content-Length: 5".to_owned(), lf[i]));
+                    for bare in lf.iter().take(lengths) {
+                        lines.push(("Content-Length: 5".to_owned(), *bare));
                     }
                     if chunked {
                         lines.push(("Transfer-Encoding: chunked".to_owned(), lf[3]));
