@@ -29,8 +29,9 @@ const JSON: &str = "application/json";
 
 /// Serves the admin API until `shutdown` fires.
 /// Connections the admin listener serves at once; past it, a new one is
-/// closed at once (operators and Prometheus need a handful).
-pub const MAX_CONNECTIONS: usize = 64;
+/// closed at once (operators and Prometheus need a handful). Counted in the
+/// descriptor budget's reserve.
+pub const MAX_CONNECTIONS: usize = crate::descriptors::ADMIN_CONNECTIONS;
 /// The time a connection has to send its request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The longest any admin connection lives (a `wait` on a fleet drain is 60 s at most).

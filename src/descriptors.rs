@@ -16,11 +16,15 @@ pub struct Budget {
     pub clamped: bool,
 }
 
+/// Connections the admin listener serves at once (past it, newcomers are
+/// closed): counted in the reserve, so no admin flood takes client descriptors.
+pub const ADMIN_CONNECTIONS: usize = 64;
+
 /// Descriptors kept aside besides two per client connection: `endpoints` health
-/// checks at a time, the listeners, and a fixed margin for logs, the state file,
-/// the geo database and the admin API.
+/// checks at a time, the listeners, the admin listener's connections, and a
+/// fixed margin for logs, the state file and the geo database.
 pub fn reserved(endpoints: usize, listeners: usize) -> u64 {
-    64 + 2 * endpoints as u64 + listeners as u64
+    64 + ADMIN_CONNECTIONS as u64 + 2 * endpoints as u64 + listeners as u64
 }
 
 /// The budget for `wanted` client connections under a soft limit of `limit`.
@@ -74,8 +78,8 @@ mod tests {
     #[test]
     fn connections_are_clamped_to_two_descriptors_each_after_the_reserve() {
         let b = budget(1024, 10_000, 4, 1);
-        assert_eq!(b.reserved, 64 + 8 + 1);
-        assert_eq!(b.max_connections, (1024 - 73) / 2);
+        assert_eq!(b.reserved, 64 + 64 + 8 + 1);
+        assert_eq!(b.max_connections, (1024 - 137) / 2);
         assert!(b.clamped);
     }
 
