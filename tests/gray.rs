@@ -109,6 +109,13 @@ async fn a_failover_onto_a_region_without_the_capacity_serves_or_sheds_fast() {
     assert!(sum_of(&metrics, "georouter_shed_total{") >= shed.len() as f64);
     // Shedding is not b's fault: it stays in service.
     assert_eq!(phase(&router, "b"), "up");
+    // The status page counts what was shed.
+    let r = get(&h1_client(), &format!("http://{}/status", router.admin)).await;
+    let status: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(
+        status["shed"].as_u64().unwrap() >= shed.len() as u64,
+        "{status}"
+    );
 }
 
 #[tokio::test]

@@ -126,7 +126,10 @@ pub fn status(control: &Control) -> StatusView {
             }
         })
         .collect();
+    let metrics = &control.state().metrics;
     StatusView {
+        shed: total(&metrics.shed),
+        spilled_over: total(&metrics.spillover),
         version: env!("CARGO_PKG_VERSION"),
         commit: crate::COMMIT,
         generation: control.generation(),
@@ -157,6 +160,21 @@ pub struct StatusView {
     pub jurisdictions: Vec<JurisdictionView>,
     /// Recent health transitions, drains and reloads, newest first.
     pub events: Vec<Event>,
+    /// Requests refused fast because every candidate was at capacity, and
+    /// requests served by a later candidate because an earlier one was full,
+    /// since start.
+    pub shed: u64,
+    pub spilled_over: u64,
+}
+
+/// The sum of every series of a counter family.
+fn total(vec: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 #[derive(Debug, Serialize)]

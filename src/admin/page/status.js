@@ -63,7 +63,8 @@ function render(s, prev) {
   $('#build').textContent = 'v' + s.version + ' · ' + s.commit + ' · policy generation ' + s.generation +
     (s.ready ? '' : ' · not ready (first health checks pending)') +
     (s.fleet ? ' · fleet member ' + s.fleet.instance + (s.fleet.connected ? ' (etcd connected, revision ' +
-      s.fleet.applied_revision + ')' : ' (etcd unreachable: serving its last drains)') : '');
+      s.fleet.applied_revision + ')' : ' (etcd unreachable: serving its last drains)') : '') +
+    ' · at capacity: ' + s.shed.toLocaleString() + ' shed (503), ' + s.spilled_over.toLocaleString() + ' spilled over';
   renderJurisdictions(s);
   renderRegions(s, prev);
   renderEvents(s.events);
