@@ -376,9 +376,6 @@ impl InFlight {
         self.endpoint
     }
 
-    pub fn region(&self) -> &RegionLoad {
-        &self.region
-    }
 }
 
 impl Drop for InFlight {

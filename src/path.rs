@@ -72,16 +72,6 @@ pub struct Reading<'a> {
     pub ambiguity: Option<Ambiguity>,
 }
 
-impl Reading<'_> {
-    /// The reading a route allows: the path, or the refusal.
-    pub fn allowed_by(&self, escapes: PathEscapes) -> Result<(), PathError> {
-        match (self.ambiguity, escapes) {
-            (Some(a), PathEscapes::Reject) => Err(PathError::Ambiguous(a)),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Whether a byte needs a look: an escape, a backslash, a parameter, or a
 /// slash that may start a dot-segment or an empty one.
 fn may_change(path: &[u8]) -> bool {
@@ -324,8 +314,10 @@ mod tests {
 
     fn n(p: &str) -> Result<String, PathError> {
         let r = read(p)?;
-        r.allowed_by(PathEscapes::Reject)?;
-        Ok(r.path.into_owned())
+        match r.ambiguity {
+            Some(a) => Err(PathError::Ambiguous(a)),
+            None => Ok(r.path.into_owned()),
+        }
     }
 
     fn decoded(p: &str) -> Result<String, PathError> {

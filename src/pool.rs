@@ -51,8 +51,6 @@ struct ThreadPools {
     generation: u64,
     /// `[region][endpoint]`.
     endpoints: Vec<Vec<EndpointPool>>,
-    /// Round-robin position per region.
-    next: Vec<usize>,
     max_idle: usize,
     idle_timeout: std::time::Duration,
     /// When a sender last came back: a clock reading that checkouts reuse. It can
@@ -82,7 +80,6 @@ fn with_pools<R>(table: &RoutingTable, f: impl FnOnce(&mut ThreadPools) -> R) ->
                             .collect()
                     })
                     .collect(),
-                next: vec![0; table.regions().len()],
                 max_idle: table.settings.upstream.pool_max_idle_per_endpoint,
                 idle_timeout: table.settings.upstream.pool_idle_timeout,
                 last_return: None,
@@ -186,18 +183,6 @@ pub struct Lease {
 enum Sender {
     Http1(http1::SendRequest<UpstreamBody>),
     Http2(http2::SendRequest<UpstreamBody>),
-}
-
-/// The next endpoint of `region` for this thread, round-robin.
-pub fn pick_endpoint(table: &RoutingTable, region: &Region) -> usize {
-    if region.endpoints.len() == 1 {
-        return 0;
-    }
-    with_pools(table, |p| {
-        let n = &mut p.next[usize::from(region.id.0)];
-        *n = n.wrapping_add(1);
-        *n % region.endpoints.len()
-    })
 }
 
 /// A pooled connection to endpoint `endpoint` of `region`, or a new one.
