@@ -2,7 +2,7 @@
 //! handles resolved ahead of time, and the run of consecutive failures that
 //! passive health detection reads.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 pub use crate::blame::FailureKind;
-use crate::capacity::{Gauges, RegionLoad};
+use crate::capacity::{Gauges, Quorum, RegionLoad};
 use crate::config::{Capacity, EndpointSpec, RegionName};
 use crate::metrics::Metrics;
 use crate::table::{JurisdictionId, RegionId, RoutingTable};
@@ -314,10 +314,8 @@ pub struct RegionAccount {
     duration: Histogram,
     errors: [IntCounter; 4],
     failures: AtomicU32,
-    /// The clients (hashed, 0: empty) whose requests failed in this run after
-    /// they were sent, up to eight: one client cannot eject a region.
-    clients: [AtomicU64; 8],
-    distinct: AtomicU32,
+    /// The clients whose requests failed in this run after they were sent.
+    quorum: Quorum,
     tripped: AtomicBool,
     last_failure: AtomicU8,
     /// Wakes the replayable requests waiting on this region when it leaves service.
@@ -351,8 +349,7 @@ impl RegionAccount {
             errors: FailureKind::ALL
                 .map(|k| metrics.upstream_errors.with_label_values(&[n, k.as_str()])),
             failures: AtomicU32::new(0),
-            clients: Default::default(),
-            distinct: AtomicU32::new(0),
+            quorum: Quorum::default(),
             tripped: AtomicBool::new(false),
             last_failure: AtomicU8::new(0),
             left: tokio::sync::Notify::new(),
@@ -372,29 +369,7 @@ impl RegionAccount {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
-        if self.distinct.load(Ordering::Relaxed) != 0 {
-            self.forget_clients();
-        }
-    }
-
-    fn forget_clients(&self) {
-        for c in &self.clients {
-            c.store(0, Ordering::Relaxed);
-        }
-        self.distinct.store(0, Ordering::Relaxed);
-    }
-
-    /// Notes the client of a failure; the number of distinct ones so far.
-    fn client_failed(&self, client: u64) -> u32 {
-        let client = client.max(1);
-        for c in &self.clients {
-            match c.compare_exchange(0, client, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return self.distinct.fetch_add(1, Ordering::AcqRel) + 1,
-                Err(seen) if seen == client => break,
-                Err(_) => {}
-            }
-        }
-        self.distinct.load(Ordering::Acquire)
+        self.quorum.forget();
     }
 
     /// An attempt failed, for `client` (hashed; `None`: nothing was sent, so
@@ -413,10 +388,7 @@ impl RegionAccount {
             return false;
         }
         let run = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let clients_ok = match client {
-            None => true,
-            Some(c) => self.client_failed(c) >= min_clients,
-        };
+        let clients_ok = self.quorum.reached(client, min_clients);
         if run >= threshold && clients_ok && !self.tripped.load(Ordering::Acquire) {
             self.last_failure.store(kind as u8, Ordering::Relaxed);
             return !self.tripped.swap(true, Ordering::AcqRel);
@@ -458,7 +430,7 @@ impl RegionAccount {
     pub fn take_tripped(&self) -> Option<FailureKind> {
         if self.tripped.swap(false, Ordering::Acquire) {
             self.failures.store(0, Ordering::Relaxed);
-            self.forget_clients();
+            self.quorum.forget();
             Some(FailureKind::from_u8(
                 self.last_failure.load(Ordering::Relaxed),
             ))

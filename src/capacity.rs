@@ -32,8 +32,10 @@ pub struct EndpointLoad {
     pub key: Box<str>,
     in_flight: AtomicU32,
     limit: AtomicU32,
-    /// Consecutive failed attempts (passive detection per endpoint).
+    /// Consecutive failed attempts (passive detection per endpoint), and the
+    /// clients they came from.
     failures: AtomicU32,
+    quorum: Quorum,
     /// Out of rotation until this many ms past the epoch (0: in rotation).
     ejected_until: AtomicU64,
     /// How many ejections in a row (the next one lasts longer).
@@ -58,8 +60,14 @@ impl EndpointLoad {
     }
 
     pub fn ejected(&self) -> bool {
+        self.ejected_at(&mut None)
+    }
+
+    /// Whether it is ejected, reading the clock (into `now`, once) only when
+    /// it has been.
+    fn ejected_at(&self, now: &mut Option<u64>) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        until != 0 && *now.get_or_insert_with(now_ms) < until
     }
 
     pub fn check_passed(&self) -> bool {
@@ -78,6 +86,72 @@ fn increment_below(counter: &AtomicU32, max: u32) -> bool {
             (c < max).then_some(c + 1)
         })
         .is_ok()
+}
+
+/// The clients (hashed; 0 is empty) whose requests failed after they were
+/// sent in one run of failures, up to eight: passive detection counts a run
+/// only when enough distinct clients had it, so one client cannot take a
+/// region or an endpoint out with requests it crafts.
+#[derive(Debug, Default)]
+pub struct Quorum {
+    clients: [AtomicU64; 8],
+    distinct: AtomicU32,
+}
+
+impl Quorum {
+    /// Notes `client`; the number of distinct clients so far.
+    pub fn note(&self, client: u64) -> u32 {
+        let client = client.max(1);
+        for c in &self.clients {
+            match c.compare_exchange(0, client, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return self.distinct.fetch_add(1, Ordering::AcqRel) + 1,
+                Err(seen) if seen == client => break,
+                Err(_) => {}
+            }
+        }
+        self.distinct.load(Ordering::Acquire)
+    }
+
+    /// The run ended: forgets its clients (reads first, so a healthy run
+    /// writes nothing).
+    pub fn forget(&self) {
+        if self.distinct.load(Ordering::Relaxed) != 0 {
+            for c in &self.clients {
+                c.store(0, Ordering::Relaxed);
+            }
+            self.distinct.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a failure for `client` (`None`: nothing was sent, so no
+    /// client could have caused it) makes the run's clients enough.
+    pub fn reached(&self, client: Option<u64>, min_clients: u32) -> bool {
+        match client {
+            None => true,
+            Some(c) => self.note(c) >= min_clients,
+        }
+    }
+}
+
+/// What passive detection of an endpoint needs from the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Passive {
+    /// Failures in a row that take an endpoint out (0: off).
+    pub threshold: u32,
+    /// Distinct clients those failures must come from, after sending.
+    pub min_clients: u32,
+    pub ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+impl Passive {
+    /// For a success, which reads none of it.
+    pub const OFF: Passive = Passive {
+        threshold: 0,
+        min_clients: 1,
+        ejection: Duration::ZERO,
+        max_ejection: Duration::ZERO,
+    };
 }
 
 /// How an endpoint did on one attempt.
@@ -121,6 +195,7 @@ impl RegionLoad {
                         in_flight: AtomicU32::new(0),
                         limit: AtomicU32::new(e.max_in_flight.max(1)),
                         failures: AtomicU32::new(0),
+                        quorum: Quorum::default(),
                         ejected_until: AtomicU64::new(0),
                         ejections: AtomicU32::new(0),
                         check_ok: AtomicBool::new(true),
@@ -182,52 +257,68 @@ impl RegionLoad {
     /// out of rotation only when none is in it. `None`: the region is full
     /// (or every endpoint was tried).
     pub fn acquire(self: &Arc<Self>, tried: u64) -> Option<InFlight> {
-        let n = self.endpoints.len();
-        if n == 1 {
+        if self.endpoints.len() == 1 {
             // A lone endpoint: its own health is the region's.
             return if tried & 1 == 0 { self.take(0) } else { None };
         }
-        let open = |i: usize| tried & (1 << i.min(63)) == 0;
-        let pick = |rotation: bool| -> Option<InFlight> {
-            let fits = |i: usize| {
-                let e = &self.endpoints[i];
-                open(i) && (!rotation || e.available()) && e.in_flight() < e.limit()
-            };
-            let count = (0..n).filter(|&i| fits(i)).count();
-            if count == 0 {
-                return None;
-            }
-            let nth = |k: usize| (0..n).filter(|&i| fits(i)).nth(k);
-            let first = nth(fastrand::usize(..count))?;
-            let best = if count > 1 {
-                let mut k = fastrand::usize(..count - 1);
-                let second = nth(k).filter(|&j| j != first).or_else(|| {
-                    k += 1;
-                    nth(k)
-                })?;
-                let (a, b) = (&self.endpoints[first], &self.endpoints[second]);
-                if b.in_flight() < a.in_flight() {
-                    second
-                } else {
-                    first
-                }
-            } else {
-                first
-            };
-            self.take(best)
-        };
+        // The clock is read only when some endpoint has been ejected.
+        let mut now = None;
+        let mut in_rotation =
+            |e: &EndpointLoad| e.check_ok.load(Ordering::Relaxed) && !e.ejected_at(&mut now);
         // Two rounds in case another worker took the last room meanwhile.
         for _ in 0..2 {
-            if let Some(slot) = pick(true) {
+            if let Some(slot) = self.pick(tried, &mut in_rotation) {
                 return Some(slot);
             }
         }
-        if (0..n).any(|i| open(i) && self.endpoints[i].available()) {
+        if self.open(tried).any(|(_, e)| in_rotation(e)) {
             return None;
         }
         // Nothing in rotation: the region's own health decides whether it
         // serves, so try what there is.
-        pick(false)
+        self.pick(tried, &mut |_| true)
+    }
+
+    /// The endpoints not in `tried` (at most 64, the bits of `tried`).
+    fn open(&self, tried: u64) -> impl Iterator<Item = (usize, &EndpointLoad)> {
+        self.endpoints
+            .iter()
+            .enumerate()
+            .take(64)
+            .filter(move |(i, _)| tried & (1 << i) == 0)
+    }
+
+    /// The less loaded of two endpoints drawn at random among those that are
+    /// open, `eligible` and have room.
+    fn pick(
+        self: &Arc<Self>,
+        tried: u64,
+        eligible: &mut impl FnMut(&EndpointLoad) -> bool,
+    ) -> Option<InFlight> {
+        let mut fit = [0u8; 64];
+        let mut count = 0;
+        for (i, e) in self.open(tried) {
+            if e.in_flight() < e.limit() && eligible(e) {
+                fit[count] = i as u8;
+                count += 1;
+            }
+        }
+        let best = match count {
+            0 => return None,
+            1 => usize::from(fit[0]),
+            _ => {
+                let a = fastrand::usize(..count);
+                // A second draw among the others.
+                let b = (a + 1 + fastrand::usize(..count - 1)) % count;
+                let (a, b) = (usize::from(fit[a]), usize::from(fit[b]));
+                if self.endpoints[b].in_flight() < self.endpoints[a].in_flight() {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        self.take(best)
     }
 
     fn take(self: &Arc<Self>, i: usize) -> Option<InFlight> {
@@ -261,18 +352,13 @@ impl RegionLoad {
         self.room.notify_one();
     }
 
-    /// An attempt on endpoint `i` ended: a run of `threshold` failures (0: off)
-    /// takes it out of rotation for `ejection`, doubling with each ejection in
-    /// a row up to `max_ejection`, while another endpoint is in rotation.
-    /// Returns true when this attempt ejected it.
-    pub fn record(
-        &self,
-        i: usize,
-        outcome: Attempted,
-        threshold: u32,
-        ejection: Duration,
-        max_ejection: Duration,
-    ) -> bool {
+    /// An attempt on endpoint `i` ended. A run of `threshold` failures (0: off),
+    /// those after sending from `min_clients` distinct clients, takes it out
+    /// of rotation for `ejection`, doubling with each ejection in a row up to
+    /// `max_ejection`, while another endpoint is in rotation. `client` is the
+    /// failed request's (hashed), `None` when nothing was sent. Returns true
+    /// when this attempt ejected it.
+    pub fn record(&self, i: usize, outcome: Attempted, client: Option<u64>, p: &Passive) -> bool {
         let Some(e) = self.endpoints.get(i) else {
             return false;
         };
@@ -281,6 +367,7 @@ impl RegionLoad {
                 if e.failures.load(Ordering::Relaxed) != 0 {
                     e.failures.store(0, Ordering::Relaxed);
                 }
+                e.quorum.forget();
                 if e.ejected_until.load(Ordering::Relaxed) != 0 && !e.ejected() {
                     e.ejected_until.store(0, Ordering::Relaxed);
                     e.ejections.store(0, Ordering::Relaxed);
@@ -289,8 +376,11 @@ impl RegionLoad {
                 false
             }
             Attempted::Failed => {
+                if p.threshold == 0 || self.endpoints.len() < 2 {
+                    return false;
+                }
                 let run = e.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if threshold == 0 || run < threshold || self.endpoints.len() < 2 {
+                if !e.quorum.reached(client, p.min_clients) || run < p.threshold {
                     return false;
                 }
                 let others = self
@@ -302,12 +392,14 @@ impl RegionLoad {
                     return false;
                 }
                 let k = e.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-                let span = ejection
+                let span = p
+                    .ejection
                     .saturating_mul(1 << k)
-                    .min(max_ejection.max(ejection));
+                    .min(p.max_ejection.max(p.ejection));
                 e.ejected_until
                     .store(now_ms() + span.as_millis() as u64, Ordering::Relaxed);
                 e.failures.store(0, Ordering::Relaxed);
+                e.quorum.forget();
                 e.refresh_gauge();
                 true
             }
@@ -375,7 +467,6 @@ impl InFlight {
     pub fn endpoint(&self) -> usize {
         self.endpoint
     }
-
 }
 
 impl Drop for InFlight {
@@ -455,24 +546,45 @@ mod tests {
         assert!(r.acquire(0b11).is_none());
     }
 
+    fn passive(min_clients: u32) -> Passive {
+        let d = Duration::from_secs(10);
+        Passive {
+            threshold: 3,
+            min_clients,
+            ejection: d,
+            max_ejection: d,
+        }
+    }
+
     #[test]
     fn a_failing_endpoint_is_ejected_while_its_sibling_serves() {
         let r = load(&[5, 5]);
-        let d = Duration::from_secs(10);
-        assert!(!r.record(0, Attempted::Failed, 3, d, d));
-        assert!(!r.record(0, Attempted::Failed, 3, d, d));
+        let p = passive(1);
+        assert!(!r.record(0, Attempted::Failed, None, &p));
+        assert!(!r.record(0, Attempted::Failed, None, &p));
         // The sibling's success does not end endpoint 0's run.
-        r.record(1, Attempted::Ok, 3, d, d);
-        assert!(r.record(0, Attempted::Failed, 3, d, d));
+        r.record(1, Attempted::Ok, None, &p);
+        assert!(r.record(0, Attempted::Failed, None, &p));
         assert!(!r.endpoints[0].available());
         for _ in 0..10 {
             assert_eq!(r.acquire(0).unwrap().endpoint(), 1);
         }
         // The last endpoint in rotation is never ejected.
         for _ in 0..5 {
-            assert!(!r.record(1, Attempted::Failed, 3, d, d));
+            assert!(!r.record(1, Attempted::Failed, None, &p));
         }
         assert!(r.endpoints[1].available());
+    }
+
+    #[test]
+    fn one_client_cannot_eject_an_endpoint_with_failures_after_sending() {
+        let r = load(&[5, 5]);
+        let p = passive(3);
+        for _ in 0..20 {
+            assert!(!r.record(0, Attempted::Failed, Some(7), &p));
+        }
+        assert!(!r.record(0, Attempted::Failed, Some(8), &p));
+        assert!(r.record(0, Attempted::Failed, Some(9), &p), "three clients");
     }
 
     #[test]

@@ -10,13 +10,12 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::accounting::{Accounts, FailureKind, RegionAccount};
 use crate::blame::{ClientFault, LocalFault};
 use crate::budget;
 pub use crate::capacity::ShedReason;
-use crate::capacity::{Attempted, InFlight, Queued, RegionLoad};
+use crate::capacity::{Attempted, InFlight, Passive, Queued, RegionLoad};
 use crate::client_body::{ClientBodyError, Progress};
 use crate::config::{EndpointSpec, Protocol, RegionName};
 use crate::deadline::{Lent, TimerSlot};
@@ -420,7 +419,7 @@ pub async fn forward<'t>(
                         return Err(ForwardError::Local { fault, source });
                     }
                     tracing::debug!(region = %region.name, error = %source, "connect failed");
-                    endpoint_failed(ctx, region, load, endpoint);
+                    endpoint_failed(ctx, region, load, endpoint, false);
                     tried |= bit;
                     drop(held);
                     // The region's next endpoint first: nothing was sent.
@@ -472,7 +471,7 @@ pub async fn forward<'t>(
                     if gateway || (status.is_server_error() && table.settings.count_all_5xx) {
                         failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
                         if gateway {
-                            endpoint_failed(ctx, region, load, endpoint);
+                            endpoint_failed(ctx, region, load, endpoint, true);
                         }
                         if let Some(copy) =
                             copy.filter(|_| retriable_status(status) && more_regions(next))
@@ -487,7 +486,7 @@ pub async fn forward<'t>(
                     } else {
                         account.success();
                         if load.endpoints.len() > 1 {
-                            load.record(endpoint, Attempted::Ok, 0, Duration::ZERO, Duration::ZERO);
+                            load.record(endpoint, Attempted::Ok, None, &Passive::OFF);
                         }
                     }
                     // An upgrade is a tunnel, not a request: its slot is free now.
@@ -502,7 +501,7 @@ pub async fn forward<'t>(
                 }
                 Err(NoHead::Timeout) => {
                     failed(ctx, id, FailureKind::Timeout, &mut first_failure);
-                    endpoint_failed(ctx, region, load, endpoint);
+                    endpoint_failed(ctx, region, load, endpoint, true);
                     return Err(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
@@ -521,7 +520,7 @@ pub async fn forward<'t>(
                         break;
                     }
                     failed(ctx, id, FailureKind::Timeout, &mut first_failure);
-                    endpoint_failed(ctx, region, load, endpoint);
+                    endpoint_failed(ctx, region, load, endpoint, true);
                     tried |= bit;
                     slot = load.acquire(tried);
                     tracing::debug!(region = %region.name, sibling = slot.is_some(), "no answer within try_timeout; sending on");
@@ -538,7 +537,7 @@ pub async fn forward<'t>(
                         continue;
                     }
                     failed(ctx, id, FailureKind::Connect, &mut first_failure);
-                    endpoint_failed(ctx, region, load, endpoint);
+                    endpoint_failed(ctx, region, load, endpoint, false);
                     tried |= bit;
                     drop(held);
                     // Nothing reached the region: its next endpoint freely.
@@ -561,7 +560,7 @@ pub async fn forward<'t>(
                         return Err(ForwardError::Client { fault });
                     }
                     failed(ctx, id, FailureKind::Reset, &mut first_failure);
-                    endpoint_failed(ctx, region, load, endpoint);
+                    endpoint_failed(ctx, region, load, endpoint, true);
                     let failure = ForwardError::Failed {
                         region: region.name.clone(),
                         source: error,
@@ -598,17 +597,28 @@ fn account_of<'a>(ctx: &Attempt<'a>, id: RegionId) -> &'a RegionAccount {
         .expect("a snapshot's accounts cover its table's regions")
 }
 
-/// A failed attempt on one endpoint: a run of them takes it out of rotation
-/// while a sibling serves (logged and counted).
-fn endpoint_failed(ctx: &Attempt<'_>, region: &Region, load: &RegionLoad, endpoint: usize) {
+/// A failed attempt on one endpoint: a run of them (after sending, from a
+/// quorum of clients) takes it out of rotation while a sibling serves
+/// (logged and counted). `sent`: the request reached the endpoint.
+fn endpoint_failed(
+    ctx: &Attempt<'_>,
+    region: &Region,
+    load: &RegionLoad,
+    endpoint: usize,
+    sent: bool,
+) {
+    if load.endpoints.len() < 2 {
+        return;
+    }
     let s = &ctx.table.settings;
-    if load.record(
-        endpoint,
-        Attempted::Failed,
-        s.passive_failures,
-        s.endpoint_ejection,
-        s.endpoint_max_ejection,
-    ) {
+    let passive = Passive {
+        threshold: s.passive_failures,
+        min_clients: s.min_distinct_clients,
+        ejection: s.endpoint_ejection,
+        max_ejection: s.endpoint_max_ejection,
+    };
+    let client = sent.then(|| crate::policy::client_hash(ctx.client));
+    if load.record(endpoint, Attempted::Failed, client, &passive) {
         let key = &load.endpoints[endpoint].key;
         tracing::warn!(target: "georouter::health", region = %region.name, endpoint = %key, "endpoint out of rotation: a run of failed requests while a sibling serves");
         ctx.state
