@@ -10,10 +10,10 @@ use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 pub use crate::blame::FailureKind;
-use crate::capacity::{Gauges, Quorum, RegionLoad};
+use crate::capacity::{Gauges, Quorum, RegionLoad, ShedReason};
 use crate::config::{Capacity, EndpointSpec, RegionName};
 use crate::metrics::Metrics;
-use crate::table::{JurisdictionId, RegionId, RoutingTable};
+use crate::table::{JurisdictionId, RegionId, Route, RoutingTable};
 
 /// `requests_total{region, code}` for one region, each code resolved on first use.
 #[derive(Debug)]
@@ -94,6 +94,10 @@ pub struct TableCounters {
     regions: usize,
     failovers: Box<[OnceLock<IntCounter>]>,
     refusals: Box<[OnceLock<IntCounter>]>,
+    /// `spillover_total{from,to}` by region pair, `shed_total{route,reason}`
+    /// by route and reason: resolved once, as the overload path needs them.
+    spillovers: Box<[OnceLock<IntCounter>]>,
+    sheds: Box<[OnceLock<IntCounter>]>,
 }
 
 /// Exports at 0, from the start, the series of `table` that alerts and the
@@ -140,7 +144,7 @@ pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
             .with_label_values(&[r.name.as_str()]);
     }
     for route in table.routes() {
-        for reason in crate::capacity::ShedReason::ALL {
+        for reason in ShedReason::ALL {
             metrics
                 .shed
                 .with_label_values(&[&route.name, reason.as_str()]);
@@ -191,6 +195,41 @@ impl TableCounters {
             regions,
             failovers: cells(regions * regions * FailoverReason::COUNT),
             refusals: cells(table.jurisdictions().len()),
+            spillovers: cells(regions * regions),
+            sheds: cells(table.routes().len() * ShedReason::ALL.len()),
+        }
+    }
+
+    /// A request served by `to` because `from`, an earlier candidate, was full.
+    pub fn spillover(&self, metrics: &Metrics, table: &RoutingTable, from: RegionId, to: RegionId) {
+        let resolve = || {
+            metrics.spillover.with_label_values(&[
+                table.region(from).name.as_str(),
+                table.region(to).name.as_str(),
+            ])
+        };
+        let at = usize::from(from.0) * self.regions + usize::from(to.0);
+        match self.spillovers.get(at) {
+            Some(cell) if self.generation == table.generation() => cell.get_or_init(resolve).inc(),
+            _ => resolve().inc(),
+        }
+    }
+
+    /// A request of `route` shed because every candidate was full.
+    pub fn shed(&self, metrics: &Metrics, table: &RoutingTable, route: &Route, reason: ShedReason) {
+        let resolve = || {
+            metrics
+                .shed
+                .with_label_values(&[&route.name, reason.as_str()])
+        };
+        let at = table
+            .routes()
+            .iter()
+            .position(|r| std::ptr::eq(r, route))
+            .map(|i| i * ShedReason::ALL.len() + reason as usize);
+        match at.and_then(|at| self.sheds.get(at)) {
+            Some(cell) if self.generation == table.generation() => cell.get_or_init(resolve).inc(),
+            _ => resolve().inc(),
         }
     }
 

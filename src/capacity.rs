@@ -428,9 +428,9 @@ impl RegionLoad {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShedReason {
     /// The first full candidate's queue had no place.
-    QueueFull,
+    QueueFull = 0,
     /// No room came within the queue timeout.
-    QueueTimeout,
+    QueueTimeout = 1,
 }
 
 impl ShedReason {

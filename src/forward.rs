@@ -375,14 +375,9 @@ pub async fn forward<'t>(
         if full != 0 {
             let from = candidates[full.trailing_zeros() as usize];
             if from != id {
-                ctx.state
-                    .metrics
-                    .spillover
-                    .with_label_values(&[
-                        table.region(from).name.as_str(),
-                        table.region(id).name.as_str(),
-                    ])
-                    .inc();
+                ctx.accounts
+                    .counters()
+                    .spillover(&ctx.state.metrics, table, from, id);
             }
         }
         let region = table.region(id);

@@ -465,11 +465,12 @@ fn forward_error(
             "every region inside the jurisdiction is unreachable",
         ),
         (ForwardError::Shed { reason }, _) => {
-            conn.state
-                .metrics
-                .shed
-                .with_label_values(&[&plan.decision.route.name, reason.as_str()])
-                .inc();
+            snapshot.accounts.counters().shed(
+                &conn.state.metrics,
+                &snapshot.table,
+                plan.decision.route,
+                reason,
+            );
             ProxyError::Shed { reason }
         }
         (ForwardError::Client { fault }, _) => {
