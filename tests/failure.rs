@@ -258,24 +258,11 @@ async fn a_flapping_region_moves_each_client_at_most_twice() {
 
 /// Sends `n` GETs at once and returns (status, serving region) of each.
 async fn concurrent_gets(url: &str, n: usize) -> Vec<(u16, String)> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let url = url.to_owned();
-            tokio::spawn(async move {
-                let r = get(&h1_client(), &url).await;
-                let region = r
-                    .headers
-                    .get("x-georouter-region")
-                    .map_or(r.body, |v| v.to_str().unwrap().to_owned());
-                (r.status, region)
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
+    support::concurrent_gets(url, n)
+        .await
+        .iter()
+        .map(|r| (r.status, served_or_body(r)))
+        .collect()
 }
 
 #[tokio::test]

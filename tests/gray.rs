@@ -33,28 +33,17 @@ fn one_region(endpoints: &[&SimRegion], region_extra: &str, extra: &str) -> Stri
 
 /// `n` GETs of `url`, all at once; (status, region or body, Retry-After).
 async fn burst(url: String, n: usize) -> Vec<(u16, String, Option<String>)> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let r = get(&h1_client(), &url).await;
-                let region = r
-                    .headers
-                    .get("x-georouter-region")
-                    .map(|v| v.to_str().unwrap().to_owned());
-                let retry = r
-                    .headers
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap().to_owned());
-                (r.status, region.unwrap_or(r.body), retry)
-            })
+    concurrent_gets(&url, n)
+        .await
+        .iter()
+        .map(|r| {
+            let retry = r
+                .headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status, served_or_body(r), retry)
         })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
+        .collect()
 }
 
 #[tokio::test]

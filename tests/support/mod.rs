@@ -245,6 +245,28 @@ pub async fn send(client: &TestClient, req: http::Request<Full<Bytes>>) -> Reply
     }
 }
 
+/// `n` GETs of `url` at once, each on its own client, in the order sent.
+pub async fn concurrent_gets(url: &str, n: usize) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { get(&h1_client(), &url).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// The region that served a reply, or the router's own text when none did.
+pub fn served_or_body(r: &Reply) -> String {
+    r.headers
+        .get("x-georouter-region")
+        .map_or_else(|| r.body.clone(), |v| v.to_str().unwrap().to_owned())
+}
+
 /// Writes raw bytes on a new connection and reads until the peer closes (or the
 /// bound runs out); for requests a compliant client library cannot make.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
