@@ -450,15 +450,6 @@ impl RegionAccount {
         self.duration.get_sample_count()
     }
 
-    /// Responses served and the seconds they took, in all: the control plane
-    /// reads real latency from the differences, at no cost to requests.
-    pub fn latency_totals(&self) -> (u64, f64) {
-        (
-            self.duration.get_sample_count(),
-            self.duration.get_sample_sum(),
-        )
-    }
-
     /// Failed attempts to this region, every kind.
     pub fn errors(&self) -> u64 {
         self.errors.iter().map(IntCounter::get).sum()

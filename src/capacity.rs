@@ -43,6 +43,10 @@ pub struct EndpointLoad {
     /// The last active check passed.
     check_ok: AtomicBool,
     healthy: IntGauge,
+    /// Response heads received and the microseconds they took from sending:
+    /// the endpoint's own latency, queueing in the router left out.
+    heads: AtomicU64,
+    head_us: AtomicU64,
 }
 
 impl EndpointLoad {
@@ -72,6 +76,14 @@ impl EndpointLoad {
 
     pub fn check_passed(&self) -> bool {
         self.check_ok.load(Ordering::Relaxed)
+    }
+
+    /// Response heads so far, and the seconds they took in all.
+    pub fn head_totals(&self) -> (u64, f64) {
+        (
+            self.heads.load(Ordering::Relaxed),
+            self.head_us.load(Ordering::Relaxed) as f64 / 1e6,
+        )
     }
 
     fn refresh_gauge(&self) {
@@ -199,6 +211,8 @@ impl RegionLoad {
                         ejected_until: AtomicU64::new(0),
                         ejections: AtomicU32::new(0),
                         check_ok: AtomicBool::new(true),
+                        heads: AtomicU64::new(0),
+                        head_us: AtomicU64::new(0),
                     }
                 })
                 .collect(),
@@ -352,6 +366,24 @@ impl RegionLoad {
         self.room.notify_one();
     }
 
+    /// Endpoint `i` sent a response head `elapsed` after the request was sent.
+    pub fn answered(&self, i: usize, elapsed: Duration) {
+        if let Some(e) = self.endpoints.get(i) {
+            e.heads.fetch_add(1, Ordering::Relaxed);
+            e.head_us
+                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The region's response heads so far and the seconds they took, over
+    /// every endpoint.
+    pub fn head_totals(&self) -> (u64, f64) {
+        self.endpoints
+            .iter()
+            .map(EndpointLoad::head_totals)
+            .fold((0, 0.0), |(n, s), (m, t)| (n + m, s + t))
+    }
+
     /// An attempt on endpoint `i` ended. A run of `threshold` failures (0: off),
     /// those after sending from `min_clients` distinct clients, takes it out
     /// of rotation for `ejection`, doubling with each ejection in a row up to
@@ -383,27 +415,37 @@ impl RegionLoad {
                 if !e.quorum.reached(client, p.min_clients) || run < p.threshold {
                     return false;
                 }
-                let others = self
-                    .endpoints
-                    .iter()
-                    .enumerate()
-                    .any(|(j, o)| j != i && o.available());
-                if !others || e.ejected() {
-                    return false;
-                }
-                let k = e.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-                let span = p
-                    .ejection
-                    .saturating_mul(1 << k)
-                    .min(p.max_ejection.max(p.ejection));
-                e.ejected_until
-                    .store(now_ms() + span.as_millis() as u64, Ordering::Relaxed);
-                e.failures.store(0, Ordering::Relaxed);
-                e.quorum.forget();
-                e.refresh_gauge();
-                true
+                self.eject(i, p)
             }
         }
+    }
+
+    /// Takes endpoint `i` out of rotation for `ejection`, doubling with each
+    /// ejection in a row up to `max_ejection`, while another endpoint is in
+    /// rotation. Returns true when it did.
+    pub fn eject(&self, i: usize, p: &Passive) -> bool {
+        let Some(e) = self.endpoints.get(i) else {
+            return false;
+        };
+        let others = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != i && o.available());
+        if !others || e.ejected() {
+            return false;
+        }
+        let k = e.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let span = p
+            .ejection
+            .saturating_mul(1 << k)
+            .min(p.max_ejection.max(p.ejection));
+        e.ejected_until
+            .store(now_ms() + span.as_millis() as u64, Ordering::Relaxed);
+        e.failures.store(0, Ordering::Relaxed);
+        e.quorum.forget();
+        e.refresh_gauge();
+        true
     }
 
     /// An active check of endpoint `i` passed or failed.

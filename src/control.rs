@@ -346,6 +346,12 @@ impl Control {
                     state: snapshot.states.get(&inner.table, r.id),
                     drain: inner.drains.get(r.name.as_str()).cloned(),
                     rtt: rec.rtt.map(Duration::from_secs_f64),
+                    real_latency: rec
+                        .real
+                        .known(inner.config.health.passive.slow_min_requests)
+                        .map(Duration::from_secs_f64),
+                    steering_latency: rec.published_rtt,
+                    slow: rec.slow,
                     health_checks: rec.check.enabled,
                     served: rec.account.served(),
                     errors: rec.account.errors(),
@@ -355,7 +361,7 @@ impl Control {
                         .iter()
                         .map(|e| format!("{}://{}", e.scheme, e.authority))
                         .collect(),
-                    load: LoadReport::of(&rec.account.load),
+                    load: LoadReport::of(&rec.account.load, &rec.endpoints_real),
                     capacity_scale: f64::from(rec.capacity_scale) / 1000.0,
                     scaled_by: rec.scaled_by.clone(),
                 }
@@ -375,6 +381,12 @@ pub struct RegionReport {
     pub drain: Option<Drain>,
     /// Moving average of check round trips.
     pub rtt: Option<Duration>,
+    /// Moving average of real requests' latency (send to response head).
+    pub real_latency: Option<Duration>,
+    /// What latency steering sees (the probes blended with real requests).
+    pub steering_latency: Option<Duration>,
+    /// Far slower than its peers on real requests.
+    pub slow: bool,
     pub health_checks: bool,
     /// Responses served since the region entered the policy.
     pub served: u64,
@@ -406,10 +418,12 @@ pub struct EndpointReport {
     pub ejected: bool,
     pub in_flight: u32,
     pub max_in_flight: u32,
+    /// Moving average of its real requests' latency (send to response head).
+    pub real_latency_ms: Option<f64>,
 }
 
 impl LoadReport {
-    fn of(load: &crate::capacity::RegionLoad) -> Self {
+    fn of(load: &crate::capacity::RegionLoad, real: &[monitor::Real]) -> Self {
         load.refresh();
         LoadReport {
             in_flight: load.in_flight(),
@@ -418,13 +432,18 @@ impl LoadReport {
             endpoints: load
                 .endpoints
                 .iter()
-                .map(|e| EndpointReport {
+                .enumerate()
+                .map(|(i, e)| EndpointReport {
                     url: e.key.to_string(),
                     healthy: e.available(),
                     checks_pass: e.check_passed(),
                     ejected: e.ejected(),
                     in_flight: e.in_flight(),
                     max_in_flight: e.limit(),
+                    real_latency_ms: real
+                        .get(i)
+                        .and_then(|r| r.average())
+                        .map(|s| (s * 1e5).round() / 100.0),
                 })
                 .collect(),
         }

@@ -203,10 +203,10 @@ async fn response_head<F: std::future::Future>(
     mut send: std::pin::Pin<&mut F>,
     id: RegionId,
     may_move_on: bool,
+    now: tokio::time::Instant,
 ) -> Result<F::Output, NoHead> {
     let upstream = &ctx.table.settings.upstream;
     let timeout = upstream.response_timeout;
-    let now = tokio::time::Instant::now();
     if let Some(progress) = ctx.body {
         loop {
             let now = tokio::time::Instant::now();
@@ -450,15 +450,20 @@ pub async fn forward<'t>(
             let copy = (replayable && elsewhere).then(|| replay_copy(&current));
             let may_move_on = copy.is_some();
             let send = std::pin::pin!(lease.send(current));
+            let sent_at = tokio::time::Instant::now();
             let head = if ctx.body.is_none() && !may_move_on {
                 // The common case, without the extra layer: one deadline.
-                let deadline = tokio::time::Instant::now() + timeout;
-                timer.within(deadline, send).await.ok_or(NoHead::Timeout)
+                timer
+                    .within(sent_at + timeout, send)
+                    .await
+                    .ok_or(NoHead::Timeout)
             } else {
-                response_head(ctx, &mut timer, send, id, may_move_on).await
+                response_head(ctx, &mut timer, send, id, may_move_on, sent_at).await
             };
             match head {
                 Ok(Ok(mut response)) => {
+                    // The endpoint's own latency: from sending to its head.
+                    load.answered(endpoint, sent_at.elapsed());
                     let status = response.status();
                     // A gateway failure (502, 503, 504) is the region's; another
                     // 5xx is the application's answer unless the policy counts it.

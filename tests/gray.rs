@@ -494,3 +494,158 @@ async fn one_client_cannot_eject_a_region_with_any_status() {
         .await;
     }
 }
+
+/// The region `name` as `/regions` shows it, read in process.
+fn view_of(router: &TestRouter, name: &str) -> georouter::admin::views::RegionView {
+    georouter::admin::views::regions(&router.control)
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no region {name}"))
+}
+
+#[tokio::test]
+async fn waiting_in_the_routers_queue_is_not_the_region_being_slow() {
+    let a = region("a").await;
+    let b = region("b").await;
+    // a answers in 30 ms but takes one request at a time: requests that wait
+    // for it wait in the router's queue, not in the region.
+    a.set_latency(Duration::from_millis(30));
+    let toml = policy(
+        &[&a, &b],
+        r#"
+        [server]
+        access_log = false
+        [health]
+        interval = "50ms"
+        timeout = "500ms"
+        jitter = 0.0
+        [health.passive]
+        slow_factor = 5.0
+        slow_min = "250ms"
+        slow_min_requests = 5
+        [upstream]
+        max_queue = 500
+        queue_timeout = "60s"
+        [[routes]]
+        path_prefix = "/a/"
+        regions = ["a"]
+        [[routes]]
+        regions = ["b"]
+        "#,
+    )
+    .replace("name = \"a\"", "name = \"a\"\nmax_in_flight = 1");
+    assert!(toml.contains("max_in_flight = 1"), "{toml}");
+    let router = TestRouter::spawn(&toml).await;
+    let near_b = Load::start(router.url("/b/x"), 1);
+    // 40 at once: the last waits about 1.2 s in the queue, 30 ms in the region.
+    let replies = burst(router.url("/a/x"), 40).await;
+    assert!(replies.iter().all(|r| r.0 == 200), "{replies:?}");
+    near_b.wait_for(10).await;
+    eventually("both regions' real latency measured", || {
+        view_of(&router, "a").real_latency_ms.is_some()
+            && view_of(&router, "b").real_latency_ms.is_some()
+    })
+    .await;
+    let report = near_b.stop().await;
+    assert!(report.failed().is_empty());
+    let v = view_of(&router, "a");
+    assert!(
+        v.real_latency_ms.unwrap() < 250.0 && !v.slow,
+        "the queue was counted as the region's latency: {:?}",
+        v.real_latency_ms
+    );
+    assert_eq!(phase(&router, "a"), "up");
+    let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert_eq!(
+        sum_of(&metrics, "georouter_latency_outliers_total{region=\"a\"}"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_slow_on_real_requests_leaves_the_rotation() {
+    let slow = region("r").await;
+    let fast = region("r").await;
+    // Slow on real requests only: its checks stay fast and pass.
+    slow.set_slow_requests(Duration::from_millis(200));
+    let extra = "[health.passive]\nslow_factor = 5.0\nslow_min = \"50ms\"\nslow_min_requests = 3\nejection = \"60s\"\nmax_ejection = \"60s\"\n";
+    let router = TestRouter::spawn(&one_region(&[&slow, &fast], "", extra)).await;
+    let client = h1_client();
+    // One request at a time: both endpoints have none in flight at each
+    // choice, so only their latency can tell them apart.
+    let mut ejected = false;
+    for _ in 0..300 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200);
+        let v = view_of(&router, "r");
+        if v.load.endpoints[0].ejected {
+            ejected = true;
+            break;
+        }
+    }
+    assert!(ejected, "the slow endpoint stayed in rotation");
+    let before = slow.requests();
+    for _ in 0..20 {
+        assert_eq!(get(&client, &router.url("/")).await.status, 200);
+    }
+    assert_eq!(slow.requests(), before, "the ejected endpoint got requests");
+    let v = view_of(&router, "r");
+    assert!(v.load.endpoints[1].healthy, "{:?}", v.load);
+    assert_eq!(v.phase, "up", "the region serves through its fast endpoint");
+    let metrics = String::from_utf8(router.state.metrics.render()).unwrap();
+    assert!(sum_of(&metrics, "georouter_endpoint_ejections_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn latency_steering_reads_real_requests_as_well_as_the_probes() {
+    let a = region("a").await;
+    let b = region("b").await;
+    // a's probes are fast and its real requests slow; b is 40 ms on both.
+    a.set_slow_requests(Duration::from_millis(300));
+    b.set_latency(Duration::from_millis(40));
+    let toml = policy(
+        &[&a, &b],
+        r#"
+        [server]
+        access_log = false
+        [health]
+        interval = "50ms"
+        timeout = "500ms"
+        jitter = 0.0
+        [health.passive]
+        slow_factor = 0.0
+        [[routes]]
+        steering = "latency"
+        regions = ["a", "b"]
+        "#,
+    );
+    let router = TestRouter::spawn(&toml).await;
+    eventually("both probed", || {
+        georouter::admin::views::regions(&router.control)
+            .iter()
+            .all(|r| r.rtt_ms.is_some())
+    })
+    .await;
+    let client = h1_client();
+    assert_eq!(
+        get(&client, &router.url("/")).await.headers["x-georouter-region"],
+        "a",
+        "by the probes alone, a is nearer"
+    );
+    let mut moved = false;
+    for _ in 0..100 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200);
+        if r.headers["x-georouter-region"] == "b" {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "steering still reads the probes only");
+    let v = view_of(&router, "a");
+    assert!(
+        v.steering_latency_ms.unwrap() > 100.0,
+        "{:?}",
+        v.steering_latency_ms
+    );
+}

@@ -1,7 +1,7 @@
 //! What `GET /regions` (and the drain calls' answers) and `GET /status` (the
 //! status page's data) show: the control plane's reports as JSON-friendly views.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -36,7 +36,10 @@ impl RegionView {
             drain_scope,
             serving: r.state.serving(),
             weight: f64::from(r.state.weight) / 1000.0,
-            rtt_ms: r.rtt.map(|v| (v.as_secs_f64() * 1e5).round() / 100.0),
+            rtt_ms: r.rtt.map(millis),
+            real_latency_ms: r.real_latency.map(millis),
+            steering_latency_ms: r.steering_latency.map(millis),
+            slow: r.slow,
             health_checks: r.health_checks,
             requests: r.served,
             upstream_errors: r.errors,
@@ -60,6 +63,11 @@ impl RegionView {
     }
 }
 
+/// Milliseconds, two decimals.
+fn millis(v: Duration) -> f64 {
+    (v.as_secs_f64() * 1e5).round() / 100.0
+}
+
 #[derive(Debug, Serialize)]
 pub struct RegionView {
     pub name: String,
@@ -75,7 +83,16 @@ pub struct RegionView {
     pub drain_scope: Option<&'static str>,
     pub serving: bool,
     pub weight: f64,
+    /// Moving average of the health checks' round trips.
     pub rtt_ms: Option<f64>,
+    /// Moving average of real requests, from sending to the response head
+    /// (queueing in the router left out); none until enough were seen.
+    pub real_latency_ms: Option<f64>,
+    /// What latency steering sees: the checks' RTT blended with real
+    /// requests' latency (`health.latency.real_weight`).
+    pub steering_latency_ms: Option<f64>,
+    /// Far slower than its peers on real requests (`health.passive.slow_factor`).
+    pub slow: bool,
     pub health_checks: bool,
     /// Responses served since the region entered the policy.
     pub requests: u64,

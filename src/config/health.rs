@@ -27,6 +27,8 @@ pub struct HealthSettings {
     pub passive: PassiveSpec,
     pub ewma_weight: f64,
     pub hysteresis: Duration,
+    /// The share of real request latency in what latency steering sees.
+    pub real_weight: f64,
     pub failback: FailbackSpec,
 }
 
@@ -232,6 +234,13 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
             format!("{w} is outside 0 < w <= 1"),
         );
     }
+    let real = h.latency.real_weight;
+    if !(0.0..=1.0).contains(&real) {
+        errs.push(
+            "health.latency.real_weight",
+            format!("{real} is outside 0 to 1 (0: probes only, 1: real requests only)"),
+        );
+    }
     at_least_one("failback.flap_threshold", f.flap_threshold, errs);
     HealthSettings {
         passive: PassiveSpec {
@@ -247,6 +256,7 @@ pub(super) fn settings(h: &RawHealth, f: &RawFailback, errs: &mut Invalid) -> He
         },
         ewma_weight: w,
         hysteresis: h.latency.hysteresis,
+        real_weight: real.clamp(0.0, 1.0),
         failback: FailbackSpec {
             slow_start: f.slow_start,
             flap_threshold: f.flap_threshold,

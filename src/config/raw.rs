@@ -413,6 +413,9 @@ pub struct RawLatency {
     /// The RTT that latency steering sees moves only when the average drifts further.
     #[serde(with = "humantime_serde")]
     pub hysteresis: Duration,
+    /// The share of real request latency (send to response head) in what
+    /// latency steering sees, the probes' RTT the rest (0 to 1).
+    pub real_weight: f64,
 }
 
 impl Default for RawLatency {
@@ -420,6 +423,7 @@ impl Default for RawLatency {
         Self {
             ewma_weight: 0.3,
             hysteresis: Duration::from_millis(10),
+            real_weight: 0.5,
         }
     }
 }

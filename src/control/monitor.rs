@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{limits, Control, Inner};
 use crate::accounting::RegionAccount;
-use crate::config::{HealthCheck, RegionName};
+use crate::config::{HealthCheck, HealthSettings, RegionName};
 use crate::health::check::{self, Outcome};
 use crate::health::machine::{Machine, Phase, Transition};
 
@@ -35,12 +35,72 @@ pub(super) struct Record {
     /// (`POST /regions/{name}/capacity?scale=`), and who set it.
     pub(super) capacity_scale: u16,
     pub(super) scaled_by: Option<String>,
-    /// Real request latency: a moving average (seconds), the requests it has
-    /// seen since the region last entered service, and the totals last read.
-    pub(super) real: Option<f64>,
-    pub(super) real_requests: u64,
-    pub(super) real_seen: (u64, f64),
+    /// Real request latency (send to response head), the region's and each
+    /// endpoint's, and whether the region is now far slower than its peers.
+    pub(super) real: Real,
+    pub(super) endpoints_real: Vec<Real>,
+    pub(super) slow: bool,
 }
+
+/// Real request latency of a region or an endpoint, read from its totals of
+/// response heads at each tick (nothing on the request path but two counters).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Real {
+    /// The totals last read.
+    seen: (u64, f64),
+    /// Moving average, in seconds.
+    average: Option<f64>,
+    /// Requests seen since it was last reset (entering service, an ejection).
+    requests: u64,
+    /// When the last of them was seen: an average nobody refreshes goes stale.
+    at: Option<Instant>,
+}
+
+impl Real {
+    /// Reads `totals` (heads, seconds) and folds what is new into the average.
+    fn read(&mut self, totals: (u64, f64), now: Instant) {
+        let (n, sum) = totals;
+        let (dn, ds) = (n.saturating_sub(self.seen.0), sum - self.seen.1);
+        self.seen = totals;
+        if dn > 0 {
+            let sample = (ds / dn as f64).max(0.0);
+            self.average = Some(
+                self.average
+                    .map_or(sample, |old| old + 0.3 * (sample - old)),
+            );
+            self.requests += dn;
+            self.at = Some(now);
+        }
+    }
+
+    /// Measured afresh from now on.
+    fn reset(&mut self) {
+        self.average = None;
+        self.requests = 0;
+        self.at = None;
+    }
+
+    /// The average once `min_requests` were seen.
+    pub(super) fn known(&self, min_requests: u32) -> Option<f64> {
+        self.average
+            .filter(|_| self.requests >= u64::from(min_requests.max(1)))
+    }
+
+    pub(crate) fn average(&self) -> Option<f64> {
+        self.average
+    }
+
+    /// The average if it was refreshed within `fresh`.
+    fn recent(&self, now: Instant, fresh: Duration) -> Option<f64> {
+        self.average.filter(|_| {
+            self.at
+                .is_some_and(|at| now.saturating_duration_since(at) < fresh)
+        })
+    }
+}
+
+/// How long real latency counts for latency steering without new requests.
+const REAL_FRESH: Duration = Duration::from_secs(30);
 
 impl Record {
     pub(super) fn new(check: HealthCheck, account: Arc<RegionAccount>) -> Self {
@@ -55,10 +115,35 @@ impl Record {
             checked: false,
             capacity_scale: 1000,
             scaled_by: None,
-            real: None,
-            real_requests: 0,
-            real_seen: (0, 0.0),
+            real: Real::default(),
+            endpoints_real: Vec::new(),
+            slow: false,
         }
+    }
+
+    /// The latency steering sees: the probes' moving average blended with
+    /// real requests' (`real_weight` of it) while they are recent.
+    pub(super) fn steering_latency(&self, now: Instant, real_weight: f64) -> Option<f64> {
+        match (self.rtt, self.real.recent(now, REAL_FRESH)) {
+            (Some(probe), Some(real)) => Some(probe + real_weight * (real - probe)),
+            (Some(probe), None) => Some(probe),
+            (None, real) => real.filter(|_| real_weight > 0.0),
+        }
+    }
+
+    /// Publishes the steering latency when it moved past `hysteresis`.
+    pub(super) fn republish_latency(&mut self, now: Instant, h: &HealthSettings) -> bool {
+        let Some(avg) = self.steering_latency(now, h.real_weight) else {
+            return false;
+        };
+        let avg = Duration::from_secs_f64(avg);
+        let moved = self
+            .published_rtt
+            .is_none_or(|p| avg.abs_diff(p) > h.hysteresis);
+        if moved {
+            self.published_rtt = Some(avg);
+        }
+        moved
     }
 
     /// The share of its clients the region gets now: its slow-start ramp,
@@ -141,14 +226,7 @@ impl Control {
                 let w = config.health.ewma_weight;
                 let avg = rec.rtt.map_or(sample, |old| old + w * (sample - old));
                 rec.rtt = Some(avg);
-                let avg = Duration::from_secs_f64(avg);
-                let moved = rec
-                    .published_rtt
-                    .is_none_or(|p| avg.abs_diff(p) > config.health.hysteresis);
-                if moved {
-                    rec.published_rtt = Some(avg);
-                    changed = true;
-                }
+                changed |= rec.republish_latency(now, &config.health);
                 rec.machine.check(now, Ok(()), &limits)
             }
             Outcome::Failed { why } => {
@@ -180,7 +258,7 @@ impl Control {
         let now = Instant::now();
         let mut changed = false;
         let mut transitions = Vec::new();
-        let slow = latency_outliers(&mut inner);
+        let slow = self.latency_outliers(&mut inner, now);
         self.passive_ejections(&mut inner, now, slow, &mut transitions);
         for (name, rec) in inner.regions.iter_mut() {
             let limits = limits(&config, &rec.check);
@@ -188,6 +266,7 @@ impl Control {
                 transitions.push((name.clone(), t));
             }
             changed |= rec.weight(now, config.health.failback.slow_start) != rec.published_weight;
+            changed |= rec.republish_latency(now, &config.health);
         }
         for (name, t) in &transitions {
             self.transition(name, t);
@@ -218,12 +297,6 @@ impl Control {
             })
             .collect();
         for (name, why) in slow {
-            tracing::warn!(target: "georouter::health", region = %name, %why, "region far slower than its peers on real requests");
-            self.state
-                .metrics
-                .latency_outliers
-                .with_label_values(&[name.as_str()])
-                .inc();
             if !tripped.iter().any(|(n, _)| *n == name) {
                 tripped.push((name, why));
             }
@@ -323,42 +396,116 @@ impl Control {
     }
 }
 
-/// Real request latency per region, read from the request histogram's totals
-/// since the last tick (nothing on the request path); the serving regions whose
-/// average stays `slow_factor` times their peers' median and above `slow_min`,
-/// over `slow_min_requests` at least, with why.
-fn latency_outliers(inner: &mut Inner) -> Vec<(RegionName, String)> {
-    let p = inner.config.health.passive;
-    let mut known = Vec::new();
-    for (name, rec) in inner.regions.iter_mut() {
-        let (n, sum) = rec.account.latency_totals();
-        let (dn, ds) = (n.saturating_sub(rec.real_seen.0), sum - rec.real_seen.1);
-        rec.real_seen = (n, sum);
-        if !rec.machine.serving() {
-            // Measured afresh when it is back.
-            rec.real = None;
-            rec.real_requests = 0;
-            continue;
+impl Control {
+    /// Real request latency (send to response head, queueing in the router
+    /// left out) per region and endpoint, read from their totals since the
+    /// last tick. An endpoint whose average stays `slow_factor` times its
+    /// siblings' median (and above `slow_min`, over `slow_min_requests`) leaves
+    /// the rotation as a failing one would; the serving regions far slower than
+    /// their peers are returned, with why, for passive ejection. Each is logged
+    /// and counted once when it turns slow.
+    fn latency_outliers(&self, inner: &mut Inner, now: Instant) -> Vec<(RegionName, String)> {
+        let p = inner.config.health.passive;
+        let factor = f64::from(p.slow_factor_percent) / 100.0;
+        let floor = p.slow_min.as_secs_f64();
+        let passive = crate::capacity::Passive {
+            threshold: p.consecutive_failures,
+            min_clients: p.min_distinct_clients,
+            ejection: p.ejection,
+            max_ejection: p.max_ejection,
+        };
+        let mut known = Vec::new();
+        for (name, rec) in inner.regions.iter_mut() {
+            let load = rec.account.load.clone();
+            rec.real.read(load.head_totals(), now);
+            if rec.endpoints_real.len() != load.endpoints.len() {
+                rec.endpoints_real = vec![Real::default(); load.endpoints.len()];
+            }
+            let mut siblings = Vec::new();
+            for (i, (e, real)) in load
+                .endpoints
+                .iter()
+                .zip(&mut rec.endpoints_real)
+                .enumerate()
+            {
+                real.read(e.head_totals(), now);
+                if !e.available() {
+                    real.reset();
+                } else if let Some(avg) = real.known(p.slow_min_requests) {
+                    siblings.push((i, avg));
+                }
+            }
+            if factor > 0.0 && siblings.len() >= 2 {
+                for (i, avg, median) in outliers(&siblings, factor, floor) {
+                    if load.eject(i, &passive) {
+                        rec.endpoints_real[i].reset();
+                        let endpoint = &*load.endpoints[i].key;
+                        tracing::warn!(target: "georouter::health", region = %name, endpoint, real_ms = (avg * 1000.0).round(), siblings_ms = (median * 1000.0).round(), "endpoint out of rotation: far slower than its siblings on real requests");
+                        self.state
+                            .metrics
+                            .endpoint_ejections
+                            .with_label_values(&[name.as_str(), endpoint])
+                            .inc();
+                    }
+                }
+            }
+            if !rec.machine.serving() {
+                // Measured afresh when it is back.
+                rec.real.reset();
+                rec.slow = false;
+                continue;
+            }
+            if let Some(real) = rec.real.known(p.slow_min_requests) {
+                known.push((name.clone(), real));
+            }
         }
-        if dn > 0 {
-            let sample = (ds / dn as f64).max(0.0);
-            rec.real = Some(rec.real.map_or(sample, |old| old + 0.3 * (sample - old)));
-            rec.real_requests += dn;
+        let slow = if factor > 0.0 && known.len() >= 2 {
+            outliers(&known, factor, floor)
+        } else {
+            Vec::new()
+        };
+        let mut out = Vec::new();
+        for (name, rec) in inner.regions.iter_mut() {
+            let found = slow.iter().find(|(n, ..)| n == name);
+            match (found, rec.slow) {
+                (Some((_, real, median)), was) => {
+                    let why = format!(
+                        "slow: real requests take {:.0} ms, {:.1} times its peers' median of {:.0} ms",
+                        real * 1000.0,
+                        real / median.max(1e-6),
+                        median * 1000.0
+                    );
+                    if !was {
+                        rec.slow = true;
+                        tracing::warn!(target: "georouter::health", region = %name, %why, "region far slower than its peers on real requests");
+                        self.state
+                            .metrics
+                            .latency_outliers
+                            .with_label_values(&[name.as_str()])
+                            .inc();
+                    }
+                    out.push((name.clone(), why));
+                }
+                (None, true) => {
+                    rec.slow = false;
+                    tracing::info!(target: "georouter::health", region = %name, "region no longer far slower than its peers on real requests");
+                }
+                (None, false) => {}
+            }
         }
-        if let Some(real) = rec
-            .real
-            .filter(|_| rec.real_requests >= u64::from(p.slow_min_requests))
-        {
-            known.push((name.clone(), real));
-        }
+        out
     }
-    if p.slow_factor_percent == 0 || known.len() < 2 {
-        return Vec::new();
-    }
-    let factor = f64::from(p.slow_factor_percent) / 100.0;
-    let floor = p.slow_min.as_secs_f64();
+}
+
+/// The members of `known` (name, average) whose average is above `floor`
+/// and `factor` times the median of the others', with that median.
+fn outliers<T: Clone + PartialEq>(
+    known: &[(T, f64)],
+    factor: f64,
+    floor: f64,
+) -> Vec<(T, f64, f64)> {
     let mut out = Vec::new();
-    for (name, real) in &known {
+    for (name, real) in known {
         let mut peers: Vec<f64> = known
             .iter()
             .filter(|(n, _)| n != name)
@@ -367,15 +514,7 @@ fn latency_outliers(inner: &mut Inner) -> Vec<(RegionName, String)> {
         peers.sort_by(f64::total_cmp);
         let median = peers[peers.len() / 2];
         if *real > floor && *real > factor * median {
-            out.push((
-                name.clone(),
-                format!(
-                    "slow: real requests take {:.0} ms, {:.1} times its peers' median of {:.0} ms",
-                    real * 1000.0,
-                    real / median.max(1e-6),
-                    median * 1000.0
-                ),
-            ));
+            out.push((name.clone(), *real, median));
         }
     }
     out
