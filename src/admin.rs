@@ -311,13 +311,34 @@ async fn mutate(
                     "scale: the share of its clients the region keeps, 0 to 1 or 0% to 100% (e.g. scale=0.25; scale=1 gives them all back)\n",
                 );
             };
-            match control.set_capacity_scale(name, scale, &peer.ip().to_string()) {
-                Ok(()) => {
+            let local = query_param(req, "scope").is_some_and(|v| v == "local");
+            match control
+                .scale(name, scale, &peer.ip().to_string(), local)
+                .await
+            {
+                Ok(done) => {
                     audit("ok", &format!("scale={scale}"));
                     let view = views::regions(control)
                         .into_iter()
                         .find(|r| r.name == *name);
-                    json(StatusCode::OK, &serde_json::json!({ "region": view }))
+                    let mut body = serde_json::json!({
+                        "region": view,
+                        "persist_warning": done.persist_warning,
+                    });
+                    if control.fleet().is_some() && !local {
+                        body["fleet"] = match done.revision {
+                            Some(revision) => serde_json::json!({ "revision": revision }),
+                            None => serde_json::json!({
+                                "held": done.held,
+                                "note": "etcd is unreachable: the partial drain holds on this instance and goes to the fleet when etcd is back",
+                            }),
+                        };
+                    }
+                    json(StatusCode::OK, &body)
+                }
+                Err(e @ DrainError::Fleet(_)) => {
+                    audit("failed", &e.to_string());
+                    reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n"))
                 }
                 Err(e) => {
                     audit("rejected", &e.to_string());

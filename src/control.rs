@@ -138,13 +138,20 @@ impl Control {
         for (region, d) in drains.iter() {
             tracing::info!(target: "georouter::audit", %region, reason = %d.reason, by = %d.by, "drain reapplied from the state file");
         }
-        let regions = table
+        let mut regions: HashMap<RegionName, Record> = table
             .regions()
             .iter()
             .zip(current.accounts.all())
             .zip(&config.regions)
             .map(|((r, a), spec)| (r.name.clone(), Record::new(spec.health.clone(), a.clone())))
             .collect();
+        for (region, scale) in drains.scales() {
+            let name = RegionName::new(&region);
+            if let Some(rec) = regions.remove(&name) {
+                tracing::info!(target: "georouter::audit", %region, keep = scale.keep, by = %scale.by, scope = scale.scope.as_str(), "partial drain reapplied from the state file");
+                regions.insert(name, rec.with_scale(Some(scale)));
+            }
+        }
         let control = Arc::new(Control {
             inner: Mutex::new(Inner {
                 table,
@@ -363,7 +370,8 @@ impl Control {
                         .collect(),
                     load: LoadReport::of(&rec.account.load, &rec.endpoints_real),
                     capacity_scale: f64::from(rec.capacity_scale) / 1000.0,
-                    scaled_by: rec.scaled_by.clone(),
+                    scaled_by: rec.scale.as_ref().map(|s| s.by.clone()),
+                    scale_scope: rec.scale.as_ref().map(|s| s.scope.as_str()),
                 }
             })
             .collect()
@@ -398,6 +406,8 @@ pub struct RegionReport {
     /// A partial drain: the share of its clients the region keeps (1: all).
     pub capacity_scale: f64,
     pub scaled_by: Option<String>,
+    /// Where the partial drain holds: local, fleet or pending.
+    pub scale_scope: Option<&'static str>,
 }
 
 /// A region's load against its capacity, and each endpoint's standing.

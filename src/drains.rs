@@ -1,6 +1,7 @@
-//! Operator drains: which regions are drained, why, by whom and since when. The
-//! control plane keeps them in a [`DrainStore`]; [`Drains`] is the local one, a
-//! small JSON state file (written aside and renamed) so a restart reapplies them.
+//! Operator drains: which regions are drained (or keep only a share of their
+//! clients), why, by whom and since when. The control plane keeps them in a
+//! [`DrainStore`]; [`Drains`] is the local one, a small JSON state file
+//! (written aside and renamed) so a restart reapplies them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,19 @@ pub struct Drain {
     pub since: u64,
     /// Where the drain holds: this router only, the whole fleet, or this
     /// router until the fleet's store is back.
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// A partial drain: the share of its clients a region keeps
+/// (`POST /regions/{name}/capacity?scale=`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scale {
+    /// 0 to 1 (1: every client; it is then forgotten).
+    pub keep: f64,
+    pub by: String,
+    /// Unix time, seconds.
+    pub since: u64,
     #[serde(default)]
     pub scope: Scope,
 }
@@ -83,6 +97,10 @@ pub trait DrainStore: Send + std::fmt::Debug {
     fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
         None
     }
+    /// Every partial drain kept, by region name.
+    fn scales(&self) -> Vec<(String, Scale)>;
+    /// Keeps (`Some`) or forgets (`None`) a region's partial drain.
+    fn set_scale(&mut self, region: &str, scale: Option<Scale>) -> Result<(), StoreError>;
 }
 
 /// An intent about one region's drain: drained (`Some`) or not, and when it was
@@ -111,6 +129,9 @@ pub trait SharedDrains {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
     drains: BTreeMap<String, Drain>,
+    /// Partial drains (absent in files written before they existed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    capacity: BTreeMap<String, Scale>,
 }
 
 /// Drains by region name; regions that left the policy keep theirs, so a region
@@ -118,6 +139,7 @@ struct StateFile {
 #[derive(Debug, Default)]
 pub struct Drains {
     by_region: BTreeMap<String, Drain>,
+    scales: BTreeMap<String, Scale>,
     file: Option<PathBuf>,
 }
 
@@ -127,16 +149,14 @@ impl Drains {
         let Some(path) = file else {
             return Ok(Drains::default());
         };
-        let by_region = match std::fs::read(path) {
-            Ok(bytes) => {
-                serde_json::from_slice::<StateFile>(&bytes)
-                    .map_err(|source| StateFileError::Parse {
-                        path: path.to_owned(),
-                        source,
-                    })?
-                    .drains
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        let state = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes).map_err(|source| {
+                StateFileError::Parse {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
             Err(source) => {
                 return Err(StateFileError::Read {
                     path: path.to_owned(),
@@ -145,7 +165,8 @@ impl Drains {
             }
         };
         Ok(Drains {
-            by_region,
+            by_region: state.drains,
+            scales: state.capacity,
             file: Some(path.to_owned()),
         })
     }
@@ -166,6 +187,7 @@ impl Drains {
         };
         let state = StateFile {
             drains: self.by_region.clone(),
+            capacity: self.scales.clone(),
         };
         let mut text = serde_json::to_vec_pretty(&state).expect("drains serialise");
         text.push(b'\n');
@@ -191,6 +213,25 @@ impl DrainStore for Drains {
             Some(d) => self.by_region.insert(region.to_owned(), d),
             None => self.by_region.remove(region),
         };
+        Ok(self.save()?)
+    }
+
+    fn scales(&self) -> Vec<(String, Scale)> {
+        self.scales
+            .iter()
+            .map(|(r, s)| (r.clone(), s.clone()))
+            .collect()
+    }
+
+    fn set_scale(&mut self, region: &str, scale: Option<Scale>) -> Result<(), StoreError> {
+        let before = self.scales.get(region).cloned();
+        match scale.filter(|s| s.keep < 1.0) {
+            Some(s) => self.scales.insert(region.to_owned(), s),
+            None => self.scales.remove(region),
+        };
+        if self.scales.get(region) == before.as_ref() {
+            return Ok(());
+        }
         Ok(self.save()?)
     }
 }
@@ -219,6 +260,35 @@ mod tests {
         let again = Drains::load(Some(&file)).unwrap();
         assert_eq!(again.get("eu-west"), Some(&drain));
         assert!(again.get("us-east").is_none());
+    }
+
+    #[test]
+    fn partial_drains_survive_a_restart_and_files_without_them_still_load() {
+        let dir = std::env::temp_dir().join(format!("georouter-scales-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("state.json");
+        std::fs::write(&file, br#"{"drains": {}}"#).unwrap();
+        let mut d = Drains::load(Some(&file)).unwrap();
+        assert!(d.scales().is_empty());
+        let scale = Scale {
+            keep: 0.25,
+            by: "127.0.0.1".to_owned(),
+            since: 1,
+            scope: Scope::Local,
+        };
+        d.set_scale("eu-west", Some(scale.clone())).unwrap();
+        d.set_scale("us-east", Some(scale.clone())).unwrap();
+        // Keeping every client is no partial drain.
+        d.set_scale(
+            "us-east",
+            Some(Scale {
+                keep: 1.0,
+                ..scale.clone()
+            }),
+        )
+        .unwrap();
+        let again = Drains::load(Some(&file)).unwrap();
+        assert_eq!(again.scales(), vec![("eu-west".to_owned(), scale)]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::config::FleetSettings;
 use crate::drains::Intent;
 use crate::metrics::Metrics;
 use etcd::{Etcd, EtcdError, Op, Unchanged};
-use keys::{FleetDrain, InstanceRecord, Keys, Rejection};
+use keys::{FleetDrain, FleetScale, InstanceRecord, Keys, Rejection};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -348,6 +348,12 @@ impl Fleet {
             }
         }
         Err(FleetError::Contended(guard.jurisdiction.clone()))
+    }
+
+    /// Writes a partial drain of `region` for the fleet; its revision.
+    pub async fn write_scale(&self, region: &str, scale: &FleetScale) -> Result<i64, EtcdError> {
+        let value = serde_json::to_vec(scale).expect("a scale serialises");
+        self.etcd.put(&self.keys.scale(region), &value, None).await
     }
 
     /// Publishes this instance's acknowledgement on its lease.

@@ -510,3 +510,64 @@ async fn an_etcd_that_requires_mtls_is_joined_with_the_client_certificate() {
     assert_eq!(v["fleet"]["held"], true, "{body}");
     assert!(!stranger.control.fleet().unwrap().connected());
 }
+
+/// A partial drain made on one instance reaches the others (the same share
+/// everywhere), is kept in each one's state file, and ends by a newer one.
+#[tokio::test]
+async fn a_partial_drain_on_one_instance_reaches_the_whole_fleet() {
+    let etcd = Etcd::start("scale").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/scale", 2).await;
+    let (status, body) = admin_post(
+        routers[0].admin,
+        "/regions/eu1/capacity?scale=0.25",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["fleet"]["revision"].as_i64().unwrap() > 0, "{v}");
+    let other = routers[1].control.clone();
+    eventually("the other instance to apply the partial drain", move || {
+        georouter::admin::views::regions(&other)
+            .iter()
+            .any(|r| r.name == "eu1" && r.capacity_scale == 0.25)
+    })
+    .await;
+    let v = region_view(routers[1].admin, "eu1").await;
+    assert_eq!(v["scale_scope"], "fleet", "{v}");
+    // A local one stays on its instance.
+    let (status, body) = admin_post(
+        routers[1].admin,
+        "/regions/us/capacity?scale=0.5&scope=local",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        region_view(routers[1].admin, "us").await["scale_scope"],
+        "local"
+    );
+    assert_eq!(
+        region_view(routers[0].admin, "us").await["capacity_scale"],
+        1.0
+    );
+    // All back, from the other instance.
+    let (status, body) = admin_post(
+        routers[1].admin,
+        "/regions/eu1/capacity?scale=1",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first = routers[0].control.clone();
+    eventually(
+        "the first instance to give eu1 its clients back",
+        move || {
+            georouter::admin::views::regions(&first)
+                .iter()
+                .any(|r| r.name == "eu1" && r.capacity_scale == 1.0)
+        },
+    )
+    .await;
+}

@@ -649,3 +649,36 @@ async fn latency_steering_reads_real_requests_as_well_as_the_probes() {
         v.steering_latency_ms
     );
 }
+
+#[tokio::test]
+async fn a_partial_drain_is_kept_in_the_state_file_and_reapplied_at_start() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let dir = test_dir("scale-state");
+    let file = dir.join("state.json");
+    let _ = std::fs::remove_file(&file);
+    let toml = two_regions(
+        &a,
+        &b,
+        &format!(
+            "[client]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[admin]\nstate_file = \"{}\"\n",
+            toml_path(&file)
+        ),
+    );
+    let clients: Vec<String> = (0..200).map(|i| format!("3.1.0.{}", i + 1)).collect();
+    let first = TestRouter::spawn_with_token(&toml, "t").await;
+    let (status, body) = admin_post(first.admin, "/regions/a/capacity?scale=0.5", Some("t")).await;
+    assert_eq!(status, 200, "{body}");
+    let before = served_by(&first, &clients).await;
+    let _ = first.shutdown().await;
+
+    let second = TestRouter::spawn_with_token(&toml, "t").await;
+    let v = region_view(second.admin, "a").await;
+    assert_eq!(v["capacity_scale"], 0.5, "{v}");
+    assert_eq!(v["scale_scope"], "local", "{v}");
+    assert_eq!(
+        served_by(&second, &clients).await,
+        before,
+        "the same clients moved after the restart"
+    );
+}

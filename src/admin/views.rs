@@ -59,6 +59,7 @@ impl RegionView {
             load: r.load,
             capacity_scale: r.capacity_scale,
             scaled_by: r.scaled_by,
+            scale_scope: r.scale_scope,
         }
     }
 }
@@ -106,6 +107,9 @@ pub struct RegionView {
     /// A partial drain: the share of its clients the region keeps (1: all).
     pub capacity_scale: f64,
     pub scaled_by: Option<String>,
+    /// Where the partial drain holds: local (this router), fleet, or pending
+    /// (held here while etcd is unreachable).
+    pub scale_scope: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]

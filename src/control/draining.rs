@@ -4,7 +4,9 @@
 use tokio::time::Instant;
 
 use super::{unix_now, Control};
-use crate::drains::{Drain, Intent, Scope, StoreError};
+use crate::config::RegionName;
+use crate::drains::{Drain, Intent, Scale, Scope, StoreError};
+use crate::fleet::keys::FleetScale;
 use crate::fleet::{now_ms, FleetError, Guard};
 
 #[derive(Debug, thiserror::Error)]
@@ -251,33 +253,127 @@ fn last_serving_guard(
     Ok(())
 }
 
+/// What a partial-drain call did.
+#[derive(Debug, Default)]
+pub struct Scaled {
+    /// The etcd revision of the fleet-wide change (a fleet call).
+    pub revision: Option<i64>,
+    /// Applied here only: etcd was unreachable (written to the fleet when it
+    /// is back, unless the fleet's is newer).
+    pub held: bool,
+    /// The change holds but could not be kept (the state file).
+    pub persist_warning: Option<String>,
+}
+
 impl Control {
-    /// A partial drain: `region` keeps `scale` (0 to 1) of its clients, the
+    /// A partial drain: `region` keeps `keep` (0 to 1) of its clients, the
     /// same ones each time (the slow-start hash), and the rest go to their next
     /// candidate; 1 gives all of them back. Where a region is a client's only
-    /// serving candidate, it keeps that client. Local to this instance.
-    pub fn set_capacity_scale(&self, region: &str, scale: f64, by: &str) -> Result<(), DrainError> {
-        let mut inner = self.lock();
-        let Some((name, rec)) = inner.regions.iter_mut().find(|(n, _)| n.as_str() == region) else {
+    /// serving candidate, it keeps that client. In a fleet (unless `local`) it
+    /// goes to etcd for every instance; kept in the state file either way.
+    pub async fn scale(
+        &self,
+        region: &str,
+        keep: f64,
+        by: &str,
+        local: bool,
+    ) -> Result<Scaled, DrainError> {
+        if self.lock().table.region_by_name(region).is_none() {
             return Err(DrainError::UnknownRegion(region.to_owned()));
+        }
+        let keep = keep.clamp(0.0, 1.0);
+        let Some(fleet) = self.fleet.clone().filter(|_| !local) else {
+            return Ok(Scaled {
+                persist_warning: self.apply_scale(region, keep, by, Scope::Local, unix_now()),
+                ..Scaled::default()
+            });
         };
-        let name = name.clone();
-        let permille = (scale.clamp(0.0, 1.0) * 1000.0).round() as u16;
+        let record = FleetScale {
+            keep,
+            by: by.to_owned(),
+            instance: fleet.instance().to_owned(),
+            at_ms: now_ms(),
+        };
+        match fleet.write_scale(region, &record).await {
+            Ok(revision) => Ok(Scaled {
+                revision: Some(revision),
+                persist_warning: self.apply_scale(
+                    region,
+                    keep,
+                    by,
+                    Scope::Fleet,
+                    record.at_ms / 1000,
+                ),
+                ..Scaled::default()
+            }),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(target: "georouter::fleet", %region, error = %e, "etcd unreachable: the partial drain holds on this instance only until etcd is back");
+                Ok(Scaled {
+                    held: true,
+                    persist_warning: self.apply_scale(
+                        region,
+                        keep,
+                        by,
+                        Scope::Pending,
+                        record.at_ms / 1000,
+                    ),
+                    ..Scaled::default()
+                })
+            }
+            Err(e) => Err(DrainError::Fleet(FleetError::Etcd(e))),
+        }
+    }
+
+    /// Applies a partial drain here (logged, in the journal, in the state
+    /// file) unless it is the one in force. A persistence failure is returned.
+    pub(super) fn apply_scale(
+        &self,
+        region: &str,
+        keep: f64,
+        by: &str,
+        scope: Scope,
+        since: u64,
+    ) -> Option<String> {
+        let mut inner = self.lock();
+        let rec = inner.regions.get_mut(&RegionName::new(region))?;
+        let permille = (keep.clamp(0.0, 1.0) * 1000.0).round() as u16;
         let before = rec.capacity_scale;
+        let scale = (permille < 1000).then(|| Scale {
+            keep: f64::from(permille) / 1000.0,
+            by: by.to_owned(),
+            since,
+            scope,
+        });
+        let same = before == permille
+            && rec.scale.as_ref().map(|s| s.scope) == scale.as_ref().map(|s| s.scope);
+        if same {
+            return None;
+        }
         rec.capacity_scale = permille;
-        rec.scaled_by = (permille < 1000).then(|| by.to_owned());
-        tracing::info!(target: "georouter::audit", region = %name, scale, by, "capacity scale set");
+        rec.scale = scale.clone();
+        tracing::info!(target: "georouter::audit", %region, keep, by, scope = scope.as_str(), "capacity scale set");
         self.journal.record(
-            name.as_str(),
+            region,
             "capacity",
             format!(
-                "scale {:.3} -> {:.3}",
+                "scale {:.3} -> {:.3} ({})",
                 f64::from(before) / 1000.0,
-                f64::from(permille) / 1000.0
+                f64::from(permille) / 1000.0,
+                scope.as_str()
             ),
             format!("by {by}"),
         );
+        let kept = inner.drains.set_scale(region, scale).err();
         self.publish(&mut inner);
-        Ok(())
+        kept.map(|e| e.to_string())
+    }
+
+    /// The partial drain in force for `region`, if any.
+    pub(super) fn scale_of(&self, region: &str) -> Option<Scale> {
+        self.lock()
+            .regions
+            .get(&RegionName::new(region))?
+            .scale
+            .clone()
     }
 }

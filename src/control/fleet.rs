@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::Control;
 use crate::drains::Intent;
 use crate::fleet::etcd::{EtcdError, Event};
-use crate::fleet::keys::{FleetDrain, InstanceRecord};
+use crate::fleet::keys::{FleetDrain, FleetScale, InstanceRecord};
 use crate::fleet::{now_ms, Fleet};
 
 /// Waits between attempts to reach etcd again.
@@ -27,6 +27,7 @@ impl Control {
     pub(super) fn start_fleet(self: &Arc<Self>, fleet: &Arc<Fleet>) {
         tokio::spawn(self.clone().fleet_watch(fleet.clone()));
         tokio::spawn(self.clone().fleet_heartbeat(fleet.clone()));
+        tokio::spawn(self.clone().fleet_scales(fleet.clone()));
         if fleet.settings.policy {
             tokio::spawn(self.clone().fleet_policy(fleet.clone()));
         }
@@ -96,6 +97,111 @@ impl Control {
         let trigger = format!("fleet policy at revision {revision}");
         let result = self.reload_text(text, &trigger).await;
         fleet.set_policy(revision, result.map(|_| ()).map_err(|e| e.to_string()));
+    }
+
+    /// Applies the fleet's partial drains whenever they change. Fail static: a
+    /// partial drain ends only by a newer record (keep = 1), never because a
+    /// read no longer shows it.
+    async fn fleet_scales(self: Arc<Self>, fleet: Arc<Fleet>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut failures = 0usize;
+        loop {
+            let outcome = tokio::select! {
+                r = self.follow_scales(&fleet, &mut failures) => r,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(e) = outcome {
+                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet partial-drain watch interrupted; serving with those last applied");
+                }
+            }
+            let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+            failures += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn follow_scales(&self, fleet: &Fleet, failures: &mut usize) -> Result<(), EtcdError> {
+        let dir = fleet.keys.scales();
+        let (revision, kvs) = fleet.etcd.range_prefix(&dir).await?;
+        let mut all = BTreeMap::new();
+        for kv in &kvs {
+            if let Some((region, scale)) = read_scale(fleet, &dir, kv) {
+                all.insert(region.to_owned(), scale);
+            }
+        }
+        // Partial drains made here while etcd was unreachable go to the fleet
+        // unless the fleet's is newer.
+        let regions: Vec<String> = self
+            .lock()
+            .table
+            .regions()
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        for region in regions {
+            let Some(mine) = self.scale_of(&region) else {
+                continue;
+            };
+            if mine.scope != crate::drains::Scope::Pending {
+                continue;
+            }
+            match all.get(&region) {
+                Some(theirs) if theirs.at_ms > mine.since * 1000 => {
+                    tracing::warn!(target: "georouter::fleet", %region, "a partial drain held during the etcd outage is older than the fleet's; the fleet's wins");
+                }
+                _ => {
+                    let record = FleetScale {
+                        keep: mine.keep,
+                        by: mine.by.clone(),
+                        instance: fleet.instance().to_owned(),
+                        at_ms: mine.since * 1000,
+                    };
+                    fleet.write_scale(&region, &record).await?;
+                    tracing::info!(target: "georouter::fleet", %region, keep = mine.keep, "a partial drain held during the etcd outage is now the fleet's");
+                    all.insert(region, record);
+                }
+            }
+        }
+        for (region, scale) in &all {
+            self.apply_fleet_scale(region, scale);
+        }
+        let mut watch = fleet.etcd.watch(&dir, revision + 1).await?;
+        *failures = 0;
+        loop {
+            let Some(changes) = next_changes(&mut watch, fleet).await? else {
+                return Ok(());
+            };
+            for event in changes.events {
+                if let Event::Put(kv) = event {
+                    if let Some((region, scale)) = read_scale(fleet, &dir, &kv) {
+                        self.apply_fleet_scale(region, &scale);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_fleet_scale(&self, region: &str, scale: &FleetScale) {
+        let by = if scale.instance.is_empty() {
+            scale.by.clone()
+        } else {
+            format!("{} via {}", scale.by, scale.instance)
+        };
+        let kept = self.apply_scale(
+            region,
+            scale.keep(),
+            &by,
+            crate::drains::Scope::Fleet,
+            scale.at_ms / 1000,
+        );
+        if let Some(e) = kept {
+            tracing::warn!(target: "georouter::fleet", %region, error = %e, "a partial drain applies but could not be written to the state file");
+        }
     }
 
     async fn fleet_watch(self: Arc<Self>, fleet: Arc<Fleet>) {
@@ -340,6 +446,23 @@ impl Control {
 
 /// The watch's next changes, or an error as soon as the heartbeat finds etcd
 /// gone (a partition can leave the watch's connection silent, not closed).
+/// A partial drain read from etcd: its region and record; an unreadable one
+/// is logged and ignored.
+fn read_scale<'k>(
+    fleet: &Fleet,
+    dir: &str,
+    kv: &'k crate::fleet::etcd::Kv,
+) -> Option<(&'k str, FleetScale)> {
+    let region = fleet.keys.name_in(dir, &kv.key)?;
+    match serde_json::from_slice::<FleetScale>(&kv.value) {
+        Ok(s) => Some((region, s)),
+        Err(e) => {
+            tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %e, "a partial drain in etcd is not readable; ignored");
+            None
+        }
+    }
+}
+
 async fn next_changes(
     watch: &mut crate::fleet::etcd::Watch,
     fleet: &Fleet,

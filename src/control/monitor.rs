@@ -34,7 +34,7 @@ pub(super) struct Record {
     /// A partial drain: the share of its clients the region keeps, 0..=1000
     /// (`POST /regions/{name}/capacity?scale=`), and who set it.
     pub(super) capacity_scale: u16,
-    pub(super) scaled_by: Option<String>,
+    pub(super) scale: Option<crate::drains::Scale>,
     /// Real request latency (send to response head), the region's and each
     /// endpoint's, and whether the region is now far slower than its peers.
     pub(super) real: Real,
@@ -114,11 +114,20 @@ impl Record {
             published_serving: true,
             checked: false,
             capacity_scale: 1000,
-            scaled_by: None,
+            scale: None,
             real: Real::default(),
             endpoints_real: Vec::new(),
             slow: false,
         }
+    }
+
+    /// A partial drain kept from before (the state file), applied.
+    pub(super) fn with_scale(mut self, scale: Option<crate::drains::Scale>) -> Self {
+        if let Some(scale) = scale {
+            self.capacity_scale = (scale.keep.clamp(0.0, 1.0) * 1000.0).round() as u16;
+            self.scale = Some(scale);
+        }
+        self
     }
 
     /// The latency steering sees: the probes' moving average blended with

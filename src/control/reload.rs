@@ -310,7 +310,15 @@ impl Control {
                     }
                     rec
                 }
-                None => Record::new(spec.health.clone(), account()),
+                None => {
+                    let kept = inner
+                        .drains
+                        .scales()
+                        .into_iter()
+                        .find(|(r, _)| r == spec.name.as_str())
+                        .map(|(_, s)| s);
+                    Record::new(spec.health.clone(), account()).with_scale(kept)
+                }
             };
             regions.insert(spec.name.clone(), rec);
         }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::drains::{Drain, DrainStore, Drains, Intent, Scope, SharedDrains, StoreError};
+use crate::drains::{Drain, DrainStore, Drains, Intent, Scale, Scope, SharedDrains, StoreError};
 
 #[derive(Debug)]
 pub struct FleetBook {
@@ -120,6 +120,16 @@ impl DrainStore for FleetBook {
 
     fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
         Some(self)
+    }
+
+    /// Partial drains, the fleet's and local ones alike, live in the state
+    /// file: a restart without etcd still applies them.
+    fn scales(&self) -> Vec<(String, Scale)> {
+        self.file.scales()
+    }
+
+    fn set_scale(&mut self, region: &str, scale: Option<Scale>) -> Result<(), StoreError> {
+        self.file.set_scale(region, scale)
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! {prefix}/drains/{region}      a drain intent (FleetDrain), newest wins
+//! {prefix}/capacity/{region}    a partial drain (FleetScale): the share of clients kept
 //! {prefix}/instances/{id}       an instance's acknowledgement (InstanceRecord), on its lease
 //! {prefix}/policy               the fleet's policy, TOML (with fleet.policy = true)
 //! ```
@@ -32,6 +33,14 @@ impl Keys {
 
     pub fn drain(&self, region: &str) -> String {
         format!("{}/drains/{region}", self.prefix)
+    }
+
+    pub fn scales(&self) -> String {
+        format!("{}/capacity/", self.prefix)
+    }
+
+    pub fn scale(&self, region: &str) -> String {
+        format!("{}/capacity/{region}", self.prefix)
     }
 
     pub fn policy(&self) -> String {
@@ -97,6 +106,31 @@ impl FleetDrain {
                 .unwrap_or_default(),
             instance: instance.to_owned(),
             at_ms: intent.at_ms,
+        }
+    }
+}
+
+/// A region's partial drain as the fleet keeps it: the share of its clients
+/// it keeps (1: all, the end of a partial drain).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetScale {
+    pub keep: f64,
+    #[serde(default)]
+    pub by: String,
+    /// The instance the call reached.
+    #[serde(default)]
+    pub instance: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl FleetScale {
+    /// The share kept, within 0 to 1 whatever was written.
+    pub fn keep(&self) -> f64 {
+        if self.keep.is_finite() {
+            self.keep.clamp(0.0, 1.0)
+        } else {
+            1.0
         }
     }
 }
