@@ -19,9 +19,11 @@ use tokio::time::Instant;
 use crate::sim::SimRegion;
 
 mod report;
+mod shift;
 
 pub use report::Report;
 use report::{shares, summarize, Marks, Sample};
+pub use shift::{shift, ShiftReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
@@ -79,6 +81,10 @@ pub struct DrillOptions {
     pub phase: Duration,
     /// The longest wait for a detection, a repair, or the failback to complete.
     pub timeout: Duration,
+    /// Clients played: 1 sends `headers` as given; more vary the last two
+    /// octets of the IPv4 `X-Forwarded-For` among that many addresses (the
+    /// router must trust the drill as a proxy), so a share of them can move.
+    pub clients: u32,
 }
 
 async fn call(
@@ -144,9 +150,12 @@ fn start_load(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let connections = o.rate.clamp(1, 16);
     let every = Duration::from_secs_f64(f64::from(connections) / f64::from(o.rate.max(1)));
+    let next_client = Arc::new(std::sync::atomic::AtomicU32::new(0));
     (0..connections)
         .map(|i| {
-            let (target, path, headers) = (o.target, o.path.clone(), o.headers.clone());
+            let (target, path) = (o.target, o.path.clone());
+            let clients = client_headers(&o.headers, o.clients);
+            let next_client = next_client.clone();
             let out = out.clone();
             let mut stop = stop.clone();
             tokio::spawn(async move {
@@ -161,19 +170,27 @@ fn start_load(
                         _ = stop.changed() => return,
                     }
                     let at = started.elapsed();
+                    let client = next_client.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        % clients.len() as u32;
                     let result = tokio::time::timeout(
                         Duration::from_secs(5),
-                        one(target, &path, &headers, &mut sender),
+                        one(target, &path, &clients[client as usize], &mut sender),
                     )
                     .await;
                     let sample = match result {
-                        Ok(Ok((status, region))) => Sample { at, status, region },
+                        Ok(Ok((status, region))) => Sample {
+                            at,
+                            status,
+                            region,
+                            client,
+                        },
                         _ => {
                             sender = None;
                             Sample {
                                 at,
                                 status: 0,
                                 region: None,
+                                client,
                             }
                         }
                     };
@@ -182,6 +199,37 @@ fn start_load(
             })
         })
         .collect()
+}
+
+/// The headers of each client played: `headers` itself for one; for more,
+/// copies whose `X-Forwarded-For` (IPv4) varies in its last two octets.
+fn client_headers(
+    headers: &[(HeaderName, HeaderValue)],
+    clients: u32,
+) -> Arc<Vec<Vec<(HeaderName, HeaderValue)>>> {
+    let xff = http::header::HeaderName::from_static("x-forwarded-for");
+    let base = headers
+        .iter()
+        .find(|(k, _)| *k == xff)
+        .and_then(|(_, v)| v.to_str().ok()?.trim().parse::<std::net::Ipv4Addr>().ok());
+    let (Some(base), true) = (base, clients > 1) else {
+        return Arc::new(vec![headers.to_vec()]);
+    };
+    let [a, b, ..] = base.octets();
+    Arc::new(
+        (0..clients.min(60_000))
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::new(a, b, (i / 250) as u8, (i % 250 + 1) as u8);
+                let mut h: Vec<(HeaderName, HeaderValue)> =
+                    headers.iter().filter(|(k, _)| *k != xff).cloned().collect();
+                h.push((
+                    xff.clone(),
+                    HeaderValue::from_str(&ip.to_string()).expect("an address is a header value"),
+                ));
+                h
+            })
+            .collect(),
+    )
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -409,6 +457,7 @@ mod tests {
             at: Duration::from_millis(ms),
             status: 200,
             region: Some(region.to_owned()),
+            client: 0,
         }
     }
 
@@ -423,6 +472,7 @@ mod tests {
             rate: 100,
             phase: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
+            clients: 1,
         };
         let before: Vec<Sample> = (0..10).map(|i| sample(i * 10, "a")).collect();
         let mut all = before.clone();

@@ -160,6 +160,14 @@ struct DrillArgs {
     /// Drain even the last serving region of a jurisdiction.
     #[arg(long)]
     force: bool,
+    /// Instead of draining the whole region: move this share of its clients
+    /// (a partial drain, e.g. 10%), then give them back. Plays --clients
+    /// clients (the router must trust the drill's X-Forwarded-For).
+    #[arg(long, value_parser = parse_share, conflicts_with_all = ["kill", "force"])]
+    shift: Option<f64>,
+    /// Clients played with --shift, varying the X-Forwarded-For address.
+    #[arg(long, default_value_t = 200)]
+    clients: u32,
     /// Requests per second.
     #[arg(long, default_value_t = 200)]
     rate: u32,
@@ -179,6 +187,21 @@ struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `10%` or `0.1`: a share of 0 to 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v = s.trim();
+    let share = match v.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => v.parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?}: a share such as 10% or 0.1"))?;
+    if (0.0..=1.0).contains(&share) && share > 0.0 {
+        Ok(share)
+    } else {
+        Err(format!("{s:?}: a share above 0% and at most 100%"))
+    }
 }
 
 fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
@@ -459,7 +482,41 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
         rate: args.rate.max(1),
         phase: args.duration,
         timeout: args.timeout,
+        clients: if args.shift.is_some() {
+            args.clients.max(1)
+        } else {
+            1
+        },
     };
+    let quiet = args.json;
+    let say = |line: &str| {
+        if !quiet {
+            eprintln!("drill: {line}");
+        }
+    };
+    if let Some(share) = args.shift {
+        anyhow::ensure!(
+            options
+                .headers
+                .iter()
+                .any(|(k, _)| k.as_str() == "x-forwarded-for"),
+            "--shift plays many clients through X-Forwarded-For: give one (-H 'X-Forwarded-For: 80.128.0.1') and make the router trust the drill as a proxy (client.trusted_proxies)"
+        );
+        let token = args
+            .token
+            .clone()
+            .context("a shift needs the admin token: --token or GEOROUTER_ADMIN_TOKEN")?;
+        let report = drill::shift(&options, &token, share, say).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        if let Some(d) = demo {
+            d.running.shutdown().await;
+        }
+        return Ok(());
+    }
     let fault = if args.kill {
         let sims = demo
             .as_mut()
@@ -479,13 +536,7 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
             force: args.force,
         }
     };
-    let quiet = args.json;
-    let report = drill::run(&options, fault, |line| {
-        if !quiet {
-            eprintln!("drill: {line}");
-        }
-    })
-    .await?;
+    let report = drill::run(&options, fault, say).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

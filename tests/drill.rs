@@ -25,6 +25,7 @@ fn options(router: &TestRouter) -> DrillOptions {
         rate: 200,
         phase: Duration::from_millis(300),
         timeout: Duration::from_secs(20),
+        clients: 1,
     }
 }
 
@@ -92,4 +93,39 @@ async fn a_drill_refuses_a_region_its_requests_do_not_reach() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("do not reach it"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_drill_moves_the_stated_share_of_clients_and_the_same_ones() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let extra = "[client]\ntrusted_proxies = [\"127.0.0.0/8\"]\n";
+    let router = TestRouter::spawn_with_token(&two_regions(&a, &b, extra), "t").await;
+    eventually("ready", || router.control.ready()).await;
+    let o = DrillOptions {
+        headers: vec![(
+            http::HeaderName::from_static("x-forwarded-for"),
+            http::HeaderValue::from_static("3.1.0.1"),
+        )],
+        rate: 400,
+        phase: Duration::from_millis(600),
+        clients: 100,
+        ..options(&router)
+    };
+    let report = drill::shift(&o, "t", 0.1, |_| {}).await.unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    assert_eq!(report.clients, 100, "{report}");
+    assert_eq!(
+        report.region_clients, 100,
+        "every client was a's before: {report}"
+    );
+    // 10 % of 100 clients, within what chance allows (about 3 standard deviations).
+    assert!((1..=19).contains(&report.moved), "{report}");
+    assert_eq!(
+        report.unstable, 0,
+        "a moved client came back during the shift: {report}"
+    );
+    assert_eq!(report.returned, report.moved, "{report}");
+    assert_eq!(region_view(router.admin, "a").await["capacity_scale"], 1.0);
 }

@@ -15,6 +15,8 @@ pub(super) struct Sample {
     /// 0: no response (connection error or the 5 s client timeout).
     pub(super) status: u16,
     pub(super) region: Option<String>,
+    /// Which of the clients played sent it.
+    pub(super) client: u32,
 }
 
 impl Sample {
