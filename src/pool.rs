@@ -51,6 +51,10 @@ struct ThreadPools {
     generation: u64,
     /// `[region][endpoint]`.
     endpoints: Vec<Vec<EndpointPool>>,
+    /// What each pool's connections were made with (`[region][endpoint]`).
+    keys: Vec<Vec<String>>,
+    /// The HTTP/2 settings they were made with.
+    http2: Option<crate::config::Http2Tuning>,
     max_idle: usize,
     idle_timeout: std::time::Duration,
     /// When a sender last came back: a clock reading that checkouts reuse. It can
@@ -67,26 +71,55 @@ fn with_pools<R>(table: &RoutingTable, f: impl FnOnce(&mut ThreadPools) -> R) ->
     POOLS.with(|cell| {
         let mut pools = cell.borrow_mut();
         if pools.generation != table.generation() {
-            // A new table: start afresh; the old connections close as they drop.
-            *pools = ThreadPools {
-                generation: table.generation(),
-                endpoints: table
-                    .regions()
-                    .iter()
-                    .map(|r| {
-                        r.endpoints
-                            .iter()
-                            .map(|_| EndpointPool::default())
-                            .collect()
-                    })
-                    .collect(),
-                max_idle: table.settings.upstream.pool_max_idle_per_endpoint,
-                idle_timeout: table.settings.upstream.pool_idle_timeout,
-                last_return: None,
-            };
+            renew(&mut pools, table);
         }
         f(&mut pools)
     })
+}
+
+/// What the connections of `region`'s endpoint `ep` are made with: a
+/// reload that keeps it keeps them.
+fn connection_key(region: &Region, ep: &EndpointSpec) -> String {
+    format!(
+        "{}://{} {:?} {}",
+        ep.scheme, ep.authority, ep.protocol, region.connection_key
+    )
+}
+
+/// A new table on this thread: pools of endpoints whose connections would be
+/// made the same way (address, protocol, TLS files, HTTP/2 settings) carry
+/// over, so a reload does not reconnect to every region; the others close as
+/// they drop.
+fn renew(pools: &mut ThreadPools, table: &RoutingTable) {
+    let http2 = table.settings.upstream.http2;
+    let mut old: std::collections::HashMap<String, EndpointPool> = Default::default();
+    if pools.http2 == Some(http2) {
+        for (keys, eps) in pools.keys.drain(..).zip(pools.endpoints.drain(..)) {
+            old.extend(keys.into_iter().zip(eps));
+        }
+    }
+    let keys: Vec<Vec<String>> = table
+        .regions()
+        .iter()
+        .map(|r| r.endpoints.iter().map(|e| connection_key(r, e)).collect())
+        .collect();
+    let endpoints = keys
+        .iter()
+        .map(|eps| {
+            eps.iter()
+                .map(|k| old.remove(k).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    *pools = ThreadPools {
+        generation: table.generation(),
+        endpoints,
+        keys,
+        http2: Some(http2),
+        max_idle: table.settings.upstream.pool_max_idle_per_endpoint,
+        idle_timeout: table.settings.upstream.pool_idle_timeout,
+        last_return: pools.last_return,
+    };
 }
 
 /// Closes this thread's idle HTTP/1.1 connections that have waited

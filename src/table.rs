@@ -33,6 +33,9 @@ pub struct Region {
     /// TLS with ALPN `http/1.1` and `h2`; present when any endpoint is `https://`.
     pub tls_http1: Option<Arc<rustls::ClientConfig>>,
     pub tls_http2: Option<Arc<rustls::ClientConfig>>,
+    /// What its connections were made with beyond each endpoint's address
+    /// (the TLS files): a reload that keeps it keeps pooled connections.
+    pub connection_key: Box<str>,
 }
 
 #[derive(Debug)]
@@ -320,6 +323,11 @@ impl RoutingTable {
                 capacity: r.capacity,
                 tls_http1,
                 tls_http2,
+                connection_key: format!(
+                    "{:?}|{:?}|{:?}",
+                    r.tls.ca, r.tls.client_cert, r.tls.client_key
+                )
+                .into(),
             });
         }
         let id_of = |name: &RegionName| {

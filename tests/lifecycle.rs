@@ -187,3 +187,36 @@ async fn idle_pooled_connections_close_on_time_without_a_checkout() {
         "closed by the timer"
     );
 }
+
+/// A reload that keeps a region's endpoints keeps the pooled connections to
+/// them; one that moves an endpoint connects to the new address.
+#[tokio::test]
+async fn a_reload_keeps_pooled_connections_to_unchanged_endpoints() {
+    let a = region("a").await;
+    let moved = region("a").await;
+    let dir = test_dir("reload-pool");
+    let path = dir.join("policy.toml");
+    let write = |endpoint: &georouter::sim::SimRegion, budget: &str| {
+        let text = policy(&[endpoint], &format!("[retry]\nbudget = {budget}\n"));
+        std::fs::write(&path, text).unwrap();
+    };
+    write(&a, "0.2");
+    let router = TestRouter::spawn_file(&path, None).await;
+    // One client connection: one worker thread, one pool.
+    let client = h1_client();
+    assert_eq!(get(&client, &router.url("/")).await.status, 200);
+    assert_eq!(a.connections(), 1);
+    write(&a, "0.3");
+    router.control.reload("test").await.unwrap();
+    assert_eq!(get(&client, &router.url("/")).await.status, 200);
+    assert_eq!(a.requests(), 2);
+    assert_eq!(
+        a.connections(),
+        1,
+        "the reload dropped the pooled connection"
+    );
+    write(&moved, "0.3");
+    router.control.reload("test").await.unwrap();
+    assert_eq!(get(&client, &router.url("/")).await.status, 200);
+    assert_eq!(moved.requests(), 1, "the moved endpoint was not used");
+}
