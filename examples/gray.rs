@@ -28,6 +28,9 @@ const CLIENTS: [(&str, u32); 6] = [
     ("1.32.0.1", 5),     // MY
 ];
 
+/// Seconds between region bounces in the soak.
+const BOUNCE_EVERY: u64 = 20;
+
 /// How long a client waits before it gives up: a timeout is a failure.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -285,7 +288,7 @@ async fn run(bin: &str, scenario: Scenario, rate: u32, secs: u64) {
         if i == fault_at {
             fault(scenario, &regions);
         }
-        if scenario == Scenario::Soak && i > 0 && i % (rate as u64 * 20) == 0 {
+        if scenario == Scenario::Soak && i > 0 && i % (rate as u64 * BOUNCE_EVERY) == 0 {
             // A region bounce every 20 s, in turn: killed, back 2 s later.
             let (name, original) = match next_bounce % 3 {
                 0 => ("eu-west", &regions.eu_west[0]),
@@ -335,30 +338,38 @@ async fn run(bin: &str, scenario: Scenario, rate: u32, secs: u64) {
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let out = tokio::time::timeout(CLIENT_TIMEOUT, async {
-                let r = client.request(req).await.ok()?;
+                let r = client.request(req).await.map_err(|e| format!("{e:?}"))?;
                 let status = r.status().as_u16();
                 let retry_after = r.headers().contains_key("retry-after");
-                let body = r.into_body().collect().await.ok()?.to_bytes();
-                Some((
+                let body = r
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("body: {e:?}"))?;
+                Ok::<_, String>((
                     status,
                     retry_after,
-                    String::from_utf8_lossy(&body).into_owned(),
+                    String::from_utf8_lossy(&body.to_bytes()).into_owned(),
                 ))
             })
             .await;
             let latency = sent.elapsed();
             let s = match out {
-                Ok(Some((status, retry_after, body))) => Sample {
+                Ok(Ok((status, retry_after, body))) => Sample {
                     status: Some(status),
                     retry_after,
                     latency,
-                    region: if status == 200 { body } else { String::new() },
+                    region: if status == 200 || status >= 500 {
+                        body
+                    } else {
+                        String::new()
+                    },
                 },
-                Ok(None) => Sample {
+                Ok(Err(error)) => Sample {
                     status: Some(0),
                     retry_after: false,
                     latency,
-                    region: String::new(),
+                    region: error,
                 },
                 Err(_) => Sample {
                     status: None,
@@ -417,11 +428,12 @@ fn report(
         .iter()
         .filter(|s| s.status == Some(503) && s.retry_after)
         .collect();
-    let other: Vec<u16> = samples
-        .iter()
-        .filter_map(|s| s.status)
-        .filter(|&s| s != 200 && s != 0 && s != 503)
-        .collect();
+    let mut other = std::collections::BTreeMap::<u16, usize>::new();
+    for s in samples.iter().filter_map(|s| s.status) {
+        if s != 200 && s != 0 && s != 503 {
+            *other.entry(s).or_default() += 1;
+        }
+    }
     let bare_503 = samples
         .iter()
         .filter(|s| s.status == Some(503) && !s.retry_after)
@@ -452,6 +464,24 @@ fn report(
         shed_max
     );
     println!("   served by {by_region:?}");
+    let mut causes = std::collections::BTreeMap::<String, usize>::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.status.is_some_and(|c| c >= 500 || c == 0) && !s.retry_after)
+    {
+        let line = s
+            .region
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect();
+        *causes.entry(line).or_default() += 1;
+    }
+    for (cause, n) in causes.iter().take(8) {
+        println!("   failed {n}: {cause}");
+    }
     println!(
         "   router descriptors {} -> peak {}; RSS {} -> peak {} MB",
         before.0,

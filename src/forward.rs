@@ -442,13 +442,14 @@ pub async fn forward<'t>(
                 }
             };
             let reused = lease.reused;
-            // Somewhere else to go when this try fails after sending: a sibling
-            // endpoint or another region. A lone endpoint of the last region is
-            // not tried twice: a copy of every request would cost more than
-            // the rare reset it saves.
+            // A replayable request is copied before it is sent, so that a
+            // reset after sending can be replayed: on a sibling endpoint, on
+            // another region, or (a lone endpoint of the last region, a
+            // jurisdiction's last during a failover) on one new connection.
+            // It may move on from a hung try only with somewhere else to go.
             let elsewhere = more_regions(next) || load.endpoints.len() > 1;
-            let copy = (replayable && elsewhere).then(|| replay_copy(&current));
-            let may_move_on = copy.is_some();
+            let copy = replayable.then(|| replay_copy(&current));
+            let may_move_on = copy.is_some() && elsewhere;
             let send = std::pin::pin!(lease.send(current));
             let sent_at = tokio::time::Instant::now();
             let head = if ctx.body.is_none() && !may_move_on {
@@ -508,7 +509,7 @@ pub async fn forward<'t>(
                     });
                 }
                 Err(NoHead::MovedOn { timed_out }) => {
-                    req = copy;
+                    req = copy.filter(|_| may_move_on);
                     last_error = Some(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,

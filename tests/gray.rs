@@ -226,6 +226,39 @@ async fn a_reset_on_a_single_region_route_is_retried_on_the_sibling_endpoint() {
     assert!(e1.requests() > 0, "the resetting endpoint was never tried");
 }
 
+/// A jurisdiction's last serving region during a failover: one region, one
+/// endpoint, nowhere else to go. A reset of a replayable request is replayed
+/// once on a new connection, not answered 502.
+#[tokio::test]
+async fn a_reset_on_the_only_endpoint_of_the_only_region_is_retried_once() {
+    let e = region("r").await;
+    e.set_reset_every(3);
+    let router = TestRouter::spawn(&one_region(
+        &[&e],
+        "",
+        "[health]\nenabled = false\n[health.passive]\nconsecutive_failures = 0\n",
+    ))
+    .await;
+    let client = h1_client();
+    for i in 0..60 {
+        let r = get(&client, &router.url("/")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    assert!(
+        e.requests() >= 80,
+        "{} requests: no resets were retried",
+        e.requests()
+    );
+    // A POST is not replayed: it may have been acted on.
+    e.set_mode(Mode::Reset);
+    let post = http::Request::post(router.url("/"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+        .unwrap();
+    let before = e.requests();
+    assert_eq!(send(&client, post).await.status, 502);
+    assert_eq!(e.requests(), before + 1, "the POST was sent twice");
+}
+
 #[tokio::test]
 async fn a_reset_on_a_lone_endpoint_is_retried_on_a_new_connection_before_the_next_region() {
     let e = region("r").await;
