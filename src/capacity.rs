@@ -183,7 +183,14 @@ pub struct RegionLoad {
     room: tokio::sync::Notify,
     in_flight: IntGauge,
     queue_depth: IntGauge,
+    /// When a request to it was last reset after it was sent (ms past the
+    /// epoch; 0: never).
+    last_reset: AtomicU64,
 }
+
+/// How long a reset keeps the router copying replayable requests to a
+/// region it could not otherwise replay them to.
+const RESET_MEMORY_MS: u64 = 60_000;
 
 /// Where the gauges of a region's load are resolved.
 pub struct Gauges<'a> {
@@ -222,6 +229,7 @@ impl RegionLoad {
             room: tokio::sync::Notify::new(),
             in_flight: gauges.in_flight,
             queue_depth: gauges.queue_depth,
+            last_reset: AtomicU64::new(0),
         };
         load.set_capacity(endpoints, capacity);
         load
@@ -364,6 +372,18 @@ impl RegionLoad {
     /// Passes a wake-up on: a woken waiter that took no slot here.
     pub fn pass_on(&self) {
         self.room.notify_one();
+    }
+
+    /// A request to it was reset after it was sent.
+    pub fn reset_seen(&self) {
+        self.last_reset.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a request to it was reset in the last minute (the clock is
+    /// read only when one ever was).
+    pub fn resetting(&self) -> bool {
+        let at = self.last_reset.load(Ordering::Relaxed);
+        at != 0 && now_ms().saturating_sub(at) < RESET_MEMORY_MS
     }
 
     /// Endpoint `i` sent a response head `elapsed` after the request was sent.
