@@ -131,13 +131,15 @@ pub fn explain(
         .iter()
         .map(|&id| table.region(id).name.to_string())
         .collect();
-    // The draw of 0 is what most requests see: a ramping region keeps first place.
-    let order = crate::select::serving(table, states, d.route.steering, &d.candidates, |r| {
-        crate::select::client_place(crate::policy::client_hash(facts.client), r)
-    });
+    // What the data path does with the same facts (`select::order`).
+    let (order, panicked) = crate::select::order(table, states, &d, facts.client);
     let chosen = order.first().copied();
     e.chosen = chosen.map(|id| table.region(id).name.to_string());
     e.outcome = match (chosen, d.fenced) {
+        (Some(id), _) if panicked => format!(
+            "routed to {} in panic mode: no candidate is healthy, so the undrained ones are tried anyway",
+            table.region(id).name
+        ),
         (Some(id), _) => format!("routed to {}", table.region(id).name),
         (None, true) => "refused: no serving region inside the jurisdiction (503)".to_owned(),
         (None, false) => "refused: no serving region (503)".to_owned(),
@@ -149,7 +151,9 @@ pub fn explain(
     for r in table.regions() {
         let s = states.get(table, r.id);
         let verdict = if Some(r.id) == chosen {
-            if s.weight < 1000 {
+            if panicked {
+                "chosen: first undrained candidate (panic mode)".to_owned()
+            } else if s.weight < 1000 {
                 format!(
                     "chosen: first serving candidate (slow start: {}% of its traffic)",
                     s.weight / 10

@@ -402,17 +402,12 @@ fn decide<'t>(
         .access_log
         .then(|| crate::explain::short_reason(table, &decision));
     // A ramp admits clients by a stable hash, so each moves back once.
-    let mut regions = select::serving(table, states, route.steering, &decision.candidates, |r| {
-        select::client_place(policy::client_hash(client), r)
-    });
-    if regions.is_empty() && route.panic_mode && !decision.fenced {
-        regions = select::panic(table, states, &decision.candidates);
-        if !regions.is_empty() {
-            // Every request of the route while it lasts: at most a line a second.
-            static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
-            if let Some(suppressed) = LOG.allow() {
-                tracing::warn!(route = %route.name, suppressed, "panic mode: no candidate is healthy, sending to unhealthy ones");
-            }
+    let (regions, panicked) = select::order(table, states, &decision, client);
+    if panicked {
+        // Every request of the route while it lasts: at most a line a second.
+        static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+        if let Some(suppressed) = LOG.allow() {
+            tracing::warn!(route = %route.name, suppressed, "panic mode: no candidate is healthy, sending to unhealthy ones");
         }
     }
     if regions.is_empty() {

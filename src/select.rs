@@ -8,6 +8,29 @@ use crate::policy::Candidates;
 use crate::regions::RegionStates;
 use crate::table::{RegionId, RoutingTable};
 
+/// Where a decided request goes, in order: the serving candidates by the
+/// route's steering, the client placed in a ramp by its stable hash; in panic
+/// mode, when none serves and no jurisdiction fenced the request, every
+/// undrained candidate. The proxy and `/explain` both read it. The bool says
+/// panic mode chose; empty means refuse.
+pub fn order(
+    table: &RoutingTable,
+    states: &RegionStates,
+    decision: &crate::policy::Decision<'_>,
+    client: crate::identity::ClientIp,
+) -> (Candidates, bool) {
+    let route = decision.route;
+    let regions = serving(table, states, route.steering, &decision.candidates, |r| {
+        client_place(crate::policy::client_hash(client), r)
+    });
+    if regions.is_empty() && route.panic_mode && !decision.fenced {
+        let regions = panic(table, states, &decision.candidates);
+        let chose = !regions.is_empty();
+        return (regions, chose);
+    }
+    (regions, false)
+}
+
 /// The serving candidates, best first: the first is tried, the rest are where a
 /// failed attempt may go next. `place` gives the client's place (0..1000) in a
 /// region's ramp, asked only when the first region is ramping up: the region

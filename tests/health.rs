@@ -257,6 +257,21 @@ async fn panic_mode_routes_to_unhealthy_regions_instead_of_refusing() {
     let served = get(&client, &router.url("/panic")).await;
     assert_eq!(served.status, 200, "{}", served.body);
     assert_eq!(served.headers["x-georouter-region"], "a");
+    // /explain reads the same facts the same way: routed in panic mode there,
+    // refused on the other route.
+    let explain = |path: &str| {
+        let url = format!("http://{}/explain?ip=3.3.3.3&path={path}", router.admin);
+        async move {
+            let r = get(&h1_client(), &url).await;
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+        }
+    };
+    let e = explain("/panic").await;
+    assert_eq!(e["chosen"], "a", "{e}");
+    assert!(e["outcome"].as_str().unwrap().contains("panic mode"), "{e}");
+    let e = explain("/").await;
+    assert!(e["chosen"].is_null(), "{e}");
+    assert!(e["outcome"].as_str().unwrap().starts_with("refused"), "{e}");
 }
 
 #[tokio::test]
