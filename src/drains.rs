@@ -191,9 +191,22 @@ impl Drains {
         };
         let mut text = serde_json::to_vec_pretty(&state).expect("drains serialise");
         text.push(b'\n');
+        // Written aside, flushed to disk, renamed over, and the rename made
+        // durable: a crash or power loss leaves the old file or the new one.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(failed)?;
-        std::fs::rename(&tmp, path).map_err(failed)
+        let mut file = std::fs::File::create(&tmp).map_err(failed)?;
+        std::io::Write::write_all(&mut file, &text).map_err(failed)?;
+        file.sync_all().map_err(failed)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(failed)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // A directory cannot be opened for syncing everywhere; the file
+            // itself is safe either way.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
     }
 }
 
