@@ -193,12 +193,7 @@ impl Control {
         if drain.is_some() && !force {
             last_serving_guard(&table, &self.state.routing.load().states, r)?;
         }
-        let was = inner.drains.get(region).is_some();
-        if drain.is_none() && was {
-            if let Some(rec) = inner.regions.get_mut(&r.name) {
-                rec.machine.begin_ramp(Instant::now());
-            }
-        }
+        let before = inner.drains.get(region).cloned();
         let entry = drain.map(|(reason, by)| Drain {
             reason,
             by,
@@ -207,10 +202,12 @@ impl Control {
         });
         let persisted = inner.drains.set(region, entry).err();
         let now = inner.drains.get(region);
-        if was || now.is_some() {
+        if before.is_some() && now.is_some() && before.as_ref() != now {
+            // Drained again, for another reason: the journal says so.
             self.journal_drain(region, now);
         }
-        self.publish(&mut inner);
+        // The one path after every drain change: ramp, journal, publish.
+        self.after_drain_change(&mut inner, region, before.is_some());
         Ok(persisted)
     }
 
