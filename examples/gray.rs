@@ -482,6 +482,21 @@ fn report(
     for (cause, n) in causes.iter().take(8) {
         println!("   failed {n}: {cause}");
     }
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for s in shed.iter() {
+        let line = s
+            .region
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect();
+        *reasons.entry(line).or_default() += 1;
+    }
+    for (reason, n) in reasons.iter().take(8) {
+        println!("   shed {n}: {reason}");
+    }
     println!(
         "   router descriptors {} -> peak {}; RSS {} -> peak {} MB",
         before.0,

@@ -314,3 +314,38 @@ async fn a_dead_endpoint_is_skipped_within_its_region() {
         "one dead endpoint does not eject the region"
     );
 }
+
+/// Flap damping never refuses a jurisdiction's residents by itself: a region
+/// held down for flapping comes back as soon as the rest of its jurisdiction
+/// is down (here the hold-down would last an hour).
+#[tokio::test]
+async fn a_held_down_region_comes_back_when_its_jurisdiction_has_no_other() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let toml = two_regions(
+        &a,
+        &b,
+        "[failback]\nflap_threshold = 1\nhold_down = \"1h\"\nslow_start = \"0s\"\n\
+         [[jurisdictions]]\nname = \"eu\"\ncountries = [\"DE\"]\n",
+    )
+    .replace("name = \"a\"", "name = \"a\"\njurisdiction = \"eu\"")
+    .replace("name = \"b\"", "name = \"b\"\njurisdiction = \"eu\"");
+    let router = TestRouter::spawn(&toml).await;
+    // a flaps once: back, but held down while b serves.
+    a.set_health(false);
+    eventually("a down", || phase(&router, "a") == "down").await;
+    a.set_health(true);
+    eventually("a held down", || phase(&router, "a") == "held_down").await;
+    let client = h1_client();
+    assert_eq!(
+        get(&client, &router.url("/")).await.headers["x-georouter-region"],
+        "b"
+    );
+    // b goes down: a is all eu has left.
+    b.set_health(false);
+    eventually("b down", || phase(&router, "b") == "down").await;
+    eventually("a back early", || phase(&router, "a") == "up").await;
+    let r = get(&client, &router.url("/")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["x-georouter-region"], "a");
+}

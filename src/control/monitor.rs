@@ -277,6 +277,7 @@ impl Control {
             changed |= rec.weight(now, config.health.failback.slow_start) != rec.published_weight;
             changed |= rec.republish_latency(now, &config.health);
         }
+        waive_last_of_jurisdictions(&mut inner, now, &mut transitions);
         for (name, t) in &transitions {
             self.transition(name, t);
         }
@@ -503,6 +504,47 @@ impl Control {
             }
         }
         out
+    }
+}
+
+/// A jurisdiction left with no serving region (by health and drains) gets
+/// back those of its regions that only the router's damping keeps out (held
+/// down for flapping, ejected): refusing every resident is worse than serving
+/// them through a region that flapped. Regions down by their checks stay down.
+fn waive_last_of_jurisdictions(
+    inner: &mut Inner,
+    now: Instant,
+    transitions: &mut Vec<(RegionName, Transition)>,
+) {
+    let table = inner.table.clone();
+    for j in table.jurisdictions() {
+        let undrained: Vec<&RegionName> = j
+            .regions
+            .iter()
+            .map(|&id| &table.region(id).name)
+            .filter(|name| inner.drains.get(name.as_str()).is_none())
+            .collect();
+        let serving = undrained.iter().any(|name| {
+            inner
+                .regions
+                .get(*name)
+                .is_some_and(|r| r.machine.serving())
+        });
+        if serving {
+            continue;
+        }
+        for name in undrained {
+            let Some(rec) = inner.regions.get_mut(name) else {
+                continue;
+            };
+            let why = format!(
+                "back early: the only region of jurisdiction {} that can serve (the rest are down or drained)",
+                j.name
+            );
+            if let Some(t) = rec.machine.waive(now, why) {
+                transitions.push((name.clone(), t));
+            }
+        }
     }
 }
 

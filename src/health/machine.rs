@@ -239,6 +239,16 @@ impl Machine {
         ))
     }
 
+    /// Ends a hold-down or an ejection early (`why` says why): the router's
+    /// own damping never keeps out a region that is all a jurisdiction has
+    /// left. A region down by its checks stays down.
+    pub fn waive(&mut self, now: Instant, why: String) -> Option<Transition> {
+        match self.phase {
+            Phase::HeldDown { .. } | Phase::Ejected { .. } => Some(self.go(now, Phase::Up, why)),
+            _ => None,
+        }
+    }
+
     /// Time passing: ejections and hold-downs end; a calm region forgets its
     /// past ejections.
     pub fn tick(&mut self, now: Instant, l: &Limits) -> Option<Transition> {
