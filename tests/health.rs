@@ -349,3 +349,47 @@ async fn a_held_down_region_comes_back_when_its_jurisdiction_has_no_other() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.headers["x-georouter-region"], "a");
 }
+
+/// The same when the last serving region dies without checks to notice: its
+/// connect failures eject it (a region held down beside it does not count as
+/// out), and the held-down one comes back.
+#[tokio::test]
+async fn the_last_serving_region_may_be_ejected_when_a_held_down_one_can_take_over() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let toml = two_regions(
+        &a,
+        &b,
+        "[failback]\nflap_threshold = 1\nhold_down = \"1h\"\nslow_start = \"0s\"\n\
+         [health.passive]\nconsecutive_failures = 3\n\
+         [[jurisdictions]]\nname = \"eu\"\ncountries = [\"DE\"]\n",
+    )
+    .replace("name = \"a\"", "name = \"a\"\njurisdiction = \"eu\"")
+    .replace(
+        "name = \"b\"",
+        "name = \"b\"\njurisdiction = \"eu\"\nhealth = { enabled = false }",
+    );
+    let router = TestRouter::spawn(&toml).await;
+    a.set_health(false);
+    eventually("a down", || phase(&router, "a") == "down").await;
+    a.set_health(true);
+    eventually("a held down", || phase(&router, "a") == "held_down").await;
+    b.kill();
+    let client = h1_client();
+    let mut served_by_a = false;
+    for _ in 0..200 {
+        let r = get(&client, &router.url("/")).await;
+        if r.status == 200 {
+            assert_eq!(r.headers["x-georouter-region"], "a");
+            served_by_a = true;
+            break;
+        }
+    }
+    assert!(
+        served_by_a,
+        "a never took over: b {} a {}",
+        phase(&router, "b"),
+        phase(&router, "a")
+    );
+    assert_eq!(phase(&router, "b"), "ejected");
+}

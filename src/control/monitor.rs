@@ -316,14 +316,17 @@ impl Control {
         }
         let table = inner.table.clone();
         let config = inner.config.clone();
+        // Out of service by health. A region held down for flapping passes its
+        // checks and comes back when its jurisdiction needs it
+        // (`waive_last_of_jurisdictions`): it does not count as out, so the
+        // last region serving beside it may still be ejected.
         let mut out: Vec<bool> = table
             .regions()
             .iter()
             .map(|r| {
-                inner
-                    .regions
-                    .get(&r.name)
-                    .is_some_and(|rec| !rec.machine.serving())
+                inner.regions.get(&r.name).is_some_and(|rec| {
+                    !rec.machine.serving() && !matches!(rec.machine.phase(), Phase::HeldDown { .. })
+                })
             })
             .collect();
         let drained: Vec<bool> = table
@@ -533,8 +536,22 @@ fn waive_last_of_jurisdictions(
         if serving {
             continue;
         }
-        for name in undrained {
-            let Some(rec) = inner.regions.get_mut(name) else {
+        // Those held down for flapping first (their checks pass); ejected ones
+        // only when none is.
+        let held = |name: &&RegionName| {
+            inner
+                .regions
+                .get(*name)
+                .is_some_and(|r| matches!(r.machine.phase(), Phase::HeldDown { .. }))
+        };
+        let any_held = undrained.iter().any(held);
+        let chosen: Vec<RegionName> = undrained
+            .into_iter()
+            .filter(|name| !any_held || held(name))
+            .cloned()
+            .collect();
+        for name in chosen {
+            let Some(rec) = inner.regions.get_mut(&name) else {
                 continue;
             };
             let why = format!(
@@ -542,7 +559,7 @@ fn waive_last_of_jurisdictions(
                 j.name
             );
             if let Some(t) = rec.machine.waive(now, why) {
-                transitions.push((name.clone(), t));
+                transitions.push((name, t));
             }
         }
     }
