@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     regions: HashMap<RegionName, Record>,
     checkers: Vec<AbortHandle>,
     drains: Box<dyn DrainStore>,
+    /// The drains the fleet guard held back, as last published.
+    refused: Vec<(String, String)>,
 }
 
 /// The control plane of one router.
@@ -109,6 +111,24 @@ pub fn preflight(config: &Config, options: &Options) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Each strict jurisdiction's name and regions, for the apply-side drain guard.
+pub(crate) fn fences(table: &RoutingTable) -> crate::drains::Fences {
+    table
+        .jurisdictions()
+        .iter()
+        .filter(|j| j.strict)
+        .map(|j| {
+            (
+                j.name.to_string(),
+                j.regions
+                    .iter()
+                    .map(|&id| table.region(id).name.to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 impl Control {
     /// Starts the control plane over a state whose table is in service: reapplies
     /// drains from the state file, starts health checks, the passive-detection and
@@ -138,6 +158,8 @@ impl Control {
         for (region, d) in drains.iter() {
             tracing::info!(target: "georouter::audit", %region, reason = %d.reason, by = %d.by, "drain reapplied from the state file");
         }
+        let mut drains = drains;
+        drains.set_fences(fences(&table));
         let mut regions: HashMap<RegionName, Record> = table
             .regions()
             .iter()
@@ -158,6 +180,7 @@ impl Control {
                 config,
                 regions,
                 checkers: Vec::new(),
+                refused: drains.refused(),
                 drains,
             }),
             auth: ArcSwap::from_pointee(auth),
@@ -251,6 +274,7 @@ impl Control {
         let mut states = Vec::with_capacity(inner.table.regions().len());
         let mut accounts = Vec::with_capacity(states.capacity());
         let table = inner.table.clone();
+        let refused = inner.drains.refused();
         for region in table.regions() {
             let drained = inner.drains.get(region.name.as_str()).is_some();
             let Some(rec) = inner.regions.get_mut(&region.name) else {
@@ -275,6 +299,9 @@ impl Control {
             m.region_drained
                 .with_label_values(&n)
                 .set(i64::from(s.drained));
+            m.drain_refused.with_label_values(&n).set(i64::from(
+                refused.iter().any(|(r, _)| *r == region.name.as_str()),
+            ));
             m.region_weight
                 .with_label_values(&n)
                 .set(f64::from(s.weight) / 1000.0);
@@ -339,6 +366,7 @@ impl Control {
     /// the admin views.
     pub fn region_reports(&self) -> Vec<RegionReport> {
         let inner = self.lock();
+        let refused = inner.drains.refused();
         let snapshot = self.state.routing.load();
         inner
             .table
@@ -352,6 +380,10 @@ impl Control {
                     phase: rec.machine.phase(),
                     state: snapshot.states.get(&inner.table, r.id),
                     drain: inner.drains.get(r.name.as_str()).cloned(),
+                    drain_refused: refused
+                        .iter()
+                        .find(|(region, _)| *region == r.name.as_str())
+                        .map(|(_, j)| j.clone()),
                     rtt: rec.rtt.map(Duration::from_secs_f64),
                     real_latency: rec
                         .real
@@ -387,6 +419,9 @@ pub struct RegionReport {
     /// As the snapshot in service has it.
     pub state: RegionState,
     pub drain: Option<Drain>,
+    /// A drain of the fleet not applied here: it would leave this strict
+    /// jurisdiction with no undrained region.
+    pub drain_refused: Option<String>,
     /// Moving average of check round trips.
     pub rtt: Option<Duration>,
     /// Moving average of real requests' latency (send to response head).

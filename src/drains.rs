@@ -19,6 +19,9 @@ pub struct Drain {
     /// router until the fleet's store is back.
     #[serde(default)]
     pub scope: Scope,
+    /// Made with `force=true`: it may drain a jurisdiction's last region.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// A partial drain: the share of its clients a region keeps
@@ -97,6 +100,14 @@ pub trait DrainStore: Send + std::fmt::Debug {
     fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
         None
     }
+    /// The strict jurisdictions' regions, for a store that guards what it
+    /// applies (a fleet's): set at start and on every reload.
+    fn set_fences(&mut self, _fences: Fences) {}
+    /// Drains the store does not apply because each would leave a strict
+    /// jurisdiction without an undrained region: (region, jurisdiction).
+    fn refused(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Every partial drain kept, by region name.
     fn scales(&self) -> Vec<(String, Scale)>;
     /// Keeps (`Some`) or forgets (`None`) a region's partial drain.
@@ -124,6 +135,43 @@ pub trait SharedDrains {
     fn held(&self) -> Vec<(String, Intent)>;
     /// Forgets a held intent (written, or the fleet's was newer).
     fn release(&mut self, region: &str);
+}
+
+/// Each strict jurisdiction's name and regions.
+pub type Fences = Vec<(String, Vec<String>)>;
+
+/// The apply-side guard, one deterministic function of the drains wanted
+/// (region, drain, when in ms since the Unix epoch) and the fences: drains are
+/// taken in the order they were made (then by region name), and one that would
+/// leave a strict jurisdiction with no undrained region is not applied unless
+/// it was forced. Same intents, same result on every instance, whatever was
+/// written to the store and in whichever order it arrived. Returns the drains
+/// applied and those refused (region -> jurisdiction).
+pub fn guard(
+    wanted: Vec<(String, Drain, u64)>,
+    fences: &Fences,
+) -> (BTreeMap<String, Drain>, BTreeMap<String, String>) {
+    let mut wanted = wanted;
+    wanted.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+    let mut applied: BTreeMap<String, Drain> = BTreeMap::new();
+    let mut refused = BTreeMap::new();
+    for (region, drain, _) in wanted {
+        let emptied = fences.iter().find(|(_, regions)| {
+            regions.contains(&region)
+                && regions
+                    .iter()
+                    .all(|r| *r == region || applied.contains_key(r))
+        });
+        match emptied {
+            Some((jurisdiction, _)) if !drain.force => {
+                refused.insert(region, jurisdiction.clone());
+            }
+            _ => {
+                applied.insert(region, drain);
+            }
+        }
+    }
+    (applied, refused)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -266,6 +314,7 @@ mod tests {
             by: "127.0.0.1".to_owned(),
             since: 1,
             scope: Scope::Local,
+            force: false,
         };
         d.set("eu-west", Some(drain.clone())).unwrap();
         d.set("us-east", Some(drain.clone())).unwrap();
@@ -302,6 +351,57 @@ mod tests {
         .unwrap();
         let again = Drains::load(Some(&file)).unwrap();
         assert_eq!(again.scales(), vec![("eu-west".to_owned(), scale)]);
+    }
+
+    fn d(force: bool) -> Drain {
+        Drain {
+            reason: String::new(),
+            by: String::new(),
+            since: 0,
+            scope: Scope::Fleet,
+            force,
+        }
+    }
+
+    fn eu() -> Fences {
+        vec![("eu".to_owned(), vec!["eu1".to_owned(), "eu2".to_owned()])]
+    }
+
+    #[test]
+    fn the_guard_keeps_a_region_of_each_jurisdiction_whatever_the_order_of_arrival() {
+        let wanted = |order: [usize; 3]| {
+            let all = [("eu2", 20), ("us", 5), ("eu1", 10)];
+            order
+                .iter()
+                .map(|&i| (all[i].0.to_owned(), d(false), all[i].1))
+                .collect::<Vec<_>>()
+        };
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
+            let (applied, refused) = guard(wanted(order), &eu());
+            // The older drain holds; the one that would empty eu does not.
+            assert_eq!(
+                applied.keys().collect::<Vec<_>>(),
+                ["eu1", "us"],
+                "{order:?}"
+            );
+            assert_eq!(refused.get("eu2").map(String::as_str), Some("eu"));
+        }
+    }
+
+    #[test]
+    fn a_forced_drain_may_empty_a_jurisdiction_and_ties_break_by_name() {
+        let (applied, refused) = guard(
+            vec![("eu1".into(), d(false), 10), ("eu2".into(), d(true), 20)],
+            &eu(),
+        );
+        assert_eq!(applied.len(), 2);
+        assert!(refused.is_empty());
+        let (applied, refused) = guard(
+            vec![("eu2".into(), d(false), 10), ("eu1".into(), d(false), 10)],
+            &eu(),
+        );
+        assert_eq!(applied.keys().collect::<Vec<_>>(), ["eu1"]);
+        assert_eq!(refused.keys().collect::<Vec<_>>(), ["eu2"]);
     }
 
     #[test]

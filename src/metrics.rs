@@ -17,6 +17,7 @@ pub const NAMES: &[&str] = &[
     "georouter_request_duration_seconds",
     "georouter_region_healthy",
     "georouter_region_drained",
+    "georouter_drain_refused",
     "georouter_region_weight",
     "georouter_region_rtt_seconds",
     "georouter_jurisdiction_serving_regions",
@@ -60,6 +61,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub region_healthy: IntGaugeVec,
     pub region_drained: IntGaugeVec,
+    pub drain_refused: IntGaugeVec,
     /// Share of its traffic a region gets, 0..1 (below 1 while it ramps up).
     pub region_weight: GaugeVec,
     pub region_rtt: GaugeVec,
@@ -234,6 +236,12 @@ impl Metrics {
                 "1 when an operator drained the region.",
                 &["region"],
             ),
+            drain_refused: gauge(
+                &r,
+                "georouter_drain_refused",
+                "1 when a drain of the region is not applied here: it would leave a strict jurisdiction with no undrained region (a fleet intent or a direct write to etcd).",
+                &["region"],
+            ),
             region_weight: float_gauge(
                 &r,
                 "georouter_region_weight",
@@ -368,6 +376,7 @@ impl Metrics {
     pub fn forget_region(&self, region: &str) {
         let _ = self.region_healthy.remove_label_values(&[region]);
         let _ = self.region_drained.remove_label_values(&[region]);
+        let _ = self.drain_refused.remove_label_values(&[region]);
         let _ = self.region_weight.remove_label_values(&[region]);
         let _ = self.region_rtt.remove_label_values(&[region]);
         let _ = self.region_in_flight.remove_label_values(&[region]);
@@ -393,6 +402,7 @@ mod tests {
         m.request_duration.with_label_values(one).observe(0.1);
         m.region_healthy.with_label_values(one).set(1);
         m.region_drained.with_label_values(one).set(0);
+        m.drain_refused.with_label_values(one).set(0);
         m.region_weight.with_label_values(one).set(1.0);
         m.region_rtt.with_label_values(one).set(0.01);
         m.jurisdiction_serving.with_label_values(one).set(1);

@@ -571,3 +571,136 @@ async fn a_partial_drain_on_one_instance_reaches_the_whole_fleet() {
     )
     .await;
 }
+
+/// Two direct writes to etcd (credentials, not the admin API: no writer-side
+/// guard) draining every EU region: no instance applies the second, each says
+/// so, and undraining the first lets the second apply.
+#[tokio::test]
+async fn direct_writes_that_drain_a_whole_jurisdiction_are_not_applied() {
+    let etcd = Etcd::start("direct").await;
+    let w = World::new().await;
+    let toml = |id: &str| {
+        w.policy(&etcd, "/t/direct", id, "")
+            .replace("strict = false", "strict = true")
+            .replace(
+                r#"regions = ["eu1", "eu2", "us"]"#,
+                r#"regions = ["eu1", "eu2"]"#,
+            )
+    };
+    let mut routers = Vec::new();
+    for id in ["r1", "r2"] {
+        let r = TestRouter::spawn_with_token(&toml(id), TOKEN).await;
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("joined", move || fleet.connected()).await;
+        routers.push(r);
+    }
+    let fleet = routers[0].control.fleet().unwrap().clone();
+    let put = |region: &'static str, drained: bool, at_ms: u64| {
+        let fleet = fleet.clone();
+        async move {
+            let value = serde_json::json!({
+                "drained": drained, "reason": "direct", "by": "etcdctl", "at_ms": at_ms,
+            });
+            fleet
+                .etcd
+                .put(
+                    &fleet.keys.drain(region),
+                    value.to_string().as_bytes(),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let now = georouter::fleet::now_ms();
+    put("eu1", true, now).await;
+    put("eu2", true, now + 1).await;
+    for r in &routers {
+        let control = r.control.clone();
+        eventually("eu2's drain refused", move || {
+            georouter::admin::views::regions(&control)
+                .iter()
+                .any(|v| v.name == "eu2" && v.drain_refused.as_deref() == Some("eu"))
+        })
+        .await;
+        assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"));
+        assert_eq!(drained(r, "eu2").await, None, "the whole EU was drained");
+        let m = String::from_utf8(r.state.metrics.render()).unwrap();
+        assert!(
+            m.contains("georouter_drain_refused{region=\"eu2\"} 1"),
+            "{m}"
+        );
+        // The route's clients are still served, by eu2.
+        let reply = get(&h1_client(), &r.url("/")).await;
+        assert_eq!(reply.headers["x-georouter-region"], "eu2");
+    }
+    // eu1 undrained: eu2's drain applies now.
+    put("eu1", false, now + 2).await;
+    for r in &routers {
+        let control = r.control.clone();
+        eventually("eu2 drained once eu1 is back", move || {
+            georouter::admin::views::regions(&control)
+                .iter()
+                .any(|v| v.name == "eu2" && v.drained && v.drain_refused.is_none())
+        })
+        .await;
+    }
+}
+
+/// A partition: A, cut off from etcd, drains eu1 (held: its own view has eu2
+/// serving); meanwhile B drains eu2 for the fleet. On heal, A's held drain goes
+/// through the guarded transaction, no longer passes, and is dropped: every
+/// instance keeps eu1 serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_partition_never_drains_a_whole_jurisdiction() {
+    let etcd = Etcd::start("partition").await;
+    let w = World::new().await;
+    let etcd_addr: std::net::SocketAddr = etcd.url().trim_start_matches("http://").parse().unwrap();
+    let link = support::link::Link::to(etcd_addr).await;
+    let toml = |id: &str| {
+        w.policy(&etcd, "/t/partition", id, "")
+            .replace("strict = false", "strict = true")
+            .replace(
+                r#"regions = ["eu1", "eu2", "us"]"#,
+                r#"regions = ["eu1", "eu2"]"#,
+            )
+    };
+    let a = TestRouter::spawn_with_token(
+        &toml("a").replace(&etcd.url(), &format!("http://{}", link.addr)),
+        TOKEN,
+    )
+    .await;
+    let b = TestRouter::spawn_with_token(&toml("b"), TOKEN).await;
+    for r in [&a, &b] {
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("joined", move || fleet.connected()).await;
+    }
+    link.cut();
+    let fleet_a = a.control.fleet().unwrap().clone();
+    eventually("a cut off", move || !fleet_a.connected()).await;
+    let (status, body) =
+        admin_post(a.admin, "/regions/eu1/drain?reason=partition", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["fleet"]["held"], true, "{v}");
+    let (status, body) = admin_post(b.admin, "/regions/eu2/drain?reason=fleet", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    link.heal();
+    let fleet_a = a.control.fleet().unwrap().clone();
+    eventually("a back", move || fleet_a.connected()).await;
+    for r in [&a, &b] {
+        let control = r.control.clone();
+        eventually("eu2 drained, eu1 serving", move || {
+            let v = georouter::admin::views::regions(&control);
+            let drained = |n: &str| v.iter().any(|r| r.name == n && r.drained);
+            drained("eu2") && !drained("eu1")
+        })
+        .await;
+        let reply = get(&h1_client(), &r.url("/")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.headers["x-georouter-region"], "eu1");
+    }
+    // The held drain was dropped, not written: the fleet has eu1 undrained.
+    let f = fleet_view(&b).await;
+    assert_ne!(f["fleet"]["drains"]["eu1"]["drained"], true, "{f}");
+}

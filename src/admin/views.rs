@@ -34,6 +34,7 @@ impl RegionView {
             drain_reason,
             drained_by,
             drain_scope,
+            drain_refused: r.drain_refused,
             serving: r.state.serving(),
             weight: f64::from(r.state.weight) / 1000.0,
             rtt_ms: r.rtt.map(millis),
@@ -82,6 +83,9 @@ pub struct RegionView {
     /// Where the drain holds: local (this router), fleet, or pending (held
     /// here while etcd is unreachable).
     pub drain_scope: Option<&'static str>,
+    /// The jurisdiction a drain of the fleet would have left with no undrained
+    /// region: not applied here (the fleet guard where drains apply).
+    pub drain_refused: Option<String>,
     pub serving: bool,
     pub weight: f64,
     /// Moving average of the health checks' round trips.

@@ -57,6 +57,7 @@ impl Control {
                 by,
                 since: unix_now(),
                 scope: Scope::Fleet,
+                force,
             }),
             at_ms: now_ms(),
         };
@@ -91,6 +92,16 @@ impl Control {
             }),
             Err(e) => Err(DrainError::Fleet(e)),
         }
+    }
+
+    /// The guard for writing a held intent to the fleet: a drain that was not
+    /// forced is guarded as a new one would be.
+    pub(super) fn held_guard(&self, region: &str, intent: &Intent) -> Option<Guard> {
+        let forced = intent.drain.as_ref().is_none_or(|d| d.force);
+        if forced {
+            return None;
+        }
+        self.guard_of(region).ok().flatten()
     }
 
     /// The jurisdiction of `region` as the fleet-wide guard needs it (`None`
@@ -169,8 +180,22 @@ impl Control {
                 rec.machine.begin_ramp(Instant::now());
             }
         }
+        let refused = inner.drains.refused();
+        if refused != inner.refused {
+            for (r, j) in refused.iter().filter(|x| !inner.refused.contains(x)) {
+                self.journal.record(
+                    r,
+                    "drain",
+                    "drain refused".to_owned(),
+                    format!("it would leave jurisdiction {j} with no undrained region"),
+                );
+            }
+        }
         if was != now_drained {
             self.journal_drain(region, inner.drains.get(region));
+        }
+        if was != now_drained || refused != inner.refused {
+            inner.refused = refused;
             self.publish(inner);
         }
     }
@@ -199,6 +224,7 @@ impl Control {
             by,
             since: unix_now(),
             scope: crate::drains::Scope::Local,
+            force,
         });
         let persisted = inner.drains.set(region, entry).err();
         let now = inner.drains.get(region);

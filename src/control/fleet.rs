@@ -296,7 +296,9 @@ impl Control {
         for region in before.iter().filter(|r| !after.contains(r)) {
             self.after_drain_change(&mut inner, region, true);
         }
-        if before != after {
+        let refused = inner.drains.refused();
+        if before != after || refused != inner.refused {
+            inner.refused = refused;
             self.publish(&mut inner);
         }
     }
@@ -318,11 +320,25 @@ impl Control {
                 Some((theirs, _)) if theirs.at_ms > intent.at_ms => {
                     tracing::warn!(target: "georouter::fleet", %region, held = intent.drain.is_some(), fleet = theirs.drained, by = %theirs.instance, "a drain change held during the etcd outage is older than the fleet's; the fleet's wins");
                 }
-                _ => match fleet.write_drain(&region, &intent, None).await {
+                // Through the guarded transaction, as a drain made now: the
+                // fleet may have drained the rest of the jurisdiction meanwhile.
+                _ => match fleet
+                    .write_drain(&region, &intent, self.held_guard(&region, &intent).as_ref())
+                    .await
+                {
                     Ok(_) => {
                         tracing::info!(target: "georouter::fleet", %region, drained = intent.drain.is_some(), "a drain change held during the etcd outage is now the fleet's");
                     }
                     Err(crate::fleet::FleetError::Etcd(e)) => return Err(e),
+                    Err(e @ crate::fleet::FleetError::LastInJurisdiction { .. }) => {
+                        tracing::warn!(target: "georouter::fleet", %region, error = %e, "a drain held during the etcd outage no longer passes the jurisdiction guard; dropped");
+                        self.journal.record(
+                            &region,
+                            "drain",
+                            "held drain dropped".to_owned(),
+                            e.to_string(),
+                        );
+                    }
                     Err(e) => {
                         tracing::warn!(target: "georouter::fleet", %region, error = %e, "a held drain change could not be written; dropped")
                     }
@@ -417,6 +433,7 @@ impl Control {
     /// What this instance says of itself.
     fn instance_record(&self, fleet: &Fleet) -> InstanceRecord {
         let inner = self.lock();
+        let refused = inner.drains.refused();
         let regions = inner
             .regions
             .iter()
@@ -425,6 +442,8 @@ impl Control {
                 let phase = rec.machine.phase().name();
                 let view = if drained {
                     format!("{phase}, drained")
+                } else if let Some((_, j)) = refused.iter().find(|(r, _)| *r == name.as_str()) {
+                    format!("{phase}, drain refused (last of {j})")
                 } else {
                     phase.to_owned()
                 };

@@ -338,6 +338,8 @@ impl Control {
         inner.regions = regions;
         inner.table = table.clone();
         inner.config = config.clone();
+        inner.drains.set_fences(super::fences(&table));
+        inner.refused = inner.drains.refused();
         // The table and its states go out as one snapshot: no request sees the new
         // table with the old states, or the other way round.
         self.publish(&mut inner);

@@ -3,10 +3,15 @@
 //! unreachable (held, applied here at once, written to the fleet when it is
 //! back unless the fleet's intent is newer). The effective drains are kept in
 //! the local state file too, so a restart without etcd still applies them.
+//! What applies passes the apply-side guard ([`crate::drains::guard`]): no
+//! intent, however it reached etcd, drains a strict jurisdiction's last region
+//! unless it was forced.
 
 use std::collections::BTreeMap;
 
-use crate::drains::{Drain, DrainStore, Drains, Intent, Scale, Scope, SharedDrains, StoreError};
+use crate::drains::{
+    Drain, DrainStore, Drains, Fences, Intent, Scale, Scope, SharedDrains, StoreError,
+};
 
 #[derive(Debug)]
 pub struct FleetBook {
@@ -17,6 +22,10 @@ pub struct FleetBook {
     held: BTreeMap<String, Intent>,
     /// What applies, region by region (rebuilt on every change).
     effective: BTreeMap<String, Drain>,
+    /// The strict jurisdictions, for the guard.
+    fences: Fences,
+    /// Drains wanted but not applied by the guard: region -> jurisdiction.
+    refused: BTreeMap<String, String>,
 }
 
 impl FleetBook {
@@ -28,6 +37,8 @@ impl FleetBook {
             local: BTreeMap::new(),
             held: BTreeMap::new(),
             effective: BTreeMap::new(),
+            fences: Fences::new(),
+            refused: BTreeMap::new(),
             file,
         };
         let known: Vec<(String, Drain)> = book
@@ -66,24 +77,43 @@ impl FleetBook {
     }
 
     fn rebuild(&mut self) {
-        let mut effective = BTreeMap::new();
+        // What each region's newest word says: the fleet's, a held intent
+        // over it, a local drain over both; then the guard.
+        let mut wanted: BTreeMap<String, (Drain, u64)> = BTreeMap::new();
         for (region, intent) in &self.shared {
             if let Some(d) = &intent.drain {
-                effective.insert(region.clone(), d.clone());
+                wanted.insert(region.clone(), (d.clone(), intent.at_ms));
             }
         }
         for (region, intent) in &self.held {
             match &intent.drain {
                 Some(d) => {
-                    effective.insert(region.clone(), d.clone());
+                    wanted.insert(region.clone(), (d.clone(), intent.at_ms));
                 }
                 None => {
-                    effective.remove(region);
+                    wanted.remove(region);
                 }
             }
         }
         for (region, d) in &self.local {
-            effective.insert(region.clone(), d.clone());
+            wanted.insert(region.clone(), (d.clone(), d.since.saturating_mul(1000)));
+        }
+        let (effective, refused) = crate::drains::guard(
+            wanted.into_iter().map(|(r, (d, at))| (r, d, at)).collect(),
+            &self.fences,
+        );
+        if refused != self.refused {
+            for (region, jurisdiction) in &refused {
+                if !self.refused.contains_key(region) {
+                    tracing::warn!(target: "georouter::fleet", %region, %jurisdiction, "a drain of the fleet is not applied: it would leave jurisdiction {jurisdiction} with no undrained region");
+                }
+            }
+            for region in self.refused.keys() {
+                if !refused.contains_key(region) {
+                    tracing::info!(target: "georouter::fleet", %region, "a drain held back by the jurisdiction guard no longer is");
+                }
+            }
+            self.refused = refused;
         }
         if effective != self.effective {
             self.effective = effective;
@@ -120,6 +150,18 @@ impl DrainStore for FleetBook {
 
     fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
         Some(self)
+    }
+
+    fn set_fences(&mut self, fences: Fences) {
+        self.fences = fences;
+        self.rebuild();
+    }
+
+    fn refused(&self) -> Vec<(String, String)> {
+        self.refused
+            .iter()
+            .map(|(r, j)| (r.clone(), j.clone()))
+            .collect()
     }
 
     /// Partial drains, the fleet's and local ones alike, live in the state
@@ -171,6 +213,7 @@ mod tests {
 
     fn drain(reason: &str, scope: Scope) -> Drain {
         Drain {
+            force: false,
             reason: reason.to_owned(),
             by: "test".to_owned(),
             since: 1,

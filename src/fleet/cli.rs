@@ -82,6 +82,7 @@ pub async fn set_drain(
             by,
             since: now_ms() / 1000,
             scope: Scope::Fleet,
+            force,
         }),
         at_ms: now_ms(),
     };

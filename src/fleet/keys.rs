@@ -76,6 +76,9 @@ pub struct FleetDrain {
     pub instance: String,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// Made with `force=true`: may drain a jurisdiction's last region.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 impl FleetDrain {
@@ -86,6 +89,7 @@ impl FleetDrain {
                 by: self.by.clone(),
                 since: self.at_ms / 1000,
                 scope: Scope::Fleet,
+                force: self.force,
             }),
             at_ms: self.at_ms,
         }
@@ -106,6 +110,7 @@ impl FleetDrain {
                 .unwrap_or_default(),
             instance: instance.to_owned(),
             at_ms: intent.at_ms,
+            force: intent.drain.as_ref().is_some_and(|d| d.force),
         }
     }
 }

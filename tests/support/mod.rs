@@ -633,6 +633,7 @@ pub fn tool(binary: &str, probe: &str, package: &str) -> std::process::Command {
 
 pub mod browser;
 pub mod etcd;
+pub mod link;
 pub mod nginx;
 
 /// The sum of the values of every sample in `metrics` (text exposition) whose
