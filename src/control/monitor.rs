@@ -251,6 +251,13 @@ impl Control {
         if let Some(t) = &t {
             self.transition(region, t);
             changed = true;
+            // A jurisdiction this left empty takes back a held-down region in
+            // the same snapshot, not a tick later.
+            let mut waived = Vec::new();
+            waive_last_of_jurisdictions(&mut inner, now, &mut waived);
+            for (name, t) in &waived {
+                self.transition(name, t);
+            }
         }
         if changed {
             self.publish(&mut inner);
