@@ -60,6 +60,7 @@ pub struct FleetMetrics {
     pub instances: IntGauge,
     pub applied_revision: IntGauge,
     pub lag_seconds: Gauge,
+    pub leases_lost: prometheus::IntCounter,
 }
 
 impl FleetMetrics {
@@ -95,6 +96,18 @@ impl FleetMetrics {
                 "The etcd revision of the last fleet drain change this instance applied.",
             ),
             lag_seconds: lag,
+            leases_lost: {
+                let c = prometheus::IntCounter::new(
+                    "georouter_fleet_leases_lost_total",
+                    "Times this instance's lease expired or was refused and it registered again (its record vanished meanwhile).",
+                )
+                .expect("metric options are valid");
+                metrics
+                    .registry()
+                    .register(Box::new(c.clone()))
+                    .expect("metric names are unique");
+                c
+            },
         }
     }
 }

@@ -51,6 +51,7 @@ pub const FLEET_NAMES: &[&str] = &[
     "georouter_fleet_instances",
     "georouter_fleet_applied_revision",
     "georouter_fleet_lag_seconds",
+    "georouter_fleet_leases_lost_total",
 ];
 
 #[derive(Debug, Clone)]

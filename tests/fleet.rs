@@ -704,3 +704,35 @@ async fn a_healed_partition_never_drains_a_whole_jurisdiction() {
     let f = fleet_view(&b).await;
     assert_ne!(f["fleet"]["drains"]["eu1"]["drained"], true, "{f}");
 }
+
+/// Drain changes back to back for two and a half lease TTLs: every change
+/// makes each instance acknowledge it, and no acknowledgement may push the
+/// keepalive back (before, one a second expired every lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frequent_drain_changes_never_cost_an_instance_its_lease() {
+    let etcd = Etcd::start("churn").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/churn", 2).await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut changes = 0;
+    while std::time::Instant::now() < until {
+        let action = if changes % 2 == 0 { "drain" } else { "undrain" };
+        let (status, body) = admin_post(
+            routers[changes % 2].admin,
+            &format!("/regions/us/{action}?wait=5s"),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        changes += 1;
+    }
+    assert!(changes > 10, "{changes} changes");
+    for r in &routers {
+        let m = String::from_utf8(r.state.metrics.render()).unwrap();
+        assert!(
+            m.contains("georouter_fleet_leases_lost_total 0"),
+            "after {changes} changes:\n{m}"
+        );
+        assert!(r.control.fleet().unwrap().connected());
+    }
+}

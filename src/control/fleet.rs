@@ -357,14 +357,25 @@ impl Control {
         let ttl = fleet.settings.lease_ttl;
         let every = ttl / 3;
         let mut lease: Option<i64> = None;
+        let mut had_lease = false;
         let mut failures = 0usize;
+        // The keepalive keeps its own schedule: acknowledgements made in
+        // between (a drain change a second) never push it back.
+        let mut renew_at = tokio::time::Instant::now() + every;
         loop {
             let step = async {
                 let id = match lease {
                     Some(id) => id,
                     None => {
                         let id = fleet.etcd.lease_grant(ttl).await?;
+                        if had_lease {
+                            if let Some(m) = &fleet.metrics {
+                                m.leases_lost.inc();
+                            }
+                        }
+                        had_lease = true;
                         lease = Some(id);
+                        renew_at = tokio::time::Instant::now() + every;
                         id
                     }
                 };
@@ -398,10 +409,12 @@ impl Control {
                     continue;
                 }
             };
-            // Renew until the lease is lost or a new acknowledgement is due.
+            // Renew on schedule until the lease is lost or a new
+            // acknowledgement is due.
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => {
+                    _ = tokio::time::sleep_until(renew_at) => {
+                        renew_at = tokio::time::Instant::now() + every;
                         fleet.refresh_gauges();
                         match fleet.etcd.lease_keepalive(id).await {
                             Ok(true) => {
