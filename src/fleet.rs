@@ -390,6 +390,11 @@ impl Fleet {
         let now = now_ms();
         let mut instances = Vec::new();
         for kv in kvs {
+            // Only a record on a lease is a member: one written without (by
+            // hand, or forged) would count as an acknowledgement forever.
+            if kv.lease == 0 {
+                continue;
+            }
             let Ok(r) = serde_json::from_slice::<InstanceRecord>(&kv.value) else {
                 continue;
             };

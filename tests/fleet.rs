@@ -736,3 +736,33 @@ async fn frequent_drain_changes_never_cost_an_instance_its_lease() {
         assert!(r.control.fleet().unwrap().connected());
     }
 }
+
+/// A record written into instances/ without a lease (by hand, or forged with
+/// an instance's credentials) is neither a member nor an acknowledgement.
+#[tokio::test]
+async fn an_instance_record_without_a_lease_is_not_a_member() {
+    let etcd = Etcd::start("forged").await;
+    let w = World::new().await;
+    let routers = w.instances(&etcd, "/t/forged", 1).await;
+    let fleet = routers[0].control.fleet().unwrap().clone();
+    let forged = serde_json::json!({
+        "instance": "ghost", "applied_revision": 1_000_000, "policy_generation": 1,
+        "regions": {}, "at_ms": georouter::fleet::now_ms(),
+    });
+    fleet
+        .etcd
+        .put(
+            &fleet.keys.instance("ghost"),
+            forged.to_string().as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    let status = fleet.status().await.unwrap();
+    let names: Vec<&str> = status
+        .instances
+        .iter()
+        .map(|i| i.instance.as_str())
+        .collect();
+    assert_eq!(names, ["r1"], "{status:?}");
+}

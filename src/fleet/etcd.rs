@@ -48,6 +48,8 @@ pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
 }
 
 /// A change the watch saw.
@@ -120,6 +122,8 @@ struct RawKv {
     value: String,
     #[serde(default, deserialize_with = "int")]
     mod_revision: i64,
+    #[serde(default, deserialize_with = "int")]
+    lease: i64,
 }
 
 impl RawKv {
@@ -132,6 +136,7 @@ impl RawKv {
             key: String::from_utf8_lossy(&B64.decode(self.key).map_err(bad)?).into_owned(),
             value: B64.decode(self.value).map_err(bad)?,
             mod_revision: self.mod_revision,
+            lease: self.lease,
         })
     }
 }
