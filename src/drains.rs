@@ -129,6 +129,8 @@ pub trait SharedDrains {
     fn replace(&mut self, all: BTreeMap<String, Intent>);
     /// One intent the fleet's store changed.
     fn apply(&mut self, region: &str, intent: Intent);
+    /// The fleet's intent for `region` as last applied.
+    fn intent(&self, region: &str) -> Option<Intent>;
     /// Records an intent made while the fleet was unreachable.
     fn hold(&mut self, region: &str, intent: Intent);
     /// The held intents, to write to the fleet now that it is back.

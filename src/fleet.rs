@@ -112,6 +112,17 @@ impl FleetMetrics {
     }
 }
 
+/// The drain keys of a fleet as one read found them.
+#[derive(Debug, Clone, Default)]
+pub struct DrainRead {
+    pub revision: i64,
+    /// Readable records, with their revision.
+    pub good: BTreeMap<String, (FleetDrain, i64)>,
+    /// Unreadable values: revision and why. Their regions keep the drain
+    /// last applied, on a watching instance and a restarted one alike.
+    pub bad: BTreeMap<String, (i64, String)>,
+}
+
 /// One router's membership of a fleet.
 #[derive(Debug)]
 pub struct Fleet {
@@ -159,6 +170,9 @@ pub struct FleetStatus {
     pub gone: Vec<String>,
     /// The fleet's drain intents, by region.
     pub drains: BTreeMap<String, FleetDrain>,
+    /// Drain keys whose value is not a readable record, and why: their
+    /// regions keep the drain each instance last applied.
+    pub malformed: BTreeMap<String, String>,
     /// The revision of the fleet's policy (0: none pushed).
     pub policy_revision: i64,
 }
@@ -289,23 +303,36 @@ impl Fleet {
 
     /// Every drain intent of the fleet, and the revision it was read at.
     pub async fn drains(&self) -> Result<(i64, BTreeMap<String, (FleetDrain, i64)>), EtcdError> {
+        let read = self.read_drains().await?;
+        Ok((read.revision, read.good))
+    }
+
+    /// Every drain key of the fleet, read once: the good records and the
+    /// unreadable ones (with their revision, so that a guarded write can
+    /// still compare them, and why).
+    pub async fn read_drains(&self) -> Result<DrainRead, EtcdError> {
         let dir = self.keys.drains();
         let (revision, kvs) = self.etcd.range_prefix(&dir).await?;
-        let mut out = BTreeMap::new();
+        let mut read = DrainRead {
+            revision,
+            good: BTreeMap::new(),
+            bad: BTreeMap::new(),
+        };
         for kv in kvs {
             let Some(region) = self.keys.name_in(&dir, &kv.key) else {
                 continue;
             };
-            match serde_json::from_slice::<FleetDrain>(&kv.value) {
+            match FleetDrain::read(&kv.value) {
                 Ok(d) => {
-                    out.insert(region.to_owned(), (d, kv.mod_revision));
+                    read.good.insert(region.to_owned(), (d, kv.mod_revision));
                 }
-                Err(e) => {
-                    tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %e, "a drain in etcd is not readable; ignored");
+                Err(why) => {
+                    tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %why, "a drain in etcd is not readable; its region keeps the drain last applied");
+                    read.bad.insert(region.to_owned(), (kv.mod_revision, why));
                 }
             }
         }
-        Ok((revision, out))
+        Ok(read)
     }
 
     /// Writes a drain intent for `region` to the fleet. With a `guard` (a drain
@@ -331,8 +358,12 @@ impl Fleet {
             return Ok(revision);
         };
         for _ in 0..8 {
-            let (_, fleet) = self.drains().await?;
-            let drained = |r: &str| fleet.get(r).is_some_and(|(d, _)| d.drained);
+            let read = self.read_drains().await?;
+            let fleet = &read.good;
+            // An unreadable value counts as drained: instances keep the drain
+            // they last applied, which may be one.
+            let drained =
+                |r: &str| fleet.get(r).is_some_and(|(d, _)| d.drained) || read.bad.contains_key(r);
             let serving_after = guard
                 .regions
                 .iter()
@@ -352,7 +383,14 @@ impl Fleet {
                 .iter()
                 .map(|(r, _)| Unchanged {
                     key: self.keys.drain(r),
-                    mod_revision: fleet.get(r.as_str()).map_or(0, |(_, rev)| *rev),
+                    // An unreadable value has a revision too: compared as it
+                    // is, it cannot block every guarded drain of the region's
+                    // jurisdiction.
+                    mod_revision: fleet
+                        .get(r.as_str())
+                        .map(|(_, rev)| *rev)
+                        .or_else(|| read.bad.get(r.as_str()).map(|(rev, _)| *rev))
+                        .unwrap_or(0),
                 })
                 .collect();
             let (done, revision) = self.etcd.txn(&unchanged, std::slice::from_ref(&op)).await?;
@@ -381,7 +419,10 @@ impl Fleet {
     /// The fleet now: its instances (and whether each has applied the latest
     /// drain change), the ones gone since this router last looked, its drains.
     pub async fn status(&self) -> Result<FleetStatus, EtcdError> {
-        let (_, drains) = self.drains().await?;
+        let read = self.read_drains().await?;
+        let drains = read.good;
+        let malformed: BTreeMap<String, String> =
+            read.bad.into_iter().map(|(r, (_, why))| (r, why)).collect();
         let latest = drains.values().map(|(_, rev)| *rev).max().unwrap_or(0);
         let (_, policy) = self.etcd.range_prefix(&self.keys.policy()).await?;
         let policy_revision = policy.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
@@ -430,6 +471,7 @@ impl Fleet {
             instances,
             gone,
             drains: drains.into_iter().map(|(r, (d, _))| (r, d)).collect(),
+            malformed,
             policy_revision,
         })
     }

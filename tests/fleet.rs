@@ -766,3 +766,91 @@ async fn an_instance_record_without_a_lease_is_not_a_member() {
         .collect();
     assert_eq!(names, ["r1"], "{status:?}");
 }
+
+/// A value in a drain key that is not a record (garbage, or over the size
+/// limit) is read one way: the watching instance and a restarted one both
+/// keep the region's last drain; `fleet status` names it; guarded drains of
+/// other regions are decided, not stuck; a drain of an unknown region is
+/// applied nowhere and not written to the state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_drain_value_is_read_alike_everywhere_and_blocks_nothing() {
+    let etcd = Etcd::start("malformed").await;
+    let w = World::new().await;
+    let dir = test_dir("malformed");
+    let state = |id: &str| dir.join(format!("{id}.json"));
+    for id in ["r1", "r2"] {
+        let _ = std::fs::remove_file(state(id));
+    }
+    let toml = |id: &str| {
+        w.policy(
+            &etcd,
+            "/t/malformed",
+            id,
+            &format!("[admin]\nstate_file = \"{}\"\n", toml_path(&state(id))),
+        )
+    };
+    let start = |id: &'static str| {
+        let text = toml(id);
+        async move {
+            let r = TestRouter::spawn_with_token(&text, TOKEN).await;
+            let fleet = r.control.fleet().unwrap().clone();
+            eventually("joined", move || fleet.connected()).await;
+            r
+        }
+    };
+    let r1 = start("r1").await;
+    let r2 = start("r2").await;
+    let (s, body) = admin_post(r1.admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let fleet = r1.control.fleet().unwrap().clone();
+    fleet
+        .etcd
+        .put(&fleet.keys.drain("eu1"), b"{ not a drain", None)
+        .await
+        .unwrap();
+    let big = vec![b' '; 8192];
+    fleet
+        .etcd
+        .put(&fleet.keys.drain("nowhere"), &big, None)
+        .await
+        .unwrap();
+    let value = serde_json::json!({ "drained": true, "at_ms": georouter::fleet::now_ms() });
+    fleet
+        .etcd
+        .put(
+            &fleet.keys.drain("atlantis"),
+            value.to_string().as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    // The watching instance keeps eu1 drained; a restarted one reads it alike.
+    let _ = r2.shutdown().await;
+    let r2 = start("r2").await;
+    for r in [&r1, &r2] {
+        assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"));
+    }
+    let f = fleet_view(&r2).await;
+    assert!(f["fleet"]["malformed"]["eu1"].is_string(), "{f}");
+    assert!(
+        f["fleet"]["malformed"]["nowhere"]
+            .as_str()
+            .unwrap()
+            .contains("limit"),
+        "{f}"
+    );
+    let saved = std::fs::read_to_string(state("r2")).unwrap();
+    assert!(!saved.contains("atlantis"), "{saved}");
+    // Guarded drains are decided, not stuck on the unreadable key: eu2 is
+    // refused (eu1 may be drained), us is drained.
+    let (s, body) = admin_post(r2.admin, "/regions/eu2/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 409, "{body}");
+    let (s, body) = admin_post(r2.admin, "/regions/us/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    // Writing eu1 again ends it.
+    let (s, body) = admin_post(r1.admin, "/regions/eu1/undrain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    for r in [&r1, &r2] {
+        assert_eq!(drained(r, "eu1").await, None);
+    }
+}

@@ -240,13 +240,25 @@ impl Control {
         let (_, all) = fleet.drains().await?;
         self.reconcile(fleet, &all).await?;
         // Read again: the view then includes what was just reconciled.
-        let (revision, all) = fleet.drains().await?;
-        let intents: BTreeMap<String, Intent> = all
+        let read = fleet.read_drains().await?;
+        let revision = read.revision;
+        let intents: BTreeMap<String, Intent> = read
+            .good
             .iter()
+            .filter(|(r, _)| self.knows_region(r))
             .map(|(r, (d, _))| (r.clone(), d.intent()))
             .collect();
-        self.replace_fleet_drains(intents);
-        fleet.set_applied(all.values().map(|(_, rev)| *rev).max().unwrap_or(0));
+        // An unreadable value keeps its region's last drain, as the watch does.
+        let keep: Vec<String> = read.bad.keys().cloned().collect();
+        self.replace_fleet_drains(intents, &keep);
+        fleet.set_applied(
+            read.good
+                .values()
+                .map(|(_, rev)| *rev)
+                .chain(read.bad.values().map(|(rev, _)| *rev))
+                .max()
+                .unwrap_or(0),
+        );
         let mut watch = fleet.etcd.watch(&fleet.keys.drains(), revision + 1).await?;
         fleet.set_connected(true);
         *failures = 0;
@@ -262,10 +274,13 @@ impl Control {
                         let Some(region) = fleet.keys.name_in(&dir, &kv.key) else {
                             continue;
                         };
-                        match serde_json::from_slice::<FleetDrain>(&kv.value) {
+                        match FleetDrain::read(&kv.value) {
+                            Ok(_) if !self.knows_region(region) => {
+                                tracing::warn!(target: "georouter::fleet", key = %kv.key, "a drain in etcd names no region of this policy; ignored");
+                            }
                             Ok(d) => self.apply_fleet_intent(region, d.intent(), kv.mod_revision),
                             Err(e) => {
-                                tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %e, "a drain in etcd is not readable; ignored")
+                                tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %e, "a drain in etcd is not readable; its region keeps the drain last applied")
                             }
                         }
                     }
@@ -286,10 +301,23 @@ impl Control {
         }
     }
 
-    fn replace_fleet_drains(&self, intents: BTreeMap<String, Intent>) {
+    /// Whether `region` is in the policy in service: a drain of any other
+    /// name is neither applied nor written to the state file.
+    fn knows_region(&self, region: &str) -> bool {
+        self.lock().table.region_by_name(region).is_some()
+    }
+
+    /// The fleet's intents from a full read; the regions in `keep` (their
+    /// value unreadable) keep the intent they had.
+    fn replace_fleet_drains(&self, mut intents: BTreeMap<String, Intent>, keep: &[String]) {
         let mut inner = self.lock();
         let before: Vec<String> = inner.drains.iter().map(|(r, _)| r.clone()).collect();
         if let Some(shared) = inner.drains.shared() {
+            for region in keep {
+                if let Some(last) = shared.intent(region) {
+                    intents.insert(region.clone(), last);
+                }
+            }
             shared.replace(intents);
         }
         let after: Vec<String> = inner.drains.iter().map(|(r, _)| r.clone()).collect();

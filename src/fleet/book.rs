@@ -186,6 +186,10 @@ impl SharedDrains for FleetBook {
         self.rebuild();
     }
 
+    fn intent(&self, region: &str) -> Option<Intent> {
+        self.shared.get(region).cloned()
+    }
+
     fn hold(&mut self, region: &str, mut intent: Intent) {
         if let Some(d) = &mut intent.drain {
             d.scope = Scope::Pending;

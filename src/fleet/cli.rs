@@ -206,5 +206,11 @@ pub fn render(status: &FleetStatus) -> String {
             d.reason, d.by, d.instance
         );
     }
+    for (region, why) in &status.malformed {
+        let _ = writeln!(
+            out,
+            "  UNREADABLE drain of {region}: {why} (instances keep the drain last applied; drain or undrain it again)"
+        );
+    }
     out
 }

@@ -81,7 +81,22 @@ pub struct FleetDrain {
     pub force: bool,
 }
 
+/// The largest drain value read, in bytes: a record is a few hundred.
+pub const MAX_DRAIN_VALUE: usize = 4096;
+
 impl FleetDrain {
+    /// One reading of a stored value, for the watch and a full read alike:
+    /// the record, or why it is not one (too large, not JSON of this shape).
+    pub fn read(value: &[u8]) -> Result<FleetDrain, String> {
+        if value.len() > MAX_DRAIN_VALUE {
+            return Err(format!(
+                "{} bytes, over the {MAX_DRAIN_VALUE}-byte limit",
+                value.len()
+            ));
+        }
+        serde_json::from_slice(value).map_err(|e| e.to_string())
+    }
+
     pub fn intent(&self) -> Intent {
         Intent {
             drain: self.drained.then(|| Drain {
