@@ -160,6 +160,9 @@ impl Control {
         }
         let mut drains = drains;
         drains.set_fences(fences(&table));
+        if let Some(f) = &fleet {
+            f.remember_epoch(drains.fleet_epoch());
+        }
         let mut regions: HashMap<RegionName, Record> = table
             .regions()
             .iter()

@@ -108,6 +108,14 @@ pub trait DrainStore: Send + std::fmt::Debug {
     fn refused(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// The fleet's epoch kept from the etcd history last followed.
+    fn fleet_epoch(&self) -> Option<String> {
+        None
+    }
+    /// Keeps the fleet's epoch.
+    fn set_fleet_epoch(&mut self, _epoch: Option<String>) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Every partial drain kept, by region name.
     fn scales(&self) -> Vec<(String, Scale)>;
     /// Keeps (`Some`) or forgets (`None`) a region's partial drain.
@@ -182,6 +190,9 @@ struct StateFile {
     /// Partial drains (absent in files written before they existed).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     capacity: BTreeMap<String, Scale>,
+    /// The fleet's epoch in the etcd history last followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet_epoch: Option<String>,
 }
 
 /// Drains by region name; regions that left the policy keep theirs, so a region
@@ -190,6 +201,7 @@ struct StateFile {
 pub struct Drains {
     by_region: BTreeMap<String, Drain>,
     scales: BTreeMap<String, Scale>,
+    fleet_epoch: Option<String>,
     file: Option<PathBuf>,
 }
 
@@ -217,6 +229,7 @@ impl Drains {
         Ok(Drains {
             by_region: state.drains,
             scales: state.capacity,
+            fleet_epoch: state.fleet_epoch,
             file: Some(path.to_owned()),
         })
     }
@@ -238,6 +251,7 @@ impl Drains {
         let state = StateFile {
             drains: self.by_region.clone(),
             capacity: self.scales.clone(),
+            fleet_epoch: self.fleet_epoch.clone(),
         };
         let mut text = serde_json::to_vec_pretty(&state).expect("drains serialise");
         text.push(b'\n');
@@ -276,6 +290,18 @@ impl DrainStore for Drains {
             Some(d) => self.by_region.insert(region.to_owned(), d),
             None => self.by_region.remove(region),
         };
+        Ok(self.save()?)
+    }
+
+    fn fleet_epoch(&self) -> Option<String> {
+        self.fleet_epoch.clone()
+    }
+
+    fn set_fleet_epoch(&mut self, epoch: Option<String>) -> Result<(), StoreError> {
+        if self.fleet_epoch == epoch {
+            return Ok(());
+        }
+        self.fleet_epoch = epoch;
         Ok(self.save()?)
     }
 

@@ -61,6 +61,7 @@ pub struct FleetMetrics {
     pub applied_revision: IntGauge,
     pub lag_seconds: Gauge,
     pub leases_lost: prometheus::IntCounter,
+    pub history_changed: IntGauge,
 }
 
 impl FleetMetrics {
@@ -96,6 +97,10 @@ impl FleetMetrics {
                 "The etcd revision of the last fleet drain change this instance applied.",
             ),
             lag_seconds: lag,
+            history_changed: int(
+                "georouter_fleet_history_changed",
+                "1 when the fleet's epoch in etcd is gone or changed (data loss, a restore from backup): nothing from etcd is applied until `georouter fleet restore`.",
+            ),
             leases_lost: {
                 let c = prometheus::IntCounter::new(
                     "georouter_fleet_leases_lost_total",
@@ -142,6 +147,10 @@ pub struct Fleet {
     seen: Mutex<BTreeMap<String, u64>>,
     /// The fleet policy in service here, and the last one refused.
     policy: Mutex<(i64, Option<Rejection>)>,
+    /// The fleet's epoch in the etcd history this instance follows.
+    epoch: Mutex<Option<String>>,
+    /// The epoch is gone or changed: nothing read from etcd is applied.
+    history_changed: AtomicBool,
 }
 
 /// An instance as `GET /fleet` and `georouter fleet status` show it.
@@ -154,6 +163,8 @@ pub struct InstanceView {
     pub applied_revision: i64,
     /// It has applied the fleet's latest drain change.
     pub in_step: bool,
+    /// It follows another etcd history: not in step whatever its revisions.
+    pub history_changed: bool,
     pub policy_generation: u64,
     pub seconds_since_report: f64,
     pub regions: BTreeMap<String, String>,
@@ -223,7 +234,94 @@ impl Fleet {
             reset: tokio::sync::Notify::new(),
             seen: Mutex::new(BTreeMap::new()),
             policy: Mutex::new((0, None)),
+            epoch: Mutex::new(None),
+            history_changed: AtomicBool::new(false),
         })
+    }
+
+    /// The epoch this instance knew before (its state file).
+    pub fn remember_epoch(&self, epoch: Option<String>) {
+        if let Ok(mut e) = self.epoch.lock() {
+            *e = epoch;
+        }
+    }
+
+    pub fn epoch(&self) -> Option<String> {
+        self.epoch.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// etcd's history changed under this instance: it serves what it last
+    /// applied and applies nothing from etcd until `georouter fleet restore`.
+    pub fn history_changed(&self) -> bool {
+        self.history_changed.load(Ordering::Acquire)
+    }
+
+    /// Checks the fleet's identity in etcd: a fleet without an epoch gets
+    /// one (once, by a transaction); an instance that knew an epoch and finds
+    /// it gone or changed stops applying etcd's state (and forgets the
+    /// revisions of the old history).
+    pub async fn check_epoch(&self) -> Result<(), EtcdError> {
+        let key = self.keys.epoch();
+        let read = |kvs: Vec<etcd::Kv>| {
+            kvs.into_iter()
+                .find(|kv| kv.key == key)
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        };
+        let (_, kvs) = self.etcd.range_prefix(&key).await?;
+        let mut found = read(kvs);
+        let remembered = self.epoch();
+        if remembered.is_none() && found.is_none() {
+            let mine = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+            let op = Op::Put {
+                key: key.clone(),
+                value: mine.into_bytes(),
+                lease: None,
+            };
+            let absent = Unchanged {
+                key: key.clone(),
+                mod_revision: 0,
+            };
+            self.etcd.txn(&[absent], &[op]).await?;
+            let (_, kvs) = self.etcd.range_prefix(&key).await?;
+            found = read(kvs);
+        }
+        match (remembered, found) {
+            (None, Some(found)) => {
+                self.remember_epoch(Some(found));
+                Ok(())
+            }
+            (Some(r), Some(f)) if r == f => {
+                if self.history_changed.swap(false, Ordering::AcqRel) {
+                    tracing::info!(target: "georouter::fleet", epoch = %f, "the fleet's epoch is back in etcd: following it again");
+                }
+                self.set_history_gauge(false);
+                Ok(())
+            }
+            (Some(remembered), found) => {
+                if !self.history_changed.swap(true, Ordering::AcqRel) {
+                    // Revisions of the old history compare with nothing now.
+                    self.applied.store(0, Ordering::Release);
+                    if let Ok(mut p) = self.policy.lock() {
+                        *p = (0, None);
+                    }
+                }
+                self.set_history_gauge(true);
+                Err(EtcdError::HistoryChanged {
+                    remembered,
+                    found: found.map_or("gone".to_owned(), |f| format!("now {f}")),
+                })
+            }
+            (None, None) => Err(EtcdError::Decode {
+                call: "epoch",
+                detail: "the fleet epoch could not be written".to_owned(),
+            }),
+        }
+    }
+
+    fn set_history_gauge(&self, changed: bool) {
+        if let Some(m) = &self.metrics {
+            m.history_changed.set(i64::from(changed));
+        }
     }
 
     pub fn instance(&self) -> &str {
@@ -442,7 +540,8 @@ impl Fleet {
             instances.push(InstanceView {
                 policy_revision: r.policy_revision,
                 policy_rejected: r.policy_rejected,
-                in_step: r.applied_revision >= latest,
+                in_step: !r.history_changed && r.applied_revision >= latest,
+                history_changed: r.history_changed,
                 applied_revision: r.applied_revision,
                 policy_generation: r.policy_generation,
                 seconds_since_report: now.saturating_sub(r.at_ms) as f64 / 1000.0,

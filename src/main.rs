@@ -125,6 +125,14 @@ enum FleetCommand {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// After etcd lost its data (or was restored from another time): write back
+    /// the fleet's epoch and the fleet drains an instance last applied, from its
+    /// state file, so every instance follows etcd again.
+    Restore {
+        /// An instance's state file (admin.state_file).
+        #[arg(long, value_name = "STATE_FILE")]
+        from: PathBuf,
+    },
     /// Undrain a region on every instance.
     Undrain {
         /// The region to undrain (its name in the policy).
@@ -587,6 +595,11 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
         }
         FleetCommand::Undrain { region, wait } => {
             cli::set_drain(&fleet, &config, &region, None, false, wait).await?
+        }
+        FleetCommand::Restore { from } => {
+            let text = cli::restore(&fleet, &from).await?;
+            std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
+            return Ok(());
         }
     };
     let text = cli::summary(revision, &status);

@@ -52,6 +52,7 @@ pub const FLEET_NAMES: &[&str] = &[
     "georouter_fleet_applied_revision",
     "georouter_fleet_lag_seconds",
     "georouter_fleet_leases_lost_total",
+    "georouter_fleet_history_changed",
 ];
 
 #[derive(Debug, Clone)]

@@ -126,7 +126,7 @@ fn the_cli_works_from_any_directory() {
 /// the commit; completion scripts come out for the usual shells.
 #[test]
 fn every_flag_has_help_the_version_names_the_commit_and_completions_exist() {
-    let commands: [&[&str]; 12] = [
+    let commands: [&[&str]; 13] = [
         &[],
         &["run"],
         &["check"],
@@ -137,6 +137,7 @@ fn every_flag_has_help_the_version_names_the_commit_and_completions_exist() {
         &["fleet", "drain"],
         &["fleet", "undrain"],
         &["fleet", "push"],
+        &["fleet", "restore"],
         &["completions"],
         &["geo"],
     ];

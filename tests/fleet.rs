@@ -854,3 +854,77 @@ async fn a_malformed_drain_value_is_read_alike_everywhere_and_blocks_nothing() {
         assert_eq!(drained(r, "eu1").await, None);
     }
 }
+
+/// etcd restarted empty under the fleet: every instance notices the fleet's
+/// epoch is gone, keeps its drains (fail static), says its history changed
+/// and is not counted in step; `fleet restore` from an instance's state file
+/// puts the epoch and the drains back and the fleet follows etcd again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_data_loss_keeps_every_drain_until_the_fleet_is_restored() {
+    let mut etcd = Etcd::start("wiped").await;
+    let w = World::new().await;
+    let dir = test_dir("wiped");
+    let state = |id: &str| dir.join(format!("{id}.json"));
+    let mut routers = Vec::new();
+    for id in ["r1", "r2"] {
+        let _ = std::fs::remove_file(state(id));
+        let toml = w.policy(
+            &etcd,
+            "/t/wiped",
+            id,
+            &format!("[admin]\nstate_file = \"{}\"\n", toml_path(&state(id))),
+        );
+        let r = TestRouter::spawn_with_token(&toml, TOKEN).await;
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("joined", move || fleet.connected()).await;
+        routers.push(r);
+    }
+    let (s, body) = admin_post(routers[0].admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let load = Load::start(routers[1].url("/"), 2);
+    etcd.wipe().await;
+    for r in &routers {
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("the history change noticed", move || {
+            fleet.history_changed()
+        })
+        .await;
+    }
+    // Well after: the drains hold, nothing failed.
+    load.wait_for(load.sent() + 200).await;
+    for r in &routers {
+        assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"));
+        let m = String::from_utf8(r.state.metrics.render()).unwrap();
+        assert!(m.contains("georouter_fleet_history_changed 1"), "{m}");
+    }
+    let status = routers[0].control.fleet().unwrap().status().await.unwrap();
+    assert!(
+        status.instances.iter().all(|i| !i.in_step),
+        "acknowledged across histories: {status:?}"
+    );
+    let report = load.stop().await;
+    assert!(report.failed().is_empty(), "{:?}", report.failed());
+    assert_eq!(report.served_by("eu1"), 0, "a drained region served");
+
+    let fleet = routers[0].control.fleet().unwrap().clone();
+    let text = georouter::fleet::cli::restore(&fleet, &state("r1"))
+        .await
+        .unwrap();
+    assert!(text.contains("restored: eu1"), "{text}");
+    for r in &routers {
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("following etcd again", move || {
+            !fleet.history_changed() && fleet.connected()
+        })
+        .await;
+        assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"));
+    }
+    let (s, body) = admin_post(routers[1].admin, "/regions/us/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["fleet"]["acknowledged"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
+}

@@ -64,6 +64,9 @@ impl Control {
         fleet: &Fleet,
         failures: &mut usize,
     ) -> Result<(), EtcdError> {
+        if fleet.history_changed() {
+            return Err(history_changed(fleet));
+        }
         let key = fleet.keys.policy();
         let (revision, kvs) = fleet.etcd.range_prefix(&key).await?;
         if let Some(kv) = kvs.into_iter().find(|kv| kv.key == key) {
@@ -126,6 +129,9 @@ impl Control {
     }
 
     async fn follow_scales(&self, fleet: &Fleet, failures: &mut usize) -> Result<(), EtcdError> {
+        if fleet.history_changed() {
+            return Err(history_changed(fleet));
+        }
         let dir = fleet.keys.scales();
         let (revision, kvs) = fleet.etcd.range_prefix(&dir).await?;
         let mut all = BTreeMap::new();
@@ -217,6 +223,12 @@ impl Control {
                 Err(EtcdError::Compacted(_)) => {
                     tracing::info!(target: "georouter::fleet", "the watch fell behind etcd's compaction; reading every drain again");
                 }
+                Err(e @ EtcdError::HistoryChanged { .. }) => {
+                    static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                    if let Some(suppressed) = LOG.allow() {
+                        tracing::error!(target: "georouter::fleet", error = %e, suppressed, "etcd lost the fleet's history; serving with the drains last applied");
+                    }
+                }
                 Err(e) => {
                     static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
                     if let Some(suppressed) = LOG.allow() {
@@ -237,6 +249,14 @@ impl Control {
     /// Reads every drain, reconciles what was held, then follows the changes
     /// until the link breaks.
     async fn sync_and_watch(&self, fleet: &Fleet, failures: &mut usize) -> Result<(), EtcdError> {
+        // The same etcd history, or nothing from it is applied.
+        fleet.check_epoch().await?;
+        {
+            let mut inner = self.lock();
+            if let Err(e) = inner.drains.set_fleet_epoch(fleet.epoch()) {
+                tracing::warn!(target: "georouter::fleet", error = %e, "the fleet's epoch could not be kept in the state file");
+            }
+        }
         let (_, all) = fleet.drains().await?;
         self.reconcile(fleet, &all).await?;
         // Read again: the view then includes what was just reconciled.
@@ -493,6 +513,7 @@ impl Control {
             .collect();
         let (policy_revision, policy_rejected) = fleet.policy_state();
         InstanceRecord {
+            history_changed: fleet.history_changed(),
             policy_revision,
             policy_rejected,
             instance: fleet.instance().to_owned(),
@@ -506,6 +527,14 @@ impl Control {
 
 /// The watch's next changes, or an error as soon as the heartbeat finds etcd
 /// gone (a partition can leave the watch's connection silent, not closed).
+/// Why a follower applies nothing: etcd's history changed under the fleet.
+fn history_changed(fleet: &Fleet) -> EtcdError {
+    EtcdError::HistoryChanged {
+        remembered: fleet.epoch().unwrap_or_default(),
+        found: "changed".to_owned(),
+    }
+}
+
 /// A partial drain read from etcd: its region and record; an unreadable one
 /// is logged and ignored.
 fn read_scale<'k>(

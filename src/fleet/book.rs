@@ -164,6 +164,14 @@ impl DrainStore for FleetBook {
             .collect()
     }
 
+    fn fleet_epoch(&self) -> Option<String> {
+        self.file.fleet_epoch()
+    }
+
+    fn set_fleet_epoch(&mut self, epoch: Option<String>) -> Result<(), StoreError> {
+        self.file.set_fleet_epoch(epoch)
+    }
+
     /// Partial drains, the fleet's and local ones alike, live in the state
     /// file: a restart without etcd still applies them.
     fn scales(&self) -> Vec<(String, Scale)> {

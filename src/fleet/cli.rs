@@ -25,6 +25,10 @@ pub enum CliError {
     Fleet(#[from] FleetError),
     #[error(transparent)]
     Etcd(#[from] super::etcd::EtcdError),
+    #[error(transparent)]
+    StateFile(#[from] crate::drains::StateFileError),
+    #[error("{0}: no fleet epoch in this state file: it was not written by an instance of a fleet (use the admin.state_file of one)")]
+    NoEpoch(String),
 }
 
 /// The fleet of a policy file.
@@ -167,7 +171,13 @@ pub fn render(status: &FleetStatus) -> String {
             out,
             "  {:<24} {:<11} applied {:<8} policy generation {:<4} reported {:.1}s ago",
             i.instance,
-            if i.in_step { "in step" } else { "LAGGING" },
+            if i.history_changed {
+                "HISTORY CHANGED"
+            } else if i.in_step {
+                "in step"
+            } else {
+                "LAGGING"
+            },
             i.applied_revision,
             i.policy_generation,
             i.seconds_since_report
@@ -213,4 +223,45 @@ pub fn render(status: &FleetStatus) -> String {
         );
     }
     out
+}
+
+/// `georouter fleet restore --from STATE_FILE`: writes the fleet's epoch and
+/// the fleet drains an instance last applied (its state file) back to etcd,
+/// after etcd lost its data. Instances that kept that epoch follow etcd again.
+pub async fn restore(fleet: &Fleet, state_file: &std::path::Path) -> Result<String, CliError> {
+    use crate::drains::DrainStore;
+    let shown = state_file.display().to_string();
+    if !state_file.exists() {
+        return Err(CliError::Read(
+            shown,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    let saved = crate::drains::Drains::load(Some(state_file))?;
+    let epoch = saved.fleet_epoch().ok_or(CliError::NoEpoch(shown))?;
+    let mut out = String::new();
+    for (region, d) in saved.iter() {
+        if d.scope != Scope::Fleet {
+            continue;
+        }
+        let intent = Intent {
+            drain: Some(d.clone()),
+            at_ms: d.since.saturating_mul(1000),
+        };
+        fleet.write_drain(region, &intent, None).await?;
+        let _ = writeln!(
+            out,
+            "restored: {region} drained ({}; by {})",
+            d.reason, d.by
+        );
+    }
+    fleet
+        .etcd
+        .put(&fleet.keys.epoch(), epoch.as_bytes(), None)
+        .await?;
+    let _ = writeln!(
+        out,
+        "fleet epoch {epoch} written back: instances that kept it follow etcd again"
+    );
+    Ok(out)
 }

@@ -33,6 +33,11 @@ pub enum EtcdError {
     Tls(#[from] crate::tls::TlsError),
     #[error("etcd password: {0}")]
     Password(String),
+    /// The fleet's epoch key is gone or changed: etcd lost its data or was
+    /// restored from another time. Revisions of the two histories mean nothing
+    /// to each other.
+    #[error("etcd's history changed (the fleet epoch this instance knows, {remembered}, is {found}): keeping the drains and policy last applied until an operator runs `georouter fleet restore`")]
+    HistoryChanged { remembered: String, found: String },
 }
 
 impl EtcdError {

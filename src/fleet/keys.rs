@@ -6,6 +6,7 @@
 //! {prefix}/capacity/{region}    a partial drain (FleetScale): the share of clients kept
 //! {prefix}/instances/{id}       an instance's acknowledgement (InstanceRecord), on its lease
 //! {prefix}/policy               the fleet's policy, TOML (with fleet.policy = true)
+//! {prefix}/epoch                the fleet's identity in this etcd history (random, written once)
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,6 +42,10 @@ impl Keys {
 
     pub fn scale(&self, region: &str) -> String {
         format!("{}/capacity/{region}", self.prefix)
+    }
+
+    pub fn epoch(&self) -> String {
+        format!("{}/epoch", self.prefix)
     }
 
     pub fn policy(&self) -> String {
@@ -174,6 +179,10 @@ pub struct InstanceRecord {
     pub policy_rejected: Option<Rejection>,
     /// When it wrote this, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// It follows another etcd history (the fleet's epoch changed): its
+    /// revisions mean nothing here.
+    #[serde(default)]
+    pub history_changed: bool,
 }
 
 /// A fleet policy an instance refused: it keeps serving the one before.

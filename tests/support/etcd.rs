@@ -160,6 +160,14 @@ impl Etcd {
         self.run().await;
     }
 
+    /// Starts it again on the same ports with no data: a disk lost, or a
+    /// restore that went wrong.
+    pub async fn wipe(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("data"));
+        self.run().await;
+    }
+
     /// Compacts etcd's history up to its current revision.
     pub fn compact(&self) {
         let out = std::process::Command::new("curl")
