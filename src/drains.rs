@@ -193,6 +193,17 @@ struct StateFile {
     /// The fleet's epoch in the etcd history last followed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fleet_epoch: Option<String>,
+    /// Drains and undrains made while etcd was unreachable, with their exact
+    /// time, still to be written to the fleet.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    held: BTreeMap<String, HeldIntent>,
+}
+
+/// An intent held while etcd was unreachable, as the state file keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HeldIntent {
+    drain: Option<Drain>,
+    at_ms: u64,
 }
 
 /// Drains by region name; regions that left the policy keep theirs, so a region
@@ -202,6 +213,7 @@ pub struct Drains {
     by_region: BTreeMap<String, Drain>,
     scales: BTreeMap<String, Scale>,
     fleet_epoch: Option<String>,
+    held: BTreeMap<String, HeldIntent>,
     file: Option<PathBuf>,
 }
 
@@ -230,6 +242,7 @@ impl Drains {
             by_region: state.drains,
             scales: state.capacity,
             fleet_epoch: state.fleet_epoch,
+            held: state.held,
             file: Some(path.to_owned()),
         })
     }
@@ -237,6 +250,43 @@ impl Drains {
     /// Replaces every drain and writes the file.
     pub fn replace(&mut self, all: BTreeMap<String, Drain>) -> Result<(), StateFileError> {
         self.by_region = all;
+        self.save()
+    }
+
+    /// The intents held while etcd was unreachable, as last kept.
+    pub fn held(&self) -> BTreeMap<String, Intent> {
+        self.held
+            .iter()
+            .map(|(r, h)| {
+                (
+                    r.clone(),
+                    Intent {
+                        drain: h.drain.clone(),
+                        at_ms: h.at_ms,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Keeps the held intents (undrains too) with their exact time.
+    pub fn set_held(&mut self, held: &BTreeMap<String, Intent>) -> Result<(), StateFileError> {
+        let next: BTreeMap<String, HeldIntent> = held
+            .iter()
+            .map(|(r, i)| {
+                (
+                    r.clone(),
+                    HeldIntent {
+                        drain: i.drain.clone(),
+                        at_ms: i.at_ms,
+                    },
+                )
+            })
+            .collect();
+        if next == self.held {
+            return Ok(());
+        }
+        self.held = next;
         self.save()
     }
 
@@ -252,6 +302,7 @@ impl Drains {
             drains: self.by_region.clone(),
             capacity: self.scales.clone(),
             fleet_epoch: self.fleet_epoch.clone(),
+            held: self.held.clone(),
         };
         let mut text = serde_json::to_vec_pretty(&state).expect("drains serialise");
         text.push(b'\n');

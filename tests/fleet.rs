@@ -928,3 +928,46 @@ async fn etcd_data_loss_keeps_every_drain_until_the_fleet_is_restored() {
         "{v}"
     );
 }
+
+/// An undrain made while etcd is unreachable holds on the instance, survives
+/// its restart (still without etcd), and reaches the fleet when etcd is back:
+/// the fleet's older drain does not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_undrain_survives_a_restart() {
+    let mut etcd = Etcd::start("held-undrain").await;
+    let w = World::new().await;
+    let dir = test_dir("held-undrain");
+    let state = dir.join("r1.json");
+    let _ = std::fs::remove_file(&state);
+    let toml = w.policy(
+        &etcd,
+        "/t/held-undrain",
+        "r1",
+        &format!("[admin]\nstate_file = \"{}\"\n", toml_path(&state)),
+    );
+    let start = || async {
+        let r = TestRouter::spawn_with_token(&toml, TOKEN).await;
+        eventually("ready", || r.control.ready()).await;
+        r
+    };
+    let r = start().await;
+    let fleet = r.control.fleet().unwrap().clone();
+    eventually("joined", move || fleet.connected()).await;
+    let (s, body) = admin_post(r.admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    etcd.kill();
+    let fleet = r.control.fleet().unwrap().clone();
+    eventually("etcd gone", move || !fleet.connected()).await;
+    let (s, body) = admin_post(r.admin, "/regions/eu1/undrain", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(drained(&r, "eu1").await, None);
+    let _ = r.shutdown().await;
+    let r = start().await;
+    assert_eq!(drained(&r, "eu1").await, None, "the held undrain was lost");
+    etcd.restart().await;
+    let fleet = r.control.fleet().unwrap().clone();
+    eventually("back", move || fleet.connected()).await;
+    let f = fleet_view(&r).await;
+    assert_eq!(f["fleet"]["drains"]["eu1"]["drained"], false, "{f}");
+    assert_eq!(drained(&r, "eu1").await, None);
+}

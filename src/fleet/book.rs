@@ -46,6 +46,10 @@ impl FleetBook {
             .iter()
             .map(|(r, d)| (r.clone(), d.clone()))
             .collect();
+        // Held intents, undrains too, with their exact time; files written
+        // before they were kept have only the held drains (scope pending).
+        book.held = book.file.held();
+        let exact = !book.held.is_empty();
         for (region, d) in known {
             let at_ms = d.since * 1000;
             match d.scope {
@@ -61,6 +65,7 @@ impl FleetBook {
                         },
                     );
                 }
+                Scope::Pending if exact => {}
                 Scope::Pending => {
                     book.held.insert(
                         region,
@@ -74,6 +79,14 @@ impl FleetBook {
         }
         book.rebuild();
         book
+    }
+
+    /// The held intents into the state file: a restart before etcd is back
+    /// loses none of them, undrains included.
+    fn keep_held(&mut self) {
+        if let Err(e) = self.file.set_held(&self.held) {
+            tracing::warn!(error = %e, "a held drain change applies but could not be written to the state file");
+        }
     }
 
     fn rebuild(&mut self) {
@@ -203,6 +216,7 @@ impl SharedDrains for FleetBook {
             d.scope = Scope::Pending;
         }
         self.held.insert(region.to_owned(), intent);
+        self.keep_held();
         self.rebuild();
     }
 
@@ -215,6 +229,7 @@ impl SharedDrains for FleetBook {
 
     fn release(&mut self, region: &str) {
         self.held.remove(region);
+        self.keep_held();
         self.rebuild();
     }
 }
