@@ -42,6 +42,9 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// A mutating admin token given on the command line (the demo's `--admin-token`).
     pub admin_token: Option<String>,
+    /// The config is the fleet policy accepted at this etcd revision (kept
+    /// from before a restart); 0: the bootstrap file.
+    pub fleet_policy_revision: i64,
 }
 
 pub(crate) struct Inner {
@@ -68,6 +71,9 @@ pub struct Control {
     /// What the policy file says of the sections read only at start, when it
     /// differs from what is in service (TOML; empty: nothing waits).
     pending_restart: Mutex<String>,
+    /// This instance's own state file (its start policy's), where a fleet
+    /// policy it accepts is kept too.
+    state_file: Option<PathBuf>,
     /// Recent health transitions, drains and reloads, for the status page.
     journal: journal::Journal,
 }
@@ -140,6 +146,7 @@ impl Control {
         shutdown: Shutdown,
     ) -> Result<Arc<Control>, StartError> {
         let config = state.config.load_full();
+        let state_file = config.admin.state_file.clone();
         let current = state.routing.load_full();
         let table = current.table.clone();
         let auth = AdminAuth::from_settings(&config.admin, options.admin_token.as_deref())?;
@@ -162,6 +169,9 @@ impl Control {
         drains.set_fences(fences(&table));
         if let Some(f) = &fleet {
             f.remember_epoch(drains.fleet_epoch());
+            if options.fleet_policy_revision > 0 {
+                f.set_policy(options.fleet_policy_revision, Ok(()));
+            }
         }
         let mut regions: HashMap<RegionName, Record> = table
             .regions()
@@ -194,6 +204,7 @@ impl Control {
             state,
             fleet,
             pending_restart: Mutex::new(String::new()),
+            state_file,
             journal: journal::Journal::default(),
         });
         control.state.metrics.config_generation.set(1);

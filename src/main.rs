@@ -387,12 +387,22 @@ async fn serve(config: Config, options: control::Options) -> Result<()> {
 }
 
 async fn run(path: PathBuf) -> Result<()> {
-    let config = Config::load(&path)?;
+    let bootstrap = Config::load(&path)?;
+    // With fleet.policy: the last fleet policy this instance accepted, not
+    // its bootstrap file.
+    let (config, fleet_policy_revision) = match georouter::fleet::last_accepted_policy(&bootstrap) {
+        Some((config, revision)) => {
+            tracing::info!(target: "georouter::fleet", revision, "serving the fleet policy accepted before the restart");
+            (config, revision)
+        }
+        None => (bootstrap, 0),
+    };
     serve(
         config,
         control::Options {
             config_path: Some(path),
             admin_token: None,
+            fleet_policy_revision,
         },
     )
     .await
@@ -432,6 +442,7 @@ async fn run_demo(
         control::Options {
             config_path: None,
             admin_token: Some(token),
+            fleet_policy_revision: 0,
         },
     )
     .await

@@ -971,3 +971,76 @@ async fn a_held_undrain_survives_a_restart() {
     assert_eq!(f["fleet"]["drains"]["eu1"]["drained"], false, "{f}");
     assert_eq!(drained(&r, "eu1").await, None);
 }
+
+/// With fleet.policy: an instance restarted while etcd is down serves the last
+/// fleet policy it accepted, not its bootstrap file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_serves_the_last_fleet_policy_it_accepted() {
+    let mut etcd = Etcd::start("kept-policy").await;
+    let w = World::new().await;
+    let dir = test_dir("kept-policy");
+    let state = dir.join("r1.json");
+    let _ = std::fs::remove_file(&state);
+    let _ = std::fs::remove_file(dir.join("r1.policy.toml"));
+    let extra = format!(
+        "policy = true\n[admin]\nstate_file = \"{}\"\n",
+        toml_path(&state)
+    );
+    let bootstrap_file = dir.join("bootstrap.toml");
+    std::fs::write(&bootstrap_file, w.policy(&etcd, "/t/kept", "r1", &extra)).unwrap();
+    let r = TestRouter::spawn_file(&bootstrap_file, Some(TOKEN)).await;
+    let fleet = r.control.fleet().unwrap().clone();
+    eventually("joined", move || fleet.connected()).await;
+    let pushed = dir.join("pushed.toml");
+    std::fs::write(
+        &pushed,
+        w.policy(&etcd, "/t/kept", "pusher", "policy = true")
+            .replace(
+                r#"regions = ["eu1", "eu2", "us"]"#,
+                r#"regions = ["eu2", "eu1", "us"]"#,
+            ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_georouter"))
+            .args(["fleet", "push", "-c", pushed.to_str().unwrap()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        get(&h1_client(), &r.url("/")).await.headers["x-georouter-region"],
+        "eu2"
+    );
+    etcd.kill();
+    let _ = r.shutdown().await;
+    // As `georouter run` starts it.
+    let bootstrap = georouter::config::Config::load(&bootstrap_file).unwrap();
+    let (config, revision) =
+        georouter::fleet::last_accepted_policy(&bootstrap).expect("the accepted policy was kept");
+    assert!(revision > 0);
+    assert_eq!(
+        config.fleet.as_ref().unwrap().instance,
+        "r1",
+        "its own identity"
+    );
+    let r = TestRouter::start(
+        config,
+        georouter::control::Options {
+            config_path: Some(bootstrap_file.clone()),
+            admin_token: Some(TOKEN.to_owned()),
+            fleet_policy_revision: revision,
+        },
+    )
+    .await;
+    assert_eq!(
+        get(&h1_client(), &r.url("/")).await.headers["x-georouter-region"],
+        "eu2"
+    );
+}

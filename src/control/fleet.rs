@@ -98,7 +98,11 @@ impl Control {
         }
         let text = String::from_utf8_lossy(&text).into_owned();
         let trigger = format!("fleet policy at revision {revision}");
-        let result = self.reload_text(text, &trigger).await;
+        let result = self.reload_text(text.clone(), &trigger).await;
+        if result.is_ok() {
+            // A restart serves it, not the bootstrap file.
+            crate::fleet::keep_accepted_policy(self.state_file.as_deref(), &text, revision);
+        }
         fleet.set_policy(revision, result.map(|_| ()).map_err(|e| e.to_string()));
     }
 

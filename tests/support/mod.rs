@@ -62,6 +62,7 @@ impl TestRouter {
             Options {
                 config_path: None,
                 admin_token: Some(token.to_owned()),
+                fleet_policy_revision: 0,
             },
         )
         .await
@@ -75,6 +76,7 @@ impl TestRouter {
             Options {
                 config_path: Some(path.to_owned()),
                 admin_token: admin_token.map(str::to_owned),
+                fleet_policy_revision: 0,
             },
         )
         .await
