@@ -304,6 +304,8 @@ impl Fleet {
                     if let Ok(mut p) = self.policy.lock() {
                         *p = (0, None);
                     }
+                    // Its record says so at once.
+                    self.applied_changed.notify_one();
                 }
                 self.set_history_gauge(true);
                 Err(EtcdError::HistoryChanged {
@@ -526,6 +528,14 @@ impl Fleet {
         let policy_revision = policy.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
         let dir = self.keys.instances();
         let (_, kvs) = self.etcd.range_prefix(&dir).await?;
+        // Acknowledgements count within one history: a record's revisions
+        // belong to the epoch it names.
+        let epoch_key = self.keys.epoch();
+        let (_, epoch) = self.etcd.range_prefix(&epoch_key).await?;
+        let epoch = epoch
+            .into_iter()
+            .find(|kv| kv.key == epoch_key)
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
         let now = now_ms();
         let mut instances = Vec::new();
         for kv in kvs {
@@ -540,7 +550,7 @@ impl Fleet {
             instances.push(InstanceView {
                 policy_revision: r.policy_revision,
                 policy_rejected: r.policy_rejected,
-                in_step: !r.history_changed && r.applied_revision >= latest,
+                in_step: !r.history_changed && r.epoch == epoch && r.applied_revision >= latest,
                 history_changed: r.history_changed,
                 applied_revision: r.applied_revision,
                 policy_generation: r.policy_generation,

@@ -255,6 +255,8 @@ impl Control {
     async fn sync_and_watch(&self, fleet: &Fleet, failures: &mut usize) -> Result<(), EtcdError> {
         // The same etcd history, or nothing from it is applied.
         fleet.check_epoch().await?;
+        // The instance's record names the epoch from now on.
+        fleet.applied_changed.notify_one();
         {
             let mut inner = self.lock();
             if let Err(e) = inner.drains.set_fleet_epoch(fleet.epoch()) {
@@ -518,6 +520,7 @@ impl Control {
         let (policy_revision, policy_rejected) = fleet.policy_state();
         InstanceRecord {
             history_changed: fleet.history_changed(),
+            epoch: fleet.epoch(),
             policy_revision,
             policy_rejected,
             instance: fleet.instance().to_owned(),

@@ -183,6 +183,9 @@ pub struct InstanceRecord {
     /// revisions mean nothing here.
     #[serde(default)]
     pub history_changed: bool,
+    /// The fleet epoch of the history its revisions belong to.
+    #[serde(default)]
+    pub epoch: Option<String>,
 }
 
 /// A fleet policy an instance refused: it keeps serving the one before.
