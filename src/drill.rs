@@ -117,6 +117,21 @@ async fn call(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// A mutating admin call (`what` names it in errors) that must answer 200.
+async fn post(o: &DrillOptions, path: &str, token: &str, what: &str) -> Result<(), DrillError> {
+    let admin_err = |detail: String| DrillError::Admin {
+        admin: o.admin,
+        detail,
+    };
+    let (status, body) = call(o.admin, Method::POST, path, Some(token))
+        .await
+        .map_err(admin_err)?;
+    if status != StatusCode::OK {
+        return Err(admin_err(format!("{what}: {status}: {}", body.trim())));
+    }
+    Ok(())
+}
+
 /// Whether the admin API shows `region` serving.
 async fn serving(o: &DrillOptions) -> Result<bool, DrillError> {
     let admin_err = |detail: String| DrillError::Admin {
@@ -336,18 +351,9 @@ pub async fn run(
                 o.region,
                 if *force { "&force=true" } else { "" }
             );
-            let (status, body) = call(o.admin, Method::POST, &path, Some(token))
-                .await
-                .map_err(|detail| DrillError::Admin {
-                    admin: o.admin,
-                    detail,
-                })?;
-            if status != StatusCode::OK {
+            if let Err(e) = post(o, &path, token, "drain").await {
                 let _ = stop.send(true);
-                return Err(DrillError::Admin {
-                    admin: o.admin,
-                    detail: format!("drain: {status}: {}", body.trim()),
-                });
+                return Err(e);
             }
         }
         Fault::Sim(sim) => {

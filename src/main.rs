@@ -526,15 +526,7 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
             .clone()
             .context("a shift needs the admin token: --token or GEOROUTER_ADMIN_TOKEN")?;
         let report = drill::shift(&options, &token, share, say).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{report}");
-        }
-        if let Some(d) = demo {
-            d.running.shutdown().await;
-        }
-        return Ok(());
+        return finish_drill(&report, args.json, demo).await;
     }
     let fault = if args.kill {
         let sims = demo
@@ -556,8 +548,17 @@ async fn drill(mut args: DrillArgs) -> Result<()> {
         }
     };
     let report = drill::run(&options, fault, say).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    finish_drill(&report, args.json, demo).await
+}
+
+/// Prints a drill's report (as JSON with `--json`) and stops the demo it ran.
+async fn finish_drill<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+    demo: Option<demo::InProcess>,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         println!("{report}");
     }

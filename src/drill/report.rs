@@ -51,15 +51,18 @@ pub struct Report {
     pub share_after: BTreeMap<String, f64>,
 }
 
+/// Each region's share, as "a 90%, b 10%".
+pub(super) fn share_line(m: &BTreeMap<String, f64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {:.0}%", v * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = |v: Option<u64>| v.map_or("not reached".to_owned(), |v| format!("{v} ms"));
-        let share = |m: &BTreeMap<String, f64>| {
-            m.iter()
-                .map(|(k, v)| format!("{k} {:.0}%", v * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let share = share_line;
         writeln!(
             f,
             "drill: {} of {} at {} req/s",

@@ -7,13 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::report::{shares, Sample};
-use super::{call, serving, start_load, DrillError, DrillOptions};
+use super::report::{share_line, shares, Sample};
+use super::{serving, start_load, DrillError, DrillOptions};
 
 #[derive(Debug, Serialize)]
 pub struct ShiftReport {
@@ -47,12 +46,7 @@ impl ShiftReport {
 
 impl std::fmt::Display for ShiftReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let share = |m: &BTreeMap<String, f64>| {
-            m.iter()
-                .map(|(k, v)| format!("{k} {:.0}%", v * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let share = share_line;
         writeln!(
             f,
             "drill: shift {:.0}% of {} at {} req/s",
@@ -96,19 +90,7 @@ impl std::fmt::Display for ShiftReport {
 /// Sets the region's capacity scale through the admin API.
 async fn set_scale(o: &DrillOptions, token: &str, keep: f64) -> Result<(), DrillError> {
     let path = format!("/regions/{}/capacity?scale={keep:.3}", o.region);
-    let (status, body) = call(o.admin, Method::POST, &path, Some(token))
-        .await
-        .map_err(|detail| DrillError::Admin {
-            admin: o.admin,
-            detail,
-        })?;
-    if status != StatusCode::OK {
-        return Err(DrillError::Admin {
-            admin: o.admin,
-            detail: format!("capacity: {status}: {}", body.trim()),
-        });
-    }
-    Ok(())
+    super::post(o, &path, token, "capacity").await
 }
 
 /// Moves `shift` (0 to 1) of the region's clients for one phase, then gives
