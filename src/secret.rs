@@ -87,7 +87,27 @@ pub fn audit(config: &Config) -> Result<Vec<String>, WorldWritable> {
             ));
         }
     }
+    warnings.extend(plain_http_password(config));
     Ok(warnings)
+}
+
+/// An etcd password sent over plain `http://`: anyone on the path can read it
+/// (and then write the fleet's drains).
+fn plain_http_password(config: &Config) -> Option<String> {
+    let fleet = config.fleet.as_ref()?;
+    let has_password = fleet.password_file.is_some() || fleet.password_env.is_some();
+    let plain: Vec<String> = fleet
+        .endpoints
+        .iter()
+        .filter(|u| u.scheme_str() == Some("http"))
+        .map(|u| u.to_string())
+        .collect();
+    (has_password && !plain.is_empty()).then(|| {
+        format!(
+            "fleet.endpoints: the etcd password goes over plain http to {}; use https:// endpoints (fleet.tls) so it cannot be read on the way",
+            plain.join(", ")
+        )
+    })
 }
 
 #[cfg(not(unix))]

@@ -486,3 +486,34 @@ fn secret_files_anyone_can_read_are_warned_about_and_world_writable_ones_refused
         "{err}"
     );
 }
+
+/// An etcd password over plain http is a warning at `check`: anyone on the
+/// path could read it and write the fleet's drains.
+#[test]
+fn an_etcd_password_over_plain_http_is_warned_about() {
+    let dir = std::env::temp_dir().join(format!("georouter-etcd-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    let write = |scheme: &str| {
+        std::fs::write(
+            &policy,
+            format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+                 [fleet]\nendpoints = [\"{scheme}://127.0.0.1:2379\"]\ninstance = \"a\"\n\
+                 username = \"router\"\npassword_env = \"GEOROUTER_TEST_ETCD_PASSWORD\"\n\
+                 [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("http");
+    let (code, out, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning: fleet.endpoints: the etcd password goes over plain http"),
+        "{out}"
+    );
+    write("https");
+    let (_, out, _) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert!(!out.contains("plain http"), "{out}");
+}
