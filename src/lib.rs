@@ -94,6 +94,7 @@ pub mod residency;
 pub mod secret;
 pub mod select;
 pub mod server;
+pub mod signing;
 pub mod sim;
 pub mod snapshot;
 pub mod table;

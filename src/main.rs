@@ -124,6 +124,17 @@ enum FleetCommand {
         /// How long to wait for every live instance to apply or refuse it.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         wait: Duration,
+        /// The operator's Ed25519 private key (PKCS#8, `fleet keygen`): instances
+        /// apply only a policy signed by one of their fleet.policy_keys.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Make an Ed25519 key pair for signing fleet policies: the private key
+    /// goes to --out (mode 600), the public key (for fleet.policy_keys) to stdout.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// After etcd lost its data (or was restored from another time): write back
     /// the fleet's epoch and the fleet drains an instance last applied, from its
@@ -570,6 +581,15 @@ async fn finish_drill<R: serde::Serialize + std::fmt::Display>(
 
 async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
     use georouter::fleet::cli;
+    if let FleetCommand::Keygen { out } = &command {
+        let public = georouter::signing::keygen(out)?;
+        println!("{public}");
+        eprintln!(
+            "private key written to {} (keep it secret); add the public key above to fleet.policy_keys",
+            out.display()
+        );
+        return Ok(());
+    }
     let path =
         config.context("fleet: name the policy file with -c FILE (its [fleet] names etcd)")?;
     let pushing = matches!(command, FleetCommand::Push { .. });
@@ -595,10 +615,10 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
             force,
             wait,
         } => cli::set_drain(&fleet, &config, &region, Some(reason), force, wait).await?,
-        FleetCommand::Push { wait } => {
+        FleetCommand::Push { wait, key } => {
             // Every check `georouter check` makes, before anything is written.
             georouter::check::check(&path).context("not pushed")?;
-            let (revision, status) = cli::push(&fleet, &path, wait).await?;
+            let (revision, status) = cli::push(&fleet, &path, &key, wait).await?;
             let text = cli::policy_summary(revision, &status);
             std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
             let (_, rejected, _) = status.policy_outcome(revision);
@@ -608,6 +628,7 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
         FleetCommand::Undrain { region, wait } => {
             cli::set_drain(&fleet, &config, &region, None, false, wait).await?
         }
+        FleetCommand::Keygen { .. } => unreachable!("handled before the policy is read"),
         FleetCommand::Restore { from } => {
             let text = cli::restore(&fleet, &from).await?;
             std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;

@@ -126,7 +126,7 @@ fn the_cli_works_from_any_directory() {
 /// the commit; completion scripts come out for the usual shells.
 #[test]
 fn every_flag_has_help_the_version_names_the_commit_and_completions_exist() {
-    let commands: [&[&str]; 13] = [
+    let commands: [&[&str]; 14] = [
         &[],
         &["run"],
         &["check"],
@@ -138,6 +138,7 @@ fn every_flag_has_help_the_version_names_the_commit_and_completions_exist() {
         &["fleet", "undrain"],
         &["fleet", "push"],
         &["fleet", "restore"],
+        &["fleet", "keygen"],
         &["completions"],
         &["geo"],
     ];

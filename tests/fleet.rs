@@ -72,6 +72,15 @@ impl World {
     }
 }
 
+/// An operator's signing key written to `dir/{name}.key`, and the `[fleet]`
+/// lines that make instances take policies it signs.
+fn signing_key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let (pkcs8, public) = georouter::signing::generate();
+    let path = dir.join(format!("{name}.key"));
+    std::fs::write(&path, pkcs8).unwrap();
+    (path, format!("policy = true\npolicy_keys = [\"{public}\"]"))
+}
+
 async fn drained(router: &TestRouter, region: &str) -> Option<String> {
     let v = region_view(router.admin, region).await;
     v["drained"]
@@ -379,9 +388,12 @@ async fn the_fleet_cli_drains_and_reports_without_any_instance_in_the_way() {
 async fn a_pushed_policy_reaches_every_instance_and_a_bad_one_replaces_none() {
     let etcd = Etcd::start("policy").await;
     let w = World::new().await;
+    let dir = test_dir("fleet-policy");
+    let (key, keys) = signing_key(&dir, "operator");
+    let (wrong_key, _) = signing_key(&dir, "stranger");
     let mut routers = Vec::new();
     for i in 1..=3 {
-        let toml = w.policy(&etcd, "/t/policy", &format!("r{i}"), "policy = true");
+        let toml = w.policy(&etcd, "/t/policy", &format!("r{i}"), &keys);
         routers.push(TestRouter::spawn_with_token(&toml, TOKEN).await);
     }
     for r in &routers {
@@ -397,19 +409,17 @@ async fn a_pushed_policy_reaches_every_instance_and_a_bad_one_replaces_none() {
     assert_eq!(s, 400, "{body}");
     assert!(body.contains("georouter fleet push"), "{body}");
 
-    let dir = test_dir("fleet-policy");
     let file = dir.join("policy.toml");
-    let pushed = w
-        .policy(&etcd, "/t/policy", "pusher", "policy = true")
-        .replace(
-            r#"regions = ["eu1", "eu2", "us"]"#,
-            r#"regions = ["eu2", "eu1", "us"]"#,
-        );
+    let pushed = w.policy(&etcd, "/t/policy", "pusher", &keys).replace(
+        r#"regions = ["eu1", "eu2", "us"]"#,
+        r#"regions = ["eu2", "eu1", "us"]"#,
+    );
     std::fs::write(&file, &pushed).unwrap();
-    let push = |file: std::path::PathBuf| async move {
+    let push_with = |file: std::path::PathBuf, key: std::path::PathBuf| async move {
         tokio::task::spawn_blocking(move || {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_georouter"))
                 .args(["fleet", "push", "-c", file.to_str().unwrap()])
+                .args(["--key", key.to_str().unwrap()])
                 .output()
                 .unwrap();
             (
@@ -421,6 +431,17 @@ async fn a_pushed_policy_reaches_every_instance_and_a_bad_one_replaces_none() {
         .await
         .unwrap()
     };
+    let push = |file: std::path::PathBuf| push_with(file, key.clone());
+    // Signed by a key the instances do not list: refused by every one.
+    let (code, out) = push_with(file.clone(), wrong_key.clone()).await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("0 applied, 3 rejected"), "{out}");
+    for r in &routers {
+        assert_eq!(
+            get(&h1_client(), &r.url("/")).await.headers["x-georouter-region"],
+            "eu1"
+        );
+    }
     let (code, out) = push(file.clone()).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("3 applied, 0 rejected"), "{out}");
@@ -446,7 +467,8 @@ async fn a_pushed_policy_reaches_every_instance_and_a_bad_one_replaces_none() {
     // geo database they do not have) is refused by each, and said so.
     let elsewhere = format!("{pushed}\n[geo]\ndatabase = \"/nonexistent/geo.mmdb\"\n");
     let fleet = routers[0].control.fleet().unwrap().clone();
-    let revision = fleet.push_policy(&elsewhere).await.unwrap();
+    let signed = georouter::signing::sign_with(&key, &elsewhere).unwrap();
+    let revision = fleet.push_policy(&signed).await.unwrap();
     eventually_async("every instance to refuse it", || async {
         let (_, rejected, _) = fleet.status().await.unwrap().policy_outcome(revision);
         rejected.len() == 3
@@ -982,10 +1004,8 @@ async fn a_restarted_instance_serves_the_last_fleet_policy_it_accepted() {
     let state = dir.join("r1.json");
     let _ = std::fs::remove_file(&state);
     let _ = std::fs::remove_file(dir.join("r1.policy.toml"));
-    let extra = format!(
-        "policy = true\n[admin]\nstate_file = \"{}\"\n",
-        toml_path(&state)
-    );
+    let (key, keys) = signing_key(&dir, "operator");
+    let extra = format!("{keys}\n[admin]\nstate_file = \"{}\"\n", toml_path(&state));
     let bootstrap_file = dir.join("bootstrap.toml");
     std::fs::write(&bootstrap_file, w.policy(&etcd, "/t/kept", "r1", &extra)).unwrap();
     let r = TestRouter::spawn_file(&bootstrap_file, Some(TOKEN)).await;
@@ -994,16 +1014,16 @@ async fn a_restarted_instance_serves_the_last_fleet_policy_it_accepted() {
     let pushed = dir.join("pushed.toml");
     std::fs::write(
         &pushed,
-        w.policy(&etcd, "/t/kept", "pusher", "policy = true")
-            .replace(
-                r#"regions = ["eu1", "eu2", "us"]"#,
-                r#"regions = ["eu2", "eu1", "us"]"#,
-            ),
+        w.policy(&etcd, "/t/kept", "pusher", &keys).replace(
+            r#"regions = ["eu1", "eu2", "us"]"#,
+            r#"regions = ["eu2", "eu1", "us"]"#,
+        ),
     )
     .unwrap();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_georouter"))
             .args(["fleet", "push", "-c", pushed.to_str().unwrap()])
+            .args(["--key", key.to_str().unwrap()])
             .output()
             .unwrap()
     })

@@ -24,6 +24,9 @@ pub struct FleetSettings {
     pub lease_ttl: Duration,
     pub timeout: Duration,
     pub policy: bool,
+    /// Ed25519 public keys (base64): a pushed policy applies only when one of
+    /// them signed it.
+    pub policy_keys: Vec<String>,
 }
 
 /// This host's name, for the default instance id.
@@ -113,6 +116,20 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
             ),
         );
     }
+    if f.policy && f.policy_keys.is_empty() {
+        errs.push(
+            "fleet.policy_keys",
+            "a fleet policy must be signed: list the operators' Ed25519 public keys (make a pair with `georouter fleet keygen --out FILE`)".to_owned(),
+        );
+    }
+    for (i, k) in f.policy_keys.iter().enumerate() {
+        if !crate::signing::is_public_key(k) {
+            errs.push(
+                format!("fleet.policy_keys[{i}]"),
+                format!("{k:?} is not an Ed25519 public key in base64 (`georouter fleet keygen` prints one)"),
+            );
+        }
+    }
     if f.timeout.is_zero() {
         errs.push(
             "fleet.timeout",
@@ -134,6 +151,7 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
         lease_ttl: f.lease_ttl,
         timeout: f.timeout,
         policy: f.policy,
+        policy_keys: f.policy_keys.clone(),
     }
 }
 

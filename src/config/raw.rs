@@ -70,6 +70,9 @@ pub struct RawFleet {
     /// The policy itself lives in etcd (`georouter fleet push`).
     #[serde(default)]
     pub policy: bool,
+    /// Ed25519 public keys (base64) whose signatures a pushed policy needs.
+    #[serde(default)]
+    pub policy_keys: Vec<String>,
 }
 
 fn fleet_prefix() -> String {

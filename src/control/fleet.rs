@@ -97,6 +97,16 @@ impl Control {
             return;
         }
         let text = String::from_utf8_lossy(&text).into_owned();
+        // Only a policy signed by one of this instance's own keys (from its
+        // start, not from any pushed policy).
+        let text = match crate::signing::verify(&text, &fleet.settings.policy_keys) {
+            Ok(body) => body.to_owned(),
+            Err(e) => {
+                tracing::error!(target: "georouter::fleet", revision, error = %e, "a fleet policy refused");
+                fleet.set_policy(revision, Err(e.to_string()));
+                return;
+            }
+        };
         let trigger = format!("fleet policy at revision {revision}");
         let result = self.reload_text(text.clone(), &trigger).await;
         if result.is_ok() {

@@ -27,6 +27,8 @@ pub enum CliError {
     Etcd(#[from] super::etcd::EtcdError),
     #[error(transparent)]
     StateFile(#[from] crate::drains::StateFileError),
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
     #[error("{0}: no fleet epoch in this state file: it was not written by an instance of a fleet (use the admin.state_file of one)")]
     NoEpoch(String),
 }
@@ -101,6 +103,7 @@ pub async fn set_drain(
 pub async fn push(
     fleet: &Fleet,
     path: &std::path::Path,
+    key: &std::path::Path,
     wait: Duration,
 ) -> Result<(i64, FleetStatus), CliError> {
     let shown = path.display().to_string();
@@ -108,7 +111,8 @@ pub async fn push(
         return Err(CliError::PolicyOff(shown));
     }
     let text = std::fs::read_to_string(path).map_err(|e| CliError::Read(shown, e))?;
-    let revision = fleet.push_policy(&text).await?;
+    let signed = crate::signing::sign_with(key, &text)?;
+    let revision = fleet.push_policy(&signed).await?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let status = fleet.status().await?;
