@@ -296,6 +296,10 @@ impl Control {
             };
             rec.published_weight = rec.weight(now, slow_start);
             let s = RegionState {
+                standby: matches!(
+                    rec.machine.phase(),
+                    crate::health::machine::Phase::HeldDown { .. }
+                ),
                 healthy: rec.machine.serving(),
                 drained,
                 weight: rec.published_weight,

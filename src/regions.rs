@@ -15,6 +15,9 @@ pub struct RegionState {
     pub weight: u16,
     /// Round-trip time as latency steering sees it (moves with hysteresis).
     pub rtt: Option<Duration>,
+    /// Held down for flapping while it passes its checks: not serving, but
+    /// where a request goes when every serving candidate failed it.
+    pub standby: bool,
 }
 
 impl RegionState {
@@ -23,6 +26,7 @@ impl RegionState {
         drained: false,
         weight: 1000,
         rtt: None,
+        standby: false,
     };
 
     pub fn serving(&self) -> bool {
@@ -34,6 +38,8 @@ impl RegionState {
 pub struct RegionStates {
     table_generation: u64,
     states: Box<[RegionState]>,
+    /// Some region is on standby (held down): selection looks for it.
+    any_standby: bool,
 }
 
 impl RegionStates {
@@ -42,6 +48,7 @@ impl RegionStates {
         debug_assert_eq!(states.len(), table.regions().len());
         Self {
             table_generation: table.generation(),
+            any_standby: states.iter().any(|s| s.standby && !s.drained),
             states: states.into_boxed_slice(),
         }
     }
@@ -56,6 +63,11 @@ impl RegionStates {
         if let Some(s) = self.states.get_mut(usize::from(id.0)) {
             *s = state;
         }
+        self.any_standby = self.states.iter().any(|s| s.standby && !s.drained);
+    }
+
+    pub fn any_standby(&self) -> bool {
+        self.any_standby
     }
 
     /// The state of a region. A snapshot made for another table generation

@@ -28,6 +28,18 @@ pub fn order(
         let chose = !regions.is_empty();
         return (regions, chose);
     }
+    let mut regions = regions;
+    if states.any_standby() {
+        // Last: candidates held down for flapping that pass their checks, for
+        // a request every serving candidate failed (a jurisdiction's last
+        // region killed before it is ejected).
+        for &id in decision.candidates.iter() {
+            let s = states.get(table, id);
+            if s.standby && !s.drained {
+                regions.push(id);
+            }
+        }
+    }
     (regions, false)
 }
 
@@ -124,6 +136,7 @@ mod tests {
 
     fn state(healthy: bool, drained: bool, weight: u16, rtt_ms: Option<u64>) -> RegionState {
         RegionState {
+            standby: false,
             healthy,
             drained,
             weight,
