@@ -310,13 +310,17 @@ where
     }
 }
 
-/// Runs one drill and reports what clients and the admin API saw. `say` gets the
-/// lines meant for the operator as the drill goes.
-pub async fn run(
-    o: &DrillOptions,
-    mut fault: Fault<'_>,
-    say: impl Fn(&str),
-) -> Result<Report, DrillError> {
+/// A drill under way: its clock, the samples so far, and its load.
+struct Steady {
+    started: Instant,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: watch::Sender<bool>,
+    load: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Every drill's start: the region serving, the load running, one steady
+/// phase (`over` adds to what the operator is told).
+async fn steady(o: &DrillOptions, say: &impl Fn(&str), over: &str) -> Result<Steady, DrillError> {
     if !serving(o).await? {
         return Err(DrillError::NotServingBefore(o.region.clone()));
     }
@@ -324,13 +328,34 @@ pub async fn run(
     let samples = Arc::new(Mutex::new(Vec::new()));
     let (stop, stopped) = watch::channel(false);
     let load = start_load(o, started, samples.clone(), stopped);
-    let snapshot = || samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     say(&format!(
-        "steady state for {} at {} req/s",
+        "steady state for {} at {} req/s{over}",
         humantime::format_duration(o.phase),
         o.rate
     ));
     tokio::time::sleep(o.phase).await;
+    Ok(Steady {
+        started,
+        samples,
+        stop,
+        load,
+    })
+}
+
+/// Runs one drill and reports what clients and the admin API saw. `say` gets the
+/// lines meant for the operator as the drill goes.
+pub async fn run(
+    o: &DrillOptions,
+    mut fault: Fault<'_>,
+    say: impl Fn(&str),
+) -> Result<Report, DrillError> {
+    let Steady {
+        started,
+        samples,
+        stop,
+        load,
+    } = steady(o, &say, "").await?;
+    let snapshot = || samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let before = snapshot();
     let region_share = shares(&before).get(&o.region).copied().unwrap_or(0.0);
     if region_share == 0.0 {

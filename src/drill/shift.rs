@@ -4,15 +4,12 @@
 //! whether anything failed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::report::{share_line, shares, Sample};
-use super::{serving, start_load, DrillError, DrillOptions};
+use super::{DrillError, DrillOptions};
 
 #[derive(Debug, Serialize)]
 pub struct ShiftReport {
@@ -101,21 +98,13 @@ pub async fn shift(
     shift: f64,
     say: impl Fn(&str),
 ) -> Result<ShiftReport, DrillError> {
-    if !serving(o).await? {
-        return Err(DrillError::NotServingBefore(o.region.clone()));
-    }
-    let started = Instant::now();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let (stop, stopped) = watch::channel(false);
-    let load = start_load(o, started, samples.clone(), stopped);
+    let super::Steady {
+        started,
+        samples,
+        stop,
+        load,
+    } = super::steady(o, &say, &format!(" over {} clients", o.clients)).await?;
     let snapshot = || samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    say(&format!(
-        "steady state for {} at {} req/s over {} clients",
-        humantime::format_duration(o.phase),
-        o.rate,
-        o.clients
-    ));
-    tokio::time::sleep(o.phase).await;
     let shifted_at = started.elapsed();
     say(&format!(
         "shifting {:.0}% of {}'s clients",
