@@ -128,6 +128,10 @@ enum FleetCommand {
         /// apply only a policy signed by one of their fleet.policy_keys.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// First to this many live instances (by name); the rest only when each
+        /// of them applied it. Any refusal halts the push and says where.
+        #[arg(long, default_value_t = 0)]
+        canary: usize,
     },
     /// Make an Ed25519 key pair for signing fleet policies: the private key
     /// goes to --out (mode 600), the public key (for fleet.policy_keys) to stdout.
@@ -615,10 +619,10 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
             force,
             wait,
         } => cli::set_drain(&fleet, &config, &region, Some(reason), force, wait).await?,
-        FleetCommand::Push { wait, key } => {
+        FleetCommand::Push { wait, key, canary } => {
             // Every check `georouter check` makes, before anything is written.
             georouter::check::check(&path).context("not pushed")?;
-            let (revision, status) = cli::push(&fleet, &path, &key, wait).await?;
+            let (revision, status) = cli::push(&fleet, &path, &key, canary, wait).await?;
             let text = cli::policy_summary(revision, &status);
             std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
             let (_, rejected, _) = status.policy_outcome(revision);

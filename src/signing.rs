@@ -102,6 +102,29 @@ pub fn verify<'t>(text: &'t str, keys: &[String]) -> Result<&'t str, Unsigned> {
     }
 }
 
+/// The first line of a staged policy's signed body: the instances that take it.
+const STAGE: &str = "# georouter-stage: ";
+
+/// A policy body for `instances` only (a canary stage): the list is signed
+/// with it, so nobody can widen it.
+pub fn staged(text: &str, instances: &[String]) -> String {
+    format!("{STAGE}{}\n{text}", instances.join(","))
+}
+
+/// Whether a verified policy body is for `instance`: every instance unless it
+/// names its stage.
+pub fn for_instance(body: &str, instance: &str) -> bool {
+    match body.strip_prefix(STAGE) {
+        None => true,
+        Some(rest) => rest
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .any(|i| i.trim() == instance),
+    }
+}
+
 /// Whether `key` is a base64 Ed25519 public key (32 bytes).
 pub fn is_public_key(key: &str) -> bool {
     b64().decode(key.trim()).is_ok_and(|k| k.len() == 32)
@@ -132,6 +155,9 @@ mod tests {
         // Signing a signed text again signs its body, not the old line.
         assert_eq!(verify(&sign(&pair, &signed), &[public]), Ok(text));
         assert!(is_public_key(&generate().1));
+        let stage = staged(text, &["fra-1".to_owned(), "lon-1".to_owned()]);
+        assert!(for_instance(&stage, "lon-1") && !for_instance(&stage, "fra-2"));
+        assert!(for_instance(text, "fra-2"));
         assert!(!is_public_key("not a key"));
     }
 }

@@ -1064,3 +1064,53 @@ async fn a_restarted_instance_serves_the_last_fleet_policy_it_accepted() {
         "eu2"
     );
 }
+
+/// A staged push: the canary (the first live instance by name) refuses the
+/// policy, so no other instance sees it; a good one goes to the canary first,
+/// then to all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_push_with_a_failing_canary_changes_no_other_instance() {
+    let etcd = Etcd::start("canary").await;
+    let w = World::new().await;
+    let dir = test_dir("canary");
+    let (key, keys) = signing_key(&dir, "operator");
+    let mut routers = Vec::new();
+    for i in 1..=3 {
+        let toml = w.policy(&etcd, "/t/canary", &format!("r{i}"), &keys);
+        let r = TestRouter::spawn_with_token(&toml, TOKEN).await;
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("joined", move || fleet.connected()).await;
+        routers.push(r);
+    }
+    let first = |r: &TestRouter| {
+        let url = r.url("/");
+        async move { get(&h1_client(), &url).await.headers["x-georouter-region"].clone() }
+    };
+    let good = w.policy(&etcd, "/t/canary", "pusher", &keys).replace(
+        r#"regions = ["eu1", "eu2", "us"]"#,
+        r#"regions = ["eu2", "eu1", "us"]"#,
+    );
+    // Loads where it is written, not on the instances (no such geo database).
+    let bad = format!("{good}\n[geo]\ndatabase = \"/nonexistent/geo.mmdb\"\n");
+    let fleet = routers[0].control.fleet().unwrap().clone();
+    let wait = std::time::Duration::from_secs(10);
+    let e = georouter::fleet::cli::push_text(&fleet, &bad, &key, 1, wait)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("canary") && e.contains("r1") && e.contains("geo"),
+        "{e}"
+    );
+    for r in &routers {
+        assert_eq!(first(r).await, "eu1", "the bad policy reached an instance");
+    }
+    let (revision, status) = georouter::fleet::cli::push_text(&fleet, &good, &key, 1, wait)
+        .await
+        .unwrap();
+    let (applied, rejected, _) = status.policy_outcome(revision);
+    assert_eq!((applied.len(), rejected.len()), (3, 0), "{status:?}");
+    for r in &routers {
+        assert_eq!(first(r).await, "eu2");
+    }
+}

@@ -107,6 +107,10 @@ impl Control {
                 return;
             }
         };
+        if !crate::signing::for_instance(&text, fleet.instance()) {
+            // A canary stage for other instances: not this one's yet.
+            return;
+        }
         let trigger = format!("fleet policy at revision {revision}");
         let result = self.reload_text(text.clone(), &trigger).await;
         if result.is_ok() {

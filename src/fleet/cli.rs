@@ -29,6 +29,12 @@ pub enum CliError {
     StateFile(#[from] crate::drains::StateFileError),
     #[error(transparent)]
     Signing(#[from] crate::signing::SigningError),
+    #[error("the canary stage (revision {revision}, on {canaries}) failed, so the policy went no further: {why}")]
+    CanaryFailed {
+        revision: i64,
+        canaries: String,
+        why: String,
+    },
     #[error("{0}: no fleet epoch in this state file: it was not written by an instance of a fleet (use the admin.state_file of one)")]
     NoEpoch(String),
 }
@@ -104,6 +110,7 @@ pub async fn push(
     fleet: &Fleet,
     path: &std::path::Path,
     key: &std::path::Path,
+    canary: usize,
     wait: Duration,
 ) -> Result<(i64, FleetStatus), CliError> {
     let shown = path.display().to_string();
@@ -111,14 +118,75 @@ pub async fn push(
         return Err(CliError::PolicyOff(shown));
     }
     let text = std::fs::read_to_string(path).map_err(|e| CliError::Read(shown, e))?;
-    let signed = crate::signing::sign_with(key, &text)?;
+    push_text(fleet, &text, key, canary, wait).await
+}
+
+/// Pushes a policy text, signed with `key`: with `canary` above 0, first to
+/// that many live instances (by name), waiting for each to apply it; any
+/// refusal (or silence within `wait`) halts the push there
+/// (`CliError::CanaryFailed`); then to every instance.
+pub async fn push_text(
+    fleet: &Fleet,
+    text: &str,
+    key: &std::path::Path,
+    canary: usize,
+    wait: Duration,
+) -> Result<(i64, FleetStatus), CliError> {
+    if canary > 0 {
+        let mut live: Vec<String> = fleet
+            .status()
+            .await?
+            .instances
+            .into_iter()
+            .map(|i| i.instance)
+            .collect();
+        live.sort();
+        live.truncate(canary);
+        let stage = crate::signing::staged(text, &live);
+        let signed = crate::signing::sign_with(key, &stage)?;
+        let revision = fleet.push_policy(&signed).await?;
+        let status = wait_for_policy(fleet, revision, &live, wait).await?;
+        let (applied, rejected, _) = status.policy_outcome(revision);
+        let applied: Vec<&String> = applied.iter().filter(|i| live.contains(i)).collect();
+        if applied.len() < live.len() {
+            let why = if rejected.is_empty() {
+                "not applied within the wait".to_owned()
+            } else {
+                rejected
+                    .iter()
+                    .map(|(i, e)| format!("{i}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            return Err(CliError::CanaryFailed {
+                revision,
+                canaries: live.join(", "),
+                why,
+            });
+        }
+    }
+    let signed = crate::signing::sign_with(key, text)?;
     let revision = fleet.push_policy(&signed).await?;
+    let everyone: Vec<String> = Vec::new();
+    let status = wait_for_policy(fleet, revision, &everyone, wait).await?;
+    Ok((revision, status))
+}
+
+/// The status once every instance of `of` (every live one when empty) has
+/// applied or refused the policy at `revision`, or `wait` passed.
+async fn wait_for_policy(
+    fleet: &Fleet,
+    revision: i64,
+    of: &[String],
+    wait: Duration,
+) -> Result<FleetStatus, CliError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let status = fleet.status().await?;
         let (_, _, pending) = status.policy_outcome(revision);
-        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok((revision, status));
+        let waiting = pending.iter().any(|i| of.is_empty() || of.contains(i));
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(status);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
