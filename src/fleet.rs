@@ -313,9 +313,11 @@ impl Fleet {
                     found: found.map_or("gone".to_owned(), |f| format!("now {f}")),
                 })
             }
-            (None, None) => Err(EtcdError::Decode {
+            (None, None) => Err(EtcdError::Refused {
                 call: "epoch",
-                detail: "the fleet epoch could not be written".to_owned(),
+                message: format!(
+                    "{key} is absent and this instance could not write it; the operator writes it once (etcdctl put {key} \"$(openssl rand -hex 16)\"), see docs/fleet.md, etcd roles"
+                ),
             }),
         }
     }

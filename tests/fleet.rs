@@ -846,11 +846,21 @@ async fn a_malformed_drain_value_is_read_alike_everywhere_and_blocks_nothing() {
         )
         .await
         .unwrap();
+    // A partial drain over the size limit, valid JSON padded out: not applied.
+    let padded = format!("{{\"keep\": 0.1, \"at_ms\": 1}}{}", " ".repeat(8192));
+    fleet
+        .etcd
+        .put(&fleet.keys.scale("us"), padded.as_bytes(), None)
+        .await
+        .unwrap();
     // The watching instance keeps eu1 drained; a restarted one reads it alike.
     let _ = r2.shutdown().await;
     let r2 = start("r2").await;
     for r in [&r1, &r2] {
         assert_eq!(drained(r, "eu1").await.as_deref(), Some("fleet"));
+    }
+    for r in [&r1, &r2] {
+        assert_eq!(region_view(r.admin, "us").await["capacity_scale"], 1.0);
     }
     let f = fleet_view(&r2).await;
     assert!(f["fleet"]["malformed"]["eu1"].is_string(), "{f}");

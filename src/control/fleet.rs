@@ -564,7 +564,7 @@ fn read_scale<'k>(
     kv: &'k crate::fleet::etcd::Kv,
 ) -> Option<(&'k str, FleetScale)> {
     let region = fleet.keys.name_in(dir, &kv.key)?;
-    match serde_json::from_slice::<FleetScale>(&kv.value) {
+    match FleetScale::read(&kv.value) {
         Ok(s) => Some((region, s)),
         Err(e) => {
             tracing::warn!(target: "georouter::fleet", key = %kv.key, error = %e, "a partial drain in etcd is not readable; ignored");

@@ -150,6 +150,17 @@ pub struct FleetScale {
 }
 
 impl FleetScale {
+    /// One reading of a stored value, under the same size limit as a drain's.
+    pub fn read(value: &[u8]) -> Result<FleetScale, String> {
+        if value.len() > MAX_DRAIN_VALUE {
+            return Err(format!(
+                "{} bytes, over the {MAX_DRAIN_VALUE}-byte limit",
+                value.len()
+            ));
+        }
+        serde_json::from_slice(value).map_err(|e| e.to_string())
+    }
+
     /// The share kept, within 0 to 1 whatever was written.
     pub fn keep(&self) -> f64 {
         if self.keep.is_finite() {
