@@ -45,6 +45,9 @@ pub struct Options {
     /// The config is the fleet policy accepted at this etcd revision (kept
     /// from before a restart); 0: the bootstrap file.
     pub fleet_policy_revision: i64,
+    /// Where `[fleet]` keeps its state instead of its etcd endpoints (an
+    /// in-memory store in tests); `None`: etcd.
+    pub fleet_store: Option<Arc<dyn crate::fleet::store::FleetStore>>,
 }
 
 pub(crate) struct Inner {
@@ -152,10 +155,12 @@ impl Control {
         let auth = AdminAuth::from_settings(&config.admin, options.admin_token.as_deref())?;
         let file = Drains::load(config.admin.state_file.as_deref())?;
         let fleet = match &config.fleet {
-            Some(settings) => Some(Arc::new(crate::fleet::Fleet::new(
-                settings,
-                Some(&state.metrics),
-            )?)),
+            Some(settings) => Some(Arc::new(match &options.fleet_store {
+                Some(store) => {
+                    crate::fleet::Fleet::with_store(settings, Some(&state.metrics), store.clone())
+                }
+                None => crate::fleet::Fleet::new(settings, Some(&state.metrics))?,
+            })),
             None => None,
         };
         let drains: Box<dyn DrainStore> = match fleet {

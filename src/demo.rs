@@ -77,6 +77,7 @@ pub async fn in_process(db: &Path, token: &str) -> Result<InProcess, InProcessEr
             config_path: None,
             admin_token: Some(token.to_owned()),
             fleet_policy_revision: 0,
+            ..Default::default()
         },
     )?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

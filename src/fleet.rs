@@ -8,6 +8,7 @@ pub mod book;
 pub mod cli;
 pub mod etcd;
 pub mod keys;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,8 +21,9 @@ use serde::Serialize;
 use crate::config::FleetSettings;
 use crate::drains::Intent;
 use crate::metrics::Metrics;
-use etcd::{Etcd, EtcdError, Op, Unchanged};
+use etcd::{Etcd, EtcdError};
 use keys::{FleetDrain, FleetScale, InstanceRecord, Keys, Rejection};
+use store::{FleetStore, Op, Unchanged};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -131,7 +133,8 @@ pub struct DrainRead {
 /// One router's membership of a fleet.
 #[derive(Debug)]
 pub struct Fleet {
-    pub etcd: Etcd,
+    /// Where the fleet's state lives: etcd, or memory in unit tests.
+    pub store: std::sync::Arc<dyn FleetStore>,
     pub keys: Keys,
     pub settings: FleetSettings,
     pub metrics: Option<FleetMetrics>,
@@ -222,8 +225,18 @@ impl Fleet {
     /// A fleet membership from `[fleet]`; `metrics`: the router's registry (a
     /// CLI call has none).
     pub fn new(settings: &FleetSettings, metrics: Option<&Metrics>) -> Result<Fleet, EtcdError> {
-        Ok(Fleet {
-            etcd: Etcd::new(settings)?,
+        let etcd = std::sync::Arc::new(Etcd::new(settings)?);
+        Ok(Fleet::with_store(settings, metrics, etcd))
+    }
+
+    /// A fleet membership over `store` (an in-memory one in unit tests).
+    pub fn with_store(
+        settings: &FleetSettings,
+        metrics: Option<&Metrics>,
+        store: std::sync::Arc<dyn FleetStore>,
+    ) -> Fleet {
+        Fleet {
+            store,
             keys: Keys::new(&settings.prefix),
             settings: settings.clone(),
             metrics: metrics.map(FleetMetrics::register),
@@ -236,7 +249,7 @@ impl Fleet {
             policy: Mutex::new((0, None)),
             epoch: Mutex::new(None),
             history_changed: AtomicBool::new(false),
-        })
+        }
     }
 
     /// The epoch this instance knew before (its state file).
@@ -262,12 +275,12 @@ impl Fleet {
     /// revisions of the old history).
     pub async fn check_epoch(&self) -> Result<(), EtcdError> {
         let key = self.keys.epoch();
-        let read = |kvs: Vec<etcd::Kv>| {
+        let read = |kvs: Vec<store::Kv>| {
             kvs.into_iter()
                 .find(|kv| kv.key == key)
                 .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
         };
-        let (_, kvs) = self.etcd.range_prefix(&key).await?;
+        let (_, kvs) = self.store.range_prefix(&key).await?;
         let mut found = read(kvs);
         let remembered = self.epoch();
         if remembered.is_none() && found.is_none() {
@@ -281,8 +294,8 @@ impl Fleet {
                 key: key.clone(),
                 mod_revision: 0,
             };
-            self.etcd.txn(&[absent], &[op]).await?;
-            let (_, kvs) = self.etcd.range_prefix(&key).await?;
+            self.store.txn(&[absent], &[op]).await?;
+            let (_, kvs) = self.store.range_prefix(&key).await?;
             found = read(kvs);
         }
         match (remembered, found) {
@@ -373,7 +386,7 @@ impl Fleet {
 
     /// Writes a policy (already validated by the caller) for the fleet; its revision.
     pub async fn push_policy(&self, text: &str) -> Result<i64, EtcdError> {
-        self.etcd
+        self.store
             .put(&self.keys.policy(), text.as_bytes(), None)
             .await
     }
@@ -414,7 +427,7 @@ impl Fleet {
     /// still compare them, and why).
     pub async fn read_drains(&self) -> Result<DrainRead, EtcdError> {
         let dir = self.keys.drains();
-        let (revision, kvs) = self.etcd.range_prefix(&dir).await?;
+        let (revision, kvs) = self.store.range_prefix(&dir).await?;
         let mut read = DrainRead {
             revision,
             good: BTreeMap::new(),
@@ -456,7 +469,7 @@ impl Fleet {
             lease: None,
         };
         let Some(guard) = guard.filter(|_| intent.drain.is_some()) else {
-            let (_, revision) = self.etcd.txn(&[], &[op]).await?;
+            let (_, revision) = self.store.txn(&[], &[op]).await?;
             return Ok(revision);
         };
         for _ in 0..8 {
@@ -495,7 +508,10 @@ impl Fleet {
                         .unwrap_or(0),
                 })
                 .collect();
-            let (done, revision) = self.etcd.txn(&unchanged, std::slice::from_ref(&op)).await?;
+            let (done, revision) = self
+                .store
+                .txn(&unchanged, std::slice::from_ref(&op))
+                .await?;
             if done {
                 return Ok(revision);
             }
@@ -506,13 +522,13 @@ impl Fleet {
     /// Writes a partial drain of `region` for the fleet; its revision.
     pub async fn write_scale(&self, region: &str, scale: &FleetScale) -> Result<i64, EtcdError> {
         let value = serde_json::to_vec(scale).expect("a scale serialises");
-        self.etcd.put(&self.keys.scale(region), &value, None).await
+        self.store.put(&self.keys.scale(region), &value, None).await
     }
 
     /// Publishes this instance's acknowledgement on its lease.
     pub async fn report(&self, lease: i64, record: &InstanceRecord) -> Result<(), EtcdError> {
         let value = serde_json::to_vec(record).expect("a record serialises");
-        self.etcd
+        self.store
             .put(&self.keys.instance(self.instance()), &value, Some(lease))
             .await
             .map(|_| ())
@@ -526,14 +542,14 @@ impl Fleet {
         let malformed: BTreeMap<String, String> =
             read.bad.into_iter().map(|(r, (_, why))| (r, why)).collect();
         let latest = drains.values().map(|(_, rev)| *rev).max().unwrap_or(0);
-        let (_, policy) = self.etcd.range_prefix(&self.keys.policy()).await?;
+        let (_, policy) = self.store.range_prefix(&self.keys.policy()).await?;
         let policy_revision = policy.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
         let dir = self.keys.instances();
-        let (_, kvs) = self.etcd.range_prefix(&dir).await?;
+        let (_, kvs) = self.store.range_prefix(&dir).await?;
         // Acknowledgements count within one history: a record's revisions
         // belong to the epoch it names.
         let epoch_key = self.keys.epoch();
-        let (_, epoch) = self.etcd.range_prefix(&epoch_key).await?;
+        let (_, epoch) = self.store.range_prefix(&epoch_key).await?;
         let epoch = epoch
             .into_iter()
             .find(|kv| kv.key == epoch_key)

@@ -418,6 +418,7 @@ async fn run(path: PathBuf) -> Result<()> {
             config_path: Some(path),
             admin_token: None,
             fleet_policy_revision,
+            ..Default::default()
         },
     )
     .await
@@ -458,6 +459,7 @@ async fn run_demo(
             config_path: None,
             admin_token: Some(token),
             fleet_policy_revision: 0,
+            ..Default::default()
         },
     )
     .await

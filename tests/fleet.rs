@@ -624,7 +624,7 @@ async fn direct_writes_that_drain_a_whole_jurisdiction_are_not_applied() {
                 "drained": drained, "reason": "direct", "by": "etcdctl", "at_ms": at_ms,
             });
             fleet
-                .etcd
+                .store
                 .put(
                     &fleet.keys.drain(region),
                     value.to_string().as_bytes(),
@@ -772,7 +772,7 @@ async fn an_instance_record_without_a_lease_is_not_a_member() {
         "regions": {}, "at_ms": georouter::fleet::now_ms(),
     });
     fleet
-        .etcd
+        .store
         .put(
             &fleet.keys.instance("ghost"),
             forged.to_string().as_bytes(),
@@ -826,19 +826,19 @@ async fn a_malformed_drain_value_is_read_alike_everywhere_and_blocks_nothing() {
     assert_eq!(s, 200, "{body}");
     let fleet = r1.control.fleet().unwrap().clone();
     fleet
-        .etcd
+        .store
         .put(&fleet.keys.drain("eu1"), b"{ not a drain", None)
         .await
         .unwrap();
     let big = vec![b' '; 8192];
     fleet
-        .etcd
+        .store
         .put(&fleet.keys.drain("nowhere"), &big, None)
         .await
         .unwrap();
     let value = serde_json::json!({ "drained": true, "at_ms": georouter::fleet::now_ms() });
     fleet
-        .etcd
+        .store
         .put(
             &fleet.keys.drain("atlantis"),
             value.to_string().as_bytes(),
@@ -849,7 +849,7 @@ async fn a_malformed_drain_value_is_read_alike_everywhere_and_blocks_nothing() {
     // A partial drain over the size limit, valid JSON padded out: not applied.
     let padded = format!("{{\"keep\": 0.1, \"at_ms\": 1}}{}", " ".repeat(8192));
     fleet
-        .etcd
+        .store
         .put(&fleet.keys.scale("us"), padded.as_bytes(), None)
         .await
         .unwrap();
@@ -1066,6 +1066,7 @@ async fn a_restarted_instance_serves_the_last_fleet_policy_it_accepted() {
             config_path: Some(bootstrap_file.clone()),
             admin_token: Some(TOKEN.to_owned()),
             fleet_policy_revision: revision,
+            ..Default::default()
         },
     )
     .await;

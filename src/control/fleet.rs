@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use super::Control;
 use crate::drains::Intent;
-use crate::fleet::etcd::{EtcdError, Event};
+use crate::fleet::etcd::EtcdError;
 use crate::fleet::keys::{FleetDrain, FleetScale, InstanceRecord};
+use crate::fleet::store::{Changes, Event, Kv, WatchStream};
 use crate::fleet::{now_ms, Fleet};
 
 /// Waits between attempts to reach etcd again.
@@ -68,12 +69,12 @@ impl Control {
             return Err(history_changed(fleet));
         }
         let key = fleet.keys.policy();
-        let (revision, kvs) = fleet.etcd.range_prefix(&key).await?;
+        let (revision, kvs) = fleet.store.range_prefix(&key).await?;
         if let Some(kv) = kvs.into_iter().find(|kv| kv.key == key) {
             self.apply_fleet_policy(fleet, kv.value, kv.mod_revision)
                 .await;
         }
-        let mut watch = fleet.etcd.watch(&key, revision + 1).await?;
+        let mut watch = fleet.store.watch(&key, revision + 1).await?;
         *failures = 0;
         loop {
             let changes = next_changes(&mut watch, fleet).await?;
@@ -151,7 +152,7 @@ impl Control {
             return Err(history_changed(fleet));
         }
         let dir = fleet.keys.scales();
-        let (revision, kvs) = fleet.etcd.range_prefix(&dir).await?;
+        let (revision, kvs) = fleet.store.range_prefix(&dir).await?;
         let mut all = BTreeMap::new();
         for kv in &kvs {
             if let Some((region, scale)) = read_scale(fleet, &dir, kv) {
@@ -194,7 +195,7 @@ impl Control {
         for (region, scale) in &all {
             self.apply_fleet_scale(region, scale);
         }
-        let mut watch = fleet.etcd.watch(&dir, revision + 1).await?;
+        let mut watch = fleet.store.watch(&dir, revision + 1).await?;
         *failures = 0;
         loop {
             let Some(changes) = next_changes(&mut watch, fleet).await? else {
@@ -299,7 +300,10 @@ impl Control {
                 .max()
                 .unwrap_or(0),
         );
-        let mut watch = fleet.etcd.watch(&fleet.keys.drains(), revision + 1).await?;
+        let mut watch = fleet
+            .store
+            .watch(&fleet.keys.drains(), revision + 1)
+            .await?;
         fleet.set_connected(true);
         *failures = 0;
         let dir = fleet.keys.drains();
@@ -435,7 +439,7 @@ impl Control {
                 let id = match lease {
                     Some(id) => id,
                     None => {
-                        let id = fleet.etcd.lease_grant(ttl).await?;
+                        let id = fleet.store.lease_grant(ttl).await?;
                         if had_lease {
                             if let Some(m) = &fleet.metrics {
                                 m.leases_lost.inc();
@@ -484,7 +488,7 @@ impl Control {
                     _ = tokio::time::sleep_until(renew_at) => {
                         renew_at = tokio::time::Instant::now() + every;
                         fleet.refresh_gauges();
-                        match fleet.etcd.lease_keepalive(id).await {
+                        match fleet.store.lease_keepalive(id).await {
                             Ok(true) => {
                                 // Keeps georouter_fleet_instances current.
                                 let _ = fleet.status().await;
@@ -500,14 +504,14 @@ impl Control {
                     }
                     _ = fleet.applied_changed.notified() => break,
                     _ = shutdown.changed() => {
-                        let _ = fleet.etcd.lease_revoke(id).await;
+                        let _ = fleet.store.lease_revoke(id).await;
                         return;
                     }
                 }
             }
         }
         if let Some(id) = lease {
-            let _ = fleet.etcd.lease_revoke(id).await;
+            let _ = fleet.store.lease_revoke(id).await;
         }
     }
 
@@ -558,11 +562,7 @@ fn history_changed(fleet: &Fleet) -> EtcdError {
 
 /// A partial drain read from etcd: its region and record; an unreadable one
 /// is logged and ignored.
-fn read_scale<'k>(
-    fleet: &Fleet,
-    dir: &str,
-    kv: &'k crate::fleet::etcd::Kv,
-) -> Option<(&'k str, FleetScale)> {
+fn read_scale<'k>(fleet: &Fleet, dir: &str, kv: &'k Kv) -> Option<(&'k str, FleetScale)> {
     let region = fleet.keys.name_in(dir, &kv.key)?;
     match FleetScale::read(&kv.value) {
         Ok(s) => Some((region, s)),
@@ -574,9 +574,9 @@ fn read_scale<'k>(
 }
 
 async fn next_changes(
-    watch: &mut crate::fleet::etcd::Watch,
+    watch: &mut Box<dyn WatchStream>,
     fleet: &Fleet,
-) -> Result<Option<crate::fleet::etcd::Changes>, EtcdError> {
+) -> Result<Option<Changes>, EtcdError> {
     tokio::select! {
         c = watch.next() => c,
         _ = fleet.reset.notified() => Err(EtcdError::Unreachable {

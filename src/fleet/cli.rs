@@ -328,7 +328,7 @@ pub async fn restore(fleet: &Fleet, state_file: &std::path::Path) -> Result<Stri
         );
     }
     fleet
-        .etcd
+        .store
         .put(&fleet.keys.epoch(), epoch.as_bytes(), None)
         .await?;
     let _ = writeln!(

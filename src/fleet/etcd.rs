@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
+use super::store::{Answer, Changes, Event, FleetStore, Kv, Op, Unchanged, WatchStream};
 use crate::config::FleetSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,41 +46,6 @@ impl EtcdError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, EtcdError::Unreachable { .. })
     }
-}
-
-/// One key as etcd holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kv {
-    pub key: String,
-    pub value: Vec<u8>,
-    pub mod_revision: i64,
-    /// The lease the key is attached to (0: none).
-    pub lease: i64,
-}
-
-/// A change the watch saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Put(Kv),
-    Delete { key: String, mod_revision: i64 },
-}
-
-/// One step of a transaction's success branch.
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put {
-        key: String,
-        value: Vec<u8>,
-        lease: Option<i64>,
-    },
-}
-
-/// A transaction's guard: the key's last modification is at `mod_revision` (0:
-/// the key does not exist).
-#[derive(Debug, Clone)]
-pub struct Unchanged {
-    pub key: String,
-    pub mod_revision: i64,
 }
 
 /// The etcd cluster of a fleet.
@@ -538,14 +504,6 @@ pub struct Watch {
     buf: BytesMut,
 }
 
-/// What one message of a watch carried.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// The revision etcd was at when it sent them.
-    pub revision: i64,
-    pub events: Vec<Event>,
-}
-
 impl Watch {
     /// The next batch of changes; `None` when etcd closed the stream.
     pub async fn next(&mut self) -> Result<Option<Changes>, EtcdError> {
@@ -633,6 +591,45 @@ impl Watch {
                 }
             }
         }
+    }
+}
+
+impl FleetStore for Etcd {
+    fn range_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, (i64, Vec<Kv>)> {
+        Box::pin(Etcd::range_prefix(self, prefix))
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: &'a [u8], lease: Option<i64>) -> Answer<'a, i64> {
+        Box::pin(Etcd::put(self, key, value, lease))
+    }
+
+    fn txn<'a>(&'a self, guards: &'a [Unchanged], ops: &'a [Op]) -> Answer<'a, (bool, i64)> {
+        Box::pin(Etcd::txn(self, guards, ops))
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> Answer<'_, i64> {
+        Box::pin(Etcd::lease_grant(self, ttl))
+    }
+
+    fn lease_keepalive(&self, id: i64) -> Answer<'_, bool> {
+        Box::pin(Etcd::lease_keepalive(self, id))
+    }
+
+    fn lease_revoke(&self, id: i64) -> Answer<'_, ()> {
+        Box::pin(Etcd::lease_revoke(self, id))
+    }
+
+    fn watch<'a>(&'a self, prefix: &'a str, start: i64) -> Answer<'a, Box<dyn WatchStream>> {
+        Box::pin(async move {
+            let w = Etcd::watch(self, prefix, start).await?;
+            Ok(Box::new(w) as Box<dyn WatchStream>)
+        })
+    }
+}
+
+impl WatchStream for Watch {
+    fn next(&mut self) -> Answer<'_, Option<Changes>> {
+        Box::pin(Watch::next(self))
     }
 }
 

@@ -63,6 +63,7 @@ impl TestRouter {
                 config_path: None,
                 admin_token: Some(token.to_owned()),
                 fleet_policy_revision: 0,
+                ..Default::default()
             },
         )
         .await
@@ -77,6 +78,7 @@ impl TestRouter {
                 config_path: Some(path.to_owned()),
                 admin_token: admin_token.map(str::to_owned),
                 fleet_policy_revision: 0,
+                ..Default::default()
             },
         )
         .await
