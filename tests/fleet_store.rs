@@ -1,0 +1,153 @@
+//! The fleet's rules over the in-memory store (`fleet::store::MemoryStore`):
+//! routers in one process sharing one store, each through its own link, with
+//! partitions and data loss played by the store. The same scenarios against a
+//! real etcd are in tests/fleet.rs; these need no etcd binary.
+
+mod support;
+
+use std::sync::Arc;
+
+use georouter::config::Config;
+use georouter::control::Options;
+use georouter::fleet::store::MemoryStore;
+use georouter::sim::SimRegion;
+use support::*;
+
+const TOKEN: &str = "fleet-store-test-token-0123456789ab";
+
+struct World {
+    us: SimRegion,
+    eu1: SimRegion,
+    eu2: SimRegion,
+    store: MemoryStore,
+}
+
+impl World {
+    async fn new() -> World {
+        World {
+            us: region("us").await,
+            eu1: region("eu1").await,
+            eu2: region("eu2").await,
+            store: MemoryStore::new(),
+        }
+    }
+
+    /// Instance `id`, on its own link to the store; eu is strict and the
+    /// route has only its two regions.
+    async fn instance(&self, id: &str) -> (TestRouter, MemoryStore) {
+        let toml = format!(
+            r#"
+            [[listeners]]
+            address = "127.0.0.1:0"
+            [health]
+            interval = "50ms"
+            [fleet]
+            endpoints = ["http://127.0.0.1:9"]
+            prefix = "/mem"
+            instance = "{id}"
+            lease_ttl = "2s"
+            timeout = "500ms"
+            {regions}
+            [[jurisdictions]]
+            name = "eu"
+            strict = true
+            countries = ["DE"]
+            [[routes]]
+            regions = ["eu1", "eu2"]
+            "#,
+            regions = regions_toml(&[
+                (&self.us, None),
+                (&self.eu1, Some("eu")),
+                (&self.eu2, Some("eu"))
+            ]),
+        );
+        let config = Config::from_toml(&toml).unwrap();
+        let link = self.store.client();
+        let router = TestRouter::start(
+            config,
+            Options {
+                admin_token: Some(TOKEN.to_owned()),
+                fleet_store: Some(Arc::new(link.clone())),
+                ..Default::default()
+            },
+        )
+        .await;
+        let fleet = router.control.fleet().unwrap().clone();
+        eventually("joined", move || fleet.connected()).await;
+        (router, link)
+    }
+}
+
+fn drained(r: &TestRouter, region: &str) -> bool {
+    georouter::admin::views::regions(&r.control)
+        .iter()
+        .any(|v| v.name == region && v.drained)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_reaches_every_instance_through_the_store() {
+    let w = World::new().await;
+    let (a, _) = w.instance("a").await;
+    let (b, _) = w.instance("b").await;
+    let (s, body) = admin_post(a.admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["fleet"]["acknowledged"].as_array().unwrap().len(), 2, "{v}");
+    assert!(drained(&b, "eu1"));
+    // The guard: eu2 is the jurisdiction's last serving region.
+    let (s, body) = admin_post(b.admin, "/regions/eu2/drain", Some(TOKEN)).await;
+    assert_eq!(s, 409, "{body}");
+    assert!(!drained(&a, "eu2") && !drained(&b, "eu2"));
+}
+
+/// A cut off from the store drains eu1 (held), B drains eu2 for the fleet; on
+/// heal, A's held drain no longer passes the guard and is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_partition_never_drains_a_whole_jurisdiction() {
+    let w = World::new().await;
+    let (a, link_a) = w.instance("a").await;
+    let (b, _) = w.instance("b").await;
+    link_a.set_reachable(false);
+    let fleet_a = a.control.fleet().unwrap().clone();
+    eventually("a cut off", move || !fleet_a.connected()).await;
+    let (s, body) = admin_post(a.admin, "/regions/eu1/drain", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["fleet"]["held"], true, "{v}");
+    let (s, body) = admin_post(b.admin, "/regions/eu2/drain", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    link_a.set_reachable(true);
+    for r in [&a, &b] {
+        let control = r.control.clone();
+        eventually("eu2 drained, eu1 serving", move || {
+            let v = georouter::admin::views::regions(&control);
+            let drained = |n: &str| v.iter().any(|r| r.name == n && r.drained);
+            drained("eu2") && !drained("eu1")
+        })
+        .await;
+        let reply = get(&h1_client(), &r.url("/")).await;
+        assert_eq!(reply.headers["x-georouter-region"], "eu1", "{}", reply.body);
+    }
+}
+
+/// The store loses its data: every instance notices the history changed and
+/// keeps the drains it applied; nothing is undrained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_loss_keeps_every_drain() {
+    let w = World::new().await;
+    let (a, _) = w.instance("a").await;
+    let (b, _) = w.instance("b").await;
+    let (s, body) = admin_post(a.admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    w.store.wipe();
+    for r in [&a, &b] {
+        let fleet = r.control.fleet().unwrap().clone();
+        eventually("the history change noticed", move || {
+            fleet.history_changed()
+        })
+        .await;
+        assert!(drained(r, "eu1"), "undrained by a data loss");
+        let reply = get(&h1_client(), &r.url("/")).await;
+        assert_eq!(reply.headers["x-georouter-region"], "eu2");
+    }
+}
