@@ -1125,3 +1125,38 @@ async fn a_staged_push_with_a_failing_canary_changes_no_other_instance() {
         assert_eq!(first(r).await, "eu2");
     }
 }
+
+/// The etcd client keeps its connections: a hundred calls in a row take one,
+/// and a connection the far side closed is replaced, not failed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_client_keeps_its_connections() {
+    let etcd = Etcd::start("pooled").await;
+    let etcd_addr: std::net::SocketAddr = etcd.url().trim_start_matches("http://").parse().unwrap();
+    let link = support::link::Link::to(etcd_addr).await;
+    let w = World::new().await;
+    let toml = w
+        .policy(&etcd, "/t/pooled", "cli", "")
+        .replace(&etcd.url(), &format!("http://{}", link.addr));
+    let config = georouter::config::Config::from_toml(&toml).unwrap();
+    let fleet = georouter::fleet::Fleet::new(config.fleet.as_ref().unwrap(), None).unwrap();
+    for i in 0..50 {
+        fleet
+            .store
+            .put("/t/pooled/x", format!("{i}").as_bytes(), None)
+            .await
+            .unwrap();
+        fleet.store.range_prefix("/t/pooled/").await.unwrap();
+    }
+    assert_eq!(link.connections(), 1, "a connection per call");
+    link.cut();
+    let store = fleet.store.clone();
+    eventually_async("the kept connection closed by the far side", || {
+        let store = store.clone();
+        async move { store.range_prefix("/t/pooled/").await.is_err() }
+    })
+    .await;
+    link.heal();
+    let (_, kvs) = fleet.store.range_prefix("/t/pooled/").await.unwrap();
+    assert_eq!(kvs[0].value, b"49");
+    assert_eq!(link.connections(), 2);
+}

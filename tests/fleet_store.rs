@@ -92,7 +92,11 @@ async fn a_drain_reaches_every_instance_through_the_store() {
     let (s, body) = admin_post(a.admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
     assert_eq!(s, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["fleet"]["acknowledged"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(
+        v["fleet"]["acknowledged"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
     assert!(drained(&b, "eu1"));
     // The guard: eu2 is the jurisdiction's last serving region.
     let (s, body) = admin_post(b.admin, "/regions/eu2/drain", Some(TOKEN)).await;

@@ -57,7 +57,16 @@ pub struct Etcd {
     timeout: Duration,
     /// The endpoint that answered last; tried first.
     preferred: std::sync::atomic::AtomicUsize,
+    /// Idle connections for unary calls: endpoint index, sender, since when.
+    idle: Mutex<Vec<(usize, Sender, std::time::Instant)>>,
 }
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// Idle connections kept per client; one older than this is closed rather
+/// than reused (a server may have dropped it).
+const IDLE_MAX: usize = 4;
+const IDLE_FOR: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +175,7 @@ impl Etcd {
             token: Mutex::new(None),
             timeout: settings.timeout,
             preferred: Default::default(),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -177,8 +187,14 @@ impl Etcd {
             .join(", ")
     }
 
-    /// Sends one POST to the first endpoint that takes it; the response head.
-    async fn post(&self, path: &str, body: &Value) -> Result<http::Response<Incoming>, EtcdError> {
+    /// Sends one POST to the first endpoint that takes it; the response head,
+    /// and (`keep`) its connection, to give back once the body is read.
+    async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        keep: bool,
+    ) -> Result<(http::Response<Incoming>, Option<(usize, Sender)>), EtcdError> {
         let body = Bytes::from(serde_json::to_vec(body).expect("JSON serialises"));
         let n = self.endpoints.len();
         let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
@@ -189,14 +205,14 @@ impl Etcd {
             let token = self.token.lock().ok().and_then(|t| t.clone());
             match tokio::time::timeout(
                 self.timeout,
-                self.send(endpoint, path, body.clone(), token.as_deref()),
+                self.send(at, path, body.clone(), token.as_deref(), keep),
             )
             .await
             {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, sender))) => {
                     self.preferred
                         .store(at, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(resp);
+                    return Ok((resp, sender.map(|s| (at, s))));
                 }
                 Ok(Err(e)) => last = format!("{endpoint}: {e}"),
                 Err(_) => {
@@ -213,13 +229,77 @@ impl Etcd {
         })
     }
 
+    /// An idle connection to endpoint `at` that is still open.
+    fn take_idle(&self, at: usize) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        idle.retain(|(_, s, since)| !s.is_closed() && since.elapsed() < IDLE_FOR);
+        let i = idle.iter().position(|(e, _, _)| *e == at)?;
+        Some(idle.swap_remove(i).1)
+    }
+
+    /// Keeps a connection whose last answer was read whole.
+    fn give_back(&self, (at, sender): (usize, Sender)) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < IDLE_MAX && !sender.is_closed() {
+                idle.push((at, sender, std::time::Instant::now()));
+            }
+        }
+    }
+
+    /// One request to endpoint `at`: on an idle connection when there is one
+    /// (a request it could not take goes on a new one), else a new connection.
     async fn send(
         &self,
-        endpoint: &Uri,
+        at: usize,
         path: &str,
         body: Bytes,
         token: Option<&str>,
-    ) -> Result<http::Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+        keep: bool,
+    ) -> Result<(http::Response<Incoming>, Option<Sender>), Box<dyn std::error::Error + Send + Sync>>
+    {
+        let endpoint = &self.endpoints[at];
+        let authority = endpoint.authority().ok_or("no host")?;
+        let mut req = Request::post(path)
+            .header(http::header::HOST, authority.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, t);
+        }
+        let mut req = req.body(Full::new(body))?;
+        let idle = keep.then(|| self.take_idle(at)).flatten();
+        // Ready as soon as the connection has finished with the last answer.
+        if let Some(mut sender) = idle {
+            if sender.ready().await.is_err() {
+                return self.send_new(endpoint, req, keep).await;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        self.send_new(endpoint, req, keep).await
+    }
+
+    async fn send_new(
+        &self,
+        endpoint: &Uri,
+        req: Request<Full<Bytes>>,
+        keep: bool,
+    ) -> Result<(http::Response<Incoming>, Option<Sender>), Box<dyn std::error::Error + Send + Sync>>
+    {
+        let mut sender = self.connect(endpoint).await?;
+        let resp = sender.send_request(req).await?;
+        Ok((resp, keep.then_some(sender)))
+    }
+
+    /// A new HTTP/1.1 connection to `endpoint` (TLS for `https`).
+    async fn connect(
+        &self,
+        endpoint: &Uri,
+    ) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
         let authority = endpoint.authority().ok_or("no host")?;
         let port = authority.port_u16().unwrap_or(match endpoint.scheme_str() {
             Some("https") => 443,
@@ -227,14 +307,7 @@ impl Etcd {
         });
         let tcp = TcpStream::connect((authority.host(), port)).await?;
         tcp.set_nodelay(true)?;
-        let mut req = Request::post(path)
-            .header(http::header::HOST, authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(t) = token {
-            req = req.header(http::header::AUTHORIZATION, t);
-        }
-        let req = req.body(Full::new(body))?;
-        let resp = match (&self.tls, endpoint.scheme_str()) {
+        Ok(match (&self.tls, endpoint.scheme_str()) {
             (Some(tls), Some("https")) => {
                 let host = authority
                     .host()
@@ -242,17 +315,16 @@ impl Etcd {
                     .trim_end_matches(']');
                 let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
                 let stream = tls.connect(name, tcp).await?;
-                let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+                let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
                 tokio::spawn(conn);
-                sender.send_request(req).await?
+                sender
             }
             _ => {
-                let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+                let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
                 tokio::spawn(conn);
-                sender.send_request(req).await?
+                sender
             }
-        };
-        Ok(resp)
+        })
     }
 
     /// One unary call: the JSON answer, with authentication (once more after a
@@ -262,7 +334,7 @@ impl Etcd {
             if self.credentials.is_some() && self.token.lock().map_or(true, |t| t.is_none()) {
                 self.authenticate().await?;
             }
-            let resp = self.post(path, &body).await?;
+            let (resp, sender) = self.post(path, &body, true).await?;
             let status = resp.status();
             let bytes = tokio::time::timeout(self.timeout, resp.into_body().collect())
                 .await
@@ -275,6 +347,9 @@ impl Etcd {
                     last: e.to_string(),
                 })?
                 .to_bytes();
+            if let Some(sender) = sender {
+                self.give_back(sender);
+            }
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| EtcdError::Decode {
                 call,
                 detail: e.to_string(),
@@ -308,8 +383,10 @@ impl Etcd {
             .post(
                 "/v3/auth/authenticate",
                 &json!({ "name": name, "password": password }),
+                false,
             )
-            .await?;
+            .await?
+            .0;
         let ok = resp.status() == StatusCode::OK;
         let bytes = resp
             .into_body()
@@ -476,8 +553,10 @@ impl Etcd {
                     "range_end": b64(range_end(prefix)),
                     "start_revision": start.to_string(),
                 }}),
+                false,
             )
-            .await?;
+            .await?
+            .0;
         if resp.status() != StatusCode::OK {
             return Err(EtcdError::Refused {
                 call: "watch",

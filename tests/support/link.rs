@@ -2,6 +2,8 @@
 //! one router and etcd, the rest of the fleet still connected.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -9,6 +11,7 @@ use tokio::sync::watch;
 pub struct Link {
     pub addr: SocketAddr,
     cut: watch::Sender<bool>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Link {
@@ -17,6 +20,8 @@ impl Link {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, watching) = watch::channel(false);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -25,6 +30,7 @@ impl Link {
                 if *watching.borrow() {
                     continue; // dropped: the far side is unreachable
                 }
+                count.fetch_add(1, Ordering::Relaxed);
                 let mut cut = watching.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
@@ -37,7 +43,17 @@ impl Link {
                 });
             }
         });
-        Link { addr, cut }
+        Link {
+            addr,
+            cut,
+            accepted,
+        }
+    }
+
+    /// Connections made through the link (while not cut).
+    #[allow(dead_code)]
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Closes every connection through it and refuses new ones.
