@@ -62,8 +62,16 @@ pub fn start(
     let state = Arc::new(State::new(config)?);
     let (stop, shutdown) = watch::channel(false);
     let control = Control::start(state.clone(), options, shutdown.clone())?;
-    let workers = server::spawn_workers(workers, &listeners, &state, &limits, &shutdown)
-        .map_err(StartError::Workers)?;
+    let workers = server::spawn_workers(
+        workers,
+        &listeners,
+        &crate::proxy::App {
+            state: state.clone(),
+        },
+        &limits,
+        &shutdown,
+    )
+    .map_err(StartError::Workers)?;
     drop(listeners);
     admin.set_nonblocking(true).map_err(StartError::Admin)?;
     let admin = tokio::net::TcpListener::from_std(admin).map_err(StartError::Admin)?;

@@ -35,6 +35,7 @@ use crate::policy::{self, Candidates, Refusal};
 use crate::pool::PooledBody;
 use crate::request_id::{self, RequestId};
 use crate::select;
+use crate::server::{self, Opened};
 use crate::snapshot::Snapshot;
 use crate::table::RequestSettings;
 use crate::State;
@@ -57,26 +58,74 @@ pub struct Connection {
     /// The response deadline its requests reuse.
     pub timer: TimerSlot,
     /// TLS: the names the certificate this connection was given covers.
-    pub cert_names: std::sync::OnceLock<Arc<[Box<str>]>>,
+    pub cert_names: Option<Arc<[Box<str>]>>,
 }
 
 impl Connection {
-    pub fn new(state: Arc<State>, peer: PeerAddr, tls: bool) -> Self {
-        let ip = peer.ip();
+    /// The proxy's side of a connection the edge opened.
+    pub fn new(state: Arc<State>, opened: Opened) -> Self {
+        let peer = PeerAddr(opened.peer);
         Self {
             state,
             peer,
-            peer_header: HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"),
-            tls,
-            activity: Arc::new(Activity::new()),
-            verdicts: Arc::default(),
+            peer_header: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP is a header value"),
+            tls: opened.tls,
+            activity: opened.activity,
+            verdicts: opened.verdicts,
             timer: TimerSlot::default(),
-            cert_names: std::sync::OnceLock::new(),
+            cert_names: opened.cert_names,
         }
     }
 
     fn proto(&self) -> HeaderValue {
         HeaderValue::from_static(if self.tls { "https" } else { "http" })
+    }
+}
+
+/// The proxy as the edge serves it: a [`Service`] per connection, and each
+/// worker's pool reaper and allocator purge beside the listeners.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub state: Arc<State>,
+}
+
+impl server::App for App {
+    type Body = ProxyBody;
+    type Service = Service;
+
+    fn service(&self, opened: Opened) -> Service {
+        Service(Arc::new(Connection::new(self.state.clone(), opened)))
+    }
+
+    fn worker_tasks(&self, shutdown: &server::Shutdown) -> Vec<server::WorkerTask> {
+        vec![
+            // This worker's upstream pool: idle connections closed on time.
+            Box::pin(crate::pool::reap(shutdown.clone())),
+            // This worker's allocator heap: freed pages back to the system.
+            Box::pin(crate::memory::purge_loop(shutdown.clone())),
+        ]
+    }
+}
+
+/// The requests of one connection, each through [`handle`].
+#[derive(Debug)]
+pub struct Service(Arc<Connection>);
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    // Boxed: hyper keeps a slot of the service future's size for every
+    // connection, idle ones too (HTTP/1.1); a box makes that slot a pointer, and
+    // the request's whole future (a few KiB) exists only while it runs. HTTP/2
+    // moves a stream's future several times while spawning its task: a box
+    // moves as a pointer.
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(handle(self.0.clone(), req))
     }
 }
 
@@ -368,7 +417,7 @@ fn decide<'t>(
     let mut host_buf = [0u8; 256];
     let host = request_host(req, admitted.host, host_header, &mut host_buf);
     // A connection's certificate vouches for its names only (RFC 9110 7.4).
-    if let Some(names) = conn.cert_names.get() {
+    if let Some(names) = &conn.cert_names {
         if !host.is_empty() && !crate::tls::covers(names, host) {
             return Err(ProxyError::Misdirected);
         }

@@ -1,11 +1,13 @@
 //! Accept loops: TCP or TLS, HTTP/1.1 and HTTP/2 (h2c prior knowledge, ALPN h2) on
 //! one listener; connection cap, header and idle deadlines; graceful shutdown.
+//! What is served on a connection is the [`App`]'s: the edge knows no proxy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use hyper::body::{Body, Incoming};
+use hyper::service::HttpService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -13,11 +15,42 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::Activity;
 use crate::config::{ListenerSpec, ServerSettings};
+use crate::head_guard::Verdicts;
 use crate::http_conn::{Builders, Served, Version};
-use crate::identity::PeerAddr;
-use crate::proxy::{self, Connection};
-use crate::State;
+
+/// What the edge learnt of a connection it opened, handed to the [`App`].
+#[derive(Debug)]
+pub struct Opened {
+    /// The client's address (the PROXY header's, when the listener takes one).
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+    /// What the connection is doing: the edge's deadlines and pressure read it.
+    pub activity: Arc<Activity>,
+    /// What the HTTP/1.1 framing guard found, per request.
+    pub verdicts: Arc<Verdicts>,
+    /// TLS: the names the certificate this connection was given covers.
+    pub cert_names: Option<Arc<[Box<str>]>>,
+}
+
+/// A future a worker runs beside its listeners until shutdown.
+pub type WorkerTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// What the edge serves on each connection, and what each worker runs beside
+/// it; `launch` hands it over, so the edge names no service of its own.
+pub trait App: Clone + Send + Sync + 'static {
+    type Body: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+    type Service: HttpService<Incoming, ResBody = Self::Body, Future: Send + 'static>
+        + Send
+        + 'static;
+    /// The service for the requests of one opened connection.
+    fn service(&self, opened: Opened) -> Self::Service;
+    /// Work each worker thread runs until `shutdown` (pools, allocator).
+    fn worker_tasks(&self, shutdown: &Shutdown) -> Vec<WorkerTask>;
+}
 
 /// A bound listening socket, ready to serve; TLS when it has an acceptor.
 pub struct Listener {
@@ -103,10 +136,10 @@ pub fn worker_count(setting: usize) -> usize {
 /// Starts `count` worker threads, each with its own single-threaded runtime serving
 /// every listener until `shutdown` fires. Measured against one multi-threaded
 /// runtime, this layout served ~20% more requests per core (see README).
-pub fn spawn_workers(
+pub fn spawn_workers<A: App>(
     count: usize,
     listeners: &[Listener],
-    state: &Arc<State>,
+    app: &A,
     limits: &ConnLimits,
     shutdown: &Shutdown,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -119,10 +152,10 @@ pub fn spawn_workers(
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (state, limits, shutdown) = (state.clone(), limits.clone(), shutdown.clone());
+            let (app, limits, shutdown) = (app.clone(), limits.clone(), shutdown.clone());
             std::thread::Builder::new()
                 .name(format!("georouter-worker-{i}"))
-                .spawn(move || rt.block_on(run(mine, state, limits, shutdown)))
+                .spawn(move || rt.block_on(run(mine, app, limits, shutdown)))
         })
         .collect()
 }
@@ -181,31 +214,20 @@ impl ConnLimits {
 
 /// Serves every listener on the current runtime until `shutdown` fires, then
 /// drains for at most the grace period.
-pub async fn run(
-    listeners: Vec<Listener>,
-    state: Arc<State>,
-    limits: ConnLimits,
-    shutdown: Shutdown,
-) {
+pub async fn run<A: App>(listeners: Vec<Listener>, app: A, limits: ConnLimits, shutdown: Shutdown) {
     let tasks = TaskTracker::new();
     for l in listeners {
-        tasks.spawn(serve(l, state.clone(), limits.clone(), shutdown.clone()));
+        tasks.spawn(serve(l, app.clone(), limits.clone(), shutdown.clone()));
     }
-    // This worker's upstream pool: idle connections closed on time.
-    tasks.spawn(crate::pool::reap(shutdown.clone()));
-    // This worker's allocator heap: freed pages back to the system.
-    tasks.spawn(crate::memory::purge_loop(shutdown.clone()));
+    for task in app.worker_tasks(&shutdown) {
+        tasks.spawn(task);
+    }
     tasks.close();
     tasks.wait().await;
 }
 
 /// One accept loop. Returns when shut down and drained (or the grace ran out).
-pub async fn serve(
-    listener: Listener,
-    state: Arc<State>,
-    limits: ConnLimits,
-    mut shutdown: Shutdown,
-) {
+pub async fn serve<A: App>(listener: Listener, app: A, limits: ConnLimits, mut shutdown: Shutdown) {
     let name = listener.name;
     let tcp = match listener
         .tcp
@@ -269,11 +291,11 @@ pub async fn serve(
             cert_names: listener.cert_names.clone(),
             tracked: registration.tracked.clone(),
         };
-        let (builder, limits, state) = (builder.clone(), limits.clone(), state.clone());
+        let (builder, limits, app) = (builder.clone(), limits.clone(), app.clone());
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let tracked = registration.tracked.clone();
-            let mut serving = std::pin::pin!(accepted.serve(&builder, state, &limits, shutdown));
+            let mut serving = std::pin::pin!(accepted.serve(&builder, app, &limits, shutdown));
             std::future::poll_fn(|cx| {
                 // Chosen to make room (it had nothing in flight): dropped.
                 if tracked.poll_closed(cx).is_ready() {
@@ -314,30 +336,30 @@ struct Accepted {
 impl Accepted {
     /// Opens the connection (PROXY header, TLS, the first bytes) and serves
     /// HTTP on it until it ends.
-    async fn serve(
+    async fn serve<A: App>(
         self,
         builders: &Builders,
-        state: Arc<State>,
+        app: A,
         limits: &ConnLimits,
         shutdown: Shutdown,
     ) {
         // Boxed and gone once open: the handshake's state is the largest this
         // task ever holds, and an idle connection should not keep its room.
-        let opened = Box::pin(self.open(builders, state, limits, shutdown.clone())).await;
-        if let Some((conn, served)) = opened {
-            watch(served, &conn, limits, shutdown).await;
+        let opened = Box::pin(self.open(builders, app, limits, shutdown.clone())).await;
+        if let Some((peer, activity, served)) = opened {
+            watch(served, peer, &activity, limits, shutdown).await;
         }
     }
 
     /// Reads the PROXY header when the listener expects one, completes TLS, and
     /// finds the HTTP version; all within the header deadline.
-    async fn open(
+    async fn open<A: App>(
         mut self,
         builders: &Builders,
-        state: Arc<State>,
+        app: A,
         limits: &ConnLimits,
         mut shutdown: Shutdown,
-    ) -> Option<(Arc<Connection>, Served)> {
+    ) -> Option<(std::net::SocketAddr, Arc<Activity>, Served)> {
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         let mut peer = self.peer;
         let mut prefix = Vec::new();
@@ -359,16 +381,33 @@ impl Accepted {
             }
         }
         let io = crate::proxy_protocol::Prefixed::new(prefix, self.stream);
-        let conn = Arc::new(Connection::new(state, PeerAddr(peer), self.tls.is_some()));
-        self.tracked.opened(conn.activity.clone());
+        let activity = Arc::new(Activity::new());
+        self.tracked.opened(activity.clone());
+        let mut opened = Opened {
+            peer,
+            tls: self.tls.is_some(),
+            activity: activity.clone(),
+            verdicts: Arc::default(),
+            cert_names: None,
+        };
         let served = match self.tls {
-            None => start_http(io, None, deadline, builders, &conn, limits, &mut shutdown).await,
+            None => {
+                start_http(
+                    io,
+                    None,
+                    deadline,
+                    builders,
+                    opened,
+                    &app,
+                    limits,
+                    &mut shutdown,
+                )
+                .await
+            }
             Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => {
                     if let Some(index) = &self.cert_names {
-                        if let Some(names) = index.for_sni(tls.get_ref().1.server_name()) {
-                            let _ = conn.cert_names.set(names);
-                        }
+                        opened.cert_names = index.for_sni(tls.get_ref().1.server_name());
                     }
                     // ALPN says which HTTP (RFC 9113 3.2); without it, the bytes do.
                     let version = match tls.get_ref().1.alpn_protocol() {
@@ -381,7 +420,8 @@ impl Accepted {
                         version,
                         deadline,
                         builders,
-                        &conn,
+                        opened,
+                        &app,
                         limits,
                         &mut shutdown,
                     )
@@ -397,7 +437,7 @@ impl Accepted {
                 }
             },
         }?;
-        Some((conn, served))
+        Some((peer, activity, served))
     }
 }
 
@@ -412,29 +452,24 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 
 /// Starts HTTP on one connection: in `version`, or the one its first bytes
 /// say (read before `deadline`). `None`: it ended first.
-async fn start_http<I>(
+#[allow(clippy::too_many_arguments)]
+async fn start_http<I, A: App>(
     io: I,
     version: Option<Version>,
     deadline: Instant,
     builders: &Builders,
-    conn: &Arc<Connection>,
+    opened: Opened,
+    app: &A,
     limits: &ConnLimits,
     shutdown: &mut Shutdown,
 ) -> Option<Served>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = conn.peer;
-    let svc_conn = conn.clone();
-    // Boxed: hyper keeps a slot of the service future's size for every
-    // connection, idle ones too (HTTP/1.1); a box makes that slot a pointer, and
-    // the request's whole future (a few KiB) exists only while it runs. HTTP/2
-    // moves a stream's future several times while spawning its task: a box
-    // moves as a pointer.
-    let svc = service_fn(move |req| Box::pin(proxy::handle(svc_conn.clone(), req)));
+    let peer = opened.peer;
     // The guard reads HTTP/1.1 framing along with hyper (it stops at an HTTP/2
     // preface).
-    let io = crate::head_guard::Guarded::new(io, conn.verdicts.clone());
+    let io = crate::head_guard::Guarded::new(io, opened.verdicts.clone());
     // And the HTTP/2 guard: control-frame floods and broken prefaces.
     let mut io = crate::h2_guard::FrameGuard::new(io, limits.http2_max_control_frames);
     let (version, seen) = match version {
@@ -444,11 +479,11 @@ where
                 Ok(Ok(Some(sniffed))) => sniffed,
                 Ok(Ok(None)) => return None,
                 Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer.0, error = %e, "connection ended before its first request");
+                    tracing::debug!(%peer, error = %e, "connection ended before its first request");
                     return None;
                 }
                 Err(_) => {
-                    tracing::debug!(peer = %peer.0, "no request within the header deadline");
+                    tracing::debug!(%peer, "no request within the header deadline");
                     return None;
                 }
             },
@@ -456,13 +491,18 @@ where
         },
     };
     let io = crate::proxy_protocol::Prefixed::new(seen, io);
-    Some(builders.serve(version, io, svc))
+    Some(builders.serve(version, io, app.service(opened)))
 }
 
 /// Serves a started connection until it ends, closing it when silent for too
 /// long and gracefully at shutdown.
-async fn watch(mut served: Served, conn: &Connection, limits: &ConnLimits, mut shutdown: Shutdown) {
-    let peer = conn.peer;
+async fn watch(
+    mut served: Served,
+    peer: std::net::SocketAddr,
+    activity: &Activity,
+    limits: &ConnLimits,
+    mut shutdown: Shutdown,
+) {
     // The watchdog runs every half of the shorter deadline. A connection that
     // started no request and had none in flight (bodies included) over n checks
     // has been silent for at least (n - 1) periods. HTTP/1.1: silent for the
@@ -475,7 +515,7 @@ async fn watch(mut served: Served, conn: &Connection, limits: &ConnLimits, mut s
     let idle_checks = checks_for(limits.idle_timeout);
     let idle = tokio::time::sleep(period);
     tokio::pin!(idle);
-    let mut last_mark = conn.activity.quiet_mark();
+    let mut last_mark = activity.quiet_mark();
     let mut quiet_checks = 0u32;
     let mut draining = false;
     loop {
@@ -483,7 +523,7 @@ async fn watch(mut served: Served, conn: &Connection, limits: &ConnLimits, mut s
             biased;
             r = served.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(peer = %peer.0, error = %e, "connection ended with an error");
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
@@ -492,10 +532,10 @@ async fn watch(mut served: Served, conn: &Connection, limits: &ConnLimits, mut s
                 served.as_mut().graceful_shutdown();
             }
             _ = &mut idle, if !draining => {
-                let mark = conn.activity.quiet_mark();
+                let mark = activity.quiet_mark();
                 quiet_checks = if mark.is_some() && mark == last_mark { quiet_checks + 1 } else { 0 };
                 last_mark = mark;
-                if quiet_checks + 1 >= head_checks && !conn.activity.is_http2() {
+                if quiet_checks + 1 >= head_checks && !activity.is_http2() {
                     return;
                 }
                 if quiet_checks + 1 >= idle_checks {

@@ -128,7 +128,14 @@ impl TestRouter {
             control.clone(),
             shutdown.clone(),
         ));
-        let served = tokio::spawn(server::run(listeners, state.clone(), limits, shutdown));
+        let served = tokio::spawn(server::run(
+            listeners,
+            georouter::proxy::App {
+                state: state.clone(),
+            },
+            limits,
+            shutdown,
+        ));
         TestRouter {
             addrs,
             admin,
