@@ -7,11 +7,11 @@ use std::net::IpAddr;
 use criterion::{criterion_group, criterion_main, Criterion};
 use georouter::config::Config;
 use georouter::geo::{GeoLookup, MmdbGeo};
-use georouter::identity::ClientIp;
-use georouter::policy::{self, RequestFacts};
-use georouter::regions::RegionStates;
-use georouter::select;
-use georouter::table::RoutingTable;
+use georouter::routing::identity::ClientIp;
+use georouter::routing::policy::{self, RequestFacts};
+use georouter::routing::regions::RegionStates;
+use georouter::routing::select;
+use georouter::routing::table::RoutingTable;
 
 const COUNTRIES: &str =
     "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE \

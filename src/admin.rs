@@ -18,11 +18,11 @@ use tokio::net::TcpListener;
 mod page;
 pub mod views;
 
-use crate::auth::{Access, Denied};
+use crate::control::auth::{Access, Denied};
 use crate::control::{Control, DrainError};
-use crate::facts::{RequestFacts, Sources};
-use crate::server::Shutdown;
-use crate::State;
+use crate::edge::server::Shutdown;
+use crate::routing::facts::{RequestFacts, Sources};
+use crate::routing::State;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -31,7 +31,7 @@ const JSON: &str = "application/json";
 /// Connections the admin listener serves at once; past it, a new one is
 /// closed at once (operators and Prometheus need a handful). Counted in the
 /// descriptor budget's reserve.
-pub const MAX_CONNECTIONS: usize = crate::descriptors::ADMIN_CONNECTIONS;
+pub const MAX_CONNECTIONS: usize = crate::edge::descriptors::ADMIN_CONNECTIONS;
 /// The time a connection has to send its request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The longest any admin connection lives (a `wait` on a fleet drain is 60 s at most).
@@ -94,10 +94,10 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
             "cookie" => cookie = Some(v.into_owned()),
             // Read as the data path reads it: exactly, case variants refused.
             "method" => match http::Method::from_bytes(v.as_bytes()) {
-                Ok(m) if crate::admit::case_variant(&m) => {
+                Ok(m) if crate::proxy::admit::case_variant(&m) => {
                     return bad(format!(
                         "method={v:?}: {}\n",
-                        crate::admit::Refused::MethodCase
+                        crate::proxy::admit::Refused::MethodCase
                     ))
                 }
                 Ok(m) => method = m,
@@ -119,7 +119,7 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
     let mut host_buf = [0u8; 256];
     let host = match host.as_str() {
         "" => "",
-        h => match crate::authority::parse(h.as_bytes()) {
+        h => match crate::proxy::authority::parse(h.as_bytes()) {
             Some(at) => at.of(h, &mut host_buf),
             None => return bad(format!("host={h:?} is not a valid host[:port]\n")),
         },
@@ -148,7 +148,7 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
     let facts = RequestFacts::from_request(
         table,
         Sources {
-            client: crate::identity::ClientIp(ip),
+            client: crate::routing::identity::ClientIp(ip),
             host,
             path: &path,
             ambiguity,
@@ -159,7 +159,7 @@ fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
     );
     json(
         StatusCode::OK,
-        &crate::explain::explain(table, states, &facts),
+        &crate::routing::explain::explain(table, states, &facts),
     )
 }
 

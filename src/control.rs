@@ -4,8 +4,10 @@
 //! their own file below; all share one mutex that the data plane never touches
 //! and that is never held across an `.await`.
 
+pub mod auth;
 mod draining;
 mod fleet;
+pub mod health;
 mod journal;
 mod monitor;
 mod reload;
@@ -24,15 +26,15 @@ use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::accounting::Accounts;
-use crate::auth::{AdminAuth, AuthError};
 use crate::config::{Config, HealthCheck, RegionName};
+use crate::control::auth::{AdminAuth, AuthError};
+use crate::control::health::machine::{Limits, Phase, Transition};
 use crate::drains::{Drain, DrainStore, Drains, StateFileError};
-use crate::health::machine::{Limits, Phase, Transition};
-use crate::regions::{RegionState, RegionStates};
-use crate::server::Shutdown;
-use crate::table::RoutingTable;
-use crate::State;
+use crate::edge::server::Shutdown;
+use crate::routing::accounting::Accounts;
+use crate::routing::regions::{RegionState, RegionStates};
+use crate::routing::table::RoutingTable;
+use crate::routing::State;
 use monitor::Record;
 
 /// What starting the control plane needs besides the state.
@@ -213,7 +215,10 @@ impl Control {
             journal: journal::Journal::default(),
         });
         control.state.metrics.config_generation.set(1);
-        crate::accounting::export_known_series(&control.state.metrics, &control.lock().table);
+        crate::routing::accounting::export_known_series(
+            &control.state.metrics,
+            &control.lock().table,
+        );
         {
             let mut inner = control.lock();
             control.publish(&mut inner);
@@ -303,7 +308,7 @@ impl Control {
             let s = RegionState {
                 standby: matches!(
                     rec.machine.phase(),
-                    crate::health::machine::Phase::HeldDown { .. }
+                    crate::control::health::machine::Phase::HeldDown { .. }
                 ),
                 healthy: rec.machine.serving(),
                 drained,
@@ -349,7 +354,7 @@ impl Control {
         let states = RegionStates::new(&table, states);
         self.state
             .routing
-            .store(Arc::new(crate::snapshot::Snapshot {
+            .store(Arc::new(crate::routing::snapshot::Snapshot {
                 table,
                 states,
                 accounts,
@@ -491,7 +496,7 @@ pub struct EndpointReport {
 }
 
 impl LoadReport {
-    fn of(load: &crate::capacity::RegionLoad, real: &[monitor::Real]) -> Self {
+    fn of(load: &crate::routing::capacity::RegionLoad, real: &[monitor::Real]) -> Self {
         load.refresh();
         LoadReport {
             in_flight: load.in_flight(),

@@ -7,9 +7,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::control::{self, Control};
-use crate::server::{self, ConnLimits, Listener};
-use crate::table::TableError;
-use crate::State;
+use crate::edge::server::{self, ConnLimits, Listener};
+use crate::routing::table::TableError;
+use crate::routing::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,14 +49,14 @@ pub fn start(
     }
     let workers = server::worker_count(config.server.workers);
     let endpoints = config.regions.iter().map(|r| r.endpoints.len()).sum();
-    let budget = crate::descriptors::raise_and_budget(
+    let budget = crate::edge::descriptors::raise_and_budget(
         config.server.max_connections,
         endpoints,
         listeners.len(),
     );
     let mut limits = ConnLimits::new(&config.server);
     limits.max_connections = Arc::new(tokio::sync::Semaphore::new(budget.max_connections));
-    limits.pressure = Arc::new(crate::pressure::Pressure::new(
+    limits.pressure = Arc::new(crate::edge::pressure::Pressure::new(
         config.client.max_connections_per_ip,
     ));
     let state = Arc::new(State::new(config)?);

@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use georouter::config::Config;
-use georouter::{control, demo, launch, server};
+use georouter::{control, edge::server, launch, tools::demo};
 
 #[derive(Parser)]
 #[command(
@@ -380,7 +380,7 @@ fn geo_lookup(ip: std::net::IpAddr, db: &std::path::Path) -> Result<()> {
 
 fn check(path: &std::path::Path) -> Result<()> {
     use std::io::Write as _;
-    let text = georouter::check::check(path)?;
+    let text = georouter::tools::check::check(path)?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
 }
@@ -481,7 +481,7 @@ async fn wait_for_signal(control: &std::sync::Arc<control::Control>) -> Result<(
 }
 
 async fn drill(mut args: DrillArgs) -> Result<()> {
-    use georouter::drill::{self, DrillOptions, Fault};
+    use georouter::tools::drill::{self, DrillOptions, Fault};
     let mut demo = None;
     if args.demo {
         let db = georouter::geo::default_database();
@@ -623,7 +623,7 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
         } => cli::set_drain(&fleet, &config, &region, Some(reason), force, wait).await?,
         FleetCommand::Push { wait, key, canary } => {
             // Every check `georouter check` makes, before anything is written.
-            georouter::check::check(&path).context("not pushed")?;
+            georouter::tools::check::check(&path).context("not pushed")?;
             let (revision, status) = cli::push(&fleet, &path, &key, canary, wait).await?;
             let text = cli::policy_summary(revision, &status);
             std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;

@@ -8,6 +8,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The commit this binary was built from (`git rev-parse`, when the build had
+/// a repository), for `--version` and `georouter_build_info`.
+pub const COMMIT: &str = env!("GEOROUTER_COMMIT");
+
 pub const RESIDENCY_REFUSALS: &str = "georouter_residency_refusals_total";
 
 /// Every metric family the router exports under its prefix (dashboards and alert
@@ -211,7 +215,7 @@ impl Metrics {
         r.register(Box::new(build_info.clone()))
             .expect("metric names are unique");
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::COMMIT])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), COMMIT])
             .set(1);
         let m = Metrics {
             client_errors: ClientFault::ALL.map(|k| client_errors.with_label_values(&[k.as_str()])),

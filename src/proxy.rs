@@ -2,7 +2,16 @@
 //! decision chain identity -> geo -> policy -> select, the upstream request,
 //! forwarding, the response), every error mapped to a response in one place.
 
+pub mod admit;
+pub mod authority;
+pub mod budget;
+pub mod client_body;
+pub mod deadline;
 mod error;
+pub mod forward;
+pub mod headers;
+pub mod pool;
+pub mod request_id;
 mod respond;
 mod upstream;
 
@@ -20,25 +29,23 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::activity::{Activity, Streaming};
-use crate::admit::{self, Admitted, Refused};
-use crate::authority::Host;
-use crate::budget;
 use crate::config::RegionName;
-use crate::deadline::TimerSlot;
-use crate::facts::{RequestFacts, Sources};
-use crate::forward::{self, ForwardError};
-use crate::head_guard::Flaw;
-use crate::identity::{self, ClientIp, PeerAddr};
+use crate::edge::activity::{Activity, Streaming};
+use crate::edge::head_guard::Flaw;
+use crate::edge::server::{self, Opened};
 use crate::path::{self, Ambiguity, PathError};
-use crate::policy::{self, Candidates, Refusal};
-use crate::pool::PooledBody;
-use crate::request_id::{self, RequestId};
-use crate::select;
-use crate::server::{self, Opened};
-use crate::snapshot::Snapshot;
-use crate::table::RequestSettings;
-use crate::State;
+use crate::proxy::admit::{Admitted, Refused};
+use crate::proxy::authority::Host;
+use crate::proxy::deadline::TimerSlot;
+use crate::proxy::forward::ForwardError;
+use crate::proxy::pool::PooledBody;
+use crate::proxy::request_id::RequestId;
+use crate::routing::facts::{RequestFacts, Sources};
+use crate::routing::identity::{self, ClientIp, PeerAddr};
+use crate::routing::policy::{self, Candidates, Refusal};
+use crate::routing::snapshot::Snapshot;
+use crate::routing::table::RequestSettings;
+use crate::routing::State;
 
 /// What a proxied response carries: the upstream's body, streamed, or a short
 /// text the router wrote itself.
@@ -54,7 +61,7 @@ pub struct Connection {
     pub tls: bool,
     pub activity: Arc<Activity>,
     /// What the HTTP/1.1 framing guard found, per request.
-    pub verdicts: Arc<crate::head_guard::Verdicts>,
+    pub verdicts: Arc<crate::edge::head_guard::Verdicts>,
     /// The response deadline its requests reuse.
     pub timer: TimerSlot,
     /// TLS: the names the certificate this connection was given covers.
@@ -101,7 +108,7 @@ impl server::App for App {
     fn worker_tasks(&self, shutdown: &server::Shutdown) -> Vec<server::WorkerTask> {
         vec![
             // This worker's upstream pool: idle connections closed on time.
-            Box::pin(crate::pool::reap(shutdown.clone())),
+            Box::pin(crate::proxy::pool::reap(shutdown.clone())),
             // This worker's allocator heap: freed pages back to the system.
             Box::pin(crate::memory::purge_loop(shutdown.clone())),
         ]
@@ -440,18 +447,21 @@ fn decide<'t>(
     if facts.cookie_conflict {
         conn.state.metrics.cookie_conflicts.inc();
     }
-    let decision = policy::decide(table, &facts).map_err(|r| match r {
+    let planned = crate::routing::plan::plan(table, states, &facts).map_err(|r| match r {
         Refusal::NoRoute => ProxyError::NoRoute,
         Refusal::GeoUnreadable => ProxyError::GeoUnreadable,
         Refusal::AmbiguousPath(a) => ProxyError::BadPath(PathError::Ambiguous(a)),
     })?;
+    let crate::routing::plan::Plan {
+        decision,
+        regions,
+        panicked,
+    } = planned;
     let route = decision.route;
     *route_out = Some(&route.name);
     let reason = settings
         .access_log
-        .then(|| crate::explain::short_reason(table, &decision));
-    // A ramp admits clients by a stable hash, so each moves back once.
-    let (regions, panicked) = select::order(table, states, &decision, client);
+        .then(|| crate::routing::explain::short_reason(table, &decision));
     if panicked {
         // Every request of the route while it lasts: at most a line a second.
         static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
@@ -478,7 +488,7 @@ fn decide<'t>(
         || (peer_trusted
             && req
                 .headers()
-                .get(crate::headers::X_FORWARDED_PROTO)
+                .get(crate::proxy::headers::X_FORWARDED_PROTO)
                 .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")));
     Ok(Plan {
         decision,

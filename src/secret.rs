@@ -6,6 +6,12 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 
+/// The placeholder secrets the deploy files ship with: never a real secret.
+pub const PLACEHOLDERS: [&str; 2] = [
+    "REPLACE-WITH-A-LONG-RANDOM-TOKEN",
+    "REPLACE-WITH-AT-LEAST-32-RANDOM-BYTES",
+];
+
 /// A secret file anyone on the host may replace.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {} is writable by everyone (mode {mode:o}): anyone on this host could replace it; chmod o-w {}", .path.display(), .path.display())]

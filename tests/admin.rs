@@ -4,7 +4,7 @@
 
 mod support;
 
-use georouter::sim::SimRegion;
+use georouter::tools::sim::SimRegion;
 use support::*;
 
 fn eu_policy(a: &SimRegion, b: &SimRegion, extra: &str) -> String {
@@ -258,7 +258,7 @@ async fn not_ready_until_every_region_has_been_checked() {
     let a = region("a").await;
     let b = region("b").await;
     // a's first check hangs (for an hour): the router cannot be ready.
-    a.set_mode(georouter::sim::Mode::Hang);
+    a.set_mode(georouter::tools::sim::Mode::Hang);
     let router = TestRouter::spawn(&policy(&[&a, &b], "[health]\ntimeout = \"1h\"\n")).await;
     let r = get(&h1_client(), &format!("http://{}/readyz", router.admin)).await;
     assert_eq!(r.status, 503, "{}", r.body);
@@ -390,7 +390,7 @@ fn short_and_placeholder_secrets_are_refused_at_load() {
         "[residency]\ncookie = \"home\"\ncookie_key_file = \"{}\"\n",
         toml_path(&key)
     );
-    let compiled = georouter::table::RoutingTable::compile(
+    let compiled = georouter::routing::table::RoutingTable::compile(
         &georouter::config::Config::from_toml(&policy(&residency)).unwrap(),
     );
     let e = compiled.unwrap_err().to_string();
@@ -477,7 +477,7 @@ async fn a_region_that_leaves_the_policy_is_not_exported_at_zero_for_ever() {
     let b = region("b").await;
     let dir = test_dir("forget-region");
     let path = dir.join("policy.toml");
-    let policy = |regions: &[&georouter::sim::SimRegion]| {
+    let policy = |regions: &[&georouter::tools::sim::SimRegion]| {
         let names: Vec<String> = regions
             .iter()
             .map(|r| format!("\"{}\"", r.name()))

@@ -5,10 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use georouter::drill::{self, DrillOptions, Fault};
+use georouter::tools::drill::{self, DrillOptions, Fault};
 use support::*;
 
-async fn router(a: &georouter::sim::SimRegion, b: &georouter::sim::SimRegion) -> TestRouter {
+async fn router(
+    a: &georouter::tools::sim::SimRegion,
+    b: &georouter::tools::sim::SimRegion,
+) -> TestRouter {
     let extra = "[health.passive]\nejection = \"200ms\"\n[failback]\nslow_start = \"500ms\"\n";
     let r = TestRouter::spawn_with_token(&two_regions(a, b, extra), "t").await;
     eventually("ready", || r.control.ready()).await;

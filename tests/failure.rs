@@ -49,8 +49,8 @@ async fn reloads_under_load_never_send_a_request_to_a_drained_region() {
 /// Regions `a` and `b` (a preferred), passive ejection after 5 failures, checks
 /// off so that only traffic could take a region out; `extra` may open tables.
 fn blame_policy(
-    a: &georouter::sim::SimRegion,
-    b: &georouter::sim::SimRegion,
+    a: &georouter::tools::sim::SimRegion,
+    b: &georouter::tools::sim::SimRegion,
     extra: &str,
 ) -> String {
     two_regions(
@@ -163,7 +163,7 @@ async fn a_stalled_upload_gets_408_and_ejects_nothing() {
 /// slow-start ramp that admits clients by a stable hash, not per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_region_moves_each_client_at_most_twice() {
-    use georouter::sim::Mode;
+    use georouter::tools::sim::Mode;
     let a = region("a").await;
     let b = region("b").await;
     let router = TestRouter::spawn(&policy(
@@ -267,7 +267,7 @@ async fn concurrent_gets(url: &str, n: usize) -> Vec<(u16, String)> {
 
 #[tokio::test]
 async fn requests_to_a_hung_region_go_on_to_the_next_after_the_try_timeout() {
-    use georouter::sim::Mode;
+    use georouter::tools::sim::Mode;
     let a = region("a").await;
     let b = region("b").await;
     a.set_mode(Mode::Hang);
@@ -295,7 +295,7 @@ async fn requests_to_a_hung_region_go_on_to_the_next_after_the_try_timeout() {
 
 #[tokio::test]
 async fn requests_waiting_on_a_region_that_leaves_service_are_sent_on_at_once() {
-    use georouter::sim::Mode;
+    use georouter::tools::sim::Mode;
     let a = region("a").await;
     let b = region("b").await;
     // No per-try timeout: only the region leaving service can free them.
@@ -322,14 +322,14 @@ async fn requests_waiting_on_a_region_that_leaves_service_are_sent_on_at_once() 
 
 #[tokio::test]
 async fn when_every_region_fails_at_once_at_most_half_are_ejected() {
-    use georouter::sim::Mode;
+    use georouter::tools::sim::Mode;
     let mut sims = Vec::new();
     for name in ["a", "b", "c", "d"] {
         let r = region(name).await;
         r.set_mode(Mode::Reset);
         sims.push(r);
     }
-    let refs: Vec<&georouter::sim::SimRegion> = sims.iter().collect();
+    let refs: Vec<&georouter::tools::sim::SimRegion> = sims.iter().collect();
     let router = TestRouter::spawn(&policy(
         &refs,
         r#"

@@ -4,7 +4,7 @@
 
 mod support;
 
-use georouter::sim::SimRegion;
+use georouter::tools::sim::SimRegion;
 use support::etcd::Etcd;
 use support::*;
 

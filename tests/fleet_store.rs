@@ -10,7 +10,7 @@ use std::sync::Arc;
 use georouter::config::Config;
 use georouter::control::Options;
 use georouter::fleet::store::MemoryStore;
-use georouter::sim::SimRegion;
+use georouter::tools::sim::SimRegion;
 use support::*;
 
 const TOKEN: &str = "fleet-store-test-token-0123456789ab";

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use georouter::sim::{Mode, SimRegion};
+use georouter::tools::sim::{Mode, SimRegion};
 use support::*;
 
 /// One region `r` with the given simulated endpoints, then `extra`.

@@ -64,7 +64,7 @@ async fn goaway_after(
     found
 }
 
-async fn router() -> (georouter::sim::SimRegion, TestRouter) {
+async fn router() -> (georouter::tools::sim::SimRegion, TestRouter) {
     let a = region("a").await;
     let r = TestRouter::spawn(&policy(&[&a], "[server]\naccess_log = false\n")).await;
     (a, r)

@@ -1,11 +1,11 @@
 //! Health, failover and failback with real sockets: a region killed under a steady
 //! stream, failing its checks, failing real traffic, drained under load, and
 //! ramped back in. Timers are short here; the timer logic itself is tested on a
-//! paused clock in `src/health/machine.rs`.
+//! paused clock in `src/control/health/machine.rs`.
 
 mod support;
 
-use georouter::sim::{Mode, SimRegion};
+use georouter::tools::sim::{Mode, SimRegion};
 use support::*;
 use tokio::time::Instant;
 

@@ -71,7 +71,7 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
 #[tokio::test]
 async fn shutdown_grace_bounds_the_wait_for_a_hung_request() {
     let a = region("a").await;
-    a.set_mode(georouter::sim::Mode::Hang);
+    a.set_mode(georouter::tools::sim::Mode::Hang);
     let router = TestRouter::spawn(&policy(&[&a], "[server]\nshutdown_grace = \"100ms\"\n")).await;
     let url = router.url("/");
     let _hung = tokio::spawn(async move {
@@ -173,16 +173,16 @@ async fn idle_pooled_connections_close_on_time_without_a_checkout() {
     .await;
     assert_eq!(get(&h1_client(), &router.url("/")).await.status, 200);
     // The router serves on this test's thread: its pool is this thread's.
-    assert_eq!(georouter::pool::idle_connections(), 1);
+    assert_eq!(georouter::proxy::pool::idle_connections(), 1);
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
-        georouter::pool::idle_connections(),
+        georouter::proxy::pool::idle_connections(),
         1,
         "not before its time"
     );
     tokio::time::sleep(Duration::from_secs(32)).await;
     assert_eq!(
-        georouter::pool::idle_connections(),
+        georouter::proxy::pool::idle_connections(),
         0,
         "closed by the timer"
     );
@@ -196,7 +196,7 @@ async fn a_reload_keeps_pooled_connections_to_unchanged_endpoints() {
     let moved = region("a").await;
     let dir = test_dir("reload-pool");
     let path = dir.join("policy.toml");
-    let write = |endpoint: &georouter::sim::SimRegion, budget: &str| {
+    let write = |endpoint: &georouter::tools::sim::SimRegion, budget: &str| {
         let text = policy(&[endpoint], &format!("[retry]\nbudget = {budget}\n"));
         std::fs::write(&path, text).unwrap();
     };

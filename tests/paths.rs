@@ -32,8 +32,8 @@ async fn fenced_world(
     server: &str,
 ) -> (
     TestRouter,
-    georouter::sim::SimRegion,
-    georouter::sim::SimRegion,
+    georouter::tools::sim::SimRegion,
+    georouter::tools::sim::SimRegion,
 ) {
     let us = region("us").await;
     let eu = region("eu1").await;

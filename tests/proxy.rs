@@ -4,7 +4,7 @@
 mod support;
 
 use bytes::Bytes;
-use georouter::sim::Mode;
+use georouter::tools::sim::Mode;
 use http_body_util::Full;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -253,7 +253,7 @@ async fn hanging_region_gets_504_at_the_response_timeout() {
 }
 
 /// A policy whose first region refuses connections, then `next` if any.
-fn dead_then(next: Option<&georouter::sim::SimRegion>) -> String {
+fn dead_then(next: Option<&georouter::tools::sim::SimRegion>) -> String {
     let mut toml = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"dead\"\n\
          endpoints = [{{ url = \"http://127.0.0.1:{}\" }}]\n",

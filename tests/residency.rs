@@ -4,7 +4,7 @@
 mod support;
 
 use bytes::Bytes;
-use georouter::sim::SimRegion;
+use georouter::tools::sim::SimRegion;
 use http_body_util::Full;
 use support::*;
 
@@ -357,7 +357,7 @@ async fn the_cookie_is_secure_behind_a_trusted_tls_terminator() {
 async fn two_valid_cookies_for_different_jurisdictions_pin_nobody() {
     let (router, us, _eu) = world_with_cookie().await;
     let key = mmdb_dir().join("cookie.key");
-    let signer = georouter::residency::CookieSigner::from_key_file(
+    let signer = georouter::routing::residency::CookieSigner::from_key_file(
         "__Host-georouter_home",
         &key,
         std::time::Duration::from_secs(3600),

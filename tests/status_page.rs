@@ -54,7 +54,7 @@ async fn fill(client: &Client, css: &str, value: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_the_regions_and_drains_through_its_buttons() {
-    let demo = georouter::demo::in_process(&georouter::geo::default_database(), TOKEN)
+    let demo = georouter::tools::demo::in_process(&georouter::geo::default_database(), TOKEN)
         .await
         .expect("the demo starts");
     let admin = demo.admin;
@@ -79,7 +79,7 @@ async fn the_status_page_shows_the_regions_and_drains_through_its_buttons() {
     c.goto(&format!("http://{admin}/")).await.unwrap();
 
     // Every region of the demo has a row; the EU has both its regions serving.
-    for name in georouter::demo::REGIONS {
+    for name in georouter::tools::demo::REGIONS {
         wait_for(
             c,
             &format!("#regions tr[data-region='{name}'][data-phase='up']"),
@@ -87,7 +87,7 @@ async fn the_status_page_shows_the_regions_and_drains_through_its_buttons() {
         .await;
     }
     let rows = c.find_all(Locator::Css("#regions tbody tr")).await.unwrap();
-    assert_eq!(rows.len(), georouter::demo::REGIONS.len());
+    assert_eq!(rows.len(), georouter::tools::demo::REGIONS.len());
     let eu = text(c, "[data-jurisdiction='eu']").await;
     assert!(eu.contains("2 of 2 serving"), "{eu}");
     let conn = text(c, "#conn").await;

@@ -3,7 +3,7 @@
 
 mod support;
 
-use georouter::sim::Generated;
+use georouter::tools::sim::Generated;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

@@ -156,7 +156,7 @@ pub fn status(control: &Control) -> StatusView {
         shed: total(&metrics.shed),
         spilled_over: total(&metrics.spillover),
         version: env!("CARGO_PKG_VERSION"),
-        commit: crate::COMMIT,
+        commit: crate::metrics::COMMIT,
         generation: control.generation(),
         ready: control.ready(),
         writes_enabled: control.auth().writes_enabled(),

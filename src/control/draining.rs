@@ -256,9 +256,9 @@ impl Control {
 /// Refuses to drain `r` when it is the last region of its jurisdiction that
 /// serves in `states`: its residents would get 503.
 fn last_serving_guard(
-    table: &crate::table::RoutingTable,
-    states: &crate::regions::RegionStates,
-    r: &crate::table::Region,
+    table: &crate::routing::table::RoutingTable,
+    states: &crate::routing::regions::RegionStates,
+    r: &crate::routing::table::Region,
 ) -> Result<(), DrainError> {
     let Some(j) = &r.jurisdiction else {
         return Ok(());

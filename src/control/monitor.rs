@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{limits, Control, Inner};
-use crate::accounting::RegionAccount;
 use crate::config::{HealthCheck, HealthSettings, RegionName};
-use crate::health::check::{self, Outcome};
-use crate::health::machine::{Machine, Phase, Transition};
+use crate::control::health::check::{self, Outcome};
+use crate::control::health::machine::{Machine, Phase, Transition};
+use crate::routing::accounting::RegionAccount;
 
 /// How often time-driven changes (ejections ending, slow-start ramps) are looked at.
 const TICK: Duration = Duration::from_millis(200);
@@ -168,9 +168,9 @@ impl Control {
     pub(super) fn transition(&self, region: &RegionName, t: &Transition) {
         let serving = |p: Phase| p == Phase::Up;
         if serving(t.to) {
-            tracing::info!(target: "georouter::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region back in service");
+            tracing::info!(target: "georouter::control::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region back in service");
         } else {
-            tracing::warn!(target: "georouter::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region out of service");
+            tracing::warn!(target: "georouter::control::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region out of service");
         }
         self.state
             .metrics
@@ -186,7 +186,7 @@ impl Control {
     }
 
     /// Each endpoint's check result: in or out of rotation, logged when it changes.
-    fn endpoints_checked(&self, region: &crate::table::Region, results: &[Option<bool>]) {
+    fn endpoints_checked(&self, region: &crate::routing::table::Region, results: &[Option<bool>]) {
         let account = {
             let inner = self.lock();
             match inner.regions.get(&region.name) {
@@ -203,9 +203,9 @@ impl Control {
             if account.load.checked(i, ok) && results.len() > 1 {
                 let endpoint = &*account.load.endpoints[i].key;
                 if ok {
-                    tracing::info!(target: "georouter::health", region = %region.name, endpoint, "endpoint passes its checks: back in rotation");
+                    tracing::info!(target: "georouter::control::health", region = %region.name, endpoint, "endpoint passes its checks: back in rotation");
                 } else {
-                    tracing::warn!(target: "georouter::health", region = %region.name, endpoint, "endpoint fails its checks: out of rotation");
+                    tracing::warn!(target: "georouter::control::health", region = %region.name, endpoint, "endpoint fails its checks: out of rotation");
                 }
                 self.journal.record(
                     region.name.as_str(),
@@ -353,12 +353,12 @@ impl Control {
                 continue;
             }
             if let Err(capped) =
-                crate::health::cap::may_eject(&table, region.id, &out, &drained, percent)
+                crate::control::health::cap::may_eject(&table, region.id, &out, &drained, percent)
             {
                 self.state.metrics.ejections_capped.inc();
                 static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
                 if let Some(suppressed) = LOG.allow() {
-                    tracing::warn!(target: "georouter::health", region = %name, last = %kind, why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
+                    tracing::warn!(target: "georouter::control::health", region = %name, last = %kind, why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
                 }
                 continue;
             }
@@ -428,7 +428,7 @@ impl Control {
         let p = inner.config.health.passive;
         let factor = f64::from(p.slow_factor_percent) / 100.0;
         let floor = p.slow_min.as_secs_f64();
-        let passive = crate::capacity::Passive {
+        let passive = crate::routing::capacity::Passive {
             threshold: p.consecutive_failures,
             min_clients: p.min_distinct_clients,
             ejection: p.ejection,
@@ -460,7 +460,7 @@ impl Control {
                     if load.eject(i, &passive) {
                         rec.endpoints_real[i].reset();
                         let endpoint = &*load.endpoints[i].key;
-                        tracing::warn!(target: "georouter::health", region = %name, endpoint, real_ms = (avg * 1000.0).round(), siblings_ms = (median * 1000.0).round(), "endpoint out of rotation: far slower than its siblings on real requests");
+                        tracing::warn!(target: "georouter::control::health", region = %name, endpoint, real_ms = (avg * 1000.0).round(), siblings_ms = (median * 1000.0).round(), "endpoint out of rotation: far slower than its siblings on real requests");
                         self.state
                             .metrics
                             .endpoint_ejections
@@ -497,7 +497,7 @@ impl Control {
                     );
                     if !was {
                         rec.slow = true;
-                        tracing::warn!(target: "georouter::health", region = %name, %why, "region far slower than its peers on real requests");
+                        tracing::warn!(target: "georouter::control::health", region = %name, %why, "region far slower than its peers on real requests");
                         self.state
                             .metrics
                             .latency_outliers
@@ -508,7 +508,7 @@ impl Control {
                 }
                 (None, true) => {
                     rec.slow = false;
-                    tracing::info!(target: "georouter::health", region = %name, "region no longer far slower than its peers on real requests");
+                    tracing::info!(target: "georouter::control::health", region = %name, "region no longer far slower than its peers on real requests");
                 }
                 (None, false) => {}
             }

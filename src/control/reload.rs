@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use super::monitor::Record;
 use super::Control;
-use crate::accounting::RegionAccount;
-use crate::auth::{AdminAuth, AuthError};
 use crate::config::{Config, LoadError};
-use crate::table::{RoutingTable, TableError};
+use crate::control::auth::{AdminAuth, AuthError};
+use crate::routing::accounting::RegionAccount;
+use crate::routing::table::{RoutingTable, TableError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -330,9 +330,9 @@ impl Control {
             .collect();
         for gone in inner.regions.keys() {
             tracing::info!(region = %gone, "region left the policy");
-            crate::accounting::forget_region(&self.state.metrics, gone.as_str(), &names);
+            crate::routing::accounting::forget_region(&self.state.metrics, gone.as_str(), &names);
         }
-        crate::accounting::export_known_series(&self.state.metrics, &table);
+        crate::routing::accounting::export_known_series(&self.state.metrics, &table);
         let table = Arc::new(table);
         let config = Arc::new(config);
         inner.regions = regions;

@@ -7,12 +7,12 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::ProxyBody;
-use crate::admit::Refused;
 use crate::blame::{ClientFault, LocalFault};
 use crate::config::RegionName;
-use crate::forward::{ForwardError, ShedReason};
 use crate::path::PathError;
-use crate::request_id::{self, RequestId};
+use crate::proxy::admit::Refused;
+use crate::proxy::forward::{ForwardError, ShedReason};
+use crate::proxy::request_id::{self, RequestId};
 
 /// Everything the router itself answers instead of an upstream. Each is a fact.
 #[derive(Debug, thiserror::Error)]

@@ -8,14 +8,14 @@ use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 
 use super::{Connection, ProxyBody, ProxyError};
-use crate::accounting::{FailoverReason, FailureKind};
-use crate::activity::Streaming;
-use crate::facts::PinSource;
-use crate::headers;
-use crate::policy;
-use crate::pool::PooledBody;
-use crate::snapshot::Snapshot;
-use crate::table::RegionId;
+use crate::edge::activity::Streaming;
+use crate::proxy::headers;
+use crate::proxy::pool::PooledBody;
+use crate::routing::accounting::{FailoverReason, FailureKind};
+use crate::routing::facts::PinSource;
+use crate::routing::policy;
+use crate::routing::snapshot::Snapshot;
+use crate::routing::table::RegionId;
 
 /// Pins a resident who has no valid cookie yet, so travel does not move them.
 pub(super) fn pin_resident(
@@ -41,7 +41,7 @@ pub(super) fn count_failover(
     conn: &Connection,
     snapshot: &Snapshot,
     decision: &policy::Decision<'_>,
-    served: &crate::table::Region,
+    served: &crate::routing::table::Region,
     first_failure: Option<(RegionId, FailureKind)>,
 ) {
     let (from, reason) = match first_failure {
@@ -78,7 +78,7 @@ pub(super) fn count_failover(
 /// and for a `101 Switching Protocols` the two upgraded connections spliced.
 pub(super) fn respond(
     mut resp: Response<PooledBody>,
-    region: &crate::table::Region,
+    region: &crate::routing::table::Region,
     region_header: bool,
     client_upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     streaming: Streaming,

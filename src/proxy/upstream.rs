@@ -12,12 +12,12 @@ use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 
 use super::{Connection, Plan};
-use crate::admit::{self, Admitted};
-use crate::client_body::{ClientBody, Progress};
-use crate::headers;
-use crate::pool::UpstreamBody;
-use crate::request_id::{self, RequestId};
-use crate::snapshot::Snapshot;
+use crate::proxy::admit::{self, Admitted};
+use crate::proxy::client_body::{ClientBody, Progress};
+use crate::proxy::headers;
+use crate::proxy::pool::UpstreamBody;
+use crate::proxy::request_id::{self, RequestId};
+use crate::routing::snapshot::Snapshot;
 
 /// The request on its way to a region, and what forwarding needs to know of it.
 pub(super) struct Upstream {

@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn vectored_writes_pass_through_so_hyper_need_not_copy() {
         assert!(FrameGuard::new(Vectored, 10).is_write_vectored());
-        let guarded = crate::head_guard::Guarded::new(Vectored, Default::default());
+        let guarded = crate::edge::head_guard::Guarded::new(Vectored, Default::default());
         assert!(FrameGuard::new(guarded, 10).is_write_vectored());
     }
 

@@ -81,7 +81,7 @@ impl CookieSigner {
             source,
         })?;
         let text = String::from_utf8_lossy(&key);
-        if crate::auth::PLACEHOLDERS.contains(&text.trim()) {
+        if crate::secret::PLACEHOLDERS.contains(&text.trim()) {
             return Err(KeyError::Placeholder {
                 path: path.to_owned(),
             });

@@ -24,9 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::client_body::ClientBody;
 use crate::config::{EndpointSpec, Http2Tuning, Protocol};
-use crate::table::{Region, RoutingTable};
+use crate::proxy::client_body::ClientBody;
+use crate::routing::table::{Region, RoutingTable};
 
 /// A request body on its way upstream: the client's (with the size limit), or none.
 pub type UpstreamBody = Either<Limited<ClientBody>, Empty<Bytes>>;
@@ -333,21 +333,21 @@ impl Lease {
 pub struct PooledBody {
     body: Incoming,
     back: Option<(http1::SendRequest<UpstreamBody>, Slot)>,
-    streaming: Option<crate::activity::Streaming>,
+    streaming: Option<crate::edge::activity::Streaming>,
     /// The request's place in its endpoint's `max_in_flight`, until the body ends.
-    slot: Option<crate::capacity::InFlight>,
+    slot: Option<crate::routing::capacity::InFlight>,
 }
 
 impl PooledBody {
     /// Keeps the request counted in flight to its endpoint until this body is done.
-    pub fn hold_slot(&mut self, slot: crate::capacity::InFlight) {
+    pub fn hold_slot(&mut self, slot: crate::routing::capacity::InFlight) {
         if !self.body.is_end_stream() {
             self.slot = Some(slot);
         }
     }
 
     /// Keeps the client connection counted busy until this body is done.
-    pub fn hold(&mut self, streaming: crate::activity::Streaming) {
+    pub fn hold(&mut self, streaming: crate::edge::activity::Streaming) {
         self.streaming = Some(streaming);
     }
 

@@ -127,7 +127,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-crate::io_delegate::delegate_async_write!(Prefixed, inner);
+crate::edge::io_delegate::delegate_async_write!(Prefixed, inner);
 
 #[cfg(test)]
 mod tests {

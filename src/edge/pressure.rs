@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::time::Instant;
 
-use crate::activity::Activity;
+use crate::edge::activity::Activity;
 
 /// Every open client connection, for choosing which to close under pressure.
 #[derive(Debug, Default)]

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::accounting::Accounts;
-use crate::regions::RegionStates;
-use crate::table::RoutingTable;
+use crate::routing::accounting::Accounts;
+use crate::routing::regions::RegionStates;
+use crate::routing::table::RoutingTable;
 
 /// One consistent generation of the data plane's inputs, swapped whole.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::sim::SimRegion;
+use crate::tools::sim::SimRegion;
 
 mod report;
 mod shift;

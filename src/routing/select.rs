@@ -4,9 +4,9 @@
 //! ramps up. Pure: the caller supplies the random draw.
 
 use crate::config::Steering;
-use crate::policy::Candidates;
-use crate::regions::RegionStates;
-use crate::table::{RegionId, RoutingTable};
+use crate::routing::policy::Candidates;
+use crate::routing::regions::RegionStates;
+use crate::routing::table::{RegionId, RoutingTable};
 
 /// Where a decided request goes, in order: the serving candidates by the
 /// route's steering, the client placed in a ramp by its stable hash; in panic
@@ -16,12 +16,12 @@ use crate::table::{RegionId, RoutingTable};
 pub fn order(
     table: &RoutingTable,
     states: &RegionStates,
-    decision: &crate::policy::Decision<'_>,
-    client: crate::identity::ClientIp,
+    decision: &crate::routing::policy::Decision<'_>,
+    client: crate::routing::identity::ClientIp,
 ) -> (Candidates, bool) {
     let route = decision.route;
     let regions = serving(table, states, route.steering, &decision.candidates, |r| {
-        client_place(crate::policy::client_hash(client), r)
+        client_place(crate::routing::policy::client_hash(client), r)
     });
     if regions.is_empty() && route.panic_mode && !decision.fenced {
         let regions = panic(table, states, &decision.candidates);
@@ -108,7 +108,7 @@ pub fn panic(table: &RoutingTable, states: &RegionStates, candidates: &[RegionId
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::regions::RegionState;
+    use crate::routing::regions::RegionState;
     use std::time::Duration;
 
     fn table() -> RoutingTable {

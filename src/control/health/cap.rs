@@ -3,7 +3,7 @@
 //! jurisdiction. When more fail at once, the router suspects itself or its
 //! network, not every region. Pure.
 
-use crate::table::{RegionId, RoutingTable};
+use crate::routing::table::{RegionId, RoutingTable};
 
 /// Why an ejection was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

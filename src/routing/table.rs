@@ -10,9 +10,9 @@ use http::HeaderValue;
 use crate::config::{Capacity, Config, EndpointSpec, Location, RegionName, UpstreamSettings};
 use crate::config::{Methods, Steering};
 use crate::geo::{Code, Code3, GeoFacts, GeoLookup, MmdbGeo, NoGeo};
-use crate::identity::TrustedProxies;
 use crate::path::PathEscapes;
-use crate::residency::CookieSigner;
+use crate::routing::identity::TrustedProxies;
+use crate::routing::residency::CookieSigner;
 use crate::tls::{self, TlsError};
 use ipnet::IpNet;
 
@@ -284,7 +284,7 @@ pub enum TableError {
     #[error("geo.database: {0}")]
     Geo(#[from] crate::geo::GeoError),
     #[error(transparent)]
-    CookieKey(#[from] crate::residency::KeyError),
+    CookieKey(#[from] crate::routing::residency::KeyError),
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);

@@ -170,9 +170,9 @@ mod tests {
         use http_body_util::{Either, Empty, Limited};
         type Bare = Either<Limited<hyper::body::Incoming>, Empty<bytes::Bytes>>;
         assert!(
-            std::mem::size_of::<crate::pool::UpstreamBody>() <= std::mem::size_of::<Bare>(),
+            std::mem::size_of::<crate::proxy::pool::UpstreamBody>() <= std::mem::size_of::<Bare>(),
             "{} > {}",
-            std::mem::size_of::<crate::pool::UpstreamBody>(),
+            std::mem::size_of::<crate::proxy::pool::UpstreamBody>(),
             std::mem::size_of::<Bare>()
         );
     }

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, FromTomlError};
-use crate::sim::SimRegion;
+use crate::tools::sim::SimRegion;
 
 /// The demo's policy template.
-pub const POLICY: &str = include_str!("../config/demo.toml");
+pub const POLICY: &str = include_str!("../../config/demo.toml");
 
 /// The demo's regions, in the order they are declared.
 pub const REGIONS: [&str; 4] = ["us-east", "eu-west", "eu-central", "ap-southeast"];
@@ -65,7 +65,7 @@ pub async fn in_process(db: &Path, token: &str) -> Result<InProcess, InProcessEr
     let regions = spawn_regions(|_| Duration::ZERO).await?;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
     let config = config(any, any, &regions, Some(db))?;
-    let listeners = crate::server::bind(&config.listeners)?;
+    let listeners = crate::edge::server::bind(&config.listeners)?;
     let target = listeners[0].tcp.local_addr()?;
     let admin = std::net::TcpListener::bind(any)?;
     let admin_addr = admin.local_addr()?;
@@ -101,7 +101,7 @@ pub enum InProcessError {
     #[error(transparent)]
     Start(#[from] crate::launch::StartError),
     #[error(transparent)]
-    Bind(#[from] crate::server::BindError),
+    Bind(#[from] crate::edge::server::BindError),
 }
 
 /// What the demo prints once it serves.

@@ -7,7 +7,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::authority::{self, Host};
+use crate::proxy::authority::{self, Host};
 
 /// A request refused at the door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -126,9 +126,9 @@ pub fn scan(headers: &HeaderMap) -> Scan<'_> {
             let name = name.as_str();
             if name.starts_with(OWNED_PREFIX) {
                 scan.owned = true;
-            } else if name == crate::request_id::NAME {
+            } else if name == crate::proxy::request_id::NAME {
                 scan.request_id = Some(value);
-            } else if name == crate::headers::X_REAL_IP.as_str() {
+            } else if name == crate::proxy::headers::X_REAL_IP.as_str() {
                 scan.identity = true;
             }
         }

@@ -10,10 +10,10 @@ use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 pub use crate::blame::FailureKind;
-use crate::capacity::{Gauges, Quorum, RegionLoad, ShedReason};
 use crate::config::{Capacity, EndpointSpec, RegionName};
 use crate::metrics::Metrics;
-use crate::table::{JurisdictionId, RegionId, Route, RoutingTable};
+use crate::routing::capacity::{Gauges, Quorum, RegionLoad, ShedReason};
+use crate::routing::table::{JurisdictionId, RegionId, Route, RoutingTable};
 
 /// `requests_total{region, code}` for one region, each code resolved on first use.
 #[derive(Debug)]

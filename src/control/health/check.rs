@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use crate::blame::LocalFault;
 use crate::config::{EndpointSpec, HealthCheck, Http2Tuning};
-use crate::pool;
-use crate::table::Region;
+use crate::proxy::pool;
+use crate::routing::table::Region;
 
 /// A check's outcome: passed with its round-trip time, or why it failed; or it
 /// could not be made for want of the router's own resources, which says nothing

@@ -104,7 +104,7 @@ fn owed(name: &HeaderName) -> bool {
         || *name == X_FORWARDED_FOR
         || *name == X_FORWARDED_PROTO
         || *name == X_FORWARDED_HOST
-        || name.as_str() == crate::request_id::NAME
+        || name.as_str() == crate::proxy::request_id::NAME
 }
 
 /// Removes the headers that `Connection` names, but not the ones the router owes.

@@ -4,11 +4,11 @@
 
 use crate::config::{Steering, MAX_CANDIDATES};
 use crate::geo::distance_km;
-use crate::identity::ClientIp;
 use crate::path::{Ambiguity, PathEscapes};
-use crate::table::{JurisdictionId, Matched, RegionId, Route, RoutingTable};
+use crate::routing::identity::ClientIp;
+use crate::routing::table::{JurisdictionId, Matched, RegionId, Route, RoutingTable};
 
-pub use crate::facts::{PinSource, RequestFacts};
+pub use crate::routing::facts::{PinSource, RequestFacts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pin {
@@ -725,7 +725,7 @@ mod tests {
 
     #[test]
     fn with_every_eu_region_down_a_resident_has_no_candidate_that_serves() {
-        use crate::regions::{RegionState, RegionStates};
+        use crate::routing::regions::{RegionState, RegionStates};
         let t = table(WORLD);
         let d = decide_for(
             &t,
@@ -747,9 +747,14 @@ mod tests {
             );
         }
         assert!(d.fenced);
-        assert!(
-            crate::select::serving(&t, &states, d.route.steering, &d.candidates, |_| 0).is_empty()
-        );
+        assert!(crate::routing::select::serving(
+            &t,
+            &states,
+            d.route.steering,
+            &d.candidates,
+            |_| 0
+        )
+        .is_empty());
     }
 
     #[test]

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::activity::Activity;
 use crate::config::{ListenerSpec, ServerSettings};
-use crate::head_guard::Verdicts;
-use crate::http_conn::{Builders, Served, Version};
+use crate::edge::activity::Activity;
+use crate::edge::head_guard::Verdicts;
+use crate::edge::http_conn::{Builders, Served, Version};
 
 /// What the edge learnt of a connection it opened, handed to the [`App`].
 #[derive(Debug)]
@@ -179,7 +179,7 @@ pub struct ConnLimits {
     /// Accept failures that were not about one connection (EMFILE, ENFILE, ...).
     pub accept_errors: Arc<AtomicU64>,
     /// Which connections make room when every slot is taken; the per-address cap.
-    pub pressure: Arc<crate::pressure::Pressure>,
+    pub pressure: Arc<crate::edge::pressure::Pressure>,
 }
 
 impl ConnLimits {
@@ -197,7 +197,7 @@ impl ConnLimits {
             http2: settings.http2,
             shutdown_grace: settings.shutdown_grace,
             accept_errors: Arc::new(AtomicU64::new(0)),
-            pressure: Arc::new(crate::pressure::Pressure::new(0)),
+            pressure: Arc::new(crate::edge::pressure::Pressure::new(0)),
         }
     }
 
@@ -330,7 +330,7 @@ struct Accepted {
     tls: Option<TlsAcceptor>,
     cert_names: Option<Arc<crate::tls::CertNames>>,
     /// Its place in connection pressure, told when it is open.
-    tracked: Arc<crate::pressure::Tracked>,
+    tracked: Arc<crate::edge::pressure::Tracked>,
 }
 
 impl Accepted {
@@ -364,7 +364,7 @@ impl Accepted {
         let mut peer = self.peer;
         let mut prefix = Vec::new();
         if self.proxy_protocol {
-            let read = crate::proxy_protocol::read_header(&mut self.stream);
+            let read = crate::edge::proxy_protocol::read_header(&mut self.stream);
             match tokio::time::timeout_at(deadline, read).await {
                 Ok(Ok((addr, rest))) => {
                     peer = addr.unwrap_or(peer);
@@ -380,7 +380,7 @@ impl Accepted {
                 }
             }
         }
-        let io = crate::proxy_protocol::Prefixed::new(prefix, self.stream);
+        let io = crate::edge::proxy_protocol::Prefixed::new(prefix, self.stream);
         let activity = Arc::new(Activity::new());
         self.tracked.opened(activity.clone());
         let mut opened = Opened {
@@ -469,13 +469,13 @@ where
     let peer = opened.peer;
     // The guard reads HTTP/1.1 framing along with hyper (it stops at an HTTP/2
     // preface).
-    let io = crate::head_guard::Guarded::new(io, opened.verdicts.clone());
+    let io = crate::edge::head_guard::Guarded::new(io, opened.verdicts.clone());
     // And the HTTP/2 guard: control-frame floods and broken prefaces.
-    let mut io = crate::h2_guard::FrameGuard::new(io, limits.http2_max_control_frames);
+    let mut io = crate::edge::h2_guard::FrameGuard::new(io, limits.http2_max_control_frames);
     let (version, seen) = match version {
         Some(v) => (v, Vec::new()),
         None => tokio::select! {
-            r = tokio::time::timeout_at(deadline, crate::http_conn::sniff(&mut io)) => match r {
+            r = tokio::time::timeout_at(deadline, crate::edge::http_conn::sniff(&mut io)) => match r {
                 Ok(Ok(Some(sniffed))) => sniffed,
                 Ok(Ok(None)) => return None,
                 Ok(Err(e)) => {
@@ -490,7 +490,7 @@ where
             _ = shutdown.changed() => return None,
         },
     };
-    let io = crate::proxy_protocol::Prefixed::new(seen, io);
+    let io = crate::edge::proxy_protocol::Prefixed::new(seen, io);
     Some(builders.serve(version, io, app.service(opened)))
 }
 

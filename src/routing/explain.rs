@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use crate::policy::{Decision, PinSource, RequestFacts};
-use crate::regions::RegionStates;
-use crate::table::{Matched, RoutingTable};
+use crate::routing::policy::{Decision, PinSource, RequestFacts};
+use crate::routing::regions::RegionStates;
+use crate::routing::table::{Matched, RoutingTable};
 
 /// The short form for access logs: which list matched and where the pin came from.
 pub fn short_reason(table: &RoutingTable, d: &Decision<'_>) -> String {
@@ -102,13 +102,15 @@ pub fn explain(
         outcome: String::new(),
         regions: Vec::new(),
     };
-    let d = match crate::policy::decide(table, facts) {
-        Ok(d) => d,
+    // The data path's own plan for the same facts.
+    let plan = match crate::routing::plan::plan(table, states, facts) {
+        Ok(p) => p,
         Err(refusal) => {
             e.outcome = refusal.to_string();
             return e;
         }
     };
+    let (d, order, panicked) = (plan.decision, plan.regions, plan.panicked);
     e.route = Some(d.route.name.to_string());
     e.matched = Some(match d.matched {
         Matched::Cidr(k) => format!("rules[{k}] (client CIDR)"),
@@ -131,8 +133,6 @@ pub fn explain(
         .iter()
         .map(|&id| table.region(id).name.to_string())
         .collect();
-    // What the data path does with the same facts (`select::order`).
-    let (order, panicked) = crate::select::order(table, states, &d, facts.client);
     let chosen = order.first().copied();
     e.chosen = chosen.map(|id| table.region(id).name.to_string());
     e.outcome = match (chosen, d.fenced) {

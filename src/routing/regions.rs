@@ -1,10 +1,10 @@
 //! Region states: the health, drain, weight and RTT facts the selector reads, one
 //! immutable snapshot per change, indexed like the routing table it was made for.
-//! Plain data: the counters live beside them ([`crate::accounting::Accounts`]).
+//! Plain data: the counters live beside them ([`crate::routing::accounting::Accounts`]).
 
 use std::time::Duration;
 
-use crate::table::{RegionId, RoutingTable};
+use crate::routing::table::{RegionId, RoutingTable};
 
 /// Health and drain are separate facts: a drained region may be healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

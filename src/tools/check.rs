@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::config::{Config, LoadError};
-use crate::table::{RoutingTable, TableError};
+use crate::routing::table::{RoutingTable, TableError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -61,7 +61,7 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
             endpoints.join(",")
         );
     }
-    let names = |ids: &[crate::table::RegionId]| {
+    let names = |ids: &[crate::routing::table::RegionId]| {
         ids.iter()
             .map(|&id| table.region(id).name.as_str())
             .collect::<Vec<_>>()

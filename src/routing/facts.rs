@@ -5,10 +5,10 @@
 use http::HeaderMap;
 
 use crate::geo::GeoFacts;
-use crate::identity::ClientIp;
 use crate::path::Ambiguity;
-use crate::residency::CookieClaim;
-use crate::table::RoutingTable;
+use crate::routing::identity::ClientIp;
+use crate::routing::residency::CookieClaim;
+use crate::routing::table::RoutingTable;
 
 /// What the policy knows about one request.
 #[derive(Debug, Clone, Copy)]

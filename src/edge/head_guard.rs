@@ -407,7 +407,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
     }
 }
 
-crate::io_delegate::delegate_async_write!(Guarded, io);
+crate::edge::io_delegate::delegate_async_write!(Guarded, io);
 
 #[cfg(test)]
 mod tests {

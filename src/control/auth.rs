@@ -26,12 +26,6 @@ pub enum AuthError {
     Placeholder { field: &'static str },
 }
 
-/// The placeholder secrets the deploy files ship with: never a real secret.
-pub const PLACEHOLDERS: [&str; 2] = [
-    "REPLACE-WITH-A-LONG-RANDOM-TOKEN",
-    "REPLACE-WITH-AT-LEAST-32-RANDOM-BYTES",
-];
-
 /// The shortest token a policy may name (a command-line token, the demo's, is
 /// exempt).
 pub const MIN_TOKEN_BYTES: usize = 32;
@@ -113,7 +107,7 @@ fn load(
     if secret.is_empty() {
         return Err(AuthError::Empty { field });
     }
-    if PLACEHOLDERS.contains(&secret.as_str()) {
+    if crate::secret::PLACEHOLDERS.contains(&secret.as_str()) {
         return Err(AuthError::Placeholder { field });
     }
     if secret.len() < MIN_TOKEN_BYTES {

@@ -11,17 +11,17 @@ use http_body_util::{Either, Empty};
 
 use std::sync::Arc;
 
-use crate::accounting::{Accounts, FailureKind, RegionAccount};
 use crate::blame::{ClientFault, LocalFault};
-use crate::budget;
-pub use crate::capacity::ShedReason;
-use crate::capacity::{Attempted, InFlight, Passive, Queued, RegionLoad};
-use crate::client_body::{ClientBodyError, Progress};
 use crate::config::{EndpointSpec, Protocol, RegionName};
-use crate::deadline::{Lent, TimerSlot};
-use crate::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
-use crate::table::{Region, RegionId, RoutingTable};
-use crate::State;
+use crate::proxy::budget;
+use crate::proxy::client_body::{ClientBodyError, Progress};
+use crate::proxy::deadline::{Lent, TimerSlot};
+use crate::proxy::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
+use crate::routing::accounting::{Accounts, FailureKind, RegionAccount};
+pub use crate::routing::capacity::ShedReason;
+use crate::routing::capacity::{Attempted, InFlight, Passive, Queued, RegionLoad};
+use crate::routing::table::{Region, RegionId, RoutingTable};
+use crate::routing::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -142,7 +142,8 @@ fn failed(
     if let Some(a) = ctx.accounts.account(ctx.table, id) {
         let s = &ctx.table.settings;
         // Nothing reached the region on a connect failure: no client caused it.
-        let client = (kind != FailureKind::Connect).then(|| crate::policy::client_hash(ctx.client));
+        let client =
+            (kind != FailureKind::Connect).then(|| crate::routing::policy::client_hash(ctx.client));
         if a.failure(kind, s.passive_failures, client, s.min_distinct_clients) {
             ctx.state.wake.notify_one();
         }
@@ -161,7 +162,7 @@ pub struct Attempt<'a> {
     /// starts when the body has been handed over.
     pub body: Option<&'a Progress>,
     /// The client, for the passive detection's quorum of clients.
-    pub client: crate::identity::ClientIp,
+    pub client: crate::routing::identity::ClientIp,
 }
 
 /// Whether a response status says "this region cannot serve it right now".
@@ -623,10 +624,10 @@ fn endpoint_failed(
         ejection: s.endpoint_ejection,
         max_ejection: s.endpoint_max_ejection,
     };
-    let client = sent.then(|| crate::policy::client_hash(ctx.client));
+    let client = sent.then(|| crate::routing::policy::client_hash(ctx.client));
     if load.record(endpoint, Attempted::Failed, client, &passive) {
         let key = &load.endpoints[endpoint].key;
-        tracing::warn!(target: "georouter::health", region = %region.name, endpoint = %key, "endpoint out of rotation: a run of failed requests while a sibling serves");
+        tracing::warn!(target: "georouter::control::health", region = %region.name, endpoint = %key, "endpoint out of rotation: a run of failed requests while a sibling serves");
         ctx.state
             .metrics
             .endpoint_ejections
