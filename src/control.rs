@@ -10,6 +10,7 @@ mod fleet;
 pub mod health;
 mod journal;
 mod monitor;
+pub mod publish;
 mod reload;
 
 pub use draining::{DrainError, Drained};
@@ -31,8 +32,7 @@ use crate::control::auth::{AdminAuth, AuthError};
 use crate::control::health::machine::{Limits, Phase, Transition};
 use crate::drains::{Drain, DrainStore, Drains, StateFileError};
 use crate::edge::server::Shutdown;
-use crate::routing::accounting::Accounts;
-use crate::routing::regions::{RegionState, RegionStates};
+use crate::routing::regions::RegionState;
 use crate::routing::table::RoutingTable;
 use crate::routing::State;
 use monitor::Record;
@@ -293,27 +293,49 @@ impl Control {
     /// snapshot.
     pub(crate) fn publish(&self, inner: &mut Inner) {
         let now = Instant::now();
-        let m = &self.state.metrics;
         let slow_start = inner.config.health.failback.slow_start;
-        let mut states = Vec::with_capacity(inner.table.regions().len());
-        let mut accounts = Vec::with_capacity(states.capacity());
         let table = inner.table.clone();
+        let health: Vec<publish::Health> = table
+            .regions()
+            .iter()
+            .filter_map(|region| {
+                let rec = inner.regions.get_mut(&region.name)?;
+                rec.published_weight = rec.weight(now, slow_start);
+                Some(publish::Health {
+                    serving: rec.machine.serving(),
+                    held_down: matches!(rec.machine.phase(), Phase::HeldDown { .. }),
+                    weight: rec.published_weight,
+                    rtt: rec.published_rtt,
+                    account: rec.account.clone(),
+                })
+            })
+            .collect();
+        if health.len() != table.regions().len() {
+            // Records are made with the table they serve; never published half.
+            tracing::error!("a region of the table in service has no health record; not published");
+            return;
+        }
+        let previous = self.state.routing.load();
+        let drains = &inner.drains;
+        let next = publish::snapshot(
+            table.clone(),
+            &health,
+            |r| drains.get(r).is_some(),
+            Some(&previous.accounts),
+        );
+        self.published(inner, &next);
+        self.state.routing.store(Arc::new(next));
+    }
+
+    /// What a new snapshot changes besides the requests: waiting requests of a
+    /// region that left service go elsewhere; the gauges.
+    fn published(&self, inner: &mut Inner, next: &crate::routing::snapshot::Snapshot) {
+        let m = &self.state.metrics;
         let refused = inner.drains.refused();
-        for region in table.regions() {
-            let drained = inner.drains.get(region.name.as_str()).is_some();
+        for region in next.table.regions() {
+            let s = next.states.get(&next.table, region.id);
             let Some(rec) = inner.regions.get_mut(&region.name) else {
                 continue;
-            };
-            rec.published_weight = rec.weight(now, slow_start);
-            let s = RegionState {
-                standby: matches!(
-                    rec.machine.phase(),
-                    crate::control::health::machine::Phase::HeldDown { .. }
-                ),
-                healthy: rec.machine.serving(),
-                drained,
-                weight: rec.published_weight,
-                rtt: rec.published_rtt,
             };
             if rec.published_serving && !s.serving() {
                 // Requests waiting on it that can go elsewhere go now.
@@ -336,29 +358,13 @@ impl Control {
             if let Some(rtt) = rec.rtt {
                 m.region_rtt.with_label_values(&n).set(rtt);
             }
-            states.push(s);
-            accounts.push(rec.account.clone());
         }
-        for j in inner.table.jurisdictions() {
-            let serving = j
-                .regions
-                .iter()
-                .filter(|id| states[usize::from(id.0)].serving())
-                .count();
+        let serving = publish::serving_by_jurisdiction(next);
+        for (j, n) in next.table.jurisdictions().iter().zip(serving) {
             m.jurisdiction_serving
                 .with_label_values(&[&*j.name])
-                .set(serving as i64);
+                .set(n as i64);
         }
-        let previous = self.state.routing.load();
-        let accounts = Accounts::new(&table, accounts, Some(&previous.accounts));
-        let states = RegionStates::new(&table, states);
-        self.state
-            .routing
-            .store(Arc::new(crate::routing::snapshot::Snapshot {
-                table,
-                states,
-                accounts,
-            }));
     }
 
     /// Whether the admin API answers a request with this `Host`: an IP
