@@ -105,43 +105,26 @@ impl Control {
     }
 
     /// The jurisdiction of `region` as the fleet-wide guard needs it (`None`
-    /// for a region outside any jurisdiction).
+    /// for a region outside any jurisdiction), read from the snapshot in
+    /// service like the local guard's.
     fn guard_of(&self, region: &str) -> Result<Option<Guard>, DrainError> {
-        let inner = self.lock();
-        let table = inner.table.clone();
+        let snapshot = self.state.routing.load();
+        let table = &snapshot.table;
         let Some(r) = table.region_by_name(region) else {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         };
-        let Some(j) = &r.jurisdiction else {
-            return Ok(None);
-        };
-        let regions = table
-            .regions()
-            .iter()
-            .filter(|o| o.jurisdiction.as_ref() == Some(j))
-            .map(|o| {
-                let healthy = inner
-                    .regions
-                    .get(&o.name)
-                    .is_none_or(|rec| rec.machine.serving());
-                (o.name.to_string(), healthy)
-            })
-            .collect();
-        Ok(Some(Guard {
-            jurisdiction: j.clone(),
-            regions,
-        }))
+        Ok(jurisdiction_of(table, &snapshot.states, r))
     }
 
     /// The local guard: refuses to drain the last region of its jurisdiction
     /// that this router sees serving.
     fn check_last_serving(&self, region: &str) -> Result<(), DrainError> {
-        let inner = self.lock();
-        let table = inner.table.clone();
+        let snapshot = self.state.routing.load();
+        let table = &snapshot.table;
         let Some(r) = table.region_by_name(region) else {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         };
-        last_serving_guard(&table, &self.state.routing.load().states, r)
+        last_serving_guard(table, &snapshot.states, r)
     }
 
     /// Applies a fleet intent here (from this call or the watch).
@@ -216,7 +199,8 @@ impl Control {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         };
         if drain.is_some() && !force {
-            last_serving_guard(&table, &self.state.routing.load().states, r)?;
+            let snapshot = self.state.routing.load();
+            last_serving_guard(&snapshot.table, &snapshot.states, r)?;
         }
         let before = inner.drains.get(region).cloned();
         let entry = drain.map(|(reason, by)| Drain {
@@ -253,24 +237,50 @@ impl Control {
     }
 }
 
+/// `r`'s jurisdiction as `states` see it: its regions and which are healthy;
+/// `None` outside any jurisdiction. The one reading both guards start from:
+/// the local one adds this router's drains, the fleet's adds the fleet's (in
+/// one etcd transaction).
+fn jurisdiction_of(
+    table: &crate::routing::table::RoutingTable,
+    states: &crate::routing::regions::RegionStates,
+    r: &crate::routing::table::Region,
+) -> Option<Guard> {
+    let j = r.jurisdiction.as_ref()?;
+    Some(Guard {
+        jurisdiction: j.clone(),
+        regions: table
+            .regions()
+            .iter()
+            .filter(|o| o.jurisdiction.as_ref() == Some(j))
+            .map(|o| (o.name.to_string(), states.get(table, o.id).healthy))
+            .collect(),
+    })
+}
+
 /// Refuses to drain `r` when it is the last region of its jurisdiction that
-/// serves in `states`: its residents would get 503.
+/// serves in `states` (healthy and not drained): its residents would get 503.
 fn last_serving_guard(
     table: &crate::routing::table::RoutingTable,
     states: &crate::routing::regions::RegionStates,
     r: &crate::routing::table::Region,
 ) -> Result<(), DrainError> {
-    let Some(j) = &r.jurisdiction else {
+    let Some(guard) = jurisdiction_of(table, states, r) else {
         return Ok(());
     };
-    let serving_here = states.get(table, r.id).serving();
-    let others = table.regions().iter().any(|o| {
-        o.id != r.id && o.jurisdiction.as_ref() == Some(j) && states.get(table, o.id).serving()
-    });
-    if serving_here && !others {
+    let serving = |name: &str| {
+        table
+            .region_by_name(name)
+            .is_some_and(|o| states.get(table, o.id).serving())
+    };
+    let others = guard
+        .regions
+        .iter()
+        .any(|(name, _)| name != r.name.as_str() && serving(name));
+    if serving(r.name.as_str()) && !others {
         return Err(DrainError::LastInJurisdiction {
             region: r.name.to_string(),
-            jurisdiction: j.clone(),
+            jurisdiction: guard.jurisdiction,
         });
     }
     Ok(())
