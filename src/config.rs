@@ -4,7 +4,7 @@
 mod edge;
 mod fleet;
 mod health;
-pub mod raw;
+pub(crate) mod raw;
 mod regions;
 mod routing;
 

@@ -4,13 +4,13 @@
 //! their own file below; all share one mutex that the data plane never touches
 //! and that is never held across an `.await`.
 
-pub mod auth;
+pub(crate) mod auth;
 mod draining;
 mod fleet;
-pub mod health;
+pub(crate) mod health;
 mod journal;
 mod monitor;
-pub mod publish;
+pub(crate) mod publish;
 mod reload;
 
 pub use draining::{DrainError, Drained};

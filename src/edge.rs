@@ -2,12 +2,12 @@
 //! guards, connection pressure and deadlines. It serves an [`server::App`]
 //! that `launch` hands it, and knows no proxy.
 
-pub mod activity;
-pub mod descriptors;
-pub mod h2_guard;
-pub mod head_guard;
-pub mod http_conn;
-pub mod io_delegate;
-pub mod pressure;
-pub mod proxy_protocol;
+pub(crate) mod activity;
+pub(crate) mod descriptors;
+pub(crate) mod h2_guard;
+pub(crate) mod head_guard;
+pub(crate) mod http_conn;
+pub(crate) mod io_delegate;
+pub(crate) mod pressure;
+pub(crate) mod proxy_protocol;
 pub mod server;

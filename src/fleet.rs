@@ -4,10 +4,10 @@
 //! status. The control plane runs the watch and the heartbeat
 //! (`control/fleet.rs`); the CLI talks to etcd through this module directly.
 
-pub mod book;
+pub(crate) mod book;
 pub mod cli;
-pub mod etcd;
-pub mod keys;
+pub(crate) mod etcd;
+pub(crate) mod keys;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -48,21 +48,21 @@ pub mod admin;
 pub mod blame;
 pub mod config;
 pub mod control;
-pub mod drains;
+pub(crate) mod drains;
 pub mod edge;
 pub mod fleet;
 pub mod geo;
 pub mod launch;
-pub mod log_limit;
+pub(crate) mod log_limit;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
-pub mod path;
+pub(crate) mod path;
 pub mod proxy;
 pub mod routing;
-pub mod secret;
+pub(crate) mod secret;
 pub mod signing;
-pub mod tls;
+pub(crate) mod tls;
 pub mod tools;
 
 /// The data plane's shared state ([`routing::State`]), for the binary and tests.

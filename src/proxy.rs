@@ -2,16 +2,16 @@
 //! decision chain identity -> geo -> policy -> select, the upstream request,
 //! forwarding, the response), every error mapped to a response in one place.
 
-pub mod admit;
-pub mod authority;
-pub mod budget;
-pub mod client_body;
-pub mod deadline;
+pub(crate) mod admit;
+pub(crate) mod authority;
+pub(crate) mod budget;
+pub(crate) mod client_body;
+pub(crate) mod deadline;
 mod error;
-pub mod forward;
-pub mod headers;
+pub(crate) mod forward;
+pub(crate) mod headers;
 pub mod pool;
-pub mod request_id;
+pub(crate) mod request_id;
 mod respond;
 mod upstream;
 

@@ -2,7 +2,7 @@
 //! http/1.1, session resumption as the policy says) and the client side per
 //! region (CA bundle, optional client certificate).
 
-pub mod tickets;
+pub(crate) mod tickets;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,6 @@
 //! ejection ([`cap`]). The controller in
 //! `control.rs` runs them and publishes what they decide.
 
-pub mod cap;
-pub mod check;
-pub mod machine;
+pub(crate) mod cap;
+pub(crate) mod check;
+pub(crate) mod machine;

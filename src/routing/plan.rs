@@ -20,14 +20,6 @@ pub struct Plan<'t> {
     pub panicked: bool,
 }
 
-impl Plan<'_> {
-    /// No region may serve the request: every candidate is drained or down
-    /// (and, when fenced, nothing outside the jurisdiction may stand in).
-    pub fn refused(&self) -> bool {
-        self.regions.is_empty()
-    }
-}
-
 /// The plan for a request's facts over a table and the region states made for
 /// it. Pure: no I/O, no allocation beyond the fixed-size candidate lists.
 pub fn plan<'t>(
