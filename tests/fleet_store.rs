@@ -35,32 +35,17 @@ impl World {
     /// Instance `id`, on its own link to the store; eu is strict and the
     /// route has only its two regions.
     async fn instance(&self, id: &str) -> (TestRouter, MemoryStore) {
-        let toml = format!(
-            r#"
-            [[listeners]]
-            address = "127.0.0.1:0"
-            [health]
-            interval = "50ms"
-            [fleet]
-            endpoints = ["http://127.0.0.1:9"]
-            prefix = "/mem"
-            instance = "{id}"
-            lease_ttl = "2s"
-            timeout = "500ms"
-            {regions}
-            [[jurisdictions]]
-            name = "eu"
-            strict = true
-            countries = ["DE"]
-            [[routes]]
-            regions = ["eu1", "eu2"]
-            "#,
-            regions = regions_toml(&[
-                (&self.us, None),
-                (&self.eu1, Some("eu")),
-                (&self.eu2, Some("eu"))
-            ]),
-        );
+        let toml = Policy::new()
+            .section("[health]\ninterval = \"50ms\"")
+            .section(&format!(
+                "[fleet]\nendpoints = [\"http://127.0.0.1:9\"]\nprefix = \"/mem\"\ninstance = {id:?}\nlease_ttl = \"2s\"\ntimeout = \"500ms\""
+            ))
+            .region(&self.us)
+            .region_in(&self.eu1, "eu")
+            .region_in(&self.eu2, "eu")
+            .jurisdiction("eu", true, &["DE"])
+            .route(&["eu1", "eu2"])
+            .toml();
         let config = Config::from_toml(&toml).unwrap();
         let link = self.store.client();
         let router = TestRouter::start(

@@ -1,6 +1,6 @@
 //! Region states: the health, drain, weight and RTT facts the selector reads, one
 //! immutable snapshot per change, indexed like the routing table it was made for.
-//! Plain data: the counters live beside them ([`crate::routing::accounting::Accounts`]).
+//! Plain data: the counters live beside them (`routing::accounting::Accounts`).
 
 use std::time::Duration;
 
