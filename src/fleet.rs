@@ -4,19 +4,23 @@
 //! status. The control plane runs the watch and the heartbeat
 //! (`control/fleet.rs`); the CLI talks to etcd through this module directly.
 
+mod accepted;
 pub(crate) mod book;
 pub mod cli;
 pub(crate) mod etcd;
 pub(crate) mod keys;
+mod metrics;
+mod status;
 pub mod store;
+
+pub use accepted::{accepted_policy_path, keep_accepted_policy, last_accepted_policy};
+pub use metrics::FleetMetrics;
+pub use status::{FleetStatus, InstanceView};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use prometheus::{Gauge, IntGauge};
-use serde::Serialize;
 
 use crate::config::FleetSettings;
 use crate::drains::Intent;
@@ -55,70 +59,6 @@ pub struct Guard {
     pub regions: Vec<(String, bool)>,
 }
 
-/// The fleet's gauges (registered only when `[fleet]` is set).
-#[derive(Debug, Clone)]
-pub struct FleetMetrics {
-    pub connected: IntGauge,
-    pub instances: IntGauge,
-    pub applied_revision: IntGauge,
-    pub lag_seconds: Gauge,
-    pub leases_lost: prometheus::IntCounter,
-    pub history_changed: IntGauge,
-}
-
-impl FleetMetrics {
-    fn register(metrics: &Metrics) -> Self {
-        let int = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("metric options are valid");
-            metrics
-                .registry()
-                .register(Box::new(g.clone()))
-                .expect("metric names are unique");
-            g
-        };
-        let lag = Gauge::new(
-            "georouter_fleet_lag_seconds",
-            "Seconds since this instance last knew it had every drain of the fleet (0 while connected).",
-        )
-        .expect("metric options are valid");
-        metrics
-            .registry()
-            .register(Box::new(lag.clone()))
-            .expect("metric names are unique");
-        FleetMetrics {
-            connected: int(
-                "georouter_fleet_connected",
-                "1 while this instance reads the fleet's drains from etcd live.",
-            ),
-            instances: int(
-                "georouter_fleet_instances",
-                "Instances of the fleet alive in etcd (their leases renewed).",
-            ),
-            applied_revision: int(
-                "georouter_fleet_applied_revision",
-                "The etcd revision of the last fleet drain change this instance applied.",
-            ),
-            lag_seconds: lag,
-            history_changed: int(
-                "georouter_fleet_history_changed",
-                "1 when the fleet's epoch in etcd is gone or changed (data loss, a restore from backup): nothing from etcd is applied until `georouter fleet restore`.",
-            ),
-            leases_lost: {
-                let c = prometheus::IntCounter::new(
-                    "georouter_fleet_leases_lost_total",
-                    "Times this instance's lease expired or was refused and it registered again (its record vanished meanwhile).",
-                )
-                .expect("metric options are valid");
-                metrics
-                    .registry()
-                    .register(Box::new(c.clone()))
-                    .expect("metric names are unique");
-                c
-            },
-        }
-    }
-}
-
 /// The drain keys of a fleet as one read found them.
 #[derive(Debug, Clone, Default)]
 pub struct DrainRead {
@@ -154,71 +94,6 @@ pub struct Fleet {
     epoch: Mutex<Option<String>>,
     /// The epoch is gone or changed: nothing read from etcd is applied.
     history_changed: AtomicBool,
-}
-
-/// An instance as `GET /fleet` and `georouter fleet status` show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceView {
-    pub instance: String,
-    /// The fleet policy it serves (etcd revision; 0: its own file's).
-    pub policy_revision: i64,
-    pub policy_rejected: Option<Rejection>,
-    pub applied_revision: i64,
-    /// It has applied the fleet's latest drain change.
-    pub in_step: bool,
-    /// It follows another etcd history: not in step whatever its revisions.
-    pub history_changed: bool,
-    pub policy_generation: u64,
-    pub seconds_since_report: f64,
-    pub regions: BTreeMap<String, String>,
-}
-
-/// The fleet as etcd shows it now.
-#[derive(Debug, Clone, Serialize)]
-pub struct FleetStatus {
-    pub prefix: String,
-    /// The revision of the latest drain change (0: none yet).
-    pub latest_drain_revision: i64,
-    pub instances: Vec<InstanceView>,
-    /// Instances this router saw alive before whose lease has since expired.
-    pub gone: Vec<String>,
-    /// The fleet's drain intents, by region.
-    pub drains: BTreeMap<String, FleetDrain>,
-    /// Drain keys whose value is not a readable record, and why: their
-    /// regions keep the drain each instance last applied.
-    pub malformed: BTreeMap<String, String>,
-    /// The revision of the fleet's policy (0: none pushed).
-    pub policy_revision: i64,
-}
-
-impl FleetStatus {
-    /// What became of the fleet policy at `revision`: (applied, rejected with
-    /// why, not yet) by instance.
-    pub fn policy_outcome(
-        &self,
-        revision: i64,
-    ) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
-        let (mut applied, mut rejected, mut pending) = (Vec::new(), Vec::new(), Vec::new());
-        for i in &self.instances {
-            match &i.policy_rejected {
-                Some(r) if r.revision >= revision => {
-                    rejected.push((i.instance.clone(), r.errors.clone()))
-                }
-                _ if i.policy_revision >= revision => applied.push(i.instance.clone()),
-                _ => pending.push(i.instance.clone()),
-            }
-        }
-        (applied, rejected, pending)
-    }
-
-    /// Live instances that have not applied the latest drain change.
-    pub fn lagging(&self) -> Vec<String> {
-        self.instances
-            .iter()
-            .filter(|i| !i.in_step)
-            .map(|i| i.instance.clone())
-            .collect()
-    }
 }
 
 impl Fleet {
@@ -622,70 +497,6 @@ impl Fleet {
             // Each instance rewrites its record as soon as it applies a change;
             // looking again every 20 ms keeps the wait close to the slowest.
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Where an instance keeps the last fleet policy it accepted: beside its
-/// state file (`state.json` -> `state.policy.toml`). None without a state file
-/// or without `fleet.policy`.
-pub fn accepted_policy_path(config: &crate::config::Config) -> Option<std::path::PathBuf> {
-    config.fleet.as_ref().filter(|f| f.policy)?;
-    Some(
-        config
-            .admin
-            .state_file
-            .as_ref()?
-            .with_extension("policy.toml"),
-    )
-}
-
-/// Keeps a fleet policy just accepted (its etcd revision in the first line)
-/// beside the instance's own state file, written aside, flushed and renamed
-/// over, so that a restart serves it.
-pub fn keep_accepted_policy(state_file: Option<&std::path::Path>, text: &str, revision: i64) {
-    let Some(path) = state_file.map(|f| f.with_extension("policy.toml")) else {
-        return;
-    };
-    let body = format!("# georouter: fleet policy accepted at etcd revision {revision}\n{text}");
-    let tmp = path.with_extension("tmp");
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        std::io::Write::write_all(&mut f, body.as_bytes())?;
-        f.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
-        tracing::warn!(target: "georouter::fleet", path = %path.display(), error = %e, "the fleet policy applies but could not be kept for a restart");
-    }
-}
-
-/// At start, with `fleet.policy`: the last fleet policy this instance
-/// accepted, and its revision, instead of the bootstrap file (its own
-/// `[fleet]` section, the instance's identity and credentials, kept from the
-/// bootstrap). None when there is none, or it no longer loads (then the
-/// bootstrap serves, with a warning).
-pub fn last_accepted_policy(
-    bootstrap: &crate::config::Config,
-) -> Option<(crate::config::Config, i64)> {
-    let path = accepted_policy_path(bootstrap)?;
-    let text = std::fs::read_to_string(&path).ok()?;
-    let revision = text
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|r| r.parse::<i64>().ok())
-        .unwrap_or(0);
-    match crate::config::Config::from_toml(&text) {
-        Ok(mut config) => {
-            config.fleet.clone_from(&bootstrap.fleet);
-            config
-                .admin
-                .state_file
-                .clone_from(&bootstrap.admin.state_file);
-            Some((config, revision))
-        }
-        Err(e) => {
-            tracing::warn!(target: "georouter::fleet", path = %path.display(), error = %e, "the fleet policy kept from before does not load; serving the bootstrap file");
-            None
         }
     }
 }

@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, StatusCode, Uri};
+use bytes::Bytes;
+use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 
-use super::store::{Answer, Changes, Event, FleetStore, Kv, Op, Unchanged, WatchStream};
+use super::store::{Answer, Changes, FleetStore, Kv, Op, Unchanged, WatchStream};
 use crate::config::FleetSettings;
+mod transport;
+mod watch;
+
+pub use watch::Watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -185,146 +186,6 @@ impl Etcd {
             .map(|u| u.to_string().trim_end_matches('/').to_owned())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    /// Sends one POST to the first endpoint that takes it; the response head,
-    /// and (`keep`) its connection, to give back once the body is read.
-    async fn post(
-        &self,
-        path: &str,
-        body: &Value,
-        keep: bool,
-    ) -> Result<(http::Response<Incoming>, Option<(usize, Sender)>), EtcdError> {
-        let body = Bytes::from(serde_json::to_vec(body).expect("JSON serialises"));
-        let n = self.endpoints.len();
-        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
-        let mut last = String::from("no endpoint");
-        for i in 0..n {
-            let at = (first + i) % n;
-            let endpoint = &self.endpoints[at];
-            let token = self.token.lock().ok().and_then(|t| t.clone());
-            match tokio::time::timeout(
-                self.timeout,
-                self.send(at, path, body.clone(), token.as_deref(), keep),
-            )
-            .await
-            {
-                Ok(Ok((resp, sender))) => {
-                    self.preferred
-                        .store(at, std::sync::atomic::Ordering::Relaxed);
-                    return Ok((resp, sender.map(|s| (at, s))));
-                }
-                Ok(Err(e)) => last = format!("{endpoint}: {e}"),
-                Err(_) => {
-                    last = format!(
-                        "{endpoint}: no answer within {}",
-                        humantime::format_duration(self.timeout)
-                    )
-                }
-            }
-        }
-        Err(EtcdError::Unreachable {
-            endpoints: self.endpoints_text(),
-            last,
-        })
-    }
-
-    /// An idle connection to endpoint `at` that is still open.
-    fn take_idle(&self, at: usize) -> Option<Sender> {
-        let mut idle = self.idle.lock().ok()?;
-        idle.retain(|(_, s, since)| !s.is_closed() && since.elapsed() < IDLE_FOR);
-        let i = idle.iter().position(|(e, _, _)| *e == at)?;
-        Some(idle.swap_remove(i).1)
-    }
-
-    /// Keeps a connection whose last answer was read whole.
-    fn give_back(&self, (at, sender): (usize, Sender)) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < IDLE_MAX && !sender.is_closed() {
-                idle.push((at, sender, std::time::Instant::now()));
-            }
-        }
-    }
-
-    /// One request to endpoint `at`: on an idle connection when there is one
-    /// (a request it could not take goes on a new one), else a new connection.
-    async fn send(
-        &self,
-        at: usize,
-        path: &str,
-        body: Bytes,
-        token: Option<&str>,
-        keep: bool,
-    ) -> Result<(http::Response<Incoming>, Option<Sender>), Box<dyn std::error::Error + Send + Sync>>
-    {
-        let endpoint = &self.endpoints[at];
-        let authority = endpoint.authority().ok_or("no host")?;
-        let mut req = Request::post(path)
-            .header(http::header::HOST, authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(t) = token {
-            req = req.header(http::header::AUTHORIZATION, t);
-        }
-        let mut req = req.body(Full::new(body))?;
-        let idle = keep.then(|| self.take_idle(at)).flatten();
-        // Ready as soon as the connection has finished with the last answer.
-        if let Some(mut sender) = idle {
-            if sender.ready().await.is_err() {
-                return self.send_new(endpoint, req, keep).await;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(sender))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
-                },
-            }
-        }
-        self.send_new(endpoint, req, keep).await
-    }
-
-    async fn send_new(
-        &self,
-        endpoint: &Uri,
-        req: Request<Full<Bytes>>,
-        keep: bool,
-    ) -> Result<(http::Response<Incoming>, Option<Sender>), Box<dyn std::error::Error + Send + Sync>>
-    {
-        let mut sender = self.connect(endpoint).await?;
-        let resp = sender.send_request(req).await?;
-        Ok((resp, keep.then_some(sender)))
-    }
-
-    /// A new HTTP/1.1 connection to `endpoint` (TLS for `https`).
-    async fn connect(
-        &self,
-        endpoint: &Uri,
-    ) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
-        let authority = endpoint.authority().ok_or("no host")?;
-        let port = authority.port_u16().unwrap_or(match endpoint.scheme_str() {
-            Some("https") => 443,
-            _ => 2379,
-        });
-        let tcp = TcpStream::connect((authority.host(), port)).await?;
-        tcp.set_nodelay(true)?;
-        Ok(match (&self.tls, endpoint.scheme_str()) {
-            (Some(tls), Some("https")) => {
-                let host = authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
-                let stream = tls.connect(name, tcp).await?;
-                let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                sender
-            }
-            _ => {
-                let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(conn);
-                sender
-            }
-        })
     }
 
     /// One unary call: the JSON answer, with authentication (once more after a
@@ -563,10 +424,7 @@ impl Etcd {
                 message: format!("HTTP {}", resp.status()),
             });
         }
-        Ok(Watch {
-            body: resp.into_body(),
-            buf: BytesMut::new(),
-        })
+        Ok(Watch::new(resp.into_body()))
     }
 }
 
@@ -575,102 +433,6 @@ fn revision_of(v: &Value) -> i64 {
         .and_then(|h| h.get("revision"))
         .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_i64()))
         .unwrap_or(0)
-}
-
-/// A watch's stream of changes: one JSON object per line.
-pub struct Watch {
-    body: Incoming,
-    buf: BytesMut,
-}
-
-impl Watch {
-    /// The next batch of changes; `None` when etcd closed the stream.
-    pub async fn next(&mut self) -> Result<Option<Changes>, EtcdError> {
-        #[derive(Deserialize)]
-        struct Line {
-            result: Option<WatchResult>,
-            error: Option<Value>,
-        }
-        #[derive(Deserialize)]
-        struct WatchResult {
-            #[serde(default)]
-            header: Header,
-            #[serde(default)]
-            events: Vec<RawEvent>,
-            #[serde(default)]
-            canceled: bool,
-            #[serde(default, deserialize_with = "int")]
-            compact_revision: i64,
-            #[serde(default)]
-            cancel_reason: String,
-        }
-        #[derive(Deserialize)]
-        struct RawEvent {
-            #[serde(default, rename = "type")]
-            kind: String,
-            kv: RawKv,
-        }
-        loop {
-            if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(at + 1);
-                let line: Line = serde_json::from_slice(&line).map_err(|e| EtcdError::Decode {
-                    call: "watch",
-                    detail: e.to_string(),
-                })?;
-                if let Some(e) = line.error {
-                    return Err(EtcdError::Refused {
-                        call: "watch",
-                        message: e.to_string(),
-                    });
-                }
-                let Some(r) = line.result else { continue };
-                if r.compact_revision > 0 {
-                    return Err(EtcdError::Compacted(r.compact_revision));
-                }
-                if r.canceled {
-                    return Err(EtcdError::Refused {
-                        call: "watch",
-                        message: format!("canceled: {}", r.cancel_reason),
-                    });
-                }
-                let mut changes = Changes {
-                    revision: r.header.revision,
-                    events: Vec::with_capacity(r.events.len()),
-                };
-                for e in r.events {
-                    let kv = e.kv.decode("watch")?;
-                    changes.events.push(if e.kind == "DELETE" {
-                        Event::Delete {
-                            key: kv.key,
-                            mod_revision: kv.mod_revision,
-                        }
-                    } else {
-                        Event::Put(kv)
-                    });
-                }
-                return Ok(Some(changes));
-            }
-            match self.body.frame().await {
-                None => return Ok(None),
-                Some(Err(e)) => {
-                    return Err(EtcdError::Unreachable {
-                        endpoints: "the watch's connection".to_owned(),
-                        last: format!("it broke: {e}"),
-                    })
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            self.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl FleetStore for Etcd {

@@ -1,0 +1,131 @@
+//! The heartbeat: this instance's lease (kept alive on its own schedule) and
+//! its record on it, the acknowledgement of what it applied.
+
+use super::*;
+
+impl Control {
+    pub(super) async fn fleet_heartbeat(self: Arc<Self>, fleet: Arc<Fleet>) {
+        let mut shutdown = self.shutdown.clone();
+        let ttl = fleet.settings.lease_ttl;
+        let every = ttl / 3;
+        let mut lease: Option<i64> = None;
+        let mut had_lease = false;
+        let mut failures = 0usize;
+        // The keepalive keeps its own schedule: acknowledgements made in
+        // between (a drain change a second) never push it back.
+        let mut renew_at = tokio::time::Instant::now() + every;
+        loop {
+            let step = async {
+                let id = match lease {
+                    Some(id) => id,
+                    None => {
+                        let id = fleet.store.lease_grant(ttl).await?;
+                        if had_lease {
+                            if let Some(m) = &fleet.metrics {
+                                m.leases_lost.inc();
+                            }
+                        }
+                        had_lease = true;
+                        lease = Some(id);
+                        renew_at = tokio::time::Instant::now() + every;
+                        id
+                    }
+                };
+                fleet.report(id, &self.instance_record(&fleet)).await?;
+                fleet.status().await?;
+                Ok::<i64, EtcdError>(id)
+            };
+            let id = tokio::select! {
+                r = step => r,
+                _ = shutdown.changed() => break,
+            };
+            let id = match id {
+                Ok(id) => {
+                    failures = 0;
+                    id
+                }
+                Err(e) => {
+                    lease = None;
+                    fleet.set_connected(false);
+                    fleet.reset.notify_waiters();
+                    static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+                    if let Some(suppressed) = LOG.allow() {
+                        tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet heartbeat failed; serving with the drains last applied");
+                    }
+                    let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    continue;
+                }
+            };
+            // Renew on schedule until the lease is lost or a new
+            // acknowledgement is due.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(renew_at) => {
+                        renew_at = tokio::time::Instant::now() + every;
+                        fleet.refresh_gauges();
+                        match fleet.store.lease_keepalive(id).await {
+                            Ok(true) => {
+                                // Keeps georouter_fleet_instances current.
+                                let _ = fleet.status().await;
+                                continue;
+                            }
+                            Ok(false) => {
+                                tracing::warn!(target: "georouter::fleet", "this instance's lease expired; registering again");
+                                lease = None;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    _ = fleet.applied_changed.notified() => break,
+                    _ = shutdown.changed() => {
+                        let _ = fleet.store.lease_revoke(id).await;
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(id) = lease {
+            let _ = fleet.store.lease_revoke(id).await;
+        }
+    }
+
+    /// What this instance says of itself.
+    fn instance_record(&self, fleet: &Fleet) -> InstanceRecord {
+        let inner = self.lock();
+        let refused = inner.drains.refused();
+        let regions = inner
+            .regions
+            .iter()
+            .map(|(name, rec)| {
+                let drained = inner.drains.get(name.as_str()).is_some();
+                let phase = rec.machine.phase().name();
+                let view = if drained {
+                    format!("{phase}, drained")
+                } else if let Some((_, j)) = refused.iter().find(|(r, _)| *r == name.as_str()) {
+                    format!("{phase}, drain refused (last of {j})")
+                } else {
+                    phase.to_owned()
+                };
+                (name.to_string(), view)
+            })
+            .collect();
+        let (policy_revision, policy_rejected) = fleet.policy_state();
+        InstanceRecord {
+            history_changed: fleet.history_changed(),
+            epoch: fleet.epoch(),
+            policy_revision,
+            policy_rejected,
+            instance: fleet.instance().to_owned(),
+            applied_revision: fleet.applied(),
+            policy_generation: self.generation.load(std::sync::atomic::Ordering::Relaxed),
+            regions,
+            at_ms: now_ms(),
+        }
+    }
+}
