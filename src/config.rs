@@ -5,6 +5,7 @@ mod edge;
 mod fleet;
 mod health;
 pub(crate) mod raw;
+mod read;
 mod regions;
 mod routing;
 
@@ -372,7 +373,7 @@ impl Config {
         // Syntax first (line and column, with the line); then every section's
         // errors at their dotted paths, all at once.
         let table: toml::Table = text.parse().map_err(FromTomlError::Parse)?;
-        let raw: RawConfig = raw::read(table).map_err(FromTomlError::Invalid)?;
+        let raw: RawConfig = read::read(table).map_err(FromTomlError::Invalid)?;
         let effective = effective(&raw);
         let mut config = Config::try_from(raw).map_err(FromTomlError::Invalid)?;
         config.effective = effective;

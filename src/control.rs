@@ -11,6 +11,7 @@ pub(crate) mod health;
 mod journal;
 mod monitor;
 pub(crate) mod publish;
+mod record;
 mod reload;
 
 pub use draining::{DrainError, Drained};
@@ -35,7 +36,7 @@ use crate::edge::server::Shutdown;
 use crate::routing::regions::RegionState;
 use crate::routing::table::RoutingTable;
 use crate::routing::State;
-use monitor::Record;
+use record::Record;
 
 /// What starting the control plane needs besides the state.
 #[derive(Debug, Default, Clone)]
@@ -502,7 +503,7 @@ pub struct EndpointReport {
 }
 
 impl LoadReport {
-    fn of(load: &crate::routing::capacity::RegionLoad, real: &[monitor::Real]) -> Self {
+    fn of(load: &crate::routing::capacity::RegionLoad, real: &[record::Real]) -> Self {
         load.refresh();
         LoadReport {
             in_flight: load.in_flight(),

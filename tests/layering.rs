@@ -202,7 +202,11 @@ fn references(src: &Path) -> Vec<Reference> {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                stack.push(path);
+                // src/main/: the binary's own modules (it names the library
+                // as `georouter`, never `crate::`).
+                if path != src.join("main") {
+                    stack.push(path);
+                }
             } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("main.rs") {
                 files.push(path);
             }

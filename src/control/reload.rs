@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::monitor::Record;
+use super::record::Record;
 use super::Control;
 use crate::config::{Config, LoadError};
 use crate::control::auth::{AdminAuth, AuthError};
