@@ -20,9 +20,9 @@ impl Control {
     pub(super) fn transition(&self, region: &RegionName, t: &Transition) {
         let serving = |p: Phase| p == Phase::Up;
         if serving(t.to) {
-            tracing::info!(target: "georouter::control::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region back in service");
+            tracing::info!(target: "georouter::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region back in service");
         } else {
-            tracing::warn!(target: "georouter::control::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region out of service");
+            tracing::warn!(target: "georouter::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region out of service");
         }
         self.state
             .metrics
@@ -55,9 +55,9 @@ impl Control {
             if account.load.checked(i, ok) && results.len() > 1 {
                 let endpoint = &*account.load.endpoints[i].key;
                 if ok {
-                    tracing::info!(target: "georouter::control::health", region = %region.name, endpoint, "endpoint passes its checks: back in rotation");
+                    tracing::info!(target: "georouter::health", region = %region.name, endpoint, "endpoint passes its checks: back in rotation");
                 } else {
-                    tracing::warn!(target: "georouter::control::health", region = %region.name, endpoint, "endpoint fails its checks: out of rotation");
+                    tracing::warn!(target: "georouter::health", region = %region.name, endpoint, "endpoint fails its checks: out of rotation");
                 }
                 self.journal.record(
                     region.name.as_str(),
@@ -210,7 +210,7 @@ impl Control {
                 self.state.metrics.ejections_capped.inc();
                 static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
                 if let Some(suppressed) = LOG.allow() {
-                    tracing::warn!(target: "georouter::control::health", region = %name, last = %kind, why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
+                    tracing::warn!(target: "georouter::health", region = %name, last = %kind, why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
                 }
                 continue;
             }
@@ -312,7 +312,7 @@ impl Control {
                     if load.eject(i, &passive) {
                         rec.endpoints_real[i].reset();
                         let endpoint = &*load.endpoints[i].key;
-                        tracing::warn!(target: "georouter::control::health", region = %name, endpoint, real_ms = (avg * 1000.0).round(), siblings_ms = (median * 1000.0).round(), "endpoint out of rotation: far slower than its siblings on real requests");
+                        tracing::warn!(target: "georouter::health", region = %name, endpoint, real_ms = (avg * 1000.0).round(), siblings_ms = (median * 1000.0).round(), "endpoint out of rotation: far slower than its siblings on real requests");
                         self.state
                             .metrics
                             .endpoint_ejections
@@ -349,7 +349,7 @@ impl Control {
                     );
                     if !was {
                         rec.slow = true;
-                        tracing::warn!(target: "georouter::control::health", region = %name, %why, "region far slower than its peers on real requests");
+                        tracing::warn!(target: "georouter::health", region = %name, %why, "region far slower than its peers on real requests");
                         self.state
                             .metrics
                             .latency_outliers
@@ -360,7 +360,7 @@ impl Control {
                 }
                 (None, true) => {
                     rec.slow = false;
-                    tracing::info!(target: "georouter::control::health", region = %name, "region no longer far slower than its peers on real requests");
+                    tracing::info!(target: "georouter::health", region = %name, "region no longer far slower than its peers on real requests");
                 }
                 (None, false) => {}
             }

@@ -627,7 +627,7 @@ fn endpoint_failed(
     let client = sent.then(|| crate::routing::policy::client_hash(ctx.client));
     if load.record(endpoint, Attempted::Failed, client, &passive) {
         let key = &load.endpoints[endpoint].key;
-        tracing::warn!(target: "georouter::control::health", region = %region.name, endpoint = %key, "endpoint out of rotation: a run of failed requests while a sibling serves");
+        tracing::warn!(target: "georouter::health", region = %region.name, endpoint = %key, "endpoint out of rotation: a run of failed requests while a sibling serves");
         ctx.state
             .metrics
             .endpoint_ejections
