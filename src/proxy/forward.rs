@@ -19,9 +19,12 @@ use crate::proxy::deadline::{Lent, TimerSlot};
 use crate::proxy::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
 use crate::routing::accounting::{Accounts, FailureKind, RegionAccount};
 pub use crate::routing::capacity::ShedReason;
+mod tries;
+
 use crate::routing::capacity::{Attempted, InFlight, Passive, Queued, RegionLoad};
 use crate::routing::table::{Region, RegionId, RoutingTable};
 use crate::routing::State;
+use tries::Tries;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -345,42 +348,17 @@ pub async fn forward<'t>(
 ) -> Result<Forwarded<'t>, ForwardError> {
     let table = ctx.table;
     let timeout = table.settings.upstream.response_timeout;
-    let mut req = Some(req);
-    let mut last_error = None;
-    let mut first_failure = None;
+    let mut tries = Tries {
+        req: Some(req),
+        last_error: None,
+        first_failure: None,
+        next: 0,
+        full: 0,
+        queued: false,
+    };
     let mut timer = ctx.timer.lend();
-    let mut next = 0;
-    // Candidates found full, a bit per index; the queue is tried once.
-    let mut full: u64 = 0;
-    let mut queued = false;
-    loop {
-        let (id, acquired) = if next < candidates.len() {
-            let id = candidates[next];
-            next += 1;
-            match account_of(ctx, id).load.acquire(0) {
-                Some(slot) => (id, slot),
-                None => {
-                    full |= 1 << (next - 1).min(63);
-                    continue;
-                }
-            }
-        } else if full != 0 && !queued {
-            queued = true;
-            match wait_for_room(ctx, candidates, full).await {
-                Ok(found) => found,
-                Err(reason) => return Err(ForwardError::Shed { reason }),
-            }
-        } else {
-            break;
-        };
-        if full != 0 {
-            let from = candidates[full.trailing_zeros() as usize];
-            if from != id {
-                ctx.accounts
-                    .counters()
-                    .spillover(&ctx.state.metrics, table, from, id);
-            }
-        }
+    while let Some(found) = tries.next_region(ctx, candidates).await {
+        let (id, acquired) = found?;
         let region = table.region(id);
         let account = account_of(ctx, id);
         let load = &account.load;
@@ -389,11 +367,13 @@ pub async fn forward<'t>(
         let mut tried: u64 = 0;
         let mut stale_retry = true;
         let mut reset_retry = true;
-        let more_regions = |next: usize| next < candidates.len();
         while let Some(held) = slot.take() {
             let endpoint = held.endpoint();
             let bit = 1u64 << endpoint.min(63);
-            let mut current = req.take().expect("a request is in hand for every attempt");
+            let mut current = tries
+                .req
+                .take()
+                .expect("a request is in hand for every attempt");
             retarget(
                 &mut current,
                 &region.endpoints[endpoint],
@@ -402,44 +382,16 @@ pub async fn forward<'t>(
             let lease = match pool::checkout(table, region, endpoint).await {
                 Ok(lease) => lease,
                 Err(source) => {
-                    req = Some(current);
-                    let local = match &source {
-                        ConnectError::ServerName { .. } => Some(LocalFault::Config),
-                        other => LocalFault::in_chain(other),
-                    };
-                    if let Some(fault) = local {
-                        // Our own descriptors or ports: no region is to blame, and
-                        // another region would fail the same way.
-                        ctx.state.metrics.local_errors[fault as usize].inc();
-                        crate::log_limit::warn_local(fault, &source);
-                        return Err(ForwardError::Local { fault, source });
-                    }
-                    tracing::debug!(region = %region.name, error = %source, "connect failed");
-                    endpoint_failed(ctx, region, load, endpoint, false);
+                    tries.req = Some(current);
                     tried |= bit;
-                    drop(held);
-                    // The region's next endpoint first: nothing was sent.
-                    slot = load.acquire(tried);
-                    if slot.is_some() {
-                        if account.failure(
-                            FailureKind::Connect,
-                            table.settings.passive_failures,
-                            None,
-                            1,
-                        ) {
-                            ctx.state.wake.notify_one();
+                    let more = tries.more_regions(candidates);
+                    match tries.connect_failed(ctx, id, held, tried, source, more)? {
+                        Some(next) => {
+                            slot = Some(next);
+                            continue;
                         }
-                        continue;
+                        None => break,
                     }
-                    failed(ctx, id, FailureKind::Connect, &mut first_failure);
-                    if more_regions(next) {
-                        ctx.state.metrics.retries_by_kind[FailureKind::Connect as usize].inc();
-                    }
-                    last_error = Some(ForwardError::Connect {
-                        region: region.name.clone(),
-                        source,
-                    });
-                    break;
                 }
             };
             let reused = lease.reused;
@@ -451,7 +403,7 @@ pub async fn forward<'t>(
             // connection. The copy costs ~4% of a request: not paid for a
             // region that does not reset. It may move on from a hung try only
             // with somewhere else to go.
-            let elsewhere = more_regions(next) || load.endpoints.len() > 1;
+            let elsewhere = tries.more_regions(candidates) || load.endpoints.len() > 1;
             let copy =
                 (replayable && (elsewhere || load.resetting())).then(|| replay_copy(&current));
             let may_move_on = copy.is_some() && elsewhere;
@@ -467,46 +419,16 @@ pub async fn forward<'t>(
                 response_head(ctx, &mut timer, send, id, may_move_on, sent_at).await
             };
             match head {
-                Ok(Ok(mut response)) => {
-                    // The endpoint's own latency: from sending to its head.
+                Ok(Ok(response)) => {
                     load.answered(endpoint, sent_at.elapsed());
-                    let status = response.status();
-                    // A gateway failure (502, 503, 504) is the region's; another
-                    // 5xx is the application's answer unless the policy counts it.
-                    let gateway = retriable_status(status);
-                    if gateway || (status.is_server_error() && table.settings.count_all_5xx) {
-                        failed(ctx, id, FailureKind::Status5xx, &mut first_failure);
-                        if gateway {
-                            endpoint_failed(ctx, region, load, endpoint, true);
-                        }
-                        if let Some(copy) =
-                            copy.filter(|_| retriable_status(status) && more_regions(next))
-                        {
-                            if may_retry(ctx, FailureKind::Status5xx) {
-                                tracing::debug!(region = %region.name, %status, "retrying on the next region");
-                                req = Some(copy);
-                                last_error = None;
-                                break;
-                            }
-                        }
-                    } else {
-                        account.success();
-                        if load.endpoints.len() > 1 {
-                            load.record(endpoint, Attempted::Ok, None, &Passive::OFF);
-                        }
+                    let more = tries.more_regions(candidates);
+                    match tries.answered(ctx, id, endpoint, response, held, copy, more) {
+                        Some(forwarded) => return Ok(forwarded),
+                        None => break,
                     }
-                    // An upgrade is a tunnel, not a request: its slot is free now.
-                    if status != StatusCode::SWITCHING_PROTOCOLS {
-                        response.body_mut().hold_slot(held);
-                    }
-                    return Ok(Forwarded {
-                        response,
-                        region,
-                        first_failure,
-                    });
                 }
                 Err(NoHead::Timeout) => {
-                    failed(ctx, id, FailureKind::Timeout, &mut first_failure);
+                    failed(ctx, id, FailureKind::Timeout, &mut tries.first_failure);
                     endpoint_failed(ctx, region, load, endpoint, true);
                     return Err(ForwardError::Timeout {
                         region: region.name.clone(),
@@ -514,8 +436,8 @@ pub async fn forward<'t>(
                     });
                 }
                 Err(NoHead::MovedOn { timed_out }) => {
-                    req = copy.filter(|_| may_move_on);
-                    last_error = Some(ForwardError::Timeout {
+                    tries.req = copy.filter(|_| may_move_on);
+                    tries.last_error = Some(ForwardError::Timeout {
                         region: region.name.clone(),
                         timeout,
                     });
@@ -525,7 +447,7 @@ pub async fn forward<'t>(
                         tracing::debug!(region = %region.name, "region left service; sending on to the next region");
                         break;
                     }
-                    failed(ctx, id, FailureKind::Timeout, &mut first_failure);
+                    failed(ctx, id, FailureKind::Timeout, &mut tries.first_failure);
                     endpoint_failed(ctx, region, load, endpoint, true);
                     tried |= bit;
                     slot = load.acquire(tried);
@@ -535,20 +457,20 @@ pub async fn forward<'t>(
                     error,
                     unsent: Some(back),
                 })) => {
-                    req = Some(back);
+                    tries.req = Some(back);
                     if reused && stale_retry {
                         // A pooled connection that died idle: one new connection.
                         stale_retry = false;
                         slot = Some(held);
                         continue;
                     }
-                    failed(ctx, id, FailureKind::Connect, &mut first_failure);
+                    failed(ctx, id, FailureKind::Connect, &mut tries.first_failure);
                     endpoint_failed(ctx, region, load, endpoint, false);
                     tried |= bit;
                     drop(held);
                     // Nothing reached the region: its next endpoint freely.
                     slot = load.acquire(tried);
-                    last_error = Some(ForwardError::Failed {
+                    tries.last_error = Some(ForwardError::Failed {
                         region: region.name.clone(),
                         source: error,
                     });
@@ -557,44 +479,15 @@ pub async fn forward<'t>(
                     error,
                     unsent: None,
                 })) => {
-                    if is_body_limit(&error) {
-                        return Err(ForwardError::BodyTooLarge {
-                            limit: table.settings.max_body_bytes,
-                        });
-                    }
-                    if let Some(fault) = ClientBodyError::in_chain(&error) {
-                        return Err(ForwardError::Client { fault });
-                    }
-                    failed(ctx, id, FailureKind::Reset, &mut first_failure);
-                    endpoint_failed(ctx, region, load, endpoint, true);
-                    load.reset_seen();
-                    let failure = ForwardError::Failed {
-                        region: region.name.clone(),
-                        source: error,
-                    };
-                    let Some(copy) = copy else {
-                        return Err(failure);
-                    };
-                    if !may_retry(ctx, FailureKind::Reset) {
-                        return Err(failure);
-                    }
-                    req = Some(copy);
-                    last_error = Some(failure);
                     tried |= bit;
-                    drop(held);
-                    // A sibling endpoint first; a lone endpoint gets one more
-                    // connection; then the next region.
-                    slot = load.acquire(tried);
-                    if slot.is_none() && load.endpoints.len() == 1 && reset_retry {
-                        reset_retry = false;
-                        slot = load.acquire(0);
-                    }
-                    tracing::debug!(region = %region.name, here = slot.is_some(), "replaying a reset request");
+                    slot = tries.reset(ctx, id, held, tried, error, copy, &mut reset_retry)?;
                 }
             }
         }
     }
-    Err(last_error.expect("forward is called with at least one candidate"))
+    Err(tries
+        .last_error
+        .expect("forward is called with at least one candidate"))
 }
 
 /// The account of a region of this attempt's table: published with it.
