@@ -288,11 +288,21 @@ async fn route(
             return Ok(denied(d));
         }
     }
+    Ok(view(&control, &path, &req).await)
+}
+
+/// A read-only view: `GET /regions`, `/status`, `/metrics`, `/config`,
+/// `/explain`, `/log`, `/fleet` (the caller was authorised).
+async fn view(
+    control: &Arc<Control>,
+    path: &str,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let state = control.state();
-    Ok(match path.as_str() {
-        "/regions" => json(StatusCode::OK, &views::regions(&control)),
+    match path {
+        "/regions" => json(StatusCode::OK, &views::regions(control)),
         "/status" => {
-            let mut r = json(StatusCode::OK, &views::status(&control));
+            let mut r = json(StatusCode::OK, &views::status(control));
             r.headers_mut().insert(
                 header::CACHE_CONTROL,
                 header::HeaderValue::from_static("no-store"),
@@ -358,5 +368,5 @@ async fn route(
             },
         },
         _ => reply(StatusCode::NOT_FOUND, TEXT, "no such admin route\n"),
-    })
+    }
 }

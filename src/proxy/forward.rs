@@ -348,14 +348,7 @@ pub async fn forward<'t>(
 ) -> Result<Forwarded<'t>, ForwardError> {
     let table = ctx.table;
     let timeout = table.settings.upstream.response_timeout;
-    let mut tries = Tries {
-        req: Some(req),
-        last_error: None,
-        first_failure: None,
-        next: 0,
-        full: 0,
-        queued: false,
-    };
+    let mut tries = Tries::new(req);
     let mut timer = ctx.timer.lend();
     while let Some(found) = tries.next_region(ctx, candidates).await {
         let (id, acquired) = found?;
@@ -370,10 +363,7 @@ pub async fn forward<'t>(
         while let Some(held) = slot.take() {
             let endpoint = held.endpoint();
             let bit = 1u64 << endpoint.min(63);
-            let mut current = tries
-                .req
-                .take()
-                .expect("a request is in hand for every attempt");
+            let mut current = tries.take_request();
             retarget(
                 &mut current,
                 &region.endpoints[endpoint],
@@ -385,13 +375,9 @@ pub async fn forward<'t>(
                     tries.req = Some(current);
                     tried |= bit;
                     let more = tries.more_regions(candidates);
-                    match tries.connect_failed(ctx, id, held, tried, source, more)? {
-                        Some(next) => {
-                            slot = Some(next);
-                            continue;
-                        }
-                        None => break,
-                    }
+                    // The region's next endpoint, or (none) the next region.
+                    slot = tries.connect_failed(ctx, id, held, tried, source, more)?;
+                    continue;
                 }
             };
             let reused = lease.reused;
@@ -427,31 +413,11 @@ pub async fn forward<'t>(
                         None => break,
                     }
                 }
-                Err(NoHead::Timeout) => {
-                    failed(ctx, id, FailureKind::Timeout, &mut tries.first_failure);
-                    endpoint_failed(ctx, region, load, endpoint, true);
-                    return Err(ForwardError::Timeout {
-                        region: region.name.clone(),
-                        timeout,
-                    });
-                }
+                Err(NoHead::Timeout) => return Err(tries.timed_out(ctx, id, held)),
                 Err(NoHead::MovedOn { timed_out }) => {
-                    tries.req = copy.filter(|_| may_move_on);
-                    tries.last_error = Some(ForwardError::Timeout {
-                        region: region.name.clone(),
-                        timeout,
-                    });
-                    drop(held);
-                    if !timed_out {
-                        // The region left service: the next region.
-                        tracing::debug!(region = %region.name, "region left service; sending on to the next region");
-                        break;
-                    }
-                    failed(ctx, id, FailureKind::Timeout, &mut tries.first_failure);
-                    endpoint_failed(ctx, region, load, endpoint, true);
                     tried |= bit;
-                    slot = load.acquire(tried);
-                    tracing::debug!(region = %region.name, sibling = slot.is_some(), "no answer within try_timeout; sending on");
+                    let copy = copy.filter(|_| may_move_on);
+                    slot = tries.moved_on(ctx, id, held, tried, copy, timed_out);
                 }
                 Ok(Err(SendError {
                     error,
@@ -464,16 +430,8 @@ pub async fn forward<'t>(
                         slot = Some(held);
                         continue;
                     }
-                    failed(ctx, id, FailureKind::Connect, &mut tries.first_failure);
-                    endpoint_failed(ctx, region, load, endpoint, false);
                     tried |= bit;
-                    drop(held);
-                    // Nothing reached the region: its next endpoint freely.
-                    slot = load.acquire(tried);
-                    tries.last_error = Some(ForwardError::Failed {
-                        region: region.name.clone(),
-                        source: error,
-                    });
+                    slot = tries.unsent(ctx, id, held, tried, error);
                 }
                 Ok(Err(SendError {
                     error,

@@ -18,6 +18,46 @@ pub(super) struct Tries {
 }
 
 impl Tries {
+    pub(super) fn new(req: Request<UpstreamBody>) -> Tries {
+        Tries {
+            req: Some(req),
+            last_error: None,
+            first_failure: None,
+            next: 0,
+            full: 0,
+            queued: false,
+        }
+    }
+
+    /// The request for the next try (a copy, after one was sent).
+    pub(super) fn take_request(&mut self) -> Request<UpstreamBody> {
+        self.req
+            .take()
+            .expect("a request is in hand for every attempt")
+    }
+
+    /// No head within the response timeout, nowhere else to go: the region's
+    /// failure, and the request's end.
+    pub(super) fn timed_out(
+        &mut self,
+        ctx: &Attempt<'_>,
+        id: RegionId,
+        held: InFlight,
+    ) -> ForwardError {
+        let region = ctx.table.region(id);
+        failed(ctx, id, FailureKind::Timeout, &mut self.first_failure);
+        endpoint_failed(
+            ctx,
+            region,
+            &account_of(ctx, id).load,
+            held.endpoint(),
+            true,
+        );
+        ForwardError::Timeout {
+            region: region.name.clone(),
+            timeout: ctx.table.settings.upstream.response_timeout,
+        }
+    }
     pub(super) fn more_regions(&self, candidates: &[RegionId]) -> bool {
         self.next < candidates.len()
     }
@@ -210,5 +250,61 @@ impl Tries {
         }
         tracing::debug!(region = %region.name, here = slot.is_some(), "replaying a reset request");
         Ok(slot)
+    }
+
+    /// No head in time but somewhere else to go (`try_timeout`), or the
+    /// region left service while the request waited: the copy goes on, to a
+    /// sibling endpoint after a timeout, else to the next region.
+    pub(super) fn moved_on(
+        &mut self,
+        ctx: &Attempt<'_>,
+        id: RegionId,
+        held: InFlight,
+        tried: u64,
+        copy: Option<Request<UpstreamBody>>,
+        timed_out: bool,
+    ) -> Option<InFlight> {
+        let endpoint = held.endpoint();
+        let region = ctx.table.region(id);
+        let load = &account_of(ctx, id).load;
+        self.req = copy;
+        self.last_error = Some(ForwardError::Timeout {
+            region: region.name.clone(),
+            timeout: ctx.table.settings.upstream.response_timeout,
+        });
+        drop(held);
+        if !timed_out {
+            tracing::debug!(region = %region.name, "region left service; sending on to the next region");
+            return None;
+        }
+        failed(ctx, id, FailureKind::Timeout, &mut self.first_failure);
+        endpoint_failed(ctx, region, load, endpoint, true);
+        let slot = load.acquire(tried);
+        tracing::debug!(region = %region.name, sibling = slot.is_some(), "no answer within try_timeout; sending on");
+        slot
+    }
+
+    /// The request could not be sent on the connection (it came back
+    /// unsent): nothing reached the region, so its next endpoint freely.
+    pub(super) fn unsent(
+        &mut self,
+        ctx: &Attempt<'_>,
+        id: RegionId,
+        held: InFlight,
+        tried: u64,
+        error: hyper::Error,
+    ) -> Option<InFlight> {
+        let endpoint = held.endpoint();
+        let region = ctx.table.region(id);
+        let load = &account_of(ctx, id).load;
+        failed(ctx, id, FailureKind::Connect, &mut self.first_failure);
+        endpoint_failed(ctx, region, load, endpoint, false);
+        drop(held);
+        let slot = load.acquire(tried);
+        self.last_error = Some(ForwardError::Failed {
+            region: region.name.clone(),
+            source: error,
+        });
+        slot
     }
 }
