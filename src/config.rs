@@ -2,6 +2,7 @@
 //! each with its dotted path (`regions[2].endpoints[0].url: ...`) and what to change.
 
 mod edge;
+mod fence;
 mod fleet;
 mod health;
 pub(crate) mod raw;
@@ -14,8 +15,9 @@ pub use health::{
     FailbackSpec, HealthCheck, HealthSettings, PassiveSpec, ReloadSettings, RetrySettings,
 };
 
+pub use fence::ResidencySpec;
 pub use routing::{
-    JurisdictionSpec, Methods, ResidencySpec, RuleSpec, Steering, MAX_CANDIDATES, STANDARD_METHODS,
+    JurisdictionSpec, Methods, RuleSpec, Steering, MAX_CANDIDATES, STANDARD_METHODS,
 };
 
 use std::fmt;
@@ -405,10 +407,10 @@ impl TryFrom<RawConfig> for Config {
         let reload = health::reload(&raw.reload, &mut errs);
         let fleet = raw.fleet.map(|f| fleet::fleet(f, &mut errs));
         let regions = regions::regions(raw.regions, &checks, &upstream.capacity, &mut errs);
-        let jurisdictions = routing::jurisdictions(raw.jurisdictions, &regions, &mut errs);
-        let residency = routing::residency(raw.residency, &mut errs);
+        let jurisdictions = fence::jurisdictions(raw.jurisdictions, &regions, &mut errs);
+        let residency = fence::residency(raw.residency, &mut errs);
         let routes = routing::routes(raw.routes, &regions, &mut errs);
-        routing::check_fences(&routes, &regions, &jurisdictions, &mut errs);
+        fence::check_fences(&routes, &regions, &jurisdictions, &mut errs);
         if errs.0.is_empty() {
             Ok(Config {
                 server,

@@ -78,16 +78,16 @@ pub struct JurisdictionSpec {
 /// The most regions one candidate list may hold (decisions keep them inline).
 pub const MAX_CANDIDATES: usize = 16;
 
-const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+pub(super) const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
 
-fn sorted(names: &HashSet<&str>) -> String {
+pub(super) fn sorted(names: &HashSet<&str>) -> String {
     let mut v: Vec<&str> = names.iter().copied().collect();
     v.sort_unstable();
     v.join(", ")
 }
 
 /// Checks a candidate list: known regions, each once, not too many.
-fn region_list(path: &str, names: &[String], known: &HashSet<&str>, errs: &mut Invalid) {
+pub(super) fn region_list(path: &str, names: &[String], known: &HashSet<&str>, errs: &mut Invalid) {
     if names.is_empty() {
         errs.push(format!("{path}.regions"), "needs at least one region");
     }
@@ -114,14 +114,14 @@ fn region_list(path: &str, names: &[String], known: &HashSet<&str>, errs: &mut I
 }
 
 /// Codes people write for a country that ISO 3166-1 spells otherwise.
-const ALIASES: [(&str, &str); 2] = [
+pub(super) const ALIASES: [(&str, &str); 2] = [
     // The United Kingdom's ISO code is GB (UK is exceptionally reserved).
     ("UK", "GB"),
     // The EU's own code for Greece; ISO 3166-1 says GR.
     ("EL", "GR"),
 ];
 
-fn codes(path: &str, values: &[String], what: &str, errs: &mut Invalid) -> Vec<Code> {
+pub(super) fn codes(path: &str, values: &[String], what: &str, errs: &mut Invalid) -> Vec<Code> {
     values
         .iter()
         .enumerate()
@@ -161,372 +161,281 @@ pub(super) fn routes(
 ) -> Vec<RouteSpec> {
     let known: HashSet<&str> = regions.iter().map(|r| r.name.as_str()).collect();
     let raw = if raw.is_empty() {
-        // No route: every request goes to the regions in the order they are declared.
-        let mut names: Vec<String> = Vec::new();
-        for r in regions {
-            if !names.iter().any(|n| n == r.name.as_str()) {
-                names.push(r.name.as_str().to_owned());
-            }
-        }
-        vec![raw::RawRoute {
-            name: Some("default".to_owned()),
-            host: None,
-            path_prefix: None,
-            regions: names,
-            residency: true,
-            panic_mode: false,
-            methods: None,
-            steering: None,
-            weights: Default::default(),
-            rules: Vec::new(),
-            upgrades: raw::websocket_only(),
-            path_escapes: None,
-        }]
+        vec![default_route(regions)]
     } else {
         raw
     };
     let mut seen = HashSet::new();
     raw.into_iter()
         .enumerate()
-        .map(|(i, r)| {
-            let path = format!("routes[{i}]");
-            let host = r.host.as_deref().and_then(|h| {
-                let h = h.trim_end_matches('.').to_ascii_lowercase();
-                let bare = h.strip_prefix("*.").unwrap_or(&h);
-                if bare.is_empty() || bare.contains(['/', '*', ' ']) {
-                    errs.push(
-                        format!("{path}.host"),
-                        format!("{h:?} is not a host name (e.g. \"api.example.com\", \"*.example.com\", or leave it out for any host)"),
-                    );
-                }
-                (h != "*").then_some(h)
-            });
-            let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_owned());
-            if let Some(problem) = crate::path::prefix_problem(&path_prefix) {
-                errs.push(format!("{path}.path_prefix"), format!("{path_prefix:?} {problem}"));
-            }
-            let path_escapes = r.path_escapes.as_deref().and_then(|e| {
-                let parsed = crate::path::PathEscapes::parse(e);
-                if parsed.is_none() {
-                    errs.push(
-                        format!("{path}.path_escapes"),
-                        format!("{e:?} is not a choice: use \"reject\" (400) or \"decode\", or leave it out for the server's"),
-                    );
-                }
-                parsed
-            });
-            region_list(&path, &r.regions, &known, errs);
-            let steering = match r.steering.as_deref() {
-                None | Some("failover") => Steering::Failover,
-                Some("proximity") => Steering::Proximity,
-                Some("latency") => Steering::Latency,
-                Some("weighted") => Steering::Weighted,
-                Some(other) => {
-                    errs.push(
-                        format!("{path}.steering"),
-                        format!("{other:?} is not a steering mode: use \"failover\", \"proximity\", \"latency\" or \"weighted\""),
-                    );
-                    Steering::Failover
-                }
-            };
-            let rules = r
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(j, rule)| {
-                    let rpath = format!("{path}.rules[{j}]");
-                    region_list(&rpath, &rule.regions, &known, errs);
-                    if rule.countries.is_empty()
-                        && rule.continents.is_empty()
-                        && rule.subdivisions.is_empty()
-                        && rule.cidrs.is_empty()
-                    {
-                        errs.push(rpath.clone(), "a rule needs countries, continents, subdivisions or cidrs to match");
-                    }
-                    let subdivisions = rule
-                        .subdivisions
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(k, v)| {
-                            let parsed = v.split_once('-').and_then(|(c, s)| {
-                                Some((Code::parse(c)?, crate::geo::Code3::parse(s)?))
-                            });
-                            if parsed.is_none() {
-                                errs.push(
-                                    format!("{rpath}.subdivisions[{k}]"),
-                                    format!("{v:?} is not an ISO 3166-2 code such as \"US-CA\" or \"DE-BY\""),
-                                );
-                            }
-                            parsed
-                        })
-                        .collect();
-                    let cidrs = rule
-                        .cidrs
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(k, c)| match c.parse::<IpNet>() {
-                            Ok(n) => Some(n.trunc()),
-                            Err(_) => {
-                                errs.push(format!("{rpath}.cidrs[{k}]"), format!("{c:?} is not a CIDR (e.g. \"198.51.100.0/24\")"));
-                                None
-                            }
-                        })
-                        .collect();
-                    RuleSpec {
-                        subdivisions,
-                        countries: codes(&format!("{rpath}.countries"), &rule.countries, "country", errs),
-                        continents: codes(&format!("{rpath}.continents"), &rule.continents, "continent", errs),
-                        cidrs,
-                        regions: rule.regions.iter().map(|n| RegionName::new(n)).collect(),
-                    }
-                })
-                .collect::<Vec<_>>();
-            let mut claimed: HashMap<String, usize> = HashMap::new();
-            for (j, rule) in rules.iter().enumerate() {
-                let keys = rule
-                    .countries
-                    .iter()
-                    .map(|c| format!("country {c}"))
-                    .chain(rule.continents.iter().map(|c| format!("continent {c}")))
-                    .chain(rule.cidrs.iter().map(|c| format!("cidr {c}")))
-                    .chain(rule.subdivisions.iter().map(|(c, s)| format!("subdivision {c}-{}", s.as_str())));
-                for key in keys {
-                    if let Some(first) = claimed.insert(key.clone(), j) {
-                        errs.push(
-                            format!("{path}.rules[{j}]"),
-                            format!("{key} is already matched by {path}.rules[{first}]"),
-                        );
-                    }
-                }
-            }
-            let methods = match &r.methods {
-                None => Methods::ANY,
-                Some(list) => {
-                    if list.is_empty() {
-                        errs.push(format!("{path}.methods"), "an empty list matches nothing: leave it out for every method");
-                    }
-                    let mut bits = 0u16;
-                    for (k, m) in list.iter().enumerate() {
-                        match STANDARD_METHODS.iter().position(|s| s.as_str().eq_ignore_ascii_case(m)) {
-                            Some(b) => bits |= 1 << b,
-                            None => errs.push(
-                                format!("{path}.methods[{k}]"),
-                                format!("{m:?} is not a standard method (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT)"),
-                            ),
-                        }
-                    }
-                    Methods(bits)
-                }
-            };
-            if !seen.insert((host.clone(), path_prefix.clone(), methods)) {
-                errs.push(
-                    path.clone(),
-                    format!(
-                        "another route already matches host {} and path prefix {path_prefix:?} for these methods",
-                        host.as_deref().unwrap_or("*")
-                    ),
-                );
-            }
-            let mut weights = Vec::new();
-            for (name, w) in &r.weights {
-                if !known.contains(name.as_str()) {
-                    errs.push(format!("{path}.weights.{name}"), format!("no region named {name:?}"));
-                } else if *w == 0 || *w > 1_000_000 {
-                    errs.push(format!("{path}.weights.{name}"), format!("{w} is not a weight: use 1..=1000000"));
-                } else {
-                    weights.push((RegionName::new(name), *w));
-                }
-            }
-            if !r.weights.is_empty() && steering != Steering::Weighted {
-                errs.push(format!("{path}.weights"), "weights apply to steering = \"weighted\" only");
-            }
-            RouteSpec {
-                name: r.name.unwrap_or_else(|| format!("routes[{i}]")),
-                host,
-                path_prefix,
-                regions: r.regions.iter().map(|n| RegionName::new(n)).collect(),
-                methods,
-                residency: r.residency,
-                panic_mode: r.panic_mode,
-                steering,
-                weights,
-                rules,
-                upgrades: r.upgrades.iter().map(|u| u.trim().to_ascii_lowercase()).collect(),
-                path_escapes,
-            }
-        })
+        .map(|(i, r)| route(i, r, &known, &mut seen, errs))
         .collect()
 }
 
-pub(super) fn jurisdictions(
-    raw: Vec<raw::RawJurisdiction>,
-    regions: &[RegionSpec],
+/// No route: every request goes to the regions in the order they are declared.
+fn default_route(regions: &[RegionSpec]) -> raw::RawRoute {
+    let mut names: Vec<String> = Vec::new();
+    for r in regions {
+        if !names.iter().any(|n| n == r.name.as_str()) {
+            names.push(r.name.as_str().to_owned());
+        }
+    }
+    raw::RawRoute {
+        name: Some("default".to_owned()),
+        host: None,
+        path_prefix: None,
+        regions: names,
+        residency: true,
+        panic_mode: false,
+        methods: None,
+        steering: None,
+        weights: Default::default(),
+        rules: Vec::new(),
+        upgrades: raw::websocket_only(),
+        path_escapes: None,
+    }
+}
+
+/// What one route matches, and where it sends; `seen`: the (host, prefix,
+/// methods) of the routes before it.
+fn route(
+    i: usize,
+    r: raw::RawRoute,
+    known: &HashSet<&str>,
+    seen: &mut HashSet<(Option<String>, String, Methods)>,
     errs: &mut Invalid,
-) -> Vec<JurisdictionSpec> {
-    let mut resident_of: HashMap<Code, String> = HashMap::new();
-    let specs: Vec<JurisdictionSpec> = raw
-        .into_iter()
+) -> RouteSpec {
+    let path = format!("routes[{i}]");
+    let host = r.host.as_deref().and_then(|h| {
+        let h = h.trim_end_matches('.').to_ascii_lowercase();
+        let bare = h.strip_prefix("*.").unwrap_or(&h);
+        if bare.is_empty() || bare.contains(['/', '*', ' ']) {
+            errs.push(
+                format!("{path}.host"),
+                format!("{h:?} is not a host name (e.g. \"api.example.com\", \"*.example.com\", or leave it out for any host)"),
+            );
+        }
+        (h != "*").then_some(h)
+    });
+    let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_owned());
+    if let Some(problem) = crate::path::prefix_problem(&path_prefix) {
+        errs.push(
+            format!("{path}.path_prefix"),
+            format!("{path_prefix:?} {problem}"),
+        );
+    }
+    let path_escapes = r.path_escapes.as_deref().and_then(|e| {
+        let parsed = crate::path::PathEscapes::parse(e);
+        if parsed.is_none() {
+            errs.push(
+                format!("{path}.path_escapes"),
+                format!("{e:?} is not a choice: use \"reject\" (400) or \"decode\", or leave it out for the server's"),
+            );
+        }
+        parsed
+    });
+    region_list(&path, &r.regions, known, errs);
+    let steering = steering(&path, r.steering.as_deref(), errs);
+    let rules = r
+        .rules
+        .iter()
         .enumerate()
-        .map(|(i, j)| {
-            let path = format!("jurisdictions[{i}]");
-            if !regions
-                .iter()
-                .any(|r| r.jurisdiction.as_deref() == Some(j.name.as_str()))
-            {
+        .map(|(j, raw)| rule(&format!("{path}.rules[{j}]"), raw, known, errs))
+        .collect::<Vec<_>>();
+    overlapping_rules(&path, &rules, errs);
+    let methods = methods(&path, r.methods.as_deref(), errs);
+    if !seen.insert((host.clone(), path_prefix.clone(), methods)) {
+        errs.push(
+            path.clone(),
+            format!(
+                "another route already matches host {} and path prefix {path_prefix:?} for these methods",
+                host.as_deref().unwrap_or("*")
+            ),
+        );
+    }
+    let weights = weights(&path, &r.weights, known, steering, errs);
+    RouteSpec {
+        name: r.name.unwrap_or_else(|| format!("routes[{i}]")),
+        host,
+        path_prefix,
+        regions: r.regions.iter().map(|n| RegionName::new(n)).collect(),
+        methods,
+        residency: r.residency,
+        panic_mode: r.panic_mode,
+        steering,
+        weights,
+        rules,
+        upgrades: r
+            .upgrades
+            .iter()
+            .map(|u| u.trim().to_ascii_lowercase())
+            .collect(),
+        path_escapes,
+    }
+}
+
+/// One of a route's geography rules.
+fn rule(rpath: &str, rule: &raw::RawRule, known: &HashSet<&str>, errs: &mut Invalid) -> RuleSpec {
+    region_list(rpath, &rule.regions, known, errs);
+    if rule.countries.is_empty()
+        && rule.continents.is_empty()
+        && rule.subdivisions.is_empty()
+        && rule.cidrs.is_empty()
+    {
+        errs.push(
+            rpath,
+            "a rule needs countries, continents, subdivisions or cidrs to match",
+        );
+    }
+    let subdivisions = rule
+        .subdivisions
+        .iter()
+        .enumerate()
+        .filter_map(|(k, v)| {
+            let parsed = v
+                .split_once('-')
+                .and_then(|(c, s)| Some((Code::parse(c)?, crate::geo::Code3::parse(s)?)));
+            if parsed.is_none() {
                 errs.push(
-                    format!("{path}.name"),
-                    format!(
-                        "no region has jurisdiction = {:?}: its residents could go nowhere",
-                        j.name
-                    ),
+                    format!("{rpath}.subdivisions[{k}]"),
+                    format!("{v:?} is not an ISO 3166-2 code such as \"US-CA\" or \"DE-BY\""),
                 );
             }
-            if j.countries.is_empty() {
+            parsed
+        })
+        .collect();
+    let cidrs = rule
+        .cidrs
+        .iter()
+        .enumerate()
+        .filter_map(|(k, c)| match c.parse::<IpNet>() {
+            Ok(n) => Some(n.trunc()),
+            Err(_) => {
                 errs.push(
-                    format!("{path}.countries"),
-                    "lists no country: the jurisdiction would protect nobody (e.g. [\"DE\", \"FR\"])",
+                    format!("{rpath}.cidrs[{k}]"),
+                    format!("{c:?} is not a CIDR (e.g. \"198.51.100.0/24\")"),
                 );
-            }
-            let countries = codes(&format!("{path}.countries"), &j.countries, "country", errs);
-            for (k, c) in countries.iter().enumerate() {
-                if let Some(other) = resident_of.insert(*c, j.name.clone()) {
-                    errs.push(
-                        format!("{path}.countries[{k}]"),
-                        format!("{c} already belongs to jurisdiction {other:?}"),
-                    );
-                }
-            }
-            JurisdictionSpec {
-                name: j.name,
-                strict: j.strict,
-                countries,
+                None
             }
         })
         .collect();
-    for (i, r) in regions.iter().enumerate() {
-        if let Some(j) = &r.jurisdiction {
-            if !specs.iter().any(|s| &s.name == j) {
+    RuleSpec {
+        subdivisions,
+        countries: codes(
+            &format!("{rpath}.countries"),
+            &rule.countries,
+            "country",
+            errs,
+        ),
+        continents: codes(
+            &format!("{rpath}.continents"),
+            &rule.continents,
+            "continent",
+            errs,
+        ),
+        cidrs,
+        regions: rule.regions.iter().map(|n| RegionName::new(n)).collect(),
+    }
+}
+
+/// Two rules of a route that match the same country, continent, CIDR or
+/// subdivision: the second would never be reached.
+fn overlapping_rules(path: &str, rules: &[RuleSpec], errs: &mut Invalid) {
+    let mut claimed: HashMap<String, usize> = HashMap::new();
+    for (j, rule) in rules.iter().enumerate() {
+        let keys = rule
+            .countries
+            .iter()
+            .map(|c| format!("country {c}"))
+            .chain(rule.continents.iter().map(|c| format!("continent {c}")))
+            .chain(rule.cidrs.iter().map(|c| format!("cidr {c}")))
+            .chain(
+                rule.subdivisions
+                    .iter()
+                    .map(|(c, s)| format!("subdivision {c}-{}", s.as_str())),
+            );
+        for key in keys {
+            if let Some(first) = claimed.insert(key.clone(), j) {
                 errs.push(
-                    format!("regions[{i}].jurisdiction"),
-                    format!("no jurisdiction named {j:?}: add [[jurisdictions]] with name = {j:?}"),
+                    format!("{path}.rules[{j}]"),
+                    format!("{key} is already matched by {path}.rules[{first}]"),
                 );
             }
         }
     }
-    specs
 }
 
-/// The residency claim settings: the trusted header and the signed cookie.
-#[derive(Debug, Clone, Default)]
-pub struct ResidencySpec {
-    pub header: Option<http::HeaderName>,
-    /// Cookie name, key file and lifetime.
-    pub cookie: Option<(String, std::path::PathBuf, std::time::Duration)>,
-}
-
-pub(super) fn residency(raw: raw::RawResidency, errs: &mut Invalid) -> ResidencySpec {
-    let header = raw
-        .header
-        .and_then(|name| match http::HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) => Some(h),
-            Err(_) => {
-                errs.push("residency.header", format!("{name:?} is not a header name"));
-                None
-            }
-        });
-    let cookie = match (raw.cookie, raw.cookie_key_file) {
-        (None, None) => None,
-        (Some(_), None) => {
-            errs.push(
-                "residency.cookie_key_file",
-                "a signed cookie needs a key file (32+ random bytes)",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            errs.push(
-                "residency.cookie",
-                "a key file without a cookie name: set cookie = \"georouter_home\"",
-            );
-            None
-        }
-        (Some(name), Some(key)) => {
-            let token = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !token {
+/// `methods`: a route for some methods only.
+fn methods(path: &str, list: Option<&[String]>, errs: &mut Invalid) -> Methods {
+    match list {
+        None => Methods::ANY,
+        Some(list) => {
+            if list.is_empty() {
                 errs.push(
-                    "residency.cookie",
-                    format!("{name:?} is not a cookie name: use letters, digits, '_' or '-'"),
+                    format!("{path}.methods"),
+                    "an empty list matches nothing: leave it out for every method",
                 );
             }
-            if raw.cookie_max_age.is_zero() {
-                errs.push("residency.cookie_max_age", "must be longer than 0s");
-            }
-            // Browsers refuse a `__Host-` cookie from a sibling subdomain or
-            // over plain HTTP (RFC 6265bis 4.1.3.2).
-            let prefix = "__Host-";
-            let name = if raw.cookie_host_prefix && !name.starts_with(prefix) {
-                format!("{prefix}{name}")
-            } else {
-                name
-            };
-            Some((name, key, raw.cookie_max_age))
-        }
-    };
-    ResidencySpec { header, cookie }
-}
-
-/// A strict jurisdiction's residents must never be routed outside it. Reject a
-/// rule (or a route's default list) that would send them elsewhere: the country
-/// rule that names their country, else the continent rule of their continent,
-/// else the route's default regions.
-pub(super) fn check_fences(
-    routes: &[RouteSpec],
-    regions: &[RegionSpec],
-    jurisdictions: &[JurisdictionSpec],
-    errs: &mut Invalid,
-) {
-    let jurisdiction_of = |name: &RegionName| {
-        regions
-            .iter()
-            .find(|r| &r.name == name)
-            .and_then(|r| r.jurisdiction.as_deref())
-    };
-    for j in jurisdictions.iter().filter(|j| j.strict) {
-        for (i, route) in routes.iter().enumerate().filter(|(_, r)| r.residency) {
-            let mut reported = HashSet::new();
-            for country in &j.countries {
-                let by_country = route
-                    .rules
-                    .iter()
-                    .position(|r| r.countries.contains(country));
-                let by_continent = || {
-                    let cont = continent_of(*country)?;
-                    route
-                        .rules
-                        .iter()
-                        .position(|r| r.continents.contains(&cont))
-                };
-                let (path, list) = match by_country.or_else(by_continent) {
-                    Some(k) => (format!("routes[{i}].rules[{k}]"), &route.rules[k].regions),
-                    None => (format!("routes[{i}]"), &route.regions),
-                };
-                for (n, region) in list.iter().enumerate() {
-                    if jurisdiction_of(region) != Some(j.name.as_str())
-                        && reported.insert((path.clone(), n))
-                    {
-                        errs.push(
-                            format!("{path}.regions[{n}]"),
-                            format!(
-                                "{region} is outside jurisdiction {:?}, and this list serves its residents (e.g. {country}); strict residency allows only its regions here",
-                                j.name
-                            ),
-                        );
-                    }
+            let mut bits = 0u16;
+            for (k, m) in list.iter().enumerate() {
+                match STANDARD_METHODS.iter().position(|s| s.as_str().eq_ignore_ascii_case(m)) {
+                    Some(b) => bits |= 1 << b,
+                    None => errs.push(
+                        format!("{path}.methods[{k}]"),
+                        format!("{m:?} is not a standard method (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT)"),
+                    ),
                 }
             }
+            Methods(bits)
         }
     }
+}
+
+fn steering(path: &str, mode: Option<&str>, errs: &mut Invalid) -> Steering {
+    match mode {
+        None | Some("failover") => Steering::Failover,
+        Some("proximity") => Steering::Proximity,
+        Some("latency") => Steering::Latency,
+        Some("weighted") => Steering::Weighted,
+        Some(other) => {
+            errs.push(
+                format!("{path}.steering"),
+                format!("{other:?} is not a steering mode: use \"failover\", \"proximity\", \"latency\" or \"weighted\""),
+            );
+            Steering::Failover
+        }
+    }
+}
+
+/// `weights`, for `steering = "weighted"`.
+fn weights(
+    path: &str,
+    raw: &std::collections::BTreeMap<String, u32>,
+    known: &HashSet<&str>,
+    steering: Steering,
+    errs: &mut Invalid,
+) -> Vec<(RegionName, u32)> {
+    let mut weights = Vec::new();
+    for (name, w) in raw {
+        if !known.contains(name.as_str()) {
+            errs.push(
+                format!("{path}.weights.{name}"),
+                format!("no region named {name:?}"),
+            );
+        } else if *w == 0 || *w > 1_000_000 {
+            errs.push(
+                format!("{path}.weights.{name}"),
+                format!("{w} is not a weight: use 1..=1000000"),
+            );
+        } else {
+            weights.push((RegionName::new(name), *w));
+        }
+    }
+    if !raw.is_empty() && steering != Steering::Weighted {
+        errs.push(
+            format!("{path}.weights"),
+            "weights apply to steering = \"weighted\" only",
+        );
+    }
+    weights
 }
