@@ -295,103 +295,16 @@ impl RoutingTable {
         if config.regions.len() > usize::from(u16::MAX) {
             return Err(TableError::TooManyRegions);
         }
-        let mut regions = Vec::with_capacity(config.regions.len());
-        for (index, r) in config.regions.iter().enumerate() {
-            let needs_tls = r
-                .endpoints
-                .iter()
-                .any(|e| e.scheme == http::uri::Scheme::HTTPS);
-            let (tls_http1, tls_http2) = if needs_tls {
-                let cfg = tls::client_config(&r.tls).map_err(|source| TableError::RegionTls {
-                    index,
-                    region: r.name.clone(),
-                    source: Box::new(source),
-                })?;
-                let (h1, h2) = crate::tls::alpn_configs(&cfg);
-                (Some(h1), Some(h2))
-            } else {
-                (None, None)
-            };
-            regions.push(Region {
-                id: RegionId(index as u16),
-                name: r.name.clone(),
-                header_value: HeaderValue::from_str(r.name.as_str())
-                    .expect("region names are validated as header-safe"),
-                jurisdiction: r.jurisdiction.clone(),
-                location: r.location,
-                endpoints: r.endpoints.clone().into_boxed_slice(),
-                capacity: r.capacity,
-                tls_http1,
-                tls_http2,
-                connection_key: format!(
-                    "{:?}|{:?}|{:?}",
-                    r.tls.ca, r.tls.client_cert, r.tls.client_key
-                )
-                .into(),
-            });
-        }
-        let id_of = |name: &RegionName| {
-            regions
-                .iter()
-                .find(|r| &r.name == name)
-                .map(|r| r.id)
-                .expect("route regions are validated against the region list")
-        };
+        let regions = config
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(index, r)| compile_region(index, r))
+            .collect::<Result<Vec<_>, _>>()?;
         let routes: Vec<Route> = config
             .routes
             .iter()
-            .map(|r| {
-                let mut by_country = Box::new([NO_RULE; COUNTRY_SLOTS]);
-                let mut by_continent = [NO_RULE; 7];
-                let mut cidrs = CidrTable::default();
-                let mut by_subdivision = HashMap::new();
-                for (k, rule) in r.rules.iter().enumerate() {
-                    let k = k as u16;
-                    for c in &rule.countries {
-                        by_country[c.index()] = k;
-                    }
-                    for c in &rule.continents {
-                        if let Some(i) = continent_index(*c) {
-                            by_continent[i] = k;
-                        }
-                    }
-                    for net in &rule.cidrs {
-                        cidrs.insert(*net, k);
-                    }
-                    for sub in &rule.subdivisions {
-                        by_subdivision.entry(*sub).or_insert(k);
-                    }
-                }
-                Route {
-                    name: r.name.as_str().into(),
-                    path_prefix: r.path_prefix.as_str().into(),
-                    candidates: r.regions.iter().map(id_of).collect(),
-                    methods: r.methods,
-                    residency: r.residency,
-                    panic_mode: r.panic_mode,
-                    upgrades: r.upgrades.iter().map(|u| u.as_str().into()).collect(),
-                    path_escapes: r.path_escapes.unwrap_or(config.server.path_escapes),
-                    steering: r.steering,
-                    weights: regions
-                        .iter()
-                        .map(|reg| {
-                            r.weights
-                                .iter()
-                                .find(|(n, _)| *n == reg.name)
-                                .map_or(1, |(_, w)| *w)
-                        })
-                        .collect(),
-                    rules: r
-                        .rules
-                        .iter()
-                        .map(|rule| rule.regions.iter().map(id_of).collect())
-                        .collect(),
-                    by_country,
-                    by_continent,
-                    by_subdivision,
-                    cidrs,
-                }
-            })
+            .map(|r| compile_route(r, &regions, config))
             .collect();
         if config.jurisdictions.len() >= usize::from(u8::MAX) {
             return Err(TableError::TooManyJurisdictions);
@@ -417,35 +330,7 @@ impl RoutingTable {
             })
             .collect();
 
-        let mut exact: HashMap<Box<str>, Vec<usize>> = HashMap::new();
-        let mut wildcard: HashMap<Box<str>, Vec<usize>> = HashMap::new();
-        let mut any_host = Vec::new();
-        for (i, r) in config.routes.iter().enumerate() {
-            match r.host.as_deref() {
-                None => any_host.push(i),
-                Some(h) => match h.strip_prefix("*.") {
-                    Some(parent) => wildcard.entry(parent.into()).or_default().push(i),
-                    None => exact.entry(h.into()).or_default().push(i),
-                },
-            }
-        }
-        // Longest prefix first; for one prefix, routes limited to some methods
-        // before the route for any method; otherwise policy order.
-        let by_prefix = |mut v: Vec<usize>| -> Box<[usize]> {
-            v.sort_by_key(|&i| {
-                (
-                    std::cmp::Reverse(routes[i].path_prefix.len()),
-                    routes[i].methods.is_any(),
-                )
-            });
-            v.into_boxed_slice()
-        };
-        let exact = exact.into_iter().map(|(k, v)| (k, by_prefix(v))).collect();
-        let wildcard = wildcard
-            .into_iter()
-            .map(|(k, v)| (k, by_prefix(v)))
-            .collect();
-        let any_host = by_prefix(any_host);
+        let (exact, wildcard, any_host) = host_index(config, &routes);
         let cookie = match &config.residency.cookie {
             Some((name, key, max_age)) => Some(CookieSigner::from_key_file(name, key, *max_age)?),
             None => None,
@@ -454,7 +339,6 @@ impl RoutingTable {
             Some(path) => Arc::new(MmdbGeo::open(path)?),
             None => Arc::new(NoGeo),
         };
-        let s = &config.server;
         Ok(RoutingTable {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             regions: regions.into_boxed_slice(),
@@ -462,23 +346,7 @@ impl RoutingTable {
             exact,
             wildcard,
             any_host,
-            settings: RequestSettings {
-                trusted_proxies: TrustedProxies::new(config.client.trusted_proxies.clone()),
-                max_uri_bytes: s.max_uri_bytes,
-                max_body_bytes: s.max_body_bytes,
-                preserve_host: s.preserve_host,
-                region_header: s.region_header,
-                access_log: s.access_log,
-                allow_trace: s.allow_trace,
-                replace_forwarded: config.client.replace_forwarded,
-                upstream: config.upstream.clone(),
-                passive_failures: config.health.passive.consecutive_failures,
-                endpoint_ejection: config.health.passive.ejection,
-                endpoint_max_ejection: config.health.passive.max_ejection,
-                count_all_5xx: config.health.passive.count_all_5xx,
-                min_distinct_clients: config.health.passive.min_distinct_clients,
-                retry: config.retry,
-            },
+            settings: request_settings(config),
             geo,
             jurisdictions,
             resident_of,
@@ -562,5 +430,168 @@ impl RoutingTable {
     /// The geography source this table was compiled with.
     pub fn geo(&self) -> &dyn GeoLookup {
         &*self.geo
+    }
+}
+
+/// One region of the table: its endpoints, and its TLS client configs (one
+/// per ALPN) when an endpoint speaks HTTPS.
+fn compile_region(index: usize, r: &crate::config::RegionSpec) -> Result<Region, TableError> {
+    let needs_tls = r
+        .endpoints
+        .iter()
+        .any(|e| e.scheme == http::uri::Scheme::HTTPS);
+    let (tls_http1, tls_http2) = if needs_tls {
+        let cfg = tls::client_config(&r.tls).map_err(|source| TableError::RegionTls {
+            index,
+            region: r.name.clone(),
+            source: Box::new(source),
+        })?;
+        let (h1, h2) = crate::tls::alpn_configs(&cfg);
+        (Some(h1), Some(h2))
+    } else {
+        (None, None)
+    };
+    Ok(Region {
+        id: RegionId(index as u16),
+        name: r.name.clone(),
+        header_value: HeaderValue::from_str(r.name.as_str())
+            .expect("region names are validated as header-safe"),
+        jurisdiction: r.jurisdiction.clone(),
+        location: r.location,
+        endpoints: r.endpoints.clone().into_boxed_slice(),
+        capacity: r.capacity,
+        tls_http1,
+        tls_http2,
+        connection_key: format!(
+            "{:?}|{:?}|{:?}",
+            r.tls.ca, r.tls.client_cert, r.tls.client_key
+        )
+        .into(),
+    })
+}
+
+/// One route of the table: its rules indexed by country, continent, CIDR and
+/// subdivision, its candidates as region ids.
+fn compile_route(r: &crate::config::RouteSpec, regions: &[Region], config: &Config) -> Route {
+    let id_of = |name: &RegionName| {
+        regions
+            .iter()
+            .find(|r| &r.name == name)
+            .map(|r| r.id)
+            .expect("route regions are validated against the region list")
+    };
+    let mut by_country = Box::new([NO_RULE; COUNTRY_SLOTS]);
+    let mut by_continent = [NO_RULE; 7];
+    let mut cidrs = CidrTable::default();
+    let mut by_subdivision = HashMap::new();
+    for (k, rule) in r.rules.iter().enumerate() {
+        let k = k as u16;
+        for c in &rule.countries {
+            by_country[c.index()] = k;
+        }
+        for c in &rule.continents {
+            if let Some(i) = continent_index(*c) {
+                by_continent[i] = k;
+            }
+        }
+        for net in &rule.cidrs {
+            cidrs.insert(*net, k);
+        }
+        for sub in &rule.subdivisions {
+            by_subdivision.entry(*sub).or_insert(k);
+        }
+    }
+    Route {
+        name: r.name.as_str().into(),
+        path_prefix: r.path_prefix.as_str().into(),
+        candidates: r.regions.iter().map(id_of).collect(),
+        methods: r.methods,
+        residency: r.residency,
+        panic_mode: r.panic_mode,
+        upgrades: r.upgrades.iter().map(|u| u.as_str().into()).collect(),
+        path_escapes: r.path_escapes.unwrap_or(config.server.path_escapes),
+        steering: r.steering,
+        weights: regions
+            .iter()
+            .map(|reg| {
+                r.weights
+                    .iter()
+                    .find(|(n, _)| *n == reg.name)
+                    .map_or(1, |(_, w)| *w)
+            })
+            .collect(),
+        rules: r
+            .rules
+            .iter()
+            .map(|rule| rule.regions.iter().map(id_of).collect())
+            .collect(),
+        by_country,
+        by_continent,
+        by_subdivision,
+        cidrs,
+    }
+}
+
+/// Routes by host: exact names, wildcard parents, any host; within each,
+/// longest prefix first, then routes limited to some methods before the
+/// route for any method, then policy order.
+#[allow(clippy::type_complexity)]
+fn host_index(
+    config: &Config,
+    routes: &[Route],
+) -> (
+    HashMap<Box<str>, Box<[usize]>>,
+    HashMap<Box<str>, Box<[usize]>>,
+    Box<[usize]>,
+) {
+    let mut exact: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+    let mut wildcard: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+    let mut any_host = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        match r.host.as_deref() {
+            None => any_host.push(i),
+            Some(h) => match h.strip_prefix("*.") {
+                Some(parent) => wildcard.entry(parent.into()).or_default().push(i),
+                None => exact.entry(h.into()).or_default().push(i),
+            },
+        }
+    }
+    let by_prefix = |mut v: Vec<usize>| -> Box<[usize]> {
+        v.sort_by_key(|&i| {
+            (
+                std::cmp::Reverse(routes[i].path_prefix.len()),
+                routes[i].methods.is_any(),
+            )
+        });
+        v.into_boxed_slice()
+    };
+    let exact = exact.into_iter().map(|(k, v)| (k, by_prefix(v))).collect();
+    let wildcard = wildcard
+        .into_iter()
+        .map(|(k, v)| (k, by_prefix(v)))
+        .collect();
+    let any_host = by_prefix(any_host);
+    (exact, wildcard, any_host)
+}
+
+/// What each request reads of the policy, beside the routes.
+fn request_settings(config: &Config) -> RequestSettings {
+    let s = &config.server;
+    RequestSettings {
+        trusted_proxies: TrustedProxies::new(config.client.trusted_proxies.clone()),
+        max_uri_bytes: s.max_uri_bytes,
+        max_body_bytes: s.max_body_bytes,
+        preserve_host: s.preserve_host,
+        region_header: s.region_header,
+        access_log: s.access_log,
+        allow_trace: s.allow_trace,
+        replace_forwarded: config.client.replace_forwarded,
+        upstream: config.upstream.clone(),
+        passive_failures: config.health.passive.consecutive_failures,
+        endpoint_ejection: config.health.passive.ejection,
+        endpoint_max_ejection: config.health.passive.max_ejection,
+        count_all_5xx: config.health.passive.count_all_5xx,
+        min_distinct_clients: config.health.passive.min_distinct_clients,
+        retry: config.retry,
     }
 }
