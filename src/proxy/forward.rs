@@ -350,8 +350,17 @@ pub async fn forward<'t>(
     let timeout = table.settings.upstream.response_timeout;
     let mut tries = Tries::new(req);
     let mut timer = ctx.timer.lend();
-    while let Some(found) = tries.next_region(ctx, candidates).await {
-        let (id, acquired) = found?;
+    loop {
+        let (id, acquired) = match tries.next_free(ctx, candidates) {
+            Some(found) => found,
+            // Every candidate left is full: once, the queue over them.
+            None if tries.may_queue() => match wait_for_room(ctx, candidates, tries.full).await {
+                Ok(found) => found,
+                Err(reason) => return Err(ForwardError::Shed { reason }),
+            },
+            None => break,
+        };
+        tries.count_spill(ctx, candidates, id);
         let region = table.region(id);
         let account = account_of(ctx, id);
         let load = &account.load;
@@ -363,12 +372,8 @@ pub async fn forward<'t>(
         while let Some(held) = slot.take() {
             let endpoint = held.endpoint();
             let bit = 1u64 << endpoint.min(63);
-            let mut current = tries.take_request();
-            retarget(
-                &mut current,
-                &region.endpoints[endpoint],
-                table.settings.preserve_host,
-            );
+            let current =
+                tries.request_for(&region.endpoints[endpoint], table.settings.preserve_host);
             let lease = match pool::checkout(table, region, endpoint).await {
                 Ok(lease) => lease,
                 Err(source) => {

@@ -29,11 +29,20 @@ impl Tries {
         }
     }
 
-    /// The request for the next try (a copy, after one was sent).
-    pub(super) fn take_request(&mut self) -> Request<UpstreamBody> {
-        self.req
+    /// The request for the next try (a copy, after one was sent), pointed at
+    /// `endpoint`.
+    #[inline]
+    pub(super) fn request_for(
+        &mut self,
+        endpoint: &EndpointSpec,
+        preserve_host: bool,
+    ) -> Request<UpstreamBody> {
+        let mut req = self
+            .req
             .take()
-            .expect("a request is in hand for every attempt")
+            .expect("a request is in hand for every attempt");
+        retarget(&mut req, endpoint, preserve_host);
+        req
     }
 
     /// No head within the response timeout, nowhere else to go: the region's
@@ -62,32 +71,36 @@ impl Tries {
         self.next < candidates.len()
     }
 
-    /// The next region with room, and a slot on one of its endpoints: the
-    /// candidates in order, then (once) the queue over those found full; a
-    /// spill from a full region is counted. `None`: no region is left.
-    pub(super) async fn next_region(
+    /// The next candidate with room, and a slot on one of its endpoints; a
+    /// full one is noted for the queue. `None`: no candidate is left.
+    #[inline]
+    pub(super) fn next_free(
         &mut self,
         ctx: &Attempt<'_>,
         candidates: &[RegionId],
-    ) -> Option<Result<(RegionId, InFlight), ForwardError>> {
-        let (id, acquired) = loop {
-            if self.next < candidates.len() {
-                let id = candidates[self.next];
-                self.next += 1;
-                match account_of(ctx, id).load.acquire(0) {
-                    Some(slot) => break (id, slot),
-                    None => self.full |= 1 << (self.next - 1).min(63),
-                }
-            } else if self.full != 0 && !self.queued {
-                self.queued = true;
-                match wait_for_room(ctx, candidates, self.full).await {
-                    Ok(found) => break found,
-                    Err(reason) => return Some(Err(ForwardError::Shed { reason })),
-                }
-            } else {
-                return None;
+    ) -> Option<(RegionId, InFlight)> {
+        while self.next < candidates.len() {
+            let id = candidates[self.next];
+            self.next += 1;
+            match account_of(ctx, id).load.acquire(0) {
+                Some(slot) => return Some((id, slot)),
+                None => self.full |= 1 << (self.next - 1).min(63),
             }
-        };
+        }
+        None
+    }
+
+    /// Every candidate was looked at, some were full, and the queue was not
+    /// tried yet (it is tried once).
+    pub(super) fn may_queue(&mut self) -> bool {
+        let may = self.full != 0 && !self.queued;
+        self.queued |= may;
+        may
+    }
+
+    /// A request that spilled from a full region to `id` is counted.
+    #[inline]
+    pub(super) fn count_spill(&self, ctx: &Attempt<'_>, candidates: &[RegionId], id: RegionId) {
         if self.full != 0 {
             let from = candidates[self.full.trailing_zeros() as usize];
             if from != id {
@@ -96,7 +109,6 @@ impl Tries {
                     .spillover(&ctx.state.metrics, ctx.table, from, id);
             }
         }
-        Some(Ok((id, acquired)))
     }
 
     /// No connection to the endpoint could be had (nothing was sent): the
@@ -151,6 +163,7 @@ impl Tries {
     /// a replayable request goes on to the next region within the retry budget
     /// (`None`); any other answer is the response.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(super) fn answered<'t>(
         &mut self,
         ctx: &Attempt<'t>,
