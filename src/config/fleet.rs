@@ -53,25 +53,7 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
             "no etcd endpoint: list its client URLs (e.g. [\"http://10.0.0.5:2379\"])".to_owned(),
         );
     }
-    let mut endpoints = Vec::new();
-    for (i, e) in f.endpoints.iter().enumerate() {
-        let path = format!("fleet.endpoints[{i}]");
-        match e.parse::<Uri>() {
-            Ok(u)
-                if (u.scheme() == Some(&Scheme::HTTP) || u.scheme() == Some(&Scheme::HTTPS))
-                    && u.authority().is_some()
-                    && u.path() == "/" =>
-            {
-                endpoints.push(u)
-            }
-            _ => errs.push(
-                path,
-                format!(
-                    "{e:?} is not an etcd client URL: use http://host:port or https://host:port"
-                ),
-            ),
-        }
-    }
+    let endpoints = endpoints(&f.endpoints, errs);
     let prefix = f.prefix.trim_end_matches('/').to_owned();
     if !prefix.starts_with('/') || prefix.len() < 2 {
         errs.push(
@@ -89,24 +71,7 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
             format!("{instance:?}: use 1 to 128 letters, digits, '-', '_' or '.'"),
         );
     }
-    if f.cert_file.is_some() != f.key_file.is_some() {
-        errs.push(
-            "fleet.cert_file",
-            "cert_file and key_file go together (the client certificate for mTLS)".to_owned(),
-        );
-    }
-    if (f.password_file.is_some() || f.password_env.is_some()) && f.username.is_none() {
-        errs.push(
-            "fleet.username",
-            "a password is set without a username".to_owned(),
-        );
-    }
-    if f.username.is_some() && f.password_file.is_none() && f.password_env.is_none() {
-        errs.push(
-            "fleet.password_file",
-            "a username needs its password: password_file or password_env".to_owned(),
-        );
-    }
+    credentials(&f, errs);
     if f.lease_ttl < Duration::from_secs(2) {
         errs.push(
             "fleet.lease_ttl",
@@ -152,6 +117,52 @@ pub(super) fn fleet(f: raw::RawFleet, errs: &mut Invalid) -> FleetSettings {
         timeout: f.timeout,
         policy: f.policy,
         policy_keys: f.policy_keys.clone(),
+    }
+}
+
+/// The etcd client URLs, each checked.
+fn endpoints(raw: &[String], errs: &mut Invalid) -> Vec<Uri> {
+    let mut endpoints = Vec::new();
+    for (i, e) in raw.iter().enumerate() {
+        let path = format!("fleet.endpoints[{i}]");
+        match e.parse::<Uri>() {
+            Ok(u)
+                if (u.scheme() == Some(&Scheme::HTTP) || u.scheme() == Some(&Scheme::HTTPS))
+                    && u.authority().is_some()
+                    && u.path() == "/" =>
+            {
+                endpoints.push(u)
+            }
+            _ => errs.push(
+                path,
+                format!(
+                    "{e:?} is not an etcd client URL: use http://host:port or https://host:port"
+                ),
+            ),
+        }
+    }
+    endpoints
+}
+
+/// The client certificate and the password each come whole.
+fn credentials(f: &raw::RawFleet, errs: &mut Invalid) {
+    if f.cert_file.is_some() != f.key_file.is_some() {
+        errs.push(
+            "fleet.cert_file",
+            "cert_file and key_file go together (the client certificate for mTLS)".to_owned(),
+        );
+    }
+    if (f.password_file.is_some() || f.password_env.is_some()) && f.username.is_none() {
+        errs.push(
+            "fleet.username",
+            "a password is set without a username".to_owned(),
+        );
+    }
+    if f.username.is_some() && f.password_file.is_none() && f.password_env.is_none() {
+        errs.push(
+            "fleet.password_file",
+            "a username needs its password: password_file or password_env".to_owned(),
+        );
     }
 }
 

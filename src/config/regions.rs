@@ -59,24 +59,7 @@ pub(super) fn regions(
                     );
                 }
             }
-            let location = r.location.map(|l| {
-                if !(-90.0..=90.0).contains(&l.lat) {
-                    errs.push(
-                        format!("{path}.location.lat"),
-                        format!("{} is outside -90..=90", l.lat),
-                    );
-                }
-                if !(-180.0..=180.0).contains(&l.lon) {
-                    errs.push(
-                        format!("{path}.location.lon"),
-                        format!("{} is outside -180..=180", l.lon),
-                    );
-                }
-                Location {
-                    lat: l.lat,
-                    lon: l.lon,
-                }
-            });
+            let location = r.location.map(|l| location(&path, l, errs));
             if r.endpoints.is_empty() {
                 errs.push(
                     format!("{path}.endpoints"),
@@ -125,6 +108,26 @@ pub(super) fn regions(
             }
         })
         .collect()
+}
+
+/// A region's place, for proximity steering.
+fn location(path: &str, l: raw::RawLocation, errs: &mut Invalid) -> Location {
+    if !(-90.0..=90.0).contains(&l.lat) {
+        errs.push(
+            format!("{path}.location.lat"),
+            format!("{} is outside -90..=90", l.lat),
+        );
+    }
+    if !(-180.0..=180.0).contains(&l.lon) {
+        errs.push(
+            format!("{path}.location.lon"),
+            format!("{} is outside -180..=180", l.lon),
+        );
+    }
+    Location {
+        lat: l.lat,
+        lon: l.lon,
+    }
 }
 
 fn endpoint(path: &str, e: &raw::RawEndpoint, errs: &mut Invalid) -> Option<EndpointSpec> {

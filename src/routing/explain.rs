@@ -149,41 +149,57 @@ pub fn explain(
         .filter(|_| d.fenced)
         .map(|p| table.jurisdiction(p.jurisdiction));
     for r in table.regions() {
-        let s = states.get(table, r.id);
-        let verdict = if Some(r.id) == chosen {
-            if panicked {
-                "chosen: first undrained candidate (panic mode)".to_owned()
-            } else if s.weight < 1000 {
-                format!(
-                    "chosen: first serving candidate (slow start: {}% of its traffic)",
-                    s.weight / 10
-                )
-            } else {
-                "chosen: first serving candidate".to_owned()
-            }
-        } else if let Some(pos) = order.iter().position(|&c| c == r.id) {
-            format!("fallback #{pos} if the chosen region fails")
-        } else if let Some(pos) = d.candidates.iter().position(|&c| c == r.id) {
-            let before_chosen = chosen.is_none_or(|c| {
-                d.candidates
-                    .iter()
-                    .position(|&x| x == c)
-                    .is_some_and(|cp| pos < cp)
-            });
-            match (before_chosen, s.healthy, s.drained) {
-                (true, _, true) => "passed over: drained".to_owned(),
-                (true, false, _) => "passed over: unhealthy".to_owned(),
-                _ => format!("fallback #{} if the chosen region fails", pos + 1),
-            }
-        } else if let Some(j) = fence.filter(|j| !j.regions.contains(&r.id)) {
-            format!("excluded: outside jurisdiction {} (strict)", j.name)
-        } else {
-            "not a candidate for this rule".to_owned()
-        };
+        let verdict = verdict(table, states, r.id, &d, &order, chosen, panicked, fence);
         e.regions.push(RegionVerdict {
             region: r.name.to_string(),
             verdict,
         });
     }
     e
+}
+
+/// What became of one region for this decision: chosen, a fallback, passed
+/// over (and why), fenced out, or not a candidate.
+#[allow(clippy::too_many_arguments)]
+fn verdict(
+    table: &RoutingTable,
+    states: &RegionStates,
+    id: crate::routing::table::RegionId,
+    d: &crate::routing::policy::Decision<'_>,
+    order: &[crate::routing::table::RegionId],
+    chosen: Option<crate::routing::table::RegionId>,
+    panicked: bool,
+    fence: Option<&crate::routing::table::Jurisdiction>,
+) -> String {
+    let s = states.get(table, id);
+    if Some(id) == chosen {
+        if panicked {
+            "chosen: first undrained candidate (panic mode)".to_owned()
+        } else if s.weight < 1000 {
+            format!(
+                "chosen: first serving candidate (slow start: {}% of its traffic)",
+                s.weight / 10
+            )
+        } else {
+            "chosen: first serving candidate".to_owned()
+        }
+    } else if let Some(pos) = order.iter().position(|&c| c == id) {
+        format!("fallback #{pos} if the chosen region fails")
+    } else if let Some(pos) = d.candidates.iter().position(|&c| c == id) {
+        let before_chosen = chosen.is_none_or(|c| {
+            d.candidates
+                .iter()
+                .position(|&x| x == c)
+                .is_some_and(|cp| pos < cp)
+        });
+        match (before_chosen, s.healthy, s.drained) {
+            (true, _, true) => "passed over: drained".to_owned(),
+            (true, false, _) => "passed over: unhealthy".to_owned(),
+            _ => format!("fallback #{} if the chosen region fails", pos + 1),
+        }
+    } else if let Some(j) = fence.filter(|j| !j.regions.contains(&id)) {
+        format!("excluded: outside jurisdiction {} (strict)", j.name)
+    } else {
+        "not a candidate for this rule".to_owned()
+    }
 }

@@ -342,6 +342,43 @@ async fn steady(o: &DrillOptions, say: &impl Fn(&str), over: &str) -> Result<Ste
     })
 }
 
+/// Undoes the drill's fault: the undrain, the simulated region restarted on
+/// its address, or the operator asked to bring the region back.
+async fn repair(
+    o: &DrillOptions,
+    fault: &mut Fault<'_>,
+    say: impl Fn(&str),
+) -> Result<(), DrillError> {
+    match fault {
+        Fault::Drain { token, .. } => {
+            say(&format!("undraining {}", o.region));
+            let path = format!("/regions/{}/undrain?reason=georouter+drill", o.region);
+            call(o.admin, Method::POST, &path, Some(token))
+                .await
+                .map_err(|detail| DrillError::Admin {
+                    admin: o.admin,
+                    detail,
+                })?;
+        }
+        Fault::Sim(sim) => {
+            say(&format!("restarting simulated region {}", o.region));
+            let addr = sim.addr();
+            let latency = sim.latency();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DrillError::Restart {
+                    region: o.region.clone(),
+                    addr,
+                    source,
+                })?;
+            **sim = SimRegion::serve(&o.region, listener);
+            sim.set_latency(latency);
+        }
+        Fault::Operator => say(&format!("bring {} back; waiting", o.region)),
+    }
+    Ok(())
+}
+
 /// Runs one drill and reports what clients and the admin API saw. `say` gets the
 /// lines meant for the operator as the drill goes.
 pub async fn run(
@@ -418,33 +455,7 @@ pub async fn run(
     // The repair. The router may serve from the region again before the admin
     // API says so to our polling: what happens from here on is failback.
     let repair_started = started.elapsed();
-    match &mut fault {
-        Fault::Drain { token, .. } => {
-            say(&format!("undraining {}", o.region));
-            let path = format!("/regions/{}/undrain?reason=georouter+drill", o.region);
-            call(o.admin, Method::POST, &path, Some(token))
-                .await
-                .map_err(|detail| DrillError::Admin {
-                    admin: o.admin,
-                    detail,
-                })?;
-        }
-        Fault::Sim(sim) => {
-            say(&format!("restarting simulated region {}", o.region));
-            let addr = sim.addr();
-            let latency = sim.latency();
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DrillError::Restart {
-                    region: o.region.clone(),
-                    addr,
-                    source,
-                })?;
-            **sim = SimRegion::serve(&o.region, listener);
-            sim.set_latency(latency);
-        }
-        Fault::Operator => say(&format!("bring {} back; waiting", o.region)),
-    }
+    repair(o, &mut fault, &say).await?;
     wait_until(o.timeout, "the region back in service", || serving(o)).await?;
     let repair_at = started.elapsed();
     say("waiting for the failback to complete");

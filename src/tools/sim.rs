@@ -405,46 +405,7 @@ async fn answer(
     let mut resp = if req.headers().contains_key(header::UPGRADE) {
         upgrade_echo(&mut req)
     } else {
-        let path = req.uri().path().to_owned();
-        if path == "/echo" {
-            let mut head = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
-            for (k, v) in req.headers() {
-                head.push_str(&format!(
-                    "{}: {}\n",
-                    k,
-                    String::from_utf8_lossy(v.as_bytes())
-                ));
-            }
-            text(StatusCode::OK, head)
-        } else if path == "/mirror" {
-            Response::new(req.into_body().map_err(std::io::Error::other).boxed())
-        } else if let Some(n) = path.strip_prefix("/bytes/") {
-            match n.parse() {
-                Ok(n) => Response::new(generated(n)),
-                Err(_) => text(StatusCode::BAD_REQUEST, "bad length\n"),
-            }
-        } else if path == "/count" {
-            let mut body = req.into_body();
-            let mut total = 0u64;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(std::io::Error::other)?;
-                if let Some(d) = frame.data_ref() {
-                    total += d.len() as u64;
-                }
-            }
-            text(StatusCode::OK, format!("{total}\n"))
-        } else if let Some(code) = path.strip_prefix("/status/") {
-            match code
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-            {
-                Some(s) => text(s, format!("{name}\n")),
-                None => text(StatusCode::BAD_REQUEST, "bad status\n"),
-            }
-        } else {
-            text(StatusCode::OK, format!("{name}\n"))
-        }
+        route(&name, req).await?
     };
     if let Some(p) = seen_path {
         resp.headers_mut().insert("x-sim-path", p);
@@ -453,6 +414,53 @@ async fn answer(
         "x-sim-region",
         http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("?")),
     );
+    Ok(resp)
+}
+
+/// What a simulated region answers on each path: `/echo` (the head it got),
+/// `/mirror` (the body back), `/bytes/N`, `/count` (the body's length),
+/// `/status/CODE`, else its name.
+async fn route(name: &str, req: Request<Incoming>) -> Result<Response<SimBody>, std::io::Error> {
+    let path = req.uri().path().to_owned();
+    let resp = if path == "/echo" {
+        let mut head = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (k, v) in req.headers() {
+            head.push_str(&format!(
+                "{}: {}\n",
+                k,
+                String::from_utf8_lossy(v.as_bytes())
+            ));
+        }
+        text(StatusCode::OK, head)
+    } else if path == "/mirror" {
+        Response::new(req.into_body().map_err(std::io::Error::other).boxed())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        match n.parse() {
+            Ok(n) => Response::new(generated(n)),
+            Err(_) => text(StatusCode::BAD_REQUEST, "bad length\n"),
+        }
+    } else if path == "/count" {
+        let mut body = req.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(std::io::Error::other)?;
+            if let Some(d) = frame.data_ref() {
+                total += d.len() as u64;
+            }
+        }
+        text(StatusCode::OK, format!("{total}\n"))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(s) => text(s, format!("{name}\n")),
+            None => text(StatusCode::BAD_REQUEST, "bad status\n"),
+        }
+    } else {
+        text(StatusCode::OK, format!("{name}\n"))
+    };
     Ok(resp)
 }
 
