@@ -6,6 +6,7 @@ pub(crate) mod admit;
 pub(crate) mod authority;
 pub(crate) mod budget;
 pub(crate) mod client_body;
+mod context;
 pub(crate) mod deadline;
 mod error;
 pub(crate) mod forward;
@@ -15,6 +16,7 @@ pub(crate) mod request_id;
 mod respond;
 mod upstream;
 
+use context::Context;
 pub use error::ProxyError;
 
 use std::borrow::Cow;
@@ -148,14 +150,7 @@ pub async fn handle(
     let started = Instant::now();
     let http1 = req.version() != Version::HTTP_2;
     let snapshot = conn.state.routing.load_full();
-    let log = snapshot.table.settings.access_log.then(|| {
-        let head = (req.method().clone(), req.uri().clone(), req.version());
-        // The client as identity sees it (not the proxy in front), also for
-        // the answers the router gives itself.
-        let settings = &snapshot.table.settings;
-        let client = identity::client_ip(conn.peer, req.headers(), &settings.trusted_proxies);
-        (started, head, client)
-    });
+    let mut ctx = Context::new(&conn, &snapshot, &req, started);
     let flaw = conn.verdicts.of(active.index());
     let scan = admit::scan(req.headers());
     let request_id = request_id::of(scan.request_id);
@@ -173,10 +168,7 @@ pub async fn handle(
         RequestId::Made(n) => Some(n),
         RequestId::Given(_) => None,
     };
-    // The route the decision chose, for the access log, also when the router
-    // then answers itself.
-    let mut route = None;
-    let (resp, served, error) = match proxy(
+    let resp = match proxy(
         &conn,
         &snapshot,
         req,
@@ -187,15 +179,18 @@ pub async fn handle(
             host_header,
         },
         made,
-        &mut route,
+        &mut ctx,
     )
     .await
     {
-        Ok((resp, served)) => (resp, Some(served), None),
+        Ok((resp, served)) => {
+            ctx.served(served);
+            resp
+        }
         Err(e) => {
             conn.state.unrouted.inc(e.status());
             // The router's own faults are logged where they happen, rate-limited.
-            if log.is_none()
+            if !ctx.logging()
                 && e.status().is_server_error()
                 && !matches!(e, ProxyError::Local { .. })
             {
@@ -205,34 +200,11 @@ pub async fn handle(
                     tracing::warn!(peer = %conn.peer.0, %request_id, error = %e, suppressed, "request failed");
                 }
             }
-            let text = log
-                .is_some()
-                .then(|| (e.region().map(|r| r.to_string()), e.to_string()));
-            (e.into_response(http1, &request_id), None, text)
+            ctx.failed(&e);
+            e.into_response(http1, &request_id)
         }
     };
-    if let Some((started, (method, uri, version), client)) = log {
-        // A region the router tried and then answered for (502, 504), or "-".
-        let (region, why) = match (&served, &error) {
-            (Some(s), _) => (s.region.as_str(), s.reason.as_deref().unwrap_or("")),
-            (None, Some((region, why))) => (region.as_deref().unwrap_or("-"), why.as_str()),
-            (None, None) => ("-", ""),
-        };
-        tracing::info!(
-            target: "georouter::access",
-            peer = %conn.peer.0,
-            client = %served.as_ref().map_or(client.0, |s| s.client),
-            method = %method,
-            uri = ?crate::logging::Quoted(&uri),
-            version = ?version,
-            status = resp.status().as_u16(),
-            route = route.unwrap_or("-"),
-            region,
-            why,
-            request_id = ?crate::logging::Quoted(&request_id),
-            micros = started.elapsed().as_micros() as u64,
-        );
-    }
+    ctx.log(&conn, &resp, &request_id);
     Ok(resp)
 }
 
@@ -293,7 +265,7 @@ async fn proxy<'s>(
     started: Instant,
     door: Door,
     made_id: Option<u64>,
-    route: &mut Option<&'s str>,
+    ctx: &mut Context<'s>,
 ) -> Result<(Response<ProxyBody>, Served), ProxyError> {
     let settings = &snapshot.table.settings;
     budget::deposit(&settings.retry, started);
@@ -306,7 +278,7 @@ async fn proxy<'s>(
         &admitted,
         host_header.as_ref(),
         ambiguity,
-        route,
+        ctx,
     )?;
     let upstream = upstream::build(conn, snapshot, req, &admitted, host_header, &plan, made_id);
     let attempt = forward::Attempt {
@@ -415,7 +387,7 @@ fn decide<'t>(
     admitted: &Admitted,
     host_header: Option<&HeaderValue>,
     ambiguity: Option<Ambiguity>,
-    route_out: &mut Option<&'t str>,
+    ctx: &mut Context<'t>,
 ) -> Result<Plan<'t>, ProxyError> {
     let (table, states) = (&*snapshot.table, &snapshot.states);
     let settings = &table.settings;
@@ -458,7 +430,7 @@ fn decide<'t>(
         panicked,
     } = planned;
     let route = decision.route;
-    *route_out = Some(&route.name);
+    ctx.route = Some(&route.name);
     let reason = settings
         .access_log
         .then(|| crate::routing::explain::short_reason(table, &decision));
