@@ -47,6 +47,12 @@ pub enum FleetError {
     },
     #[error("the drains of jurisdiction {0} kept changing under this call; try again")]
     Contended(String),
+    #[error("{region} is the last serving region of jurisdiction {jurisdiction} on instance {instance} (its other regions are down there, by its own checks): draining it would refuse that instance's residents; fix what that instance sees, or add force=true to drain it anyway")]
+    LastOnInstance {
+        region: String,
+        jurisdiction: String,
+        instance: String,
+    },
 }
 
 /// What the fleet-wide guard needs to know of a region: its jurisdiction's
@@ -82,7 +88,8 @@ pub struct Fleet {
     applied: AtomicI64,
     /// When this instance last knew it was in step with the fleet.
     in_step_at: Mutex<std::time::Instant>,
-    /// Wakes the heartbeat to publish a new acknowledgement.
+    /// Wakes the heartbeat to publish this instance's record again (a change
+    /// applied, a region's health changed).
     pub applied_changed: tokio::sync::Notify,
     /// Wakes the watch to start again (the heartbeat lost etcd).
     pub reset: tokio::sync::Notify,
@@ -349,6 +356,7 @@ impl Fleet {
         };
         for _ in 0..8 {
             let read = self.read_drains().await?;
+            let views = self.views_of(guard).await?;
             let fleet = &read.good;
             // An unreadable value counts as drained: instances keep the drain
             // they last applied, which may be one.
@@ -367,6 +375,20 @@ impl Fleet {
                     region: region.to_owned(),
                     jurisdiction: guard.jurisdiction.clone(),
                 });
+            }
+            // Every live instance's own view too: a drain that leaves one of
+            // them with no serving region of the jurisdiction is refused.
+            for (instance, down) in &views {
+                let serves = |r: &str| !down.iter().any(|d| d == r) && !drained(r);
+                let now = guard.regions.iter().any(|(r, _)| serves(r));
+                let after = guard.regions.iter().any(|(r, _)| r != region && serves(r));
+                if now && !after {
+                    return Err(FleetError::LastOnInstance {
+                        region: region.to_owned(),
+                        jurisdiction: guard.jurisdiction.clone(),
+                        instance: instance.clone(),
+                    });
+                }
             }
             let unchanged: Vec<Unchanged> = guard
                 .regions
@@ -398,6 +420,44 @@ impl Fleet {
     pub async fn write_scale(&self, region: &str, scale: &FleetScale) -> Result<i64, EtcdError> {
         let value = serde_json::to_vec(scale).expect("a scale serialises");
         self.store.put(&self.keys.scale(region), &value, None).await
+    }
+
+    /// The other live instances' views of the guard's regions: each instance,
+    /// and the regions that fail its checks there (a region an instance does
+    /// not report is taken as healthy: it cannot block a drain).
+    async fn views_of(&self, guard: &Guard) -> Result<Vec<(String, Vec<String>)>, EtcdError> {
+        let (_, kvs) = self.store.range_prefix(&self.keys.instances()).await?;
+        let epoch = self.epoch();
+        let mut views = Vec::new();
+        for kv in kvs {
+            // Members only (a record on a lease), of this history, not this
+            // instance (its own view is the guard's).
+            if kv.lease == 0 {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<InstanceRecord>(&kv.value) else {
+                continue;
+            };
+            if record.instance == self.instance()
+                || record.history_changed
+                || (record.epoch.is_some() && record.epoch != epoch)
+            {
+                continue;
+            }
+            let down = guard
+                .regions
+                .iter()
+                .filter(|(r, _)| {
+                    record
+                        .regions
+                        .get(r.as_str())
+                        .is_some_and(|v| !v.starts_with("up"))
+                })
+                .map(|(r, _)| r.clone())
+                .collect();
+            views.push((record.instance, down));
+        }
+        Ok(views)
     }
 
     /// Publishes this instance's acknowledgement on its lease.

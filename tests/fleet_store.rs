@@ -35,6 +35,18 @@ impl World {
     /// Instance `id`, on its own link to the store; eu is strict and the
     /// route has only its two regions.
     async fn instance(&self, id: &str) -> (TestRouter, MemoryStore) {
+        self.instance_seeing(id, None).await
+    }
+
+    /// Instance `id`; `dead_eu2`: its policy points eu2 at a port where
+    /// nothing listens, so that this instance (alone) sees eu2 down.
+    async fn instance_seeing(&self, id: &str, dead_eu2: Option<u16>) -> (TestRouter, MemoryStore) {
+        let eu2 = match dead_eu2 {
+            Some(port) => {
+                Policy::new().region_at("eu2", &format!("http://127.0.0.1:{port}"), Some("eu"))
+            }
+            None => Policy::new().region_in(&self.eu2, "eu"),
+        };
         let toml = Policy::new()
             .section("[health]\ninterval = \"50ms\"")
             .section(&format!(
@@ -42,7 +54,7 @@ impl World {
             ))
             .region(&self.us)
             .region_in(&self.eu1, "eu")
-            .region_in(&self.eu2, "eu")
+            .merge(eu2)
             .jurisdiction("eu", true, &["DE"])
             .route(&["eu1", "eu2"])
             .toml();
@@ -139,4 +151,40 @@ async fn data_loss_keeps_every_drain() {
         let reply = get(&h1_client(), &r.url("/")).await;
         assert_eq!(reply.headers["x-georouter-region"], "eu2");
     }
+}
+
+/// The guard reads every live instance's own view, not only the caller's: B
+/// sees eu2 down (its checks fail), so draining eu1 through A, which sees eu2
+/// serving, would leave B's residents with no region. Refused, naming B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_empties_the_jurisdiction_on_another_instance_is_refused() {
+    let w = World::new().await;
+    let (a, _) = w.instance("a").await;
+    let (b, _) = w.instance_seeing("b", Some(refused_port())).await;
+    let control = b.control.clone();
+    eventually("b sees eu2 down", move || {
+        georouter::admin::views::regions(&control)
+            .iter()
+            .any(|v| v.name == "eu2" && !v.healthy)
+    })
+    .await;
+    // B's record says so in the store.
+    let fleet = a.control.fleet().unwrap().clone();
+    eventually_async("b's record reporting eu2 down", || {
+        let fleet = fleet.clone();
+        async move {
+            let status = fleet.status().await.unwrap();
+            status.instances.iter().any(|i| {
+                i.instance == "b" && i.regions.get("eu2").is_some_and(|v| !v.starts_with("up"))
+            })
+        }
+    })
+    .await;
+    let (s, body) = admin_post(a.admin, "/regions/eu1/drain", Some(TOKEN)).await;
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("on instance b"), "{body}");
+    assert!(!drained(&a, "eu1") && !drained(&b, "eu1"));
+    // Forced, it goes through.
+    let (s, body) = admin_post(a.admin, "/regions/eu1/drain?force=true", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
 }

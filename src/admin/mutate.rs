@@ -235,7 +235,7 @@ impl Call<'_> {
                 self.audit("rejected", &e.to_string());
                 reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n"))
             }
-            Err(e @ DrainError::LastInJurisdiction { .. }) => {
+            Err(e @ (DrainError::LastInJurisdiction { .. } | DrainError::LastOnInstance(_))) => {
                 self.audit("rejected", &e.to_string());
                 reply(StatusCode::CONFLICT, TEXT, format!("{e}\n"))
             }

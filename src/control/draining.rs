@@ -18,6 +18,10 @@ pub enum DrainError {
         region: String,
         jurisdiction: String,
     },
+    /// Another live instance of the fleet would be left with no serving
+    /// region of the jurisdiction, by its own checks.
+    #[error(transparent)]
+    LastOnInstance(FleetError),
     #[error(transparent)]
     Fleet(FleetError),
 }
@@ -90,6 +94,7 @@ impl Control {
                 region,
                 jurisdiction,
             }),
+            Err(e @ FleetError::LastOnInstance { .. }) => Err(DrainError::LastOnInstance(e)),
             Err(e) => Err(DrainError::Fleet(e)),
         }
     }

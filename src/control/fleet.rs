@@ -211,7 +211,10 @@ impl Control {
                         tracing::info!(target: "georouter::fleet", %region, drained = intent.drain.is_some(), "a drain change held during the etcd outage is now the fleet's");
                     }
                     Err(crate::fleet::FleetError::Etcd(e)) => return Err(e),
-                    Err(e @ crate::fleet::FleetError::LastInJurisdiction { .. }) => {
+                    Err(
+                        e @ (crate::fleet::FleetError::LastInJurisdiction { .. }
+                        | crate::fleet::FleetError::LastOnInstance { .. }),
+                    ) => {
                         tracing::warn!(target: "georouter::fleet", %region, error = %e, "a drain held during the etcd outage no longer passes the jurisdiction guard; dropped");
                         self.journal.record(
                             &region,

@@ -24,6 +24,11 @@ impl Control {
         } else {
             tracing::warn!(target: "georouter::health", %region, from = t.from.name(), to = t.to.name(), cause = %t.cause, "region out of service");
         }
+        // The fleet reads each instance's view of its regions (the drain
+        // guard): the record goes out again now, not at the next change.
+        if let Some(f) = &self.fleet {
+            f.applied_changed.notify_one();
+        }
         self.state
             .metrics
             .health_transitions

@@ -102,6 +102,15 @@ impl Policy {
         self
     }
 
+    /// Another builder's regions, jurisdictions, routes and sections added.
+    pub fn merge(mut self, other: Policy) -> Policy {
+        self.regions.extend(other.regions);
+        self.jurisdictions.extend(other.jurisdictions);
+        self.routes.extend(other.routes);
+        self.sections.extend(other.sections);
+        self
+    }
+
     /// A route over `regions`, in order of preference.
     pub fn route(mut self, regions: &[&str]) -> Policy {
         self.routes
