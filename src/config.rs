@@ -400,6 +400,7 @@ impl TryFrom<RawConfig> for Config {
         let client = edge::client(raw.client, &mut errs);
         let listeners = edge::listeners(raw.listeners, &mut errs);
         let admin = edge::admin(raw.admin, &mut errs);
+        edge::admin_clashes(&admin, &listeners, &mut errs);
         let upstream = edge::upstream(raw.upstream, &mut errs);
         let checks = health::defaults(&raw.health, &mut errs);
         let health = health::settings(&raw.health, &raw.failback, &mut errs);

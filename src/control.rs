@@ -120,6 +120,7 @@ pub(crate) fn limits(config: &Config, check: &HealthCheck) -> Limits {
 pub fn preflight(config: &Config, options: &Options) -> Result<(), StartError> {
     AdminAuth::from_settings(&config.admin, options.admin_token.as_deref())?;
     Drains::load(config.admin.state_file.as_deref())?;
+    Drains::check_writable(config.admin.state_file.as_deref())?;
     Ok(())
 }
 
@@ -157,6 +158,7 @@ impl Control {
         let table = current.table.clone();
         let auth = AdminAuth::from_settings(&config.admin, options.admin_token.as_deref())?;
         let file = Drains::load(config.admin.state_file.as_deref())?;
+        Drains::check_writable(config.admin.state_file.as_deref())?;
         let fleet = match &config.fleet {
             Some(settings) => Some(Arc::new(match &options.fleet_store {
                 Some(store) => {

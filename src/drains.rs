@@ -73,7 +73,7 @@ pub enum StateFileError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("cannot write state file {path}: {source}")]
+    #[error("cannot write state file {path}: {source} (admin.state_file: its directory must exist and be writable by this user)")]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -244,6 +244,32 @@ impl Drains {
             fleet_epoch: state.fleet_epoch,
             held: state.held,
             file: Some(path.to_owned()),
+        })
+    }
+
+    /// Whether the state file can be written where it is (a probe file of
+    /// this process is made beside it and removed, never the side file a
+    /// running router saves through): a drain that cannot be kept is found at
+    /// start, not at the first drain.
+    pub fn check_writable(file: Option<&Path>) -> Result<(), StateFileError> {
+        let Some(path) = file else {
+            return Ok(());
+        };
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".probe-{}", std::process::id()));
+        let tmp = path.with_file_name(name);
+        let probe = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&tmp)
+            .and_then(|f| {
+                drop(f);
+                std::fs::remove_file(&tmp)
+            });
+        probe.map_err(|source| StateFileError::Write {
+            path: path.to_owned(),
+            source,
         })
     }
 

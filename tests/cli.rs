@@ -78,6 +78,45 @@ fn check_fails_on_what_run_would_refuse_a_missing_token_file() {
     assert!(err.contains("token_file"), "{err}");
 }
 
+/// A state file `run` could not write (no such directory) fails `check` too,
+/// naming the file and the setting.
+#[test]
+fn check_fails_on_an_unwritable_state_file() {
+    let dir = std::env::temp_dir().join(format!("georouter-cli-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("state.toml");
+    let write = |state: &str| {
+        std::fs::write(
+            &policy,
+            format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"a\"\n\
+                 endpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n\
+                 [admin]\nstate_file = \"{state}\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("/nonexistent-dir/georouter/state.json");
+    let (code, out, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("/nonexistent-dir/georouter/state.json"),
+        "{err}"
+    );
+    assert!(err.contains("admin.state_file"), "{err}");
+    // A writable place passes, and the probe leaves nothing behind.
+    let state = dir.join("state.json");
+    write(state.to_str().unwrap());
+    let (code, out, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("state.json"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn check_into_a_closed_pipe_ends_quietly() {
     // `georouter check ... | head -1`: the reader is gone before the summary.

@@ -292,3 +292,26 @@ fn tls_resumption_settings_are_checked() {
         .to_string();
     assert!(e.contains("ticket_keys"), "{e}");
 }
+
+/// `run` cannot bind an admin listener on a data listener's port (the same
+/// address, or a wildcard one): `check` says so, at `admin.address`.
+#[test]
+fn an_admin_address_that_takes_a_listeners_port_is_refused() {
+    let with = |listen: &str, admin: &str| {
+        errors(&format!(
+            "[[listeners]]\naddress = \"{listen}\"\n[admin]\naddress = \"{admin}\"\n{REGION}"
+        ))
+    };
+    assert_eq!(
+        with("127.0.0.1:18080", "127.0.0.1:18080"),
+        ["admin.address"]
+    );
+    assert_eq!(with("0.0.0.0:18080", "127.0.0.1:18080"), ["admin.address"]);
+    assert_eq!(with("127.0.0.1:18080", "[::]:18080"), ["admin.address"]);
+    assert!(with("127.0.0.1:18080", "127.0.0.1:18081").is_empty());
+    assert!(
+        with("127.0.0.1:0", "127.0.0.1:0").is_empty(),
+        "port 0 is any port"
+    );
+    assert!(with("10.0.0.1:18080", "127.0.0.1:18080").is_empty());
+}

@@ -275,6 +275,30 @@ pub(super) fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<L
         .collect()
 }
 
+/// Two sockets that cannot both be bound: one port (not 0), and one address
+/// or either the wildcard (`0.0.0.0`, `[::]`).
+fn overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The admin listener needs an address no data listener takes (`run` would
+/// fail to bind it).
+pub(super) fn admin_clashes(admin: &AdminSettings, listeners: &[ListenerSpec], errs: &mut Invalid) {
+    for (i, l) in listeners.iter().enumerate() {
+        if overlap(admin.address, l.address) {
+            errs.push(
+                "admin.address",
+                format!(
+                    "{} takes the port of listeners[{i}].address ({}): the admin API needs an address of its own (e.g. \"127.0.0.1:9901\")",
+                    admin.address, l.address
+                ),
+            );
+        }
+    }
+}
+
 pub(super) fn admin(a: raw::RawAdmin, errs: &mut Invalid) -> AdminSettings {
     AdminSettings {
         address: socket_addr("admin.address", &a.address, errs),
