@@ -31,8 +31,10 @@ impl Control {
                         id
                     }
                 };
+                // One put per change and instance: the fleet's view (every
+                // record) is read on the keepalive's schedule, not per change,
+                // so a change costs etcd the same at 5 instances as at 500.
                 fleet.report(id, &self.instance_record(&fleet)).await?;
-                fleet.status().await?;
                 Ok::<i64, EtcdError>(id)
             };
             let id = tokio::select! {
