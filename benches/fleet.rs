@@ -132,6 +132,12 @@ async fn processes(etcd: &Etcd, regions: &str, n: usize, changes: usize) {
         }
     };
     for &a in &admins {
+        // The process binds its admin port when it has started; asking before
+        // would be a refused connection.
+        eventually_async("the process to listen", || async {
+            tokio::net::TcpStream::connect(a).await.is_ok()
+        })
+        .await;
         eventually_async("the process to join", || async { applied(a).await >= 0 }).await;
     }
     let mut times = Vec::new();

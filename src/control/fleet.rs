@@ -65,11 +65,8 @@ impl Control {
                 }
                 Ok(()) => {}
             }
-            let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-            failures += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
+            if !back_off(&mut failures, &mut shutdown).await {
+                return;
             }
         }
     }
@@ -234,6 +231,17 @@ impl Control {
             }
         }
         Ok(())
+    }
+}
+
+/// Waits out the backoff after the `failures`-th failure in a row (and counts
+/// it); false when the router shuts down first.
+async fn back_off(failures: &mut usize, shutdown: &mut crate::edge::server::Shutdown) -> bool {
+    let wait = BACKOFF[(*failures).min(BACKOFF.len() - 1)];
+    *failures += 1;
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.changed() => false,
     }
 }
 

@@ -54,11 +54,8 @@ impl Control {
                     if let Some(suppressed) = LOG.allow() {
                         tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet heartbeat failed; serving with the drains last applied");
                     }
-                    let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-                    failures += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => break,
+                    if !back_off(&mut failures, &mut shutdown).await {
+                        break;
                     }
                     continue;
                 }

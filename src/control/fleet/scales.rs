@@ -22,11 +22,8 @@ impl Control {
                     tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet partial-drain watch interrupted; serving with those last applied");
                 }
             }
-            let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-            failures += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
+            if !back_off(&mut failures, &mut shutdown).await {
+                return;
             }
         }
     }
