@@ -410,8 +410,9 @@ impl TryFrom<RawConfig> for Config {
         let regions = regions::regions(raw.regions, &checks, &upstream.capacity, &mut errs);
         let jurisdictions = fence::jurisdictions(raw.jurisdictions, &regions, &mut errs);
         let residency = fence::residency(raw.residency, &mut errs);
+        let implicit = raw.routes.is_empty();
         let routes = routing::routes(raw.routes, &regions, &mut errs);
-        fence::check_fences(&routes, &regions, &jurisdictions, &mut errs);
+        fence::check_fences(&routes, &regions, &jurisdictions, implicit, &mut errs);
         if errs.0.is_empty() {
             Ok(Config {
                 server,

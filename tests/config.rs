@@ -315,3 +315,18 @@ fn an_admin_address_that_takes_a_listeners_port_is_refused() {
     );
     assert!(with("10.0.0.1:18080", "127.0.0.1:18080").is_empty());
 }
+
+/// With no `[[routes]]`, a fence error names the missing section and says what
+/// the default route does, not a `routes[0]` nobody wrote.
+#[test]
+fn without_routes_a_fence_error_points_at_the_missing_section() {
+    let toml = format!(
+        "{LISTENER}[[regions]]\nname = \"eu\"\njurisdiction = \"eu\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n\
+         [[regions]]\nname = \"us\"\nendpoints = [{{ url = \"http://127.0.0.1:2\" }}]\n\
+         [[jurisdictions]]\nname = \"eu\"\nstrict = true\ncountries = [\"DE\"]\n"
+    );
+    assert_eq!(errors(&toml), ["routes"]);
+    let text = Config::from_toml(&toml).unwrap_err().to_string();
+    assert!(text.contains("default route"), "{text}");
+    assert!(!text.contains("routes[0]"), "{text}");
+}

@@ -132,10 +132,13 @@ pub(super) fn residency(raw: raw::RawResidency, errs: &mut Invalid) -> Residency
 /// rule (or a route's default list) that would send them elsewhere: the country
 /// rule that names their country, else the continent rule of their continent,
 /// else the route's default regions.
+/// `implicit`: the policy has no `[[routes]]` and `routes` is the default one,
+/// so an error names the missing section, not a `routes[0]` nobody wrote.
 pub(super) fn check_fences(
     routes: &[RouteSpec],
     regions: &[RegionSpec],
     jurisdictions: &[JurisdictionSpec],
+    implicit: bool,
     errs: &mut Invalid,
 ) {
     let jurisdiction_of = |name: &RegionName| {
@@ -167,6 +170,16 @@ pub(super) fn check_fences(
                     if jurisdiction_of(region) != Some(j.name.as_str())
                         && reported.insert((path.clone(), n))
                     {
+                        if implicit {
+                            errs.push(
+                                "routes",
+                                format!(
+                                    "none: the default route sends everyone to every region in order, {region} (outside jurisdiction {:?}) included, and strict residency allows only its regions for its residents (e.g. {country}); add [[routes]] whose list (or a rule for its countries) names only its regions",
+                                    j.name
+                                ),
+                            );
+                            continue;
+                        }
                         errs.push(
                             format!("{path}.regions[{n}]"),
                             format!(
