@@ -308,6 +308,18 @@ fn check_prints_each_error_once() {
     let (code, _, err) = georouter(&["check", "-c", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert_eq!(err.matches("line 1").count(), 1, "{err}");
+    // A cause its error already quotes (a missing geo database, through the
+    // table, the reader and the I/O error) is said once.
+    std::fs::write(
+        &bad,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[geo]\ndatabase = \"/nonexistent/geo.mmdb\"\n\
+         [[regions]]\nname = \"a\"\nendpoints = [{ url = \"http://127.0.0.1:1\" }]\n",
+    )
+    .unwrap();
+    let (code, _, err) = georouter(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("/nonexistent/geo.mmdb").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 /// `server.log_format = "json"` in the policy makes `run` log JSON without the

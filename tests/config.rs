@@ -330,3 +330,15 @@ fn without_routes_a_fence_error_points_at_the_missing_section() {
     assert!(text.contains("default route"), "{text}");
     assert!(!text.contains("routes[0]"), "{text}");
 }
+
+/// A key of the wrong type is one mistake: no "missing" beside it.
+#[test]
+fn a_wrong_type_is_not_also_reported_missing() {
+    let toml = format!(
+        "{LISTENER}[[regions]]\nname = 5\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
+    );
+    let text = Config::from_toml(&toml).unwrap_err().to_string();
+    assert!(text.contains("regions[0].name: invalid type"), "{text}");
+    assert!(!text.contains("missing"), "{text}");
+    assert_eq!(errors(&toml), ["regions[0].name"]);
+}

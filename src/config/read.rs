@@ -41,6 +41,11 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
             if meant.contains(&path) {
                 return;
             }
+            // A key of the wrong type was taken out to read on: that it is
+            // now missing is the same mistake, said already.
+            if message == MISSING && errs.0.iter().any(|e| e.path == path) {
+                return;
+            }
             if let Some(key) = message
                 .strip_prefix("unknown key; did you mean `")
                 .and_then(|m| m.split('`').next())
@@ -132,6 +137,8 @@ fn remove_at(value: &mut toml::Value, path: &str) -> bool {
     }
 }
 
+const MISSING: &str = "missing: this key is required";
+
 const SECTIONS: &[&str] = &[
     "server",
     "listeners",
@@ -179,10 +186,7 @@ fn explain(path: String, message: &str) -> (String, String) {
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
-        return (
-            format!("{path}.{field}"),
-            "missing: this key is required".to_owned(),
-        );
+        return (format!("{path}.{field}"), MISSING.to_owned());
     }
     if message.contains("duration") || message.contains("time unit") {
         return (
