@@ -168,11 +168,18 @@ async fn serve(config: Config, options: control::Options) -> Result<()> {
     let listeners = server::bind(&config.listeners)?;
     let admin = std::net::TcpListener::bind(config.admin.address)
         .with_context(|| format!("admin.address: cannot listen on {}", config.admin.address))?;
-    for l in &listeners {
-        tracing::info!(listener = %l.name, address = %l.tcp.local_addr()?, tls = l.tls.is_some(), "listening");
-    }
-    tracing::info!(address = %admin.local_addr()?, "admin API listening");
+    // Said only once everything at start passed (the table, the geo database,
+    // the control plane): a refused start never looks like a serving one.
+    let addresses = listeners
+        .iter()
+        .map(|l| Ok((l.name.clone(), l.tcp.local_addr()?, l.tls.is_some())))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let admin_address = admin.local_addr()?;
     let running = launch::start(config, listeners, admin, options)?;
+    for (name, address, tls) in addresses {
+        tracing::info!(listener = %name, %address, tls, "listening");
+    }
+    tracing::info!(address = %admin_address, "admin API listening");
     wait_for_signal(&running.control).await?;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     running.shutdown().await;

@@ -569,3 +569,31 @@ fn an_etcd_password_over_plain_http_is_warned_about() {
     let (_, out, _) = georouter(&["check", "-c", policy.to_str().unwrap()]);
     assert!(!out.contains("plain http"), "{out}");
 }
+
+/// `run` with a geo database it cannot read stops before it says it listens:
+/// a refused start never looks like a serving one in the log.
+#[test]
+fn run_refuses_a_corrupt_geo_database_before_saying_it_listens() {
+    let dir = std::env::temp_dir().join(format!("georouter-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("corrupt.mmdb");
+    std::fs::write(&db, vec![0x5a; 4096]).unwrap();
+    let policy = dir.join("corrupt.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [geo]\ndatabase = \"{}\"\n[[regions]]\nname = \"a\"\n\
+             endpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = georouter(&["run", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("geo database"), "{err}");
+    assert!(
+        !out.contains("listening") && !err.contains("listening"),
+        "{out}{err}"
+    );
+}
