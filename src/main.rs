@@ -410,7 +410,7 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
         FleetCommand::Push { wait, key, canary } => {
             // Every check `georouter check` makes, before anything is written.
             georouter::tools::check::check(&path).context("not pushed")?;
-            let (revision, status) = cli::push(&fleet, &path, &key, canary, wait).await?;
+            let (revision, status) = cli::push(&fleet, &path, &key, &canary, wait).await?;
             let text = cli::policy_summary(revision, &status);
             std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
             let (_, rejected, _) = status.policy_outcome(revision);

@@ -4,6 +4,7 @@
 
 mod support;
 
+use georouter::fleet::cli::Canary;
 use georouter::tools::sim::SimRegion;
 use support::etcd::Etcd;
 use support::*;
@@ -1105,7 +1106,7 @@ async fn a_staged_push_with_a_failing_canary_changes_no_other_instance() {
     let bad = format!("{good}\n[geo]\ndatabase = \"/nonexistent/geo.mmdb\"\n");
     let fleet = routers[0].control.fleet().unwrap().clone();
     let wait = std::time::Duration::from_secs(10);
-    let e = georouter::fleet::cli::push_text(&fleet, &bad, &key, 1, wait)
+    let e = georouter::fleet::cli::push_text(&fleet, &bad, &key, &Canary::First(1), wait)
         .await
         .unwrap_err()
         .to_string();
@@ -1116,9 +1117,26 @@ async fn a_staged_push_with_a_failing_canary_changes_no_other_instance() {
     for r in &routers {
         assert_eq!(first(r).await, "eu1", "the bad policy reached an instance");
     }
-    let (revision, status) = georouter::fleet::cli::push_text(&fleet, &good, &key, 1, wait)
+    // A named canary that is not a live instance: nothing is pushed.
+    let named = |names: &[&str]| Canary::Named(names.iter().map(|n| n.to_string()).collect());
+    let e = georouter::fleet::cli::push_text(&fleet, &bad, &key, &named(&["r9"]), wait)
         .await
-        .unwrap();
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("r9") && e.contains("not a live instance"), "{e}");
+    // Named canaries: the bad policy stops at r3, named; r1 and r2 keep theirs.
+    let e = georouter::fleet::cli::push_text(&fleet, &bad, &key, &named(&["r3"]), wait)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("canary") && e.contains("r3"), "{e}");
+    for r in &routers {
+        assert_eq!(first(r).await, "eu1", "the bad policy reached an instance");
+    }
+    let (revision, status) =
+        georouter::fleet::cli::push_text(&fleet, &good, &key, &named(&["r2", "r3"]), wait)
+            .await
+            .unwrap();
     let (applied, rejected, _) = status.policy_outcome(revision);
     assert_eq!((applied.len(), rejected.len()), (3, 0), "{status:?}");
     for r in &routers {

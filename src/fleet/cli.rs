@@ -37,6 +37,8 @@ pub enum CliError {
     },
     #[error("{0}: no fleet epoch in this state file: it was not written by an instance of a fleet (use the admin.state_file of one)")]
     NoEpoch(String),
+    #[error("--canary {0}: not a live instance of the fleet (live: {1}); name live instances, or give a count")]
+    UnknownCanary(String, String),
 }
 
 /// The fleet of a policy file.
@@ -103,6 +105,41 @@ pub async fn set_drain(
     Ok((revision, status))
 }
 
+/// Where a staged push goes first: nowhere (no stage), the first `n` live
+/// instances by name, or the instances named.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Canary {
+    #[default]
+    None,
+    First(usize),
+    Named(Vec<String>),
+}
+
+impl std::str::FromStr for Canary {
+    type Err = String;
+
+    /// `3` (a count; 0: no stage) or `fra-1,ams-2` (instances).
+    fn from_str(s: &str) -> Result<Canary, String> {
+        if let Ok(n) = s.trim().parse::<usize>() {
+            return Ok(if n == 0 {
+                Canary::None
+            } else {
+                Canary::First(n)
+            });
+        }
+        let names: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.is_empty() {
+            return Err("a count of instances or their names, comma separated".to_owned());
+        }
+        Ok(Canary::Named(names))
+    }
+}
+
 /// Pushes the policy at `path` to the fleet (the caller ran `georouter
 /// check`'s checks on it first); the revision and the status after waiting up
 /// to `wait` for every live instance to apply or refuse it.
@@ -110,7 +147,7 @@ pub async fn push(
     fleet: &Fleet,
     path: &std::path::Path,
     key: &std::path::Path,
-    canary: usize,
+    canary: &Canary,
     wait: Duration,
 ) -> Result<(i64, FleetStatus), CliError> {
     let shown = path.display().to_string();
@@ -121,18 +158,18 @@ pub async fn push(
     push_text(fleet, &text, key, canary, wait).await
 }
 
-/// Pushes a policy text, signed with `key`: with `canary` above 0, first to
-/// that many live instances (by name), waiting for each to apply it; any
-/// refusal (or silence within `wait`) halts the push there
-/// (`CliError::CanaryFailed`); then to every instance.
+/// Pushes a policy text, signed with `key`: with a canary stage, first to
+/// those live instances (the first `n` by name, or the ones named), waiting
+/// for each to apply it; any refusal (or silence within `wait`) halts the
+/// push there (`CliError::CanaryFailed`); then to every instance.
 pub async fn push_text(
     fleet: &Fleet,
     text: &str,
     key: &std::path::Path,
-    canary: usize,
+    canary: &Canary,
     wait: Duration,
 ) -> Result<(i64, FleetStatus), CliError> {
-    if canary > 0 {
+    if *canary != Canary::None {
         let mut live: Vec<String> = fleet
             .status()
             .await?
@@ -141,7 +178,16 @@ pub async fn push_text(
             .map(|i| i.instance)
             .collect();
         live.sort();
-        live.truncate(canary);
+        match canary {
+            Canary::First(n) => live.truncate(*n),
+            Canary::Named(names) => {
+                if let Some(missing) = names.iter().find(|n| !live.contains(n)) {
+                    return Err(CliError::UnknownCanary(missing.clone(), live.join(", ")));
+                }
+                live = names.clone();
+            }
+            Canary::None => {}
+        }
         let stage = crate::signing::staged(text, &live);
         let signed = crate::signing::sign_with(key, &stage)?;
         let revision = fleet.push_policy(&signed).await?;

@@ -118,10 +118,11 @@ pub(crate) enum FleetCommand {
         /// apply only a policy signed by one of their fleet.policy_keys.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// First to this many live instances (by name); the rest only when each
-        /// of them applied it. Any refusal halts the push and says where.
-        #[arg(long, default_value_t = 0)]
-        canary: usize,
+        /// First to these live instances: a count (the first N by name) or
+        /// their names (fra-1,ams-2); the rest only when each of them applied
+        /// it. Any refusal halts the push and says where.
+        #[arg(long, value_name = "N|NAMES", default_value = "0")]
+        canary: georouter::fleet::cli::Canary,
     },
     /// Make an Ed25519 key pair for signing fleet policies: the private key
     /// goes to --out (mode 600), the public key (for fleet.policy_keys) to stdout.
