@@ -199,6 +199,18 @@ pub struct AdminSettings {
     pub state_file: Option<PathBuf>,
     /// Lower-case host names answered besides IP literals and localhost.
     pub hosts: Vec<String>,
+    /// Named tokens: who is acting, for the audit log, drains and the journal.
+    pub tokens: Vec<TokenSpec>,
+}
+
+/// A named admin token (`[[admin.tokens]]`): where its secret is, and whether
+/// it may change things or only read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpec {
+    pub name: String,
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
+    pub write: bool,
 }
 
 #[derive(Debug, Clone)]

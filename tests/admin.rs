@@ -52,6 +52,58 @@ async fn mutating_calls_need_the_token_and_a_wrong_one_looks_like_none() {
     assert_eq!(r.status, 200);
 }
 
+/// Named tokens: who drains is the token's name (and the address it came
+/// from), in `/regions` and the drain's record; a read token cannot drain.
+#[tokio::test]
+async fn a_drain_records_the_name_of_the_token_that_made_it() {
+    let a = region("a").await;
+    let b = region("b").await;
+    let oncall = "oncall-secret-0123456789abcdef0123456789";
+    let dashboard = "dashboard-secret-0123456789abcdef012345";
+    std::env::set_var("GEOROUTER_TEST_ONCALL_TOKEN", oncall);
+    std::env::set_var("GEOROUTER_TEST_DASHBOARD_TOKEN", dashboard);
+    let tokens = r#"
+        [[admin.tokens]]
+        name = "oncall"
+        env = "GEOROUTER_TEST_ONCALL_TOKEN"
+        [[admin.tokens]]
+        name = "dashboard"
+        env = "GEOROUTER_TEST_DASHBOARD_TOKEN"
+        access = "read"
+    "#;
+    let router = TestRouter::spawn_with_token(&eu_policy(&a, &b, tokens), "s3cret").await;
+    // Reads need a token now (a read token is set): the dashboard's.
+    let view = |name: &'static str| {
+        let admin = router.admin;
+        async move {
+            let req = http::Request::get(format!("http://{admin}/regions"))
+                .header("authorization", format!("Bearer {dashboard}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let r = send(&h1_client(), req).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let all: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            all.as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .cloned()
+                .unwrap()
+        }
+    };
+    let (s, body) = admin_post(router.admin, "/regions/a/drain?reason=test", Some(oncall)).await;
+    assert_eq!(s, 200, "{body}");
+    let v = view("a").await;
+    assert_eq!(v["drained_by"], "oncall from 127.0.0.1", "{v}");
+    let (s, body) = admin_post(router.admin, "/regions/a/undrain", Some(dashboard)).await;
+    assert_eq!(s, 401, "a read token drained: {body}");
+    // The unnamed token acts as "admin".
+    let (s, body) = admin_post(router.admin, "/regions/b/drain?force=true", Some("s3cret")).await;
+    assert_eq!(s, 200, "{body}");
+    let v = view("b").await;
+    assert_eq!(v["drained_by"], "admin from 127.0.0.1", "{v}");
+}
+
 #[tokio::test]
 async fn without_a_configured_token_mutating_calls_are_off() {
     let a = region("a").await;

@@ -12,6 +12,9 @@ struct Call<'a> {
     region: Option<&'a str>,
     reason: String,
     force: bool,
+    /// Who acts: the name of the token presented (`admin` for the unnamed
+    /// one); empty until the token is checked.
+    actor: String,
 }
 
 /// A mutating call: `POST /regions/{name}/drain|undrain|capacity`, `POST
@@ -23,7 +26,7 @@ pub(super) async fn mutate(
     action: &str,
     region: Option<&str>,
 ) -> Response<Full<Bytes>> {
-    let call = Call {
+    let mut call = Call {
         control,
         peer,
         req,
@@ -31,14 +34,18 @@ pub(super) async fn mutate(
         region,
         reason: query_param(req, "reason").unwrap_or_default(),
         force: query_param(req, "force").is_some_and(|v| v == "true" || v == "1"),
+        actor: String::new(),
     };
     let authz = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if let Err(d) = control.auth().check(authz, Access::Write) {
-        call.audit("denied", "");
-        return denied(d);
+    match control.auth().check(authz, Access::Write) {
+        Ok(actor) => call.actor = actor.to_owned(),
+        Err(d) => {
+            call.audit("denied", "");
+            return denied(d);
+        }
     }
     match (action, region) {
         ("log", _) => call.log(),
@@ -50,6 +57,12 @@ pub(super) async fn mutate(
 }
 
 impl Call<'_> {
+    /// Who a drain records as its author: the token's name and the address
+    /// it came from.
+    fn by(&self, peer: SocketAddr) -> String {
+        format!("{} from {}", self.actor, peer.ip())
+    }
+
     /// What the caller wrote (reason, region, detail) is quoted and escaped
     /// (Debug): a newline or a terminal escape cannot forge or hide a line.
     /// Denied calls are logged at most once a second (each is counted).
@@ -71,6 +84,7 @@ impl Call<'_> {
         tracing::info!(
             target: "georouter::audit",
             peer = %self.peer,
+            actor = %if self.actor.is_empty() { "-" } else { self.actor.as_str() },
             action = self.action,
             region = ?self.region.unwrap_or("-"),
             reason = ?self.reason,
@@ -143,10 +157,7 @@ impl Call<'_> {
             );
         };
         let local = query_param(req, "scope").is_some_and(|v| v == "local");
-        match control
-            .scale(name, scale, &peer.ip().to_string(), local)
-            .await
-        {
+        match control.scale(name, scale, &self.by(peer), local).await {
             Ok(done) => {
                 self.audit("ok", &format!("scale={scale}"));
                 let view = views::regions(control)
@@ -188,7 +199,7 @@ impl Call<'_> {
             } else {
                 reason.clone()
             };
-            (why, peer.ip().to_string())
+            (why, self.by(peer))
         });
         let local = query_param(req, "scope").is_some_and(|v| v == "local");
         let wait = match query_param(req, "wait").map(|w| humantime::parse_duration(&w)) {

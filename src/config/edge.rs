@@ -300,7 +300,9 @@ pub(super) fn admin_clashes(admin: &AdminSettings, listeners: &[ListenerSpec], e
 }
 
 pub(super) fn admin(a: raw::RawAdmin, errs: &mut Invalid) -> AdminSettings {
+    let tokens = tokens(a.tokens, errs);
     AdminSettings {
+        tokens,
         address: socket_addr("admin.address", &a.address, errs),
         token_file: a.token_file,
         token_env: a.token_env,
@@ -313,6 +315,47 @@ pub(super) fn admin(a: raw::RawAdmin, errs: &mut Invalid) -> AdminSettings {
             .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
             .collect(),
     }
+}
+
+/// `[[admin.tokens]]`: unique names, one secret source each, an access.
+fn tokens(raw: Vec<raw::RawToken>, errs: &mut Invalid) -> Vec<super::TokenSpec> {
+    let mut names = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let path = format!("admin.tokens[{i}]");
+            let valid = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+            if !valid {
+                errs.push(
+                    format!("{path}.name"),
+                    format!("{:?}: a name of 1 to 64 letters, digits, '-', '_', '.' or '@' (who acts, e.g. \"oncall\" or \"ci-deploy\")", t.name),
+                );
+            } else if !names.insert(t.name.clone()) {
+                errs.push(format!("{path}.name"), format!("{:?} names another token too", t.name));
+            }
+            if t.file.is_some() == t.env.is_some() {
+                errs.push(path.clone(), "set exactly one of file (a file holding the token) or env (an environment variable)");
+            }
+            let write = match t.access.as_deref() {
+                None | Some("write") => true,
+                Some("read") => false,
+                Some(other) => {
+                    errs.push(format!("{path}.access"), format!("{other:?}: use \"write\" (every call) or \"read\" (read-only calls)"));
+                    true
+                }
+            };
+            super::TokenSpec {
+                name: t.name,
+                file: t.file,
+                env: t.env,
+                write,
+            }
+        })
+        .collect()
 }
 
 pub(super) fn upstream(u: raw::RawUpstream, errs: &mut Invalid) -> UpstreamSettings {

@@ -300,6 +300,20 @@ pub struct RawAdmin {
     /// Host names the admin API answers besides its address and localhost
     /// (421 for any other: a DNS-rebinding page cannot read it).
     pub hosts: Vec<String>,
+    /// Named tokens (`[[admin.tokens]]`): the name is the actor of what the
+    /// token does, in the audit log, drains and the journal.
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: String,
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
+    /// "write" (the default: every call) or "read" (read-only calls).
+    #[serde(default)]
+    pub access: Option<String>,
 }
 
 impl Default for RawAdmin {
@@ -312,6 +326,7 @@ impl Default for RawAdmin {
             read_token_env: None,
             state_file: None,
             hosts: Vec::new(),
+            tokens: Vec::new(),
         }
     }
 }

@@ -69,13 +69,31 @@ pub enum Denied {
 pub struct AdminAuth {
     write: Option<Token>,
     read: Option<Token>,
+    /// `[[admin.tokens]]`: name, whether it may write, the token.
+    named: Vec<(String, bool, Token)>,
 }
+
+/// Who the unnamed mutating token (`admin.token_file`/`token_env`, or
+/// `--admin-token`) acts as.
+pub const ADMIN: &str = "admin";
+/// Who the unnamed read-only token acts as.
+pub const READER: &str = "reader";
+/// Who reads when reads need no token.
+pub const ANYONE: &str = "anyone";
 
 impl std::fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminAuth")
             .field("write", &self.write.is_some())
             .field("read", &self.read.is_some())
+            .field(
+                "named",
+                &self
+                    .named
+                    .iter()
+                    .map(|(n, w, _)| (n, w))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -141,34 +159,55 @@ impl AdminAuth {
             a.read_token_file.as_deref(),
             a.read_token_env.as_deref(),
         )?;
-        Ok(AdminAuth { write, read })
+        let mut named = Vec::with_capacity(a.tokens.len());
+        for t in &a.tokens {
+            if let Some(token) = load("tokens", "tokens", t.file.as_deref(), t.env.as_deref())? {
+                named.push((t.name.clone(), t.write, token));
+            }
+        }
+        Ok(AdminAuth { write, read, named })
     }
 
     /// Mutating calls are possible (a mutating token is set).
     pub fn writes_enabled(&self) -> bool {
-        self.write.is_some()
+        self.write.is_some() || self.named.iter().any(|(_, w, _)| *w)
     }
 
-    /// Checks an `Authorization` header value against what `access` needs.
-    pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<(), Denied> {
+    /// Read-only calls need a token (one for reading is set).
+    fn reads_guarded(&self) -> bool {
+        self.read.is_some() || self.named.iter().any(|(_, w, _)| !*w)
+    }
+
+    /// Checks an `Authorization` header value against what `access` needs;
+    /// who is acting: the token's name (`admin`, `reader` for the unnamed
+    /// ones; `anyone` for an open read).
+    pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<&str, Denied> {
         let presented = authorization.and_then(|h| {
             let (scheme, token) = h.split_at(h.len().min(7));
             scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
         });
-        // Verified whether or not a token was presented, so both cost the same.
+        // Verified whether or not a token was presented, and against every
+        // token whichever matches, so that the time tells nothing.
         let presented = presented.unwrap_or(b"");
-        let write_ok = self.write.as_ref().is_some_and(|t| t.matches(presented));
+        let mut who: Option<(&str, bool)> = None;
+        let unnamed = [(ADMIN, true, &self.write), (READER, false, &self.read)];
+        let tokens = unnamed
+            .into_iter()
+            .filter_map(|(n, w, t)| t.as_ref().map(|t| (n, w, t)))
+            .chain(self.named.iter().map(|(n, w, t)| (n.as_str(), *w, t)));
+        for (name, write, token) in tokens {
+            if token.matches(presented) && who.is_none() {
+                who = Some((name, write));
+            }
+        }
         match access {
-            Access::Write => match &self.write {
-                None => Err(Denied::WritesDisabled),
-                Some(_) if write_ok => Ok(()),
-                Some(_) => Err(Denied::Unauthorized),
+            Access::Write if !self.writes_enabled() => Err(Denied::WritesDisabled),
+            Access::Write => match who {
+                Some((name, true)) => Ok(name),
+                _ => Err(Denied::Unauthorized),
             },
-            Access::Read => match &self.read {
-                None => Ok(()),
-                Some(t) if t.matches(presented) || write_ok => Ok(()),
-                Some(_) => Err(Denied::Unauthorized),
-            },
+            Access::Read if !self.reads_guarded() => Ok(who.map_or(ANYONE, |(name, _)| name)),
+            Access::Read => who.map(|(name, _)| name).ok_or(Denied::Unauthorized),
         }
     }
 }
@@ -181,6 +220,7 @@ mod tests {
         AdminAuth {
             write: write.map(Token::new),
             read: read.map(Token::new),
+            named: Vec::new(),
         }
     }
 
@@ -188,8 +228,8 @@ mod tests {
     fn every_token_case() {
         let a = auth(Some("w-secret"), Some("r-secret"));
         let h = |s: &'static str| Some(s.as_bytes());
-        assert_eq!(a.check(h("Bearer w-secret"), Access::Write), Ok(()));
-        assert_eq!(a.check(h("bearer w-secret"), Access::Write), Ok(()));
+        assert_eq!(a.check(h("Bearer w-secret"), Access::Write), Ok(ADMIN));
+        assert_eq!(a.check(h("bearer w-secret"), Access::Write), Ok(ADMIN));
         assert_eq!(
             a.check(h("Bearer r-secret"), Access::Write),
             Err(Denied::Unauthorized)
@@ -211,8 +251,8 @@ mod tests {
             Err(Denied::Unauthorized)
         );
         assert_eq!(a.check(None, Access::Write), Err(Denied::Unauthorized));
-        assert_eq!(a.check(h("Bearer r-secret"), Access::Read), Ok(()));
-        assert_eq!(a.check(h("Bearer w-secret"), Access::Read), Ok(()));
+        assert_eq!(a.check(h("Bearer r-secret"), Access::Read), Ok(READER));
+        assert_eq!(a.check(h("Bearer w-secret"), Access::Read), Ok(ADMIN));
         assert_eq!(a.check(None, Access::Read), Err(Denied::Unauthorized));
         assert_eq!(
             a.check(h("Bearer nope"), Access::Read),
@@ -223,11 +263,39 @@ mod tests {
     #[test]
     fn without_tokens_reads_are_open_and_writes_are_off() {
         let a = auth(None, None);
-        assert_eq!(a.check(None, Access::Read), Ok(()));
+        assert_eq!(a.check(None, Access::Read), Ok(ANYONE));
         assert_eq!(
             a.check(Some(b"Bearer x"), Access::Write),
             Err(Denied::WritesDisabled)
         );
+    }
+
+    #[test]
+    fn a_named_token_acts_under_its_name_within_its_access() {
+        let mut a = auth(Some("w-secret"), None);
+        a.named
+            .push(("oncall".to_owned(), true, Token::new("o-secret")));
+        a.named
+            .push(("dashboard".to_owned(), false, Token::new("d-secret")));
+        let h = |s: &'static str| Some(s.as_bytes());
+        assert_eq!(a.check(h("Bearer o-secret"), Access::Write), Ok("oncall"));
+        assert_eq!(a.check(h("Bearer w-secret"), Access::Write), Ok(ADMIN));
+        assert_eq!(
+            a.check(h("Bearer d-secret"), Access::Write),
+            Err(Denied::Unauthorized),
+            "a read token cannot write"
+        );
+        // A read token guards reads now: without a token they are refused.
+        assert_eq!(a.check(h("Bearer d-secret"), Access::Read), Ok("dashboard"));
+        assert_eq!(a.check(h("Bearer o-secret"), Access::Read), Ok("oncall"));
+        assert_eq!(a.check(None, Access::Read), Err(Denied::Unauthorized));
+        // Named tokens alone enable writes.
+        let mut b = auth(None, None);
+        b.named
+            .push(("ci".to_owned(), true, Token::new("c-secret")));
+        assert!(b.writes_enabled());
+        assert_eq!(b.check(h("Bearer c-secret"), Access::Write), Ok("ci"));
+        assert_eq!(b.check(None, Access::Read), Ok(ANYONE));
     }
 
     #[test]
@@ -248,6 +316,12 @@ mod tests {
             read_token_env: Some("GEOROUTER_TEST_READ_TOKEN".to_owned()),
             state_file: None,
             hosts: Vec::new(),
+            tokens: vec![crate::config::TokenSpec {
+                name: "oncall".to_owned(),
+                file: None,
+                env: Some("GEOROUTER_TEST_READ_TOKEN".to_owned()),
+                write: false,
+            }],
         };
         let a = AdminAuth::from_settings(&settings, None).unwrap();
         assert_eq!(
@@ -255,14 +329,14 @@ mod tests {
                 Some(b"Bearer from-file-from-file-from-file-from-file"),
                 Access::Write
             ),
-            Ok(())
+            Ok(ADMIN)
         );
         assert_eq!(
             a.check(
                 Some(b"Bearer from-env-from-env-from-env-from-env"),
                 Access::Read
             ),
-            Ok(())
+            Ok(READER)
         );
         let missing = AdminSettings {
             token_env: Some("GEOROUTER_TEST_UNSET_TOKEN".to_owned()),
