@@ -217,7 +217,7 @@ impl Control {
             state_file,
             journal: journal::Journal::default(),
         });
-        control.state.metrics.config_generation.set(1);
+        control.state.metrics.control.config_generation.set(1);
         crate::routing::accounting::export_known_series(
             &control.state.metrics,
             &control.lock().table,
@@ -346,25 +346,29 @@ impl Control {
             }
             rec.published_serving = s.serving();
             let n = [region.name.as_str()];
-            m.region_healthy
+            m.regions
+                .healthy
                 .with_label_values(&n)
                 .set(i64::from(s.healthy));
-            m.region_drained
+            m.regions
+                .drained
                 .with_label_values(&n)
                 .set(i64::from(s.drained));
-            m.drain_refused.with_label_values(&n).set(i64::from(
+            m.regions.drain_refused.with_label_values(&n).set(i64::from(
                 refused.iter().any(|(r, _)| *r == region.name.as_str()),
             ));
-            m.region_weight
+            m.regions
+                .weight
                 .with_label_values(&n)
                 .set(f64::from(s.weight) / 1000.0);
             if let Some(rtt) = rec.rtt {
-                m.region_rtt.with_label_values(&n).set(rtt);
+                m.regions.rtt.with_label_values(&n).set(rtt);
             }
         }
         let serving = publish::serving_by_jurisdiction(next);
         for (j, n) in next.table.jurisdictions().iter().zip(serving) {
-            m.jurisdiction_serving
+            m.regions
+                .jurisdiction_serving
                 .with_label_values(&[&*j.name])
                 .set(n as i64);
         }

@@ -65,16 +65,6 @@ pub struct Metrics {
     /// Responses by the region that served them (`none` when the router answered itself).
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
-    pub region_healthy: IntGaugeVec,
-    pub region_drained: IntGaugeVec,
-    pub drain_refused: IntGaugeVec,
-    /// Share of its traffic a region gets, 0..1 (below 1 while it ramps up).
-    pub region_weight: GaugeVec,
-    pub region_rtt: GaugeVec,
-    /// Regions of a jurisdiction that can serve (healthy, undrained); 0 means its
-    /// strict residents are refused.
-    pub jurisdiction_serving: IntGaugeVec,
-    pub health_transitions: IntCounterVec,
     pub failovers: IntCounterVec,
     pub retries: IntCounterVec,
     /// `retries_total{reason}`, resolved once per failure kind.
@@ -82,10 +72,7 @@ pub struct Metrics {
     pub retries_refused: IntCounter,
     /// Requests refused because no region inside their jurisdiction could serve.
     pub residency_refusals: IntCounterVec,
-    pub config_reloads: IntCounterVec,
-    pub config_generation: IntGauge,
     pub upstream_errors: IntCounterVec,
-    pub admin_requests: IntCounterVec,
     /// `client_errors_total{kind}`: requests that failed through their client's
     /// fault (never a region's), one handle per kind, at 0 from the start.
     pub client_errors: [IntCounter; 3],
@@ -94,21 +81,16 @@ pub struct Metrics {
     pub local_errors: [IntCounter; LocalFault::COUNT],
     /// Lookups the geo database failed to decode (not "not in the database").
     pub geo_lookup_errors: IntCounter,
-    /// Passive ejections refused by the cap (`max_ejected_percent`, the last
-    /// serving region of a jurisdiction): the router suspects itself or its network.
-    pub ejections_capped: IntCounter,
     /// Requests refused fast because every candidate was full: never a region's fault.
     pub shed: IntCounterVec,
     /// Requests served by a later candidate because an earlier one was full.
     pub spillover: IntCounterVec,
-    pub region_in_flight: IntGaugeVec,
-    pub region_queue_depth: IntGaugeVec,
-    pub endpoint_healthy: IntGaugeVec,
-    pub endpoint_ejections: IntCounterVec,
-    /// Regions found far slower than their peers on real requests.
-    pub latency_outliers: IntCounterVec,
     /// Requests whose valid residency cookies named different jurisdictions.
     pub cookie_conflicts: IntCounter,
+    /// Each region's standing: health, drains, weight, load, endpoints.
+    pub regions: RegionMetrics,
+    /// The control plane's own doings: reloads, admin calls, capped ejections.
+    pub control: ControlMetrics,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -132,23 +114,117 @@ fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVe
     g
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let r = Registry::new();
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "georouter_request_duration_seconds",
-                "Time from request head to response head, by the region that served it.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ]),
-            &["region"],
-        )
-        .expect("metric options are valid");
-        r.register(Box::new(request_duration.clone()))
-            .expect("metric names are unique");
+/// Each region's standing, as the control plane and the capacity gauges set it.
+#[derive(Debug, Clone)]
+pub struct RegionMetrics {
+    pub healthy: IntGaugeVec,
+    pub drained: IntGaugeVec,
+    pub drain_refused: IntGaugeVec,
+    /// Share of its traffic a region gets, 0..1 (below 1 while it ramps up).
+    pub weight: GaugeVec,
+    pub rtt: GaugeVec,
+    /// Regions of a jurisdiction that can serve (healthy, undrained); 0 means its
+    /// strict residents are refused.
+    pub jurisdiction_serving: IntGaugeVec,
+    pub health_transitions: IntCounterVec,
+    pub in_flight: IntGaugeVec,
+    pub queue_depth: IntGaugeVec,
+    pub endpoint_healthy: IntGaugeVec,
+    pub endpoint_ejections: IntCounterVec,
+    /// Regions found far slower than their peers on real requests.
+    pub latency_outliers: IntCounterVec,
+}
+
+impl RegionMetrics {
+    fn register(r: &Registry) -> Self {
+        RegionMetrics {
+            healthy: gauge(
+                r,
+                "georouter_region_healthy",
+                "1 when the region passes its health checks and is not ejected.",
+                &["region"],
+            ),
+            drained: gauge(
+                r,
+                "georouter_region_drained",
+                "1 when an operator drained the region.",
+                &["region"],
+            ),
+            drain_refused: gauge(
+                r,
+                "georouter_drain_refused",
+                "1 when a drain of the region is not applied here: it would leave a strict jurisdiction with no undrained region (a fleet intent or a direct write to etcd).",
+                &["region"],
+            ),
+            weight: float_gauge(
+                r,
+                "georouter_region_weight",
+                "Share of its traffic the region gets, 0 to 1; below 1 during slow start.",
+                &["region"],
+            ),
+            rtt: float_gauge(
+                r,
+                "georouter_region_rtt_seconds",
+                "Moving average of the health check round-trip time.",
+                &["region"],
+            ),
+            jurisdiction_serving: gauge(
+                r,
+                "georouter_jurisdiction_serving_regions",
+                "Regions of the jurisdiction that are healthy and not drained.",
+                &["jurisdiction"],
+            ),
+            health_transitions: counter(
+                r,
+                "georouter_health_transitions_total",
+                "Changes of a region's health phase (up, down, ejected, held_down).",
+                &["region", "from", "to"],
+            ),
+            in_flight: gauge(
+                r,
+                "georouter_region_in_flight",
+                "Requests in flight to the region's endpoints (bounded by max_in_flight per endpoint).",
+                &["region"],
+            ),
+            queue_depth: gauge(
+                r,
+                "georouter_region_queue_depth",
+                "Requests waiting for room in the region (bounded by max_queue).",
+                &["region"],
+            ),
+            endpoint_healthy: gauge(
+                r,
+                "georouter_endpoint_healthy",
+                "1 when the endpoint passes its checks and is not ejected.",
+                &["region", "endpoint"],
+            ),
+            endpoint_ejections: counter(
+                r,
+                "georouter_endpoint_ejections_total",
+                "Endpoints taken out of rotation by a run of failed requests while a sibling served.",
+                &["region", "endpoint"],
+            ),
+            latency_outliers: counter(
+                r,
+                "georouter_latency_outliers_total",
+                "Times a region's real request latency stayed over health.passive.slow_factor times its peers' median (it is ejected like a failing region, within the cap).",
+                &["region"],
+            ),
+                }
+    }
+}
+/// The control plane's own doings.
+#[derive(Debug, Clone)]
+pub struct ControlMetrics {
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub admin_requests: IntCounterVec,
+    /// Passive ejections refused by the cap (`max_ejected_percent`, the last
+    /// serving region of a jurisdiction): the router suspects itself or its network.
+    pub ejections_capped: IntCounter,
+}
+impl ControlMetrics {
+    fn register(r: &Registry) -> Self {
         let config_generation = IntGauge::new(
             "georouter_config_generation",
             "Generation of the routing table in service; it grows by one per successful load.",
@@ -156,18 +232,86 @@ impl Metrics {
         .expect("metric options are valid");
         r.register(Box::new(config_generation.clone()))
             .expect("metric names are unique");
-        let retries_refused = IntCounter::new(
+        let ejections_capped = int_counter(
+            r,
+            "georouter_ejections_capped_total",
+            "Passive ejections refused by the cap (max_ejected_percent, last serving region of a jurisdiction).",
+        );
+        ControlMetrics {
+            config_reloads: counter(
+                r,
+                "georouter_config_reloads_total",
+                "Policy reloads, by result (success, failure).",
+                &["result"],
+            ),
+            admin_requests: counter(
+                r,
+                "georouter_admin_requests_total",
+                "Admin API calls, by action and result.",
+                &["action", "result"],
+            ),
+            config_generation,
+            ejections_capped,
+        }
+    }
+}
+
+fn request_duration(r: &Registry) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(
+            "georouter_request_duration_seconds",
+            "Time from request head to response head, by the region that served it.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ]),
+        &["region"],
+    )
+    .expect("metric options are valid");
+    r.register(Box::new(h.clone()))
+        .expect("metric names are unique");
+    h
+}
+
+/// The process's own metrics (Linux) and `georouter_build_info`.
+fn register_process_and_build(r: &Registry) {
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("process metrics register once");
+    let build_info = IntGaugeVec::new(
+        Opts::new(
+            "georouter_build_info",
+            "1, labelled with the version and the commit of this build.",
+        ),
+        &["version", "commit"],
+    )
+    .expect("metric options are valid");
+    r.register(Box::new(build_info.clone()))
+        .expect("metric names are unique");
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), COMMIT])
+        .set(1);
+}
+
+fn int_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric options are valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        register_process_and_build(&r);
+        let retries_refused = int_counter(
+            &r,
             "georouter_retry_budget_exhausted_total",
             "Retries not made because the retry budget was spent.",
-        )
-        .expect("metric options are valid");
-        r.register(Box::new(retries_refused.clone()))
-            .expect("metric names are unique");
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("process metrics register once");
+        );
         let retries = counter(
             &r,
             "georouter_retries_total",
@@ -186,42 +330,20 @@ impl Metrics {
             "Attempts and health checks that failed on the router's own resources (descriptors, memory, local ports); never a region's fault.",
             &["kind"],
         );
-        let plain = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("metric options are valid");
-            r.register(Box::new(c.clone()))
-                .expect("metric names are unique");
-            c
-        };
-        let geo_lookup_errors = plain(
+        let geo_lookup_errors = int_counter(
+            &r,
             "georouter_geo_lookup_errors_total",
             "Geo lookups that failed to decode a database record; residency routes answer them 503.",
         );
-        let cookie_conflicts = plain(
+        let cookie_conflicts = int_counter(
+            &r,
             "georouter_residency_cookie_conflicts_total",
             "Requests with valid residency cookies naming different jurisdictions (a planted cookie beside the router's): neither was believed.",
         );
-        let ejections_capped = plain(
-            "georouter_ejections_capped_total",
-            "Passive ejections refused by the cap (max_ejected_percent, last serving region of a jurisdiction).",
-        );
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "georouter_build_info",
-                "1, labelled with the version and the commit of this build.",
-            ),
-            &["version", "commit"],
-        )
-        .expect("metric options are valid");
-        r.register(Box::new(build_info.clone()))
-            .expect("metric names are unique");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), COMMIT])
-            .set(1);
         let m = Metrics {
             client_errors: ClientFault::ALL.map(|k| client_errors.with_label_values(&[k.as_str()])),
             local_errors: LocalFault::ALL.map(|k| local_errors.with_label_values(&[k.as_str()])),
             geo_lookup_errors,
-            ejections_capped,
             cookie_conflicts,
             requests: counter(
                 &r,
@@ -229,49 +351,7 @@ impl Metrics {
                 "Responses sent, by serving region (none: answered by the router) and status code.",
                 &["region", "code"],
             ),
-            request_duration,
-            region_healthy: gauge(
-                &r,
-                "georouter_region_healthy",
-                "1 when the region passes its health checks and is not ejected.",
-                &["region"],
-            ),
-            region_drained: gauge(
-                &r,
-                "georouter_region_drained",
-                "1 when an operator drained the region.",
-                &["region"],
-            ),
-            drain_refused: gauge(
-                &r,
-                "georouter_drain_refused",
-                "1 when a drain of the region is not applied here: it would leave a strict jurisdiction with no undrained region (a fleet intent or a direct write to etcd).",
-                &["region"],
-            ),
-            region_weight: float_gauge(
-                &r,
-                "georouter_region_weight",
-                "Share of its traffic the region gets, 0 to 1; below 1 during slow start.",
-                &["region"],
-            ),
-            region_rtt: float_gauge(
-                &r,
-                "georouter_region_rtt_seconds",
-                "Moving average of the health check round-trip time.",
-                &["region"],
-            ),
-            jurisdiction_serving: gauge(
-                &r,
-                "georouter_jurisdiction_serving_regions",
-                "Regions of the jurisdiction that are healthy and not drained.",
-                &["jurisdiction"],
-            ),
-            health_transitions: counter(
-                &r,
-                "georouter_health_transitions_total",
-                "Changes of a region's health phase (up, down, ejected, held_down).",
-                &["region", "from", "to"],
-            ),
+            request_duration: request_duration(&r),
             failovers: counter(
                 &r,
                 "georouter_failovers_total",
@@ -288,24 +368,11 @@ impl Metrics {
                 "Requests refused (503) because no region inside the resident's jurisdiction could serve them.",
                 &["jurisdiction"],
             ),
-            config_reloads: counter(
-                &r,
-                "georouter_config_reloads_total",
-                "Policy reloads, by result (success, failure).",
-                &["result"],
-            ),
-            config_generation,
             upstream_errors: counter(
                 &r,
                 "georouter_upstream_errors_total",
                 "Failed attempts to a region, by kind (connect, timeout, reset, status_5xx).",
                 &["region", "kind"],
-            ),
-            admin_requests: counter(
-                &r,
-                "georouter_admin_requests_total",
-                "Admin API calls, by action and result.",
-                &["action", "result"],
             ),
             shed: counter(
                 &r,
@@ -319,49 +386,29 @@ impl Metrics {
                 "Requests served by the next candidate region because the earlier one was at capacity.",
                 &["from", "to"],
             ),
-            region_in_flight: gauge(
-                &r,
-                "georouter_region_in_flight",
-                "Requests in flight to the region's endpoints (bounded by max_in_flight per endpoint).",
-                &["region"],
-            ),
-            region_queue_depth: gauge(
-                &r,
-                "georouter_region_queue_depth",
-                "Requests waiting for room in the region (bounded by max_queue).",
-                &["region"],
-            ),
-            endpoint_healthy: gauge(
-                &r,
-                "georouter_endpoint_healthy",
-                "1 when the endpoint passes its checks and is not ejected.",
-                &["region", "endpoint"],
-            ),
-            endpoint_ejections: counter(
-                &r,
-                "georouter_endpoint_ejections_total",
-                "Endpoints taken out of rotation by a run of failed requests while a sibling served.",
-                &["region", "endpoint"],
-            ),
-            latency_outliers: counter(
-                &r,
-                "georouter_latency_outliers_total",
-                "Times a region's real request latency stayed over health.passive.slow_factor times its peers' median (it is ejected like a failing region, within the cap).",
-                &["region"],
-            ),
+            regions: RegionMetrics::register(&r),
+            control: ControlMetrics::register(&r),
             registry: r,
         };
-        // Exported at 0 from the start: an increase over a series that appears
-        // only at its first event misses that event (the reload alert would).
+        m.export_zeros();
+        m
+    }
+
+    /// Series exported at 0 from the start: an increase over a series that
+    /// appears only at its first event misses that event (the reload alert
+    /// would).
+    fn export_zeros(&self) {
+        let m = self;
         for result in ["success", "failure"] {
-            m.config_reloads.with_label_values(&[result]);
+            m.control.config_reloads.with_label_values(&[result]);
         }
         for action in ["drain", "undrain", "capacity", "reload", "log"] {
             for result in ["ok", "denied", "rejected", "failed"] {
-                m.admin_requests.with_label_values(&[action, result]);
+                m.control
+                    .admin_requests
+                    .with_label_values(&[action, result]);
             }
         }
-        m
     }
 
     /// The registry, for families registered later (the fleet's).
@@ -380,13 +427,14 @@ impl Metrics {
 
     /// Forgets the per-region series of a region that left the policy.
     pub fn forget_region(&self, region: &str) {
-        let _ = self.region_healthy.remove_label_values(&[region]);
-        let _ = self.region_drained.remove_label_values(&[region]);
-        let _ = self.drain_refused.remove_label_values(&[region]);
-        let _ = self.region_weight.remove_label_values(&[region]);
-        let _ = self.region_rtt.remove_label_values(&[region]);
-        let _ = self.region_in_flight.remove_label_values(&[region]);
-        let _ = self.region_queue_depth.remove_label_values(&[region]);
+        let g = &self.regions;
+        let _ = g.healthy.remove_label_values(&[region]);
+        let _ = g.drained.remove_label_values(&[region]);
+        let _ = g.drain_refused.remove_label_values(&[region]);
+        let _ = g.weight.remove_label_values(&[region]);
+        let _ = g.rtt.remove_label_values(&[region]);
+        let _ = g.in_flight.remove_label_values(&[region]);
+        let _ = g.queue_depth.remove_label_values(&[region]);
     }
 }
 
@@ -406,34 +454,40 @@ mod tests {
         let one = &["x"];
         m.requests.with_label_values(&["x", "200"]).inc();
         m.request_duration.with_label_values(one).observe(0.1);
-        m.region_healthy.with_label_values(one).set(1);
-        m.region_drained.with_label_values(one).set(0);
-        m.drain_refused.with_label_values(one).set(0);
-        m.region_weight.with_label_values(one).set(1.0);
-        m.region_rtt.with_label_values(one).set(0.01);
-        m.jurisdiction_serving.with_label_values(one).set(1);
-        m.health_transitions
+        m.regions.healthy.with_label_values(one).set(1);
+        m.regions.drained.with_label_values(one).set(0);
+        m.regions.drain_refused.with_label_values(one).set(0);
+        m.regions.weight.with_label_values(one).set(1.0);
+        m.regions.rtt.with_label_values(one).set(0.01);
+        m.regions.jurisdiction_serving.with_label_values(one).set(1);
+        m.regions
+            .health_transitions
             .with_label_values(&["x", "up", "down"])
             .inc();
         m.failovers.with_label_values(&["x", "y", "connect"]).inc();
         m.retries.with_label_values(one).inc();
         m.retries_refused.inc();
         m.residency_refusals.with_label_values(one).inc();
-        m.config_reloads.with_label_values(one).inc();
-        m.config_generation.set(1);
+        m.control.config_reloads.with_label_values(one).inc();
+        m.control.config_generation.set(1);
         m.upstream_errors.with_label_values(&["x", "connect"]).inc();
-        m.admin_requests.with_label_values(&["drain", "ok"]).inc();
+        m.control
+            .admin_requests
+            .with_label_values(&["drain", "ok"])
+            .inc();
         m.shed.with_label_values(&["r", "queue_full"]).inc();
         m.spillover.with_label_values(&["x", "y"]).inc();
-        m.region_in_flight.with_label_values(one).set(1);
-        m.region_queue_depth.with_label_values(one).set(0);
-        m.endpoint_healthy
+        m.regions.in_flight.with_label_values(one).set(1);
+        m.regions.queue_depth.with_label_values(one).set(0);
+        m.regions
+            .endpoint_healthy
             .with_label_values(&["x", "http://a:1"])
             .set(1);
-        m.endpoint_ejections
+        m.regions
+            .endpoint_ejections
             .with_label_values(&["x", "http://a:1"])
             .inc();
-        m.latency_outliers.with_label_values(one).inc();
+        m.regions.latency_outliers.with_label_values(one).inc();
         let text = String::from_utf8(m.render()).unwrap();
         let mut exported: Vec<&str> = text
             .lines()

@@ -71,6 +71,7 @@ impl Call<'_> {
         self.control
             .state()
             .metrics
+            .control
             .admin_requests
             .with_label_values(&[self.action, result])
             .inc();

@@ -31,6 +31,7 @@ impl Control {
         }
         self.state
             .metrics
+            .regions
             .health_transitions
             .with_label_values(&[region.as_str(), t.from.name(), t.to.name()])
             .inc();
@@ -212,7 +213,7 @@ impl Control {
             if let Err(capped) =
                 crate::control::health::cap::may_eject(&table, region.id, &out, &drained, percent)
             {
-                self.state.metrics.ejections_capped.inc();
+                self.state.metrics.control.ejections_capped.inc();
                 static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
                 if let Some(suppressed) = LOG.allow() {
                     tracing::warn!(target: "georouter::health", region = %name, last = %kind, why = %capped, suppressed, "passive ejection refused: too many regions failing at once points at the router or its network; serving through them");
@@ -320,6 +321,7 @@ impl Control {
                         tracing::warn!(target: "georouter::health", region = %name, endpoint, real_ms = (avg * 1000.0).round(), siblings_ms = (median * 1000.0).round(), "endpoint out of rotation: far slower than its siblings on real requests");
                         self.state
                             .metrics
+                            .regions
                             .endpoint_ejections
                             .with_label_values(&[name.as_str(), endpoint])
                             .inc();
@@ -357,6 +359,7 @@ impl Control {
                         tracing::warn!(target: "georouter::health", region = %name, %why, "region far slower than its peers on real requests");
                         self.state
                             .metrics
+                            .regions
                             .latency_outliers
                             .with_label_values(&[name.as_str()])
                             .inc();

@@ -224,8 +224,11 @@ impl Control {
         let m = &self.state.metrics;
         match &result {
             Ok(generation) => {
-                m.config_reloads.with_label_values(&["success"]).inc();
-                m.config_generation.set(*generation as i64);
+                m.control
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                m.control.config_generation.set(*generation as i64);
                 tracing::info!(%trigger, generation, "policy reloaded");
                 self.journal.record(
                     "",
@@ -235,7 +238,10 @@ impl Control {
                 );
             }
             Err(e) => {
-                m.config_reloads.with_label_values(&["failure"]).inc();
+                m.control
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
                 tracing::error!(%trigger, error = %e, "policy reload rejected; the previous policy keeps serving");
                 self.journal.record(
                     "",

@@ -486,6 +486,7 @@ fn endpoint_failed(
         tracing::warn!(target: "georouter::health", region = %region.name, endpoint = %key, "endpoint out of rotation: a run of failed requests while a sibling serves");
         ctx.state
             .metrics
+            .regions
             .endpoint_ejections
             .with_label_values(&[region.name.as_str(), key])
             .inc();

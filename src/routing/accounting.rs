@@ -118,6 +118,7 @@ pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
         }
         for (a, b) in KNOWN_TRANSITIONS {
             metrics
+                .regions
                 .health_transitions
                 .with_label_values(&[from.name.as_str(), a, b]);
         }
@@ -134,12 +135,14 @@ pub fn export_known_series(metrics: &Metrics, table: &RoutingTable) {
         for ep in from.endpoints.iter() {
             let key = format!("{}://{}", ep.scheme, ep.authority);
             metrics
+                .regions
                 .endpoint_ejections
                 .with_label_values(&[from.name.as_str(), &key]);
         }
     }
     for r in regions {
         metrics
+            .regions
             .latency_outliers
             .with_label_values(&[r.name.as_str()]);
     }
@@ -181,6 +184,7 @@ pub fn forget_region(metrics: &Metrics, region: &str, others: &[&str]) {
     }
     for (a, b) in KNOWN_TRANSITIONS {
         let _ = metrics
+            .regions
             .health_transitions
             .remove_label_values(&[region, a, b]);
     }
@@ -371,13 +375,13 @@ impl RegionAccount {
         capacity: &Capacity,
     ) -> Self {
         let n = name.as_str();
-        let healthy = |e: &str| metrics.endpoint_healthy.with_label_values(&[n, e]);
+        let healthy = |e: &str| metrics.regions.endpoint_healthy.with_label_values(&[n, e]);
         let load = Arc::new(RegionLoad::new(
             endpoints,
             capacity,
             Gauges {
-                in_flight: metrics.region_in_flight.with_label_values(&[n]),
-                queue_depth: metrics.region_queue_depth.with_label_values(&[n]),
+                in_flight: metrics.regions.in_flight.with_label_values(&[n]),
+                queue_depth: metrics.regions.queue_depth.with_label_values(&[n]),
                 endpoint_healthy: &healthy,
             },
         ));
