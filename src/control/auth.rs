@@ -12,18 +12,18 @@ use crate::config::AdminSettings;
 pub enum AuthError {
     #[error("admin.{field}: cannot read {path}: {source}")]
     Read {
-        field: &'static str,
+        field: String,
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("admin.{field}: environment variable {var} is not set")]
-    MissingEnv { field: &'static str, var: String },
+    MissingEnv { field: String, var: String },
     #[error("admin.{field}: the token is empty")]
-    Empty { field: &'static str },
+    Empty { field: String },
     #[error("admin.{field}: the token is {len} bytes; use at least 32 random ones (e.g. openssl rand -hex 32 > FILE)")]
-    Short { field: &'static str, len: usize },
+    Short { field: String, len: usize },
     #[error("admin.{field}: the token is still the placeholder shipped in deploy/kubernetes/secret.yaml; put a real secret there")]
-    Placeholder { field: &'static str },
+    Placeholder { field: String },
 }
 
 /// The shortest token a policy may name (a command-line token, the demo's, is
@@ -99,15 +99,15 @@ impl std::fmt::Debug for AdminAuth {
 }
 
 fn load(
-    field: &'static str,
-    env_field: &'static str,
+    field: &str,
+    env_field: &str,
     file: Option<&Path>,
     env: Option<&str>,
 ) -> Result<Option<Token>, AuthError> {
     let secret = match (file, env) {
         (Some(path), _) => std::fs::read_to_string(path)
             .map_err(|source| AuthError::Read {
-                field,
+                field: field.to_owned(),
                 path: path.to_owned(),
                 source,
             })?
@@ -115,7 +115,7 @@ fn load(
             .to_owned(),
         (None, Some(var)) => std::env::var(var)
             .map_err(|_| AuthError::MissingEnv {
-                field: env_field,
+                field: env_field.to_owned(),
                 var: var.to_owned(),
             })?
             .trim()
@@ -123,14 +123,18 @@ fn load(
         (None, None) => return Ok(None),
     };
     if secret.is_empty() {
-        return Err(AuthError::Empty { field });
+        return Err(AuthError::Empty {
+            field: field.to_owned(),
+        });
     }
     if crate::secret::PLACEHOLDERS.contains(&secret.as_str()) {
-        return Err(AuthError::Placeholder { field });
+        return Err(AuthError::Placeholder {
+            field: field.to_owned(),
+        });
     }
     if secret.len() < MIN_TOKEN_BYTES {
         return Err(AuthError::Short {
-            field,
+            field: field.to_owned(),
             len: secret.len(),
         });
     }
@@ -145,7 +149,11 @@ impl AdminAuth {
     ) -> Result<AdminAuth, AuthError> {
         let write = match write_override {
             Some(t) if !t.trim().is_empty() => Some(Token::new(t.trim())),
-            Some(_) => return Err(AuthError::Empty { field: "token" }),
+            Some(_) => {
+                return Err(AuthError::Empty {
+                    field: "token".to_owned(),
+                })
+            }
             None => load(
                 "token_file",
                 "token_env",
@@ -160,8 +168,10 @@ impl AdminAuth {
             a.read_token_env.as_deref(),
         )?;
         let mut named = Vec::with_capacity(a.tokens.len());
-        for t in &a.tokens {
-            if let Some(token) = load("tokens", "tokens", t.file.as_deref(), t.env.as_deref())? {
+        for (i, t) in a.tokens.iter().enumerate() {
+            // Errors name the token's place in the policy: admin.tokens[0].env.
+            let (file, env) = (format!("tokens[{i}].file"), format!("tokens[{i}].env"));
+            if let Some(token) = load(&file, &env, t.file.as_deref(), t.env.as_deref())? {
                 named.push((t.name.clone(), t.write, token));
             }
         }
@@ -268,6 +278,30 @@ mod tests {
             a.check(Some(b"Bearer x"), Access::Write),
             Err(Denied::WritesDisabled)
         );
+    }
+
+    #[test]
+    fn a_named_tokens_error_names_its_place_in_the_policy() {
+        let settings = AdminSettings {
+            address: "127.0.0.1:0".parse().unwrap(),
+            token_file: None,
+            token_env: None,
+            read_token_file: None,
+            read_token_env: None,
+            state_file: None,
+            hosts: Vec::new(),
+            tokens: vec![crate::config::TokenSpec {
+                name: "oncall".to_owned(),
+                file: None,
+                env: Some("GEOROUTER_TEST_NEVER_SET_TOKEN".to_owned()),
+                write: true,
+            }],
+        };
+        let e = AdminAuth::from_settings(&settings, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("admin.tokens[0].env: "), "{e}");
+        assert!(e.contains("GEOROUTER_TEST_NEVER_SET_TOKEN"), "{e}");
     }
 
     #[test]
