@@ -490,22 +490,14 @@ pub async fn run(
     Ok(summarize(o, fault.name(), &snapshot(), &before, &marks))
 }
 
+/// What the drill's tests build their cases from.
 #[cfg(test)]
-mod tests {
+pub(super) mod fixtures {
     use super::*;
 
-    fn sample(ms: u64, region: &str) -> Sample {
-        Sample {
-            at: Duration::from_millis(ms),
-            status: 200,
-            region: Some(region.to_owned()),
-            client: 0,
-        }
-    }
-
-    #[test]
-    fn answers_from_the_region_after_its_restart_are_failback_not_outage() {
-        let o = DrillOptions {
+    /// A drill against nothing (no request is sent), with `clients` clients.
+    pub(super) fn options(clients: u32) -> DrillOptions {
+        DrillOptions {
             target: "127.0.0.1:1".parse().unwrap(),
             path: "/".to_owned(),
             headers: Vec::new(),
@@ -514,8 +506,32 @@ mod tests {
             rate: 100,
             phase: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
-            clients: 1,
-        };
+            clients,
+        }
+    }
+
+    /// A 200 from `region` to `client` at `ms`.
+    pub(super) fn sample(ms: u64, client: u32, region: &str) -> Sample {
+        Sample {
+            at: Duration::from_millis(ms),
+            status: 200,
+            region: Some(region.to_owned()),
+            client,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ms: u64, region: &str) -> Sample {
+        fixtures::sample(ms, 0, region)
+    }
+
+    #[test]
+    fn answers_from_the_region_after_its_restart_are_failback_not_outage() {
+        let o = fixtures::options(1);
         let before: Vec<Sample> = (0..10).map(|i| sample(i * 10, "a")).collect();
         let mut all = before.clone();
         all.extend((11..40).map(|i| sample(i * 10, "b")));

@@ -199,29 +199,11 @@ fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(ms: u64, client: u32, region: &str) -> Sample {
-        Sample {
-            at: Duration::from_millis(ms),
-            status: 200,
-            region: Some(region.to_owned()),
-            client,
-        }
-    }
+    use crate::tools::drill::fixtures::{options, sample};
 
     #[test]
     fn counts_the_moved_clients_and_the_unstable_ones() {
-        let o = DrillOptions {
-            target: "127.0.0.1:1".parse().unwrap(),
-            path: "/".to_owned(),
-            headers: Vec::new(),
-            admin: "127.0.0.1:2".parse().unwrap(),
-            region: "a".to_owned(),
-            rate: 100,
-            phase: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-            clients: 4,
-        };
+        let o = options(4);
         let mut all: Vec<Sample> = (0..4).map(|c| sample(10, c, "a")).collect();
         // During: client 0 moved, client 1 flaps, 2 and 3 stay.
         all.extend([
