@@ -8,6 +8,7 @@ use http::{Method, Request, Response, Uri, Version};
 use tokio::time::Instant;
 
 use super::{Connection, ProxyBody, ProxyError, Served};
+use crate::config::RegionName;
 use crate::proxy::request_id::RequestId;
 use crate::routing::identity;
 use crate::routing::snapshot::Snapshot;
@@ -20,7 +21,7 @@ pub(super) struct Context<'s> {
     head: Option<Head>,
     /// The region that served (or that the router tried and then answered
     /// for: 502, 504), and why it was chosen or what went wrong.
-    region: Option<String>,
+    region: Option<RegionName>,
     why: String,
 }
 
@@ -66,7 +67,7 @@ impl<'s> Context<'s> {
     pub(super) fn served(&mut self, served: Served) {
         if let Some(head) = &mut self.head {
             head.client = served.client;
-            self.region = Some(served.region.to_string());
+            self.region = Some(served.region);
             self.why = served.reason.unwrap_or_default();
         }
     }
@@ -74,7 +75,7 @@ impl<'s> Context<'s> {
     /// The router answered itself: the region it tried, if any, and why.
     pub(super) fn failed(&mut self, e: &ProxyError) {
         if self.head.is_some() {
-            self.region = e.region().map(|r| r.to_string());
+            self.region = e.region().cloned();
             self.why = e.to_string();
         }
     }
@@ -96,7 +97,7 @@ impl<'s> Context<'s> {
             version = ?h.version,
             status = resp.status().as_u16(),
             route = self.route.unwrap_or("-"),
-            region = self.region.as_deref().unwrap_or("-"),
+            region = self.region.as_ref().map_or("-", |r| r.as_str()),
             why = self.why.as_str(),
             request_id = ?crate::logging::Quoted(request_id),
             micros = h.started.elapsed().as_micros() as u64,
