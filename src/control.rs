@@ -1,10 +1,12 @@
-//! The control plane: what it holds (one region record each, the drain store, the
-//! policy in service) and how a change goes out, as one new snapshot of table,
-//! region states and accounts. Health monitoring, reload and drains each live in
-//! their own file below; all share one mutex that the data plane never touches
-//! and that is never held across an `.await`.
+//! The control plane: its owners (health: a record per region and the
+//! checkers; drains: the store and its writer; the policy in service: config,
+//! admin tokens, generation) and how a change goes out, as one new snapshot of
+//! table, region states and accounts built by a pure function. Each owner has
+//! its own lock, which the data plane never touches and no `.await` holds;
+//! where two are taken, in this order: publishing, health, drains.
 
 pub(crate) mod auth;
+mod drain_keeper;
 mod draining;
 mod fleet;
 pub(crate) mod health;
@@ -25,17 +27,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, HealthCheck, RegionName};
 use crate::control::auth::{AdminAuth, AuthError};
 use crate::control::health::machine::{Limits, Phase, Transition};
+use crate::control::health::Health;
 use crate::drains::{Drain, DrainStore, Drains, StateFileError};
 use crate::edge::server::Shutdown;
 use crate::routing::regions::RegionState;
 use crate::routing::table::RoutingTable;
 use crate::routing::State;
+use drain_keeper::{Book, DrainKeeper};
 use record::Record;
 
 /// What starting the control plane needs besides the state.
@@ -53,20 +56,17 @@ pub struct Options {
     pub fleet_store: Option<Arc<dyn crate::fleet::store::FleetStore>>,
 }
 
-pub(crate) struct Inner {
-    table: Arc<RoutingTable>,
-    config: Arc<Config>,
-    regions: HashMap<RegionName, Record>,
-    checkers: Vec<AbortHandle>,
-    drains: Box<dyn DrainStore>,
-    /// The drains the fleet guard held back, as last published.
-    refused: Vec<(String, String)>,
-}
-
 /// The control plane of one router.
 pub struct Control {
+    /// What requests read; its `config` is the policy in service.
     state: Arc<State>,
-    inner: Mutex<Inner>,
+    /// Region health, owned by the monitor (and replaced by reloads).
+    health: Mutex<Health>,
+    /// Drains, owned by the drain paths and the fleet's follower.
+    drains: DrainKeeper,
+    /// Held while a snapshot is built and swapped in: one publisher at a
+    /// time, each reading every owner's newest state.
+    publishing: Mutex<()>,
     options: Options,
     auth: ArcSwap<AdminAuth>,
     ready: AtomicBool,
@@ -98,6 +98,19 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("fleet: {0}")]
     Fleet(#[from] crate::fleet::etcd::EtcdError),
+}
+
+/// Whether `region` is drained in `snapshot` (by name: the table may be older).
+fn was_drained(snapshot: &crate::routing::snapshot::Snapshot, region: &str) -> bool {
+    let table = &snapshot.table;
+    table
+        .region_by_name(region)
+        .is_some_and(|r| snapshot.states.get(table, r.id).drained)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic under a lock is a bug; the data is still consistent enough to serve.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -168,14 +181,17 @@ impl Control {
             })),
             None => None,
         };
-        let drains: Box<dyn DrainStore> = match fleet {
-            Some(_) => Box::new(crate::fleet::book::FleetBook::new(file)),
-            None => Box::new(file),
+        let mut book = match fleet {
+            Some(_) => Book::Fleet(crate::fleet::book::FleetBook::new(file)),
+            None => Book::Local(file),
+        };
+        let drains: &mut dyn DrainStore = match &mut book {
+            Book::Fleet(b) => b,
+            Book::Local(d) => d,
         };
         for (region, d) in drains.iter() {
             tracing::info!(target: "georouter::audit", %region, reason = %d.reason, by = %d.by, "drain reapplied from the state file");
         }
-        let mut drains = drains;
         drains.set_fences(fences(&table));
         if let Some(f) = &fleet {
             f.remember_epoch(drains.fleet_epoch());
@@ -198,14 +214,13 @@ impl Control {
             }
         }
         let control = Arc::new(Control {
-            inner: Mutex::new(Inner {
+            health: Mutex::new(Health {
                 table,
-                config,
                 regions,
                 checkers: Vec::new(),
-                refused: drains.refused(),
-                drains,
             }),
+            drains: DrainKeeper::new(book),
+            publishing: Mutex::new(()),
             auth: ArcSwap::from_pointee(auth),
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(1),
@@ -220,29 +235,36 @@ impl Control {
         control.state.metrics.control.config_generation.set(1);
         crate::routing::accounting::export_known_series(
             &control.state.metrics,
-            &control.lock().table,
+            &control.health().table,
         );
-        {
-            let mut inner = control.lock();
-            control.publish(&mut inner);
-            control.restart_checkers(&mut inner);
-            control.update_ready(&inner);
-        }
+        control.publish();
+        control.restart_checkers(&mut control.health());
+        control.update_ready(&control.health());
         tokio::spawn(control.clone().run_ticks());
         if let Some(fleet) = control.fleet.clone() {
             control.start_fleet(&fleet);
         }
         let from_fleet = control.fleet.as_ref().is_some_and(|f| f.settings.policy);
-        let watch = control.lock().config.reload.watch && !from_fleet;
+        let watch = config.reload.watch && !from_fleet;
         if let (Some(path), true) = (control.options.config_path.clone(), watch) {
             tokio::spawn(control.clone().watch_file(path));
         }
         Ok(control)
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic under the lock is a bug; the data is still consistent enough to serve.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// Region health (taken before the drains' lock, never after it).
+    pub(crate) fn health(&self) -> MutexGuard<'_, Health> {
+        lock(&self.health)
+    }
+
+    /// The policy in service.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.state.config.load_full()
+    }
+
+    /// Whether `region` is drained here (by the drains' owner, now).
+    pub(crate) fn drained(&self, region: &str) -> bool {
+        self.drains.read(|d| d.get(region).is_some())
     }
 
     pub fn state(&self) -> &Arc<State> {
@@ -282,8 +304,8 @@ impl Control {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub(crate) fn update_ready(&self, inner: &Inner) {
-        let all = inner
+    pub(crate) fn update_ready(&self, health: &Health) {
+        let all = health
             .regions
             .values()
             .all(|r| r.checked || !r.check.enabled);
@@ -293,16 +315,38 @@ impl Control {
     }
 
     /// Builds the region states for the current table and swaps both in, as one
-    /// snapshot.
-    pub(crate) fn publish(&self, inner: &mut Inner) {
+    /// snapshot. The caller holds no owner's lock.
+    pub(crate) fn publish(&self) {
+        let publishing = lock(&self.publishing);
+        self.publish_while(&publishing);
+    }
+
+    /// [`Control::publish`] for a caller that holds the publishing lock (a
+    /// reload, which swaps the table and its records first).
+    fn publish_while(&self, _publishing: &MutexGuard<'_, ()>) {
         let now = Instant::now();
-        let slow_start = inner.config.health.failback.slow_start;
-        let table = inner.table.clone();
+        let slow_start = self.state.config.load().health.failback.slow_start;
+        let mut records = self.health();
+        let table = records.table.clone();
+        let (drained, refused) = self.drains.read(|d| {
+            let drained: Vec<bool> = table
+                .regions()
+                .iter()
+                .map(|r| d.get(r.name.as_str()).is_some())
+                .collect();
+            (drained, d.refused())
+        });
+        let previous = self.state.routing.load();
         let health: Vec<publish::Health> = table
             .regions()
             .iter()
-            .filter_map(|region| {
-                let rec = inner.regions.get_mut(&region.name)?;
+            .zip(&drained)
+            .filter_map(|(region, &drained)| {
+                let rec = records.regions.get_mut(&region.name)?;
+                if !drained && was_drained(&previous, region.name.as_str()) {
+                    // Undrained, by whichever path: it ramps back.
+                    rec.machine.begin_ramp(now);
+                }
                 rec.published_weight = rec.weight(now, slow_start);
                 Some(publish::Health {
                     serving: rec.machine.serving(),
@@ -318,26 +362,33 @@ impl Control {
             tracing::error!("a region of the table in service has no health record; not published");
             return;
         }
-        let previous = self.state.routing.load();
-        let drains = &inner.drains;
         let next = publish::snapshot(
             table.clone(),
             &health,
-            |r| drains.get(r).is_some(),
+            |r| {
+                table
+                    .region_by_name(r)
+                    .is_some_and(|r| drained[usize::from(r.id.0)])
+            },
             Some(&previous.accounts),
         );
-        self.published(inner, &next);
+        self.published(&mut records, &next, &refused);
+        drop(records);
         self.state.routing.store(Arc::new(next));
     }
 
     /// What a new snapshot changes besides the requests: waiting requests of a
     /// region that left service go elsewhere; the gauges.
-    fn published(&self, inner: &mut Inner, next: &crate::routing::snapshot::Snapshot) {
+    fn published(
+        &self,
+        health: &mut Health,
+        next: &crate::routing::snapshot::Snapshot,
+        refused: &[(String, String)],
+    ) {
         let m = &self.state.metrics;
-        let refused = inner.drains.refused();
         for region in next.table.regions() {
             let s = next.states.get(&next.table, region.id);
-            let Some(rec) = inner.regions.get_mut(&region.name) else {
+            let Some(rec) = health.regions.get_mut(&region.name) else {
                 continue;
             };
             if rec.published_serving && !s.serving() {
@@ -406,21 +457,35 @@ impl Control {
     /// Every region of the table in service as the control plane sees it, for
     /// the admin views.
     pub fn region_reports(&self) -> Vec<RegionReport> {
-        let inner = self.lock();
-        let refused = inner.drains.refused();
+        let config = self.config();
+        // The snapshot in service is the one built from these records: a
+        // reload swaps both under the publishing lock.
+        let _publishing = lock(&self.publishing);
+        let health = self.health();
+        let (refused, drains): (Vec<(String, String)>, Vec<Option<Drain>>) =
+            self.drains.read(|d| {
+                let drains = health
+                    .table
+                    .regions()
+                    .iter()
+                    .map(|r| d.get(r.name.as_str()).cloned())
+                    .collect();
+                (d.refused(), drains)
+            });
         let snapshot = self.state.routing.load();
-        inner
+        health
             .table
             .regions()
             .iter()
-            .map(|r| {
-                let rec = &inner.regions[&r.name];
+            .zip(drains)
+            .map(|(r, drain)| {
+                let rec = &health.regions[&r.name];
                 RegionReport {
                     name: r.name.clone(),
                     jurisdiction: r.jurisdiction.clone(),
                     phase: rec.machine.phase(),
-                    state: snapshot.states.get(&inner.table, r.id),
-                    drain: inner.drains.get(r.name.as_str()).cloned(),
+                    state: snapshot.states.get(&health.table, r.id),
+                    drain,
                     drain_refused: refused
                         .iter()
                         .find(|(region, _)| *region == r.name.as_str())
@@ -428,7 +493,7 @@ impl Control {
                     rtt: rec.rtt.map(Duration::from_secs_f64),
                     real_latency: rec
                         .real
-                        .known(inner.config.health.passive.slow_min_requests)
+                        .known(config.health.passive.slow_min_requests)
                         .map(Duration::from_secs_f64),
                     steering_latency: rec.published_rtt,
                     slow: rec.slow,

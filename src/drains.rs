@@ -1,7 +1,8 @@
 //! Operator drains: which regions are drained (or keep only a share of their
 //! clients), why, by whom and since when. The control plane keeps them in a
 //! [`DrainStore`]; [`Drains`] is the local one, a small JSON state file
-//! (written aside and renamed) so a restart reapplies them.
+//! (a [`StateWrite`]: written aside, fsynced and renamed) so a restart
+//! reapplies them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,26 +81,20 @@ pub enum StateFileError {
     },
 }
 
-/// Why a drain change could not be kept. The change holds in memory either way.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    File(#[from] StateFileError),
-}
-
 /// Where the control plane keeps drains: the seam between it and a store (the
 /// local state file of a standalone router, or a fleet's book over etcd).
+/// Changes are made in memory; what must reach the disk is taken out with
+/// [`DrainStore::take_write`] and written by the caller, outside its lock.
 pub trait DrainStore: Send + std::fmt::Debug {
     /// The drain of `region`, if it is drained.
     fn get(&self, region: &str) -> Option<&Drain>;
     /// Every drain, by region name.
     fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Drain)> + '_>;
-    /// Sets (`Some`) or clears (`None`) a drain of this router and keeps it.
-    fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StoreError>;
-    /// The fleet's side of the store, when drains are shared.
-    fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
-        None
-    }
+    /// Sets (`Some`) or clears (`None`) a drain of this router.
+    fn set(&mut self, region: &str, drain: Option<Drain>);
+    /// The state file as it must now be written, when a change since the
+    /// last call touched it (and there is a file).
+    fn take_write(&mut self) -> Option<StateWrite>;
     /// The strict jurisdictions' regions, for a store that guards what it
     /// applies (a fleet's): set at start and on every reload.
     fn set_fences(&mut self, _fences: Fences) {}
@@ -113,13 +108,11 @@ pub trait DrainStore: Send + std::fmt::Debug {
         None
     }
     /// Keeps the fleet's epoch.
-    fn set_fleet_epoch(&mut self, _epoch: Option<String>) -> Result<(), StoreError> {
-        Ok(())
-    }
+    fn set_fleet_epoch(&mut self, _epoch: Option<String>) {}
     /// Every partial drain kept, by region name.
     fn scales(&self) -> Vec<(String, Scale)>;
     /// Keeps (`Some`) or forgets (`None`) a region's partial drain.
-    fn set_scale(&mut self, region: &str, scale: Option<Scale>) -> Result<(), StoreError>;
+    fn set_scale(&mut self, region: &str, scale: Option<Scale>);
 }
 
 /// An intent about one region's drain: drained (`Some`) or not, and when it was
@@ -128,23 +121,6 @@ pub trait DrainStore: Send + std::fmt::Debug {
 pub struct Intent {
     pub drain: Option<Drain>,
     pub at_ms: u64,
-}
-
-/// A drain store shared by a fleet: what the fleet says, and what this router
-/// decided while it could not reach the fleet.
-pub trait SharedDrains {
-    /// The fleet's intents, all of them (a full read).
-    fn replace(&mut self, all: BTreeMap<String, Intent>);
-    /// One intent the fleet's store changed.
-    fn apply(&mut self, region: &str, intent: Intent);
-    /// The fleet's intent for `region` as last applied.
-    fn intent(&self, region: &str) -> Option<Intent>;
-    /// Records an intent made while the fleet was unreachable.
-    fn hold(&mut self, region: &str, intent: Intent);
-    /// The held intents, to write to the fleet now that it is back.
-    fn held(&self) -> Vec<(String, Intent)>;
-    /// Forgets a held intent (written, or the fleet's was newer).
-    fn release(&mut self, region: &str);
 }
 
 /// Each strict jurisdiction's name and regions.
@@ -215,6 +191,41 @@ pub struct Drains {
     fleet_epoch: Option<String>,
     held: BTreeMap<String, HeldIntent>,
     file: Option<PathBuf>,
+    /// Changed since the state file was last taken out to be written.
+    dirty: bool,
+}
+
+/// The state file's next content, to be written outside the store's lock.
+#[derive(Debug)]
+pub struct StateWrite {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+impl StateWrite {
+    /// Writes aside, flushes to disk, renames over, and makes the rename
+    /// durable: a crash or power loss leaves the old file or the new one.
+    pub fn commit(&self) -> Result<(), StateFileError> {
+        let path = &self.path;
+        let failed = |source| StateFileError::Write {
+            path: path.clone(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(failed)?;
+        std::io::Write::write_all(&mut file, &self.bytes).map_err(failed)?;
+        file.sync_all().map_err(failed)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(failed)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // A directory cannot be opened for syncing everywhere; the file
+            // itself is safe either way.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drains {
@@ -244,6 +255,7 @@ impl Drains {
             fleet_epoch: state.fleet_epoch,
             held: state.held,
             file: Some(path.to_owned()),
+            dirty: false,
         })
     }
 
@@ -273,10 +285,10 @@ impl Drains {
         })
     }
 
-    /// Replaces every drain and writes the file.
-    pub fn replace(&mut self, all: BTreeMap<String, Drain>) -> Result<(), StateFileError> {
+    /// Replaces every drain.
+    pub fn replace(&mut self, all: BTreeMap<String, Drain>) {
         self.by_region = all;
-        self.save()
+        self.dirty = true;
     }
 
     /// The intents held while etcd was unreachable, as last kept.
@@ -296,7 +308,7 @@ impl Drains {
     }
 
     /// Keeps the held intents (undrains too) with their exact time.
-    pub fn set_held(&mut self, held: &BTreeMap<String, Intent>) -> Result<(), StateFileError> {
+    pub fn set_held(&mut self, held: &BTreeMap<String, Intent>) {
         let next: BTreeMap<String, HeldIntent> = held
             .iter()
             .map(|(r, i)| {
@@ -309,45 +321,10 @@ impl Drains {
                 )
             })
             .collect();
-        if next == self.held {
-            return Ok(());
+        if next != self.held {
+            self.held = next;
+            self.dirty = true;
         }
-        self.held = next;
-        self.save()
-    }
-
-    fn save(&self) -> Result<(), StateFileError> {
-        let Some(path) = &self.file else {
-            return Ok(());
-        };
-        let failed = |source| StateFileError::Write {
-            path: path.clone(),
-            source,
-        };
-        let state = StateFile {
-            drains: self.by_region.clone(),
-            capacity: self.scales.clone(),
-            fleet_epoch: self.fleet_epoch.clone(),
-            held: self.held.clone(),
-        };
-        let mut text = serde_json::to_vec_pretty(&state).expect("drains serialise");
-        text.push(b'\n');
-        // Written aside, flushed to disk, renamed over, and the rename made
-        // durable: a crash or power loss leaves the old file or the new one.
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(failed)?;
-        std::io::Write::write_all(&mut file, &text).map_err(failed)?;
-        file.sync_all().map_err(failed)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(failed)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // A directory cannot be opened for syncing everywhere; the file
-            // itself is safe either way.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
     }
 }
 
@@ -360,26 +337,40 @@ impl DrainStore for Drains {
         Box::new(self.by_region.iter())
     }
 
-    /// Sets or clears a drain and writes the file. The change holds in memory even
-    /// when the file cannot be written (the error says so).
-    fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StoreError> {
+    fn set(&mut self, region: &str, drain: Option<Drain>) {
         match drain {
             Some(d) => self.by_region.insert(region.to_owned(), d),
             None => self.by_region.remove(region),
         };
-        Ok(self.save()?)
+        self.dirty = true;
+    }
+
+    fn take_write(&mut self) -> Option<StateWrite> {
+        let path = self.file.as_ref().filter(|_| self.dirty)?;
+        self.dirty = false;
+        let state = StateFile {
+            drains: self.by_region.clone(),
+            capacity: self.scales.clone(),
+            fleet_epoch: self.fleet_epoch.clone(),
+            held: self.held.clone(),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&state).expect("drains serialise");
+        bytes.push(b'\n');
+        Some(StateWrite {
+            path: path.clone(),
+            bytes,
+        })
     }
 
     fn fleet_epoch(&self) -> Option<String> {
         self.fleet_epoch.clone()
     }
 
-    fn set_fleet_epoch(&mut self, epoch: Option<String>) -> Result<(), StoreError> {
-        if self.fleet_epoch == epoch {
-            return Ok(());
+    fn set_fleet_epoch(&mut self, epoch: Option<String>) {
+        if self.fleet_epoch != epoch {
+            self.fleet_epoch = epoch;
+            self.dirty = true;
         }
-        self.fleet_epoch = epoch;
-        Ok(self.save()?)
     }
 
     fn scales(&self) -> Vec<(String, Scale)> {
@@ -389,16 +380,15 @@ impl DrainStore for Drains {
             .collect()
     }
 
-    fn set_scale(&mut self, region: &str, scale: Option<Scale>) -> Result<(), StoreError> {
+    fn set_scale(&mut self, region: &str, scale: Option<Scale>) {
         let before = self.scales.get(region).cloned();
         match scale.filter(|s| s.keep < 1.0) {
             Some(s) => self.scales.insert(region.to_owned(), s),
             None => self.scales.remove(region),
         };
-        if self.scales.get(region) == before.as_ref() {
-            return Ok(());
+        if self.scales.get(region) != before.as_ref() {
+            self.dirty = true;
         }
-        Ok(self.save()?)
     }
 }
 
@@ -421,9 +411,11 @@ mod tests {
             scope: Scope::Local,
             force: false,
         };
-        d.set("eu-west", Some(drain.clone())).unwrap();
-        d.set("us-east", Some(drain.clone())).unwrap();
-        d.set("us-east", None).unwrap();
+        d.set("eu-west", Some(drain.clone()));
+        d.set("us-east", Some(drain.clone()));
+        d.set("us-east", None);
+        d.take_write().expect("a change to write").commit().unwrap();
+        assert!(d.take_write().is_none(), "written once");
         let again = Drains::load(Some(&file)).unwrap();
         assert_eq!(again.get("eu-west"), Some(&drain));
         assert!(again.get("us-east").is_none());
@@ -443,8 +435,8 @@ mod tests {
             since: 1,
             scope: Scope::Local,
         };
-        d.set_scale("eu-west", Some(scale.clone())).unwrap();
-        d.set_scale("us-east", Some(scale.clone())).unwrap();
+        d.set_scale("eu-west", Some(scale.clone()));
+        d.set_scale("us-east", Some(scale.clone()));
         // Keeping every client is no partial drain.
         d.set_scale(
             "us-east",
@@ -452,8 +444,8 @@ mod tests {
                 keep: 1.0,
                 ..scale.clone()
             }),
-        )
-        .unwrap();
+        );
+        d.take_write().expect("a change to write").commit().unwrap();
         let again = Drains::load(Some(&file)).unwrap();
         assert_eq!(again.scales(), vec![("eu-west".to_owned(), scale)]);
     }

@@ -189,6 +189,32 @@ async fn the_last_serving_region_of_a_jurisdiction_is_drained_only_by_force() {
 }
 
 #[tokio::test]
+async fn two_drains_raced_never_both_pass_the_last_serving_guard() {
+    // The guard and the change it guards are one step under the drains'
+    // owner: two callers cannot both read "the other one still serves".
+    let a = region("a").await;
+    let b = region("b").await;
+    let router = TestRouter::spawn_with_token(&eu_policy(&a, &b, ""), "t").await;
+    for round in 0..20 {
+        let (x, y) = tokio::join!(
+            admin_post(router.admin, "/regions/a/drain", Some("t")),
+            admin_post(router.admin, "/regions/b/drain", Some("t")),
+        );
+        let mut statuses = [x.0, y.0];
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "round {round}: {x:?} {y:?}");
+        for r in ["a", "b"] {
+            assert_eq!(
+                admin_post(router.admin, &format!("/regions/{r}/undrain"), Some("t"))
+                    .await
+                    .0,
+                200
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn drains_are_kept_in_the_state_file_and_reapplied_at_start() {
     let a = region("a").await;
     let b = region("b").await;

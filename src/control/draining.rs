@@ -1,11 +1,9 @@
 //! Operator drains through the control plane: the last-serving-region guard of
 //! a jurisdiction, the ramp back after an undrain, and the store that keeps them.
 
-use tokio::time::Instant;
-
 use super::{unix_now, Control};
 use crate::config::RegionName;
-use crate::drains::{Drain, Intent, Scale, Scope, StoreError};
+use crate::drains::{Drain, DrainStore, Intent, Scale, Scope, StateFileError};
 use crate::fleet::keys::FleetScale;
 use crate::fleet::{now_ms, FleetError, Guard};
 
@@ -77,11 +75,8 @@ impl Control {
             Err(FleetError::Etcd(e)) if e.is_unreachable() => {
                 // Fail static: the intent holds here at once, guarded by what
                 // this router sees, and goes to the fleet when etcd is back.
-                if intent.drain.is_some() && !force {
-                    self.check_last_serving(region)?;
-                }
+                self.hold_intent(region, intent, !force)?;
                 tracing::warn!(target: "georouter::fleet", %region, error = %e, "etcd unreachable: the drain change holds on this instance only until etcd is back");
-                self.hold_intent(region, intent);
                 Ok(Drained {
                     held: true,
                     ..Drained::default()
@@ -122,69 +117,76 @@ impl Control {
     }
 
     /// The local guard: refuses to drain the last region of its jurisdiction
-    /// that this router sees serving.
-    fn check_last_serving(&self, region: &str) -> Result<(), DrainError> {
+    /// that this router sees serving, by its health in service and `drains`
+    /// as they stand. Called under the drains' lock with the change it
+    /// guards: two drains cannot both pass on one reading.
+    fn check_last_serving(&self, region: &str, drains: &dyn DrainStore) -> Result<(), DrainError> {
         let snapshot = self.state.routing.load();
         let table = &snapshot.table;
         let Some(r) = table.region_by_name(region) else {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         };
-        last_serving_guard(table, &snapshot.states, r)
+        last_serving_guard(table, &snapshot.states, r, |name| {
+            drains.get(name).is_some()
+        })
     }
 
     /// Applies a fleet intent here (from this call or the watch).
     pub(super) fn apply_fleet_intent(&self, region: &str, intent: Intent, revision: i64) {
-        let mut inner = self.lock();
-        let was = inner.drains.get(region).is_some();
-        if let Some(shared) = inner.drains.shared() {
-            shared.apply(region, intent);
+        let changed = self.drains.change_fleet(|book| {
+            let before = book.get(region).cloned();
+            book.apply(region, intent);
+            (before, book.get(region).cloned())
+        });
+        if let Some(((before, now), _)) = changed {
+            self.after_drain_change(region, before.as_ref(), now.as_ref());
         }
-        self.after_drain_change(&mut inner, region, was);
-        drop(inner);
         if let Some(f) = &self.fleet {
             f.set_applied(revision);
         }
     }
 
-    fn hold_intent(&self, region: &str, intent: Intent) {
-        let mut inner = self.lock();
-        let was = inner.drains.get(region).is_some();
-        if let Some(shared) = inner.drains.shared() {
-            shared.hold(region, intent);
+    /// Holds an intent made while etcd is unreachable (a drain guarded by
+    /// what this router sees, unless `guarded` is false).
+    fn hold_intent(&self, region: &str, intent: Intent, guarded: bool) -> Result<(), DrainError> {
+        let changed = self.drains.change_fleet(|book| {
+            if guarded && intent.drain.is_some() {
+                self.check_last_serving(region, &*book)?;
+            }
+            let before = book.get(region).cloned();
+            book.hold(region, intent);
+            Ok((before, book.get(region).cloned()))
+        });
+        if let Some((changed, _)) = changed {
+            let (before, now) = changed?;
+            self.after_drain_change(region, before.as_ref(), now.as_ref());
         }
-        self.after_drain_change(&mut inner, region, was);
+        Ok(())
     }
 
-    /// After a drain change: an undrained region ramps back; a new snapshot.
-    pub(super) fn after_drain_change(&self, inner: &mut super::Inner, region: &str, was: bool) {
-        let now_drained = inner.drains.get(region).is_some();
-        if was && !now_drained {
-            if let Some(rec) = inner
-                .regions
-                .iter_mut()
-                .find(|(name, _)| name.as_str() == region)
-                .map(|(_, rec)| rec)
-            {
-                rec.machine.begin_ramp(Instant::now());
-            }
+    /// The one path after every drain change: the journal, then a new
+    /// snapshot (whose publisher ramps an undrained region back).
+    pub(super) fn after_drain_change(
+        &self,
+        region: &str,
+        before: Option<&Drain>,
+        now: Option<&Drain>,
+    ) {
+        let refused = self.drains.refused_changed();
+        for (r, j) in refused.iter().flatten() {
+            self.journal.record(
+                r,
+                "drain",
+                "drain refused".to_owned(),
+                format!("it would leave jurisdiction {j} with no undrained region"),
+            );
         }
-        let refused = inner.drains.refused();
-        if refused != inner.refused {
-            for (r, j) in refused.iter().filter(|x| !inner.refused.contains(x)) {
-                self.journal.record(
-                    r,
-                    "drain",
-                    "drain refused".to_owned(),
-                    format!("it would leave jurisdiction {j} with no undrained region"),
-                );
-            }
+        if before != now {
+            // Drained, undrained, or drained again for another reason.
+            self.journal_drain(region, now);
         }
-        if was != now_drained {
-            self.journal_drain(region, inner.drains.get(region));
-        }
-        if was != now_drained || refused != inner.refused {
-            inner.refused = refused;
-            self.publish(inner);
+        if before.is_some() != now.is_some() || refused.is_some() {
+            self.publish();
         }
     }
 }
@@ -197,17 +199,18 @@ impl Control {
         region: &str,
         drain: Option<(String, String)>,
         force: bool,
-    ) -> Result<Option<StoreError>, DrainError> {
-        let mut inner = self.lock();
-        let table = inner.table.clone();
-        let Some(r) = table.region_by_name(region) else {
+    ) -> Result<Option<StateFileError>, DrainError> {
+        if self
+            .state
+            .routing
+            .load()
+            .table
+            .region_by_name(region)
+            .is_none()
+        {
             return Err(DrainError::UnknownRegion(region.to_owned()));
-        };
-        if drain.is_some() && !force {
-            let snapshot = self.state.routing.load();
-            last_serving_guard(&snapshot.table, &snapshot.states, r)?;
         }
-        let before = inner.drains.get(region).cloned();
+        let guarded = drain.is_some() && !force;
         let entry = drain.map(|(reason, by)| Drain {
             reason,
             by,
@@ -215,14 +218,16 @@ impl Control {
             scope: crate::drains::Scope::Local,
             force,
         });
-        let persisted = inner.drains.set(region, entry).err();
-        let now = inner.drains.get(region);
-        if before.is_some() && now.is_some() && before.as_ref() != now {
-            // Drained again, for another reason: the journal says so.
-            self.journal_drain(region, now);
-        }
-        // The one path after every drain change: ramp, journal, publish.
-        self.after_drain_change(&mut inner, region, before.is_some());
+        let (changed, persisted) = self.drains.change(|d| {
+            if guarded {
+                self.check_last_serving(region, &*d)?;
+            }
+            let before = d.get(region).cloned();
+            d.set(region, entry);
+            Ok((before, d.get(region).cloned()))
+        });
+        let (before, now) = changed?;
+        self.after_drain_change(region, before.as_ref(), now.as_ref());
         Ok(persisted)
     }
 
@@ -264,19 +269,21 @@ fn jurisdiction_of(
 }
 
 /// Refuses to drain `r` when it is the last region of its jurisdiction that
-/// serves in `states` (healthy and not drained): its residents would get 503.
+/// serves (healthy in `states`, not `drained`): its residents would get 503.
 fn last_serving_guard(
     table: &crate::routing::table::RoutingTable,
     states: &crate::routing::regions::RegionStates,
     r: &crate::routing::table::Region,
+    drained: impl Fn(&str) -> bool,
 ) -> Result<(), DrainError> {
     let Some(guard) = jurisdiction_of(table, states, r) else {
         return Ok(());
     };
     let serving = |name: &str| {
-        table
-            .region_by_name(name)
-            .is_some_and(|o| states.get(table, o.id).serving())
+        !drained(name)
+            && table
+                .region_by_name(name)
+                .is_some_and(|o| states.get(table, o.id).healthy)
     };
     let others = guard
         .regions
@@ -316,7 +323,14 @@ impl Control {
         by: &str,
         local: bool,
     ) -> Result<Scaled, DrainError> {
-        if self.lock().table.region_by_name(region).is_none() {
+        if self
+            .state
+            .routing
+            .load()
+            .table
+            .region_by_name(region)
+            .is_none()
+        {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         }
         let keep = keep.clamp(0.0, 1.0);
@@ -372,8 +386,8 @@ impl Control {
         scope: Scope,
         since: u64,
     ) -> Option<String> {
-        let mut inner = self.lock();
-        let rec = inner.regions.get_mut(&RegionName::new(region))?;
+        let mut health = self.health();
+        let rec = health.regions.get_mut(&RegionName::new(region))?;
         let permille = (keep.clamp(0.0, 1.0) * 1000.0).round() as u16;
         let before = rec.capacity_scale;
         let scale = (permille < 1000).then(|| Scale {
@@ -401,14 +415,15 @@ impl Control {
             ),
             format!("by {by}"),
         );
-        let kept = inner.drains.set_scale(region, scale).err();
-        self.publish(&mut inner);
+        drop(health);
+        let ((), kept) = self.drains.change(|d| d.set_scale(region, scale));
+        self.publish();
         kept.map(|e| e.to_string())
     }
 
     /// The partial drain in force for `region`, if any.
     pub(super) fn scale_of(&self, region: &str) -> Option<Scale> {
-        self.lock()
+        self.health()
             .regions
             .get(&RegionName::new(region))?
             .scale

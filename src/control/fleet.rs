@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Control;
-use crate::drains::Intent;
+use crate::drains::{Drain, DrainStore, Intent};
 use crate::fleet::etcd::EtcdError;
 use crate::fleet::keys::{FleetDrain, FleetScale, InstanceRecord};
 use crate::fleet::store::{Changes, Event, Kv, WatchStream};
@@ -78,11 +78,8 @@ impl Control {
         fleet.check_epoch().await?;
         // The instance's record names the epoch from now on.
         fleet.applied_changed.notify_one();
-        {
-            let mut inner = self.lock();
-            if let Err(e) = inner.drains.set_fleet_epoch(fleet.epoch()) {
-                tracing::warn!(target: "georouter::fleet", error = %e, "the fleet's epoch could not be kept in the state file");
-            }
+        if let ((), Some(e)) = self.drains.change(|d| d.set_fleet_epoch(fleet.epoch())) {
+            tracing::warn!(target: "georouter::fleet", error = %e, "the fleet's epoch could not be kept in the state file");
         }
         let (_, all) = fleet.drains().await?;
         self.reconcile(fleet, &all).await?;
@@ -154,30 +151,47 @@ impl Control {
     /// Whether `region` is in the policy in service: a drain of any other
     /// name is neither applied nor written to the state file.
     fn knows_region(&self, region: &str) -> bool {
-        self.lock().table.region_by_name(region).is_some()
+        self.state
+            .routing
+            .load()
+            .table
+            .region_by_name(region)
+            .is_some()
     }
 
     /// The fleet's intents from a full read; the regions in `keep` (their
     /// value unreadable) keep the intent they had.
     fn replace_fleet_drains(&self, mut intents: BTreeMap<String, Intent>, keep: &[String]) {
-        let mut inner = self.lock();
-        let before: Vec<String> = inner.drains.iter().map(|(r, _)| r.clone()).collect();
-        if let Some(shared) = inner.drains.shared() {
+        let drained = |book: &crate::fleet::book::FleetBook| -> BTreeMap<String, Drain> {
+            book.iter().map(|(r, d)| (r.clone(), d.clone())).collect()
+        };
+        let changed = self.drains.change_fleet(|book| {
+            let before = drained(book);
             for region in keep {
-                if let Some(last) = shared.intent(region) {
+                if let Some(last) = book.intent(region) {
                     intents.insert(region.clone(), last);
                 }
             }
-            shared.replace(intents);
+            book.replace(intents);
+            (before, drained(book))
+        });
+        let Some(((before, after), _)) = changed else {
+            return;
+        };
+        // Each region whose drain changed, through the one path (journal,
+        // publish); one snapshot when only the guard's refusals moved.
+        let regions: std::collections::BTreeSet<&String> =
+            before.keys().chain(after.keys()).collect();
+        let mut published = false;
+        for region in regions {
+            let (b, a) = (before.get(region), after.get(region));
+            if b != a {
+                self.after_drain_change(region, b, a);
+                published |= b.is_some() != a.is_some();
+            }
         }
-        let after: Vec<String> = inner.drains.iter().map(|(r, _)| r.clone()).collect();
-        for region in before.iter().filter(|r| !after.contains(r)) {
-            self.after_drain_change(&mut inner, region, true);
-        }
-        let refused = inner.drains.refused();
-        if before != after || refused != inner.refused {
-            inner.refused = refused;
-            self.publish(&mut inner);
+        if !published && self.drains.refused_changed().is_some() {
+            self.publish();
         }
     }
 
@@ -189,10 +203,11 @@ impl Control {
         fleet: &Fleet,
         all: &BTreeMap<String, (FleetDrain, i64)>,
     ) -> Result<(), EtcdError> {
-        let held = {
-            let mut inner = self.lock();
-            inner.drains.shared().map(|s| s.held()).unwrap_or_default()
-        };
+        let held = self
+            .drains
+            .change_fleet(|book| book.held())
+            .map(|(held, _)| held)
+            .unwrap_or_default();
         for (region, intent) in held {
             match all.get(&region) {
                 Some((theirs, _)) if theirs.at_ms > intent.at_ms => {
@@ -225,10 +240,7 @@ impl Control {
                     }
                 },
             }
-            let mut inner = self.lock();
-            if let Some(shared) = inner.drains.shared() {
-                shared.release(&region);
-            }
+            self.drains.change_fleet(|book| book.release(&region));
         }
         Ok(())
     }

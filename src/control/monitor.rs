@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::record::Real;
-use super::{limits, Control, Inner};
+use super::{limits, Control};
 use crate::config::RegionName;
 use crate::control::health::check::{self, Outcome};
 use crate::control::health::machine::{Phase, Transition};
+use crate::control::health::Health;
 
 /// How often time-driven changes (ejections ending, slow-start ramps) are looked at.
 const TICK: Duration = Duration::from_millis(200);
@@ -46,8 +47,7 @@ impl Control {
     /// Each endpoint's check result: in or out of rotation, logged when it changes.
     fn endpoints_checked(&self, region: &crate::routing::table::Region, results: &[Option<bool>]) {
         let account = {
-            let inner = self.lock();
-            match inner.regions.get(&region.name) {
+            match self.health().regions.get(&region.name) {
                 Some(rec) => rec.account.clone(),
                 None => return,
             }
@@ -77,9 +77,9 @@ impl Control {
 
     /// Feeds one check outcome into a region's machine.
     fn report(&self, region: &RegionName, outcome: Outcome) {
-        let mut inner = self.lock();
-        let config = inner.config.clone();
-        let Some(rec) = inner.regions.get_mut(region) else {
+        let config = self.config();
+        let mut health = self.health();
+        let Some(rec) = health.regions.get_mut(region) else {
             return;
         };
         let now = Instant::now();
@@ -112,29 +112,30 @@ impl Control {
             // A jurisdiction this left empty takes back a held-down region in
             // the same snapshot, not a tick later.
             let mut waived = Vec::new();
-            waive_last_of_jurisdictions(&mut inner, now, &mut waived);
+            waive_last_of_jurisdictions(&mut health, |r| self.drained(r), now, &mut waived);
             for (name, t) in &waived {
                 self.transition(name, t);
             }
         }
-        if changed {
-            self.publish(&mut inner);
-        }
         if first {
-            self.update_ready(&inner);
+            self.update_ready(&health);
+        }
+        drop(health);
+        if changed {
+            self.publish();
         }
     }
 
     /// Passive detections and the clock: ejections, their ends, ramps.
     fn tick(&self) {
-        let mut inner = self.lock();
-        let config = inner.config.clone();
+        let config = self.config();
+        let mut health = self.health();
         let now = Instant::now();
         let mut changed = false;
         let mut transitions = Vec::new();
-        let slow = self.latency_outliers(&mut inner, now);
-        self.passive_ejections(&mut inner, now, slow, &mut transitions);
-        for (name, rec) in inner.regions.iter_mut() {
+        let slow = self.latency_outliers(&mut health, &config, now);
+        self.passive_ejections(&mut health, &config, now, slow, &mut transitions);
+        for (name, rec) in health.regions.iter_mut() {
             let limits = limits(&config, &rec.check);
             if let Some(t) = rec.machine.tick(now, &limits) {
                 transitions.push((name.clone(), t));
@@ -142,12 +143,13 @@ impl Control {
             changed |= rec.weight(now, config.health.failback.slow_start) != rec.published_weight;
             changed |= rec.republish_latency(now, &config.health);
         }
-        waive_last_of_jurisdictions(&mut inner, now, &mut transitions);
+        waive_last_of_jurisdictions(&mut health, |r| self.drained(r), now, &mut transitions);
+        drop(health);
         for (name, t) in &transitions {
             self.transition(name, t);
         }
         if changed || !transitions.is_empty() {
-            self.publish(&mut inner);
+            self.publish();
         }
     }
 
@@ -156,12 +158,13 @@ impl Control {
     /// logged as what they are: the router suspecting itself or its network.
     fn passive_ejections(
         &self,
-        inner: &mut Inner,
+        health: &mut Health,
+        config: &crate::config::Config,
         now: Instant,
         slow: Vec<(RegionName, String)>,
         transitions: &mut Vec<(RegionName, Transition)>,
     ) {
-        let mut tripped: Vec<(RegionName, String)> = inner
+        let mut tripped: Vec<(RegionName, String)> = health
             .regions
             .iter()
             .filter_map(|(name, rec)| {
@@ -179,8 +182,7 @@ impl Control {
         if tripped.is_empty() {
             return;
         }
-        let table = inner.table.clone();
-        let config = inner.config.clone();
+        let table = health.table.clone();
         // Out of service by health. A region held down for flapping passes its
         // checks and comes back when its jurisdiction needs it
         // (`waive_last_of_jurisdictions`): it does not count as out, so the
@@ -189,7 +191,7 @@ impl Control {
             .regions()
             .iter()
             .map(|r| {
-                inner.regions.get(&r.name).is_some_and(|rec| {
+                health.regions.get(&r.name).is_some_and(|rec| {
                     !rec.machine.serving() && !matches!(rec.machine.phase(), Phase::HeldDown { .. })
                 })
             })
@@ -197,13 +199,13 @@ impl Control {
         let drained: Vec<bool> = table
             .regions()
             .iter()
-            .map(|r| inner.drains.get(r.name.as_str()).is_some())
+            .map(|r| self.drained(r.name.as_str()))
             .collect();
         let percent = config.health.passive.max_ejected_percent;
         for (name, kind) in tripped {
             let (Some(region), Some(rec)) = (
                 table.region_by_name(name.as_str()),
-                inner.regions.get_mut(&name),
+                health.regions.get_mut(&name),
             ) else {
                 continue;
             };
@@ -220,7 +222,7 @@ impl Control {
                 }
                 continue;
             }
-            let limits = limits(&config, &rec.check);
+            let limits = limits(config, &rec.check);
             if let Some(t) = rec.machine.passive_failure(now, &kind, &limits) {
                 out[usize::from(region.id.0)] = true;
                 transitions.push((name, t));
@@ -240,17 +242,17 @@ impl Control {
         }
     }
 
-    pub(super) fn restart_checkers(self: &Arc<Self>, inner: &mut Inner) {
-        for h in inner.checkers.drain(..) {
+    pub(super) fn restart_checkers(self: &Arc<Self>, health: &mut Health) {
+        for h in health.checkers.drain(..) {
             h.abort();
         }
-        for region in inner.table.regions() {
-            let check = inner.regions[&region.name].check.clone();
+        for region in health.table.regions() {
+            let check = health.regions[&region.name].check.clone();
             if !check.enabled {
                 continue;
             }
             let control = self.clone();
-            let table = inner.table.clone();
+            let table = health.table.clone();
             let id = region.id;
             let mut shutdown = self.shutdown.clone();
             let task = tokio::spawn(async move {
@@ -269,7 +271,7 @@ impl Control {
                     }
                 }
             });
-            inner.checkers.push(task.abort_handle());
+            health.checkers.push(task.abort_handle());
         }
     }
 }
@@ -282,8 +284,13 @@ impl Control {
     /// the rotation as a failing one would; the serving regions far slower than
     /// their peers are returned, with why, for passive ejection. Each is logged
     /// and counted once when it turns slow.
-    fn latency_outliers(&self, inner: &mut Inner, now: Instant) -> Vec<(RegionName, String)> {
-        let p = inner.config.health.passive;
+    fn latency_outliers(
+        &self,
+        health: &mut Health,
+        config: &crate::config::Config,
+        now: Instant,
+    ) -> Vec<(RegionName, String)> {
+        let p = config.health.passive;
         let factor = f64::from(p.slow_factor_percent) / 100.0;
         let floor = p.slow_min.as_secs_f64();
         let passive = crate::routing::capacity::Passive {
@@ -293,7 +300,7 @@ impl Control {
             max_ejection: p.max_ejection,
         };
         let mut known = Vec::new();
-        for (name, rec) in inner.regions.iter_mut() {
+        for (name, rec) in health.regions.iter_mut() {
             let load = rec.account.load.clone();
             rec.real.read(load.head_totals(), now);
             if rec.endpoints_real.len() != load.endpoints.len() {
@@ -344,7 +351,7 @@ impl Control {
             Vec::new()
         };
         let mut out = Vec::new();
-        for (name, rec) in inner.regions.iter_mut() {
+        for (name, rec) in health.regions.iter_mut() {
             let found = slow.iter().find(|(n, ..)| n == name);
             match (found, rec.slow) {
                 (Some((_, real, median)), was) => {
@@ -382,20 +389,21 @@ impl Control {
 /// down for flapping, ejected): refusing every resident is worse than serving
 /// them through a region that flapped. Regions down by their checks stay down.
 fn waive_last_of_jurisdictions(
-    inner: &mut Inner,
+    health: &mut Health,
+    drained: impl Fn(&str) -> bool,
     now: Instant,
     transitions: &mut Vec<(RegionName, Transition)>,
 ) {
-    let table = inner.table.clone();
+    let table = health.table.clone();
     for j in table.jurisdictions() {
         let undrained: Vec<&RegionName> = j
             .regions
             .iter()
             .map(|&id| &table.region(id).name)
-            .filter(|name| inner.drains.get(name.as_str()).is_none())
+            .filter(|name| !drained(name.as_str()))
             .collect();
         let serving = undrained.iter().any(|name| {
-            inner
+            health
                 .regions
                 .get(*name)
                 .is_some_and(|r| r.machine.serving())
@@ -406,7 +414,7 @@ fn waive_last_of_jurisdictions(
         // Those held down for flapping first (their checks pass); ejected ones
         // only when none is.
         let held = |name: &&RegionName| {
-            inner
+            health
                 .regions
                 .get(*name)
                 .is_some_and(|r| matches!(r.machine.phase(), Phase::HeldDown { .. }))
@@ -418,7 +426,7 @@ fn waive_last_of_jurisdictions(
             .cloned()
             .collect();
         for name in chosen {
-            let Some(rec) = inner.regions.get_mut(&name) else {
+            let Some(rec) = health.regions.get_mut(&name) else {
                 continue;
             };
             let why = format!(

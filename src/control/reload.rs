@@ -195,7 +195,7 @@ impl Control {
         trigger: &str,
     ) -> Result<u64, ReloadError> {
         let token = self.options.admin_token.clone();
-        let own = self.lock().config.fleet.clone();
+        let own = self.config().fleet.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = Config::from_toml(&text)?;
             let same = |a: &Option<crate::config::FleetSettings>| {
@@ -275,8 +275,11 @@ impl Control {
             table,
             auth,
         } = loaded;
-        let mut inner = self.lock();
-        let pending = restart_only_changes(&inner.config, &config);
+        // The table and its records change together, and go out as one
+        // snapshot: no publisher in between sees one without the other.
+        let publishing = super::lock(&self.publishing);
+        let in_service = self.config();
+        let pending = restart_only_changes(&in_service, &config);
         for section in &pending {
             tracing::warn!(
                 section,
@@ -286,13 +289,15 @@ impl Control {
         // What is in service keeps the sections read only at start; what the
         // file says of them waits for a restart (GET /config shows both).
         let file_effective = config.effective.clone();
-        keep_restart_only(&mut config, &inner.config);
-        let (in_service, waiting) =
-            split_effective(&inner.config.effective, &file_effective, &pending);
-        config.effective = in_service;
+        keep_restart_only(&mut config, &in_service);
+        let (effective, waiting) =
+            split_effective(&in_service.effective, &file_effective, &pending);
+        config.effective = effective;
         if let Ok(mut p) = self.pending_restart.lock() {
             *p = waiting;
         }
+        let scales = self.drains.read(|d| d.scales());
+        let mut health = self.health();
         let mut regions = HashMap::new();
         for spec in &config.regions {
             let account = || {
@@ -303,7 +308,7 @@ impl Control {
                     &spec.capacity,
                 ))
             };
-            let rec = match inner.regions.remove(&spec.name) {
+            let rec = match health.regions.remove(&spec.name) {
                 Some(mut rec) => {
                     rec.check = spec.health.clone();
                     if rec.account.load.tracks(&spec.endpoints) {
@@ -317,41 +322,41 @@ impl Control {
                     rec
                 }
                 None => {
-                    let kept = inner
-                        .drains
-                        .scales()
-                        .into_iter()
+                    let kept = scales
+                        .iter()
                         .find(|(r, _)| r == spec.name.as_str())
-                        .map(|(_, s)| s);
+                        .map(|(_, s)| s.clone());
                     Record::new(spec.health.clone(), account()).with_scale(kept)
                 }
             };
             regions.insert(spec.name.clone(), rec);
         }
-        let names: Vec<&str> = inner
+        let names: Vec<&str> = health
             .regions
             .keys()
             .chain(regions.keys())
             .map(|n| n.as_str())
             .collect();
-        for gone in inner.regions.keys() {
+        for gone in health.regions.keys() {
             tracing::info!(region = %gone, "region left the policy");
             crate::routing::accounting::forget_region(&self.state.metrics, gone.as_str(), &names);
         }
         crate::routing::accounting::export_known_series(&self.state.metrics, &table);
         let table = Arc::new(table);
         let config = Arc::new(config);
-        inner.regions = regions;
-        inner.table = table.clone();
-        inner.config = config.clone();
-        inner.drains.set_fences(super::fences(&table));
-        inner.refused = inner.drains.refused();
+        health.regions = regions;
+        health.table = table.clone();
+        self.restart_checkers(&mut health);
+        drop(health);
+        self.drains.change(|d| d.set_fences(super::fences(&table)));
+        // Refusals the new fences make or lift are in the snapshot's gauges.
+        self.drains.refused_changed();
+        self.state.config.store(config);
         // The table and its states go out as one snapshot: no request sees the new
         // table with the old states, or the other way round.
-        self.publish(&mut inner);
-        self.state.config.store(config);
+        self.publish_while(&publishing);
+        drop(publishing);
         self.auth.store(Arc::new(auth));
-        self.restart_checkers(&mut inner);
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -360,7 +365,7 @@ impl Control {
         let mut shutdown = self.shutdown.clone();
         let mut seen = tokio::fs::read(&path).await.ok();
         loop {
-            let every = self.lock().config.reload.watch_interval;
+            let every = self.config().reload.watch_interval;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,

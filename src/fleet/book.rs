@@ -9,9 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::drains::{
-    Drain, DrainStore, Drains, Fences, Intent, Scale, Scope, SharedDrains, StoreError,
-};
+use crate::drains::{Drain, DrainStore, Drains, Fences, Intent, Scale, Scope, StateWrite};
 
 #[derive(Debug)]
 pub struct FleetBook {
@@ -84,9 +82,7 @@ impl FleetBook {
     /// The held intents into the state file: a restart before etcd is back
     /// loses none of them, undrains included.
     fn keep_held(&mut self) {
-        if let Err(e) = self.file.set_held(&self.held) {
-            tracing::warn!(error = %e, "a held drain change applies but could not be written to the state file");
-        }
+        self.file.set_held(&self.held);
     }
 
     fn rebuild(&mut self) {
@@ -130,9 +126,7 @@ impl FleetBook {
         }
         if effective != self.effective {
             self.effective = effective;
-            if let Err(e) = self.file.replace(self.effective.clone()) {
-                tracing::warn!(error = %e, "drains apply but could not be written to the state file");
-            }
+            self.file.replace(self.effective.clone());
         }
     }
 }
@@ -147,7 +141,7 @@ impl DrainStore for FleetBook {
     }
 
     /// A local-only drain (`scope=local`) or its end.
-    fn set(&mut self, region: &str, drain: Option<Drain>) -> Result<(), StoreError> {
+    fn set(&mut self, region: &str, drain: Option<Drain>) {
         match drain {
             Some(mut d) => {
                 d.scope = Scope::Local;
@@ -158,11 +152,10 @@ impl DrainStore for FleetBook {
             }
         }
         self.rebuild();
-        Ok(())
     }
 
-    fn shared(&mut self) -> Option<&mut dyn SharedDrains> {
-        Some(self)
+    fn take_write(&mut self) -> Option<StateWrite> {
+        self.file.take_write()
     }
 
     fn set_fences(&mut self, fences: Fences) {
@@ -181,7 +174,7 @@ impl DrainStore for FleetBook {
         self.file.fleet_epoch()
     }
 
-    fn set_fleet_epoch(&mut self, epoch: Option<String>) -> Result<(), StoreError> {
+    fn set_fleet_epoch(&mut self, epoch: Option<String>) {
         self.file.set_fleet_epoch(epoch)
     }
 
@@ -191,27 +184,33 @@ impl DrainStore for FleetBook {
         self.file.scales()
     }
 
-    fn set_scale(&mut self, region: &str, scale: Option<Scale>) -> Result<(), StoreError> {
+    fn set_scale(&mut self, region: &str, scale: Option<Scale>) {
         self.file.set_scale(region, scale)
     }
 }
 
-impl SharedDrains for FleetBook {
-    fn replace(&mut self, all: BTreeMap<String, Intent>) {
+/// The fleet's side: what the fleet says, and what this router decided while
+/// it could not reach the fleet.
+impl FleetBook {
+    /// The fleet's intents, all of them (a full read).
+    pub fn replace(&mut self, all: BTreeMap<String, Intent>) {
         self.shared = all;
         self.rebuild();
     }
 
-    fn apply(&mut self, region: &str, intent: Intent) {
+    /// One intent the fleet's store changed.
+    pub fn apply(&mut self, region: &str, intent: Intent) {
         self.shared.insert(region.to_owned(), intent);
         self.rebuild();
     }
 
-    fn intent(&self, region: &str) -> Option<Intent> {
+    /// The fleet's intent for `region` as last applied.
+    pub fn intent(&self, region: &str) -> Option<Intent> {
         self.shared.get(region).cloned()
     }
 
-    fn hold(&mut self, region: &str, mut intent: Intent) {
+    /// Records an intent made while the fleet was unreachable.
+    pub fn hold(&mut self, region: &str, mut intent: Intent) {
         if let Some(d) = &mut intent.drain {
             d.scope = Scope::Pending;
         }
@@ -220,14 +219,16 @@ impl SharedDrains for FleetBook {
         self.rebuild();
     }
 
-    fn held(&self) -> Vec<(String, Intent)> {
+    /// The held intents, to write to the fleet now that it is back.
+    pub fn held(&self) -> Vec<(String, Intent)> {
         self.held
             .iter()
             .map(|(r, i)| (r.clone(), i.clone()))
             .collect()
     }
 
-    fn release(&mut self, region: &str) {
+    /// Forgets a held intent (written, or the fleet's was newer).
+    pub fn release(&mut self, region: &str) {
         self.held.remove(region);
         self.keep_held();
         self.rebuild();
@@ -268,7 +269,7 @@ mod tests {
             },
         );
         assert!(b.get("eu").is_none());
-        b.set("us", Some(drain("local", Scope::Local))).unwrap();
+        b.set("us", Some(drain("local", Scope::Local)));
         assert_eq!(b.get("us").unwrap().scope, Scope::Local);
         assert_eq!(b.held().len(), 1);
         b.release("eu");

@@ -96,13 +96,16 @@ impl Control {
 
     /// What this instance says of itself.
     fn instance_record(&self, fleet: &Fleet) -> InstanceRecord {
-        let inner = self.lock();
-        let refused = inner.drains.refused();
-        let regions = inner
+        let health = self.health();
+        let (refused, drained) = self.drains.read(|d| {
+            let drained: Vec<String> = d.iter().map(|(r, _)| r.clone()).collect();
+            (d.refused(), drained)
+        });
+        let regions = health
             .regions
             .iter()
             .map(|(name, rec)| {
-                let drained = inner.drains.get(name.as_str()).is_some();
+                let drained = drained.iter().any(|r| r == name.as_str());
                 let phase = rec.machine.phase().name();
                 let view = if drained {
                     format!("{phase}, drained")

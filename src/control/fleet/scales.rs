@@ -43,7 +43,7 @@ impl Control {
         // Partial drains made here while etcd was unreachable go to the fleet
         // unless the fleet's is newer.
         let regions: Vec<String> = self
-            .lock()
+            .health()
             .table
             .regions()
             .iter()
