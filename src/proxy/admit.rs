@@ -1,8 +1,16 @@
 //! What the edge refuses at the door, from the request head alone and before
-//! anything reaches a region: ambiguous HTTP/1.1 framing (RFC 9112 6.1, 6.3),
-//! a missing, repeated, invalid or contradicted authority (RFC 9110 7.2), and
-//! TRACE unless allowed. One pass over the headers; each refusal is a fact with
-//! its status, and the connection closes after an HTTP/1.1 framing refusal.
+//! anything reaches a region: a transfer coding other than one `chunked`
+//! (RFC 9112 6.1), a missing, repeated, invalid or contradicted authority
+//! (RFC 9110 7.2), and TRACE unless allowed. One pass over the headers; each
+//! refusal is a fact with its status, and the connection closes after an
+//! HTTP/1.1 framing refusal.
+//!
+//! Each framing fact has one owner. hyper's parser refuses an invalid
+//! Content-Length, two that differ, and any Transfer-Encoding in HTTP/1.0;
+//! what it folds away before a service sees the head (Content-Length beside
+//! Transfer-Encoding, a repeated equal Content-Length, a bare LF) is read off
+//! the wire by `edge::head_guard`; what it passes through (repeated
+//! Transfer-Encoding lines, codings other than `chunked`) is refused here.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -16,8 +24,6 @@ pub enum Refused {
     LengthAndChunked,
     #[error("bad request: more than one Content-Length")]
     RepeatedLength,
-    #[error("bad request: Content-Length is not a number")]
-    BadLength,
     #[error("bad request: Transfer-Encoding must be exactly \"chunked\"")]
     BadTransferEncoding,
     #[error("not implemented: only the chunked transfer coding is supported")]
@@ -45,7 +51,6 @@ impl Refused {
             Refused::Trace => StatusCode::METHOD_NOT_ALLOWED,
             Refused::LengthAndChunked
             | Refused::RepeatedLength
-            | Refused::BadLength
             | Refused::BadTransferEncoding
             | Refused::MissingHost
             | Refused::RepeatedHost
@@ -70,8 +75,6 @@ pub struct Scan<'a> {
     owned: bool,
     hosts: u8,
     host: Option<&'a HeaderValue>,
-    lengths: u8,
-    length: Option<&'a HeaderValue>,
     codings: u8,
     coding: Option<&'a HeaderValue>,
     upgrade: bool,
@@ -112,9 +115,6 @@ pub fn scan(headers: &HeaderMap) -> Scan<'_> {
         if name == header::HOST {
             scan.hosts = scan.hosts.saturating_add(1);
             scan.host = Some(value);
-        } else if name == header::CONTENT_LENGTH {
-            scan.lengths = scan.lengths.saturating_add(1);
-            scan.length = Some(value);
         } else if name == header::TRANSFER_ENCODING {
             scan.codings = scan.codings.saturating_add(1);
             scan.coding = Some(value);
@@ -150,13 +150,8 @@ pub fn check(
     if case_variant(method) {
         return Err(Refused::MethodCase);
     }
-    if version == Version::HTTP_10 && scan.codings > 0 {
-        // RFC 9112 6.1: HTTP/1.0 has no transfer codings; a 1.0 request that
-        // claims one was framed by something that is not HTTP/1.0.
-        return Err(Refused::BadTransferEncoding);
-    }
-    if version == Version::HTTP_11 || version == Version::HTTP_10 {
-        framing(scan.lengths, scan.length, scan.codings, scan.coding)?;
+    if version == Version::HTTP_11 {
+        coding(scan.codings, scan.coding)?;
     }
     let target = uri.authority().map(|a| a.as_str().as_bytes());
     let mut host = None;
@@ -201,25 +196,10 @@ pub fn case_variant(method: &Method) -> bool {
             .any(|s| s.as_str().eq_ignore_ascii_case(m))
 }
 
-/// RFC 9112 6.1 and 6.3: one way to frame the body, or none.
-fn framing(
-    lengths: u8,
-    length: Option<&HeaderValue>,
-    codings: u8,
-    coding: Option<&HeaderValue>,
-) -> Result<(), Refused> {
-    if codings > 0 && lengths > 0 {
-        return Err(Refused::LengthAndChunked);
-    }
-    if lengths > 1 {
-        return Err(Refused::RepeatedLength);
-    }
-    if let Some(l) = length {
-        let b = l.as_bytes();
-        if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
-            return Err(Refused::BadLength);
-        }
-    }
+/// RFC 9112 6.1: a body's transfer coding is one `chunked`, or there is none.
+/// hyper lets a request through when `chunked` is the last of its codings,
+/// over any number of lines; the region might read the list another way.
+fn coding(codings: u8, coding: Option<&HeaderValue>) -> Result<(), Refused> {
     if codings > 1 {
         return Err(Refused::BadTransferEncoding);
     }
@@ -283,27 +263,14 @@ mod tests {
     }
 
     #[test]
-    fn one_way_to_frame_a_body() {
+    fn one_chunked_coding_or_none() {
+        // Content-Length is hyper's and head_guard's to judge (tests/edge.rs
+        // sends each way of getting it wrong on the wire).
         let host = ("host", "example.com");
         assert!(h11(&[host, ("content-length", "5")]).is_ok());
         assert!(h11(&[host, ("transfer-encoding", "chunked")]).is_ok());
         assert!(h11(&[host, ("transfer-encoding", " Chunked ")]).is_ok());
         for (pairs, want) in [
-            (
-                vec![("content-length", "5"), ("transfer-encoding", "chunked")],
-                Refused::LengthAndChunked,
-            ),
-            (
-                vec![("transfer-encoding", "chunked"), ("content-length", "5")],
-                Refused::LengthAndChunked,
-            ),
-            (
-                vec![("content-length", "5"), ("content-length", "5")],
-                Refused::RepeatedLength,
-            ),
-            (vec![("content-length", "5, 5")], Refused::BadLength),
-            (vec![("content-length", "+5")], Refused::BadLength),
-            (vec![("content-length", "0x5")], Refused::BadLength),
             (
                 vec![
                     ("transfer-encoding", "chunked"),
