@@ -1,5 +1,7 @@
-//! HTTP/2 abuse the h2 crate does not bound (it bounds resets, CONTINUATION and
-//! empty DATA itself): floods of SETTINGS, PING, WINDOW_UPDATE and PRIORITY
+//! HTTP/2 abuse the h2 crate does not bound (h2 0.4 bounds rapid reset,
+//! CONTINUATION floods and empty DATA itself, and keeps one PING and one
+//! SETTINGS acknowledgement owed at a time, but does not limit their rate;
+//! tests/h2_abuse.rs checks each): floods of SETTINGS, PING, WINDOW_UPDATE and PRIORITY
 //! frames, each cheap to send and each costing the server work (CVE-2019-9512,
 //! -9515, -9516 class). The guard reads frame headers from the client's bytes,
 //! never payloads; past `limit` such frames in a second it answers
