@@ -4,7 +4,7 @@
 # the serving process's resident memory before, with them open, right after
 # they close and AFTER seconds later (default 60). Needs nginx and openssl
 # (../shared/bench/setup.sh) and python3.
-# Usage: bench/idle.sh [N=8000] [AFTER=60] [TARGETS="nginx georouter"] [MODES="plain tls"]
+# Usage: bench/idle.sh [N=8000] [AFTER=60] [TARGETS="nginx georouter"] [MODES="plain tls"] [GEOROUTER=binary]
 set -euo pipefail
 for kv in "$@"; do export "${kv?}"; done
 N=${N:-8000}
@@ -15,7 +15,11 @@ for tool in nginx openssl python3; do
     command -v "$tool" >/dev/null || { echo "missing: $tool (run ../shared/bench/setup.sh)" >&2; exit 1; }
 done
 ulimit -n "$(ulimit -Hn)"
-cargo build --release --manifest-path "$repo/Cargo.toml" >&2
+# GEOROUTER=path measures that binary instead of building this checkout.
+if [ -z "${GEOROUTER:-}" ]; then
+    cargo build --release --manifest-path "$repo/Cargo.toml" >&2
+    GEOROUTER="$repo/target/release/georouter"
+fi
 tmp=$(mktemp -d /tmp/georouter-idle.XXXXXX)
 pids=()
 cleanup() {
@@ -75,7 +79,7 @@ endpoints = [{ url = "http://127.0.0.1:29080" }]
 EOF
 setsid nginx -c "$tmp/nginx.conf" -g "daemon off;" &
 pids+=($!)
-setsid "$repo/target/release/georouter" run -c "$tmp/georouter.toml" 2> "$tmp/georouter.log" &
+setsid "$GEOROUTER" run -c "$tmp/georouter.toml" 2> "$tmp/georouter.log" &
 pids+=($!)
 georouter_pid=$!
 for port in 29080 29081 29082 29091 29092; do

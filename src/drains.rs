@@ -115,12 +115,26 @@ pub trait DrainStore: Send + std::fmt::Debug {
     fn set_scale(&mut self, region: &str, scale: Option<Scale>);
 }
 
-/// An intent about one region's drain: drained (`Some`) or not, and when it was
-/// made (milliseconds since the Unix epoch): the newer intent wins.
+/// An intent about one region's drain: drained (`Some`) or not, who said so,
+/// and when it was made (milliseconds since the Unix epoch): the newer intent
+/// wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {
     pub drain: Option<Drain>,
+    /// Who made it (a drain's `by`; for an undrain, its own actor).
+    pub by: String,
     pub at_ms: u64,
+}
+
+impl Intent {
+    /// A drain, made by its `by`, at its `since` (seconds).
+    pub fn drained(drain: Drain) -> Intent {
+        Intent {
+            by: drain.by.clone(),
+            at_ms: drain.since.saturating_mul(1000),
+            drain: Some(drain),
+        }
+    }
 }
 
 /// Each strict jurisdiction's name and regions.
@@ -179,6 +193,8 @@ struct StateFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct HeldIntent {
     drain: Option<Drain>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    by: String,
     at_ms: u64,
 }
 
@@ -300,6 +316,7 @@ impl Drains {
                     r.clone(),
                     Intent {
                         drain: h.drain.clone(),
+                        by: h.by.clone(),
                         at_ms: h.at_ms,
                     },
                 )
@@ -316,6 +333,7 @@ impl Drains {
                     r.clone(),
                     HeldIntent {
                         drain: i.drain.clone(),
+                        by: i.by.clone(),
                         at_ms: i.at_ms,
                     },
                 )

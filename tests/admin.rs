@@ -102,6 +102,23 @@ async fn a_drain_records_the_name_of_the_token_that_made_it() {
     assert_eq!(s, 200, "{body}");
     let v = view("b").await;
     assert_eq!(v["drained_by"], "admin from 127.0.0.1", "{v}");
+    // An undrain names its actor too, in the journal the status page shows.
+    let (s, body) = admin_post(router.admin, "/regions/a/undrain", Some(oncall)).await;
+    assert_eq!(s, 200, "{body}");
+    let req = http::Request::get(format!("http://{}/status", router.admin))
+        .header("authorization", format!("Bearer {dashboard}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&send(&h1_client(), req).await.body).unwrap();
+    let undrain = status["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "undrain" && e["region"] == "a")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(undrain["cause"], "by oncall from 127.0.0.1", "{status}");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ async fn reloads_under_load_never_send_a_request_to_a_drained_region() {
     let router = TestRouter::spawn_file(&path, None).await;
     router
         .control
-        .set_drain("a", Some(("storm".into(), "test".into())), true)
+        .set_drain("a", Some("storm".into()), "test", true)
         .unwrap();
     let load = Load::start(router.url("/"), 8);
     load.wait_for(20).await;

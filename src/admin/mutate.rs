@@ -195,12 +195,11 @@ impl Call<'_> {
         let (control, peer, req) = (self.control, self.peer, self.req);
         let (action, reason, force) = (self.action, &self.reason, self.force);
         let drain = (action == "drain").then(|| {
-            let why = if reason.is_empty() {
+            if reason.is_empty() {
                 "no reason given".to_owned()
             } else {
                 reason.clone()
-            };
-            (why, self.by(peer))
+            }
         });
         let local = query_param(req, "scope").is_some_and(|v| v == "local");
         let wait = match query_param(req, "wait").map(|w| humantime::parse_duration(&w)) {
@@ -214,7 +213,10 @@ impl Call<'_> {
                 )
             }
         };
-        match control.drain(name, drain, force, local).await {
+        match control
+            .drain(name, drain, &self.by(peer), force, local)
+            .await
+        {
             Ok(done) => {
                 self.audit("ok", done.persist_warning.as_deref().unwrap_or(""));
                 let view = views::regions(control).into_iter().find(|r| r.name == name);

@@ -36,31 +36,34 @@ pub struct Drained {
 }
 
 impl Control {
-    /// Drains a region (`Some((reason, by))`) or undrains it (`None`). In a fleet
-    /// (and unless `local`), the change goes to etcd for every instance, guarded
-    /// fleet-wide; when etcd is unreachable it is held here and reconciled later.
+    /// Drains a region (`Some(reason)`) or undrains it (`None`), for `by`. In
+    /// a fleet (and unless `local`), the change goes to etcd for every
+    /// instance, guarded fleet-wide; when etcd is unreachable it is held here
+    /// and reconciled later.
     pub async fn drain(
         &self,
         region: &str,
-        drain: Option<(String, String)>,
+        drain: Option<String>,
+        by: &str,
         force: bool,
         local: bool,
     ) -> Result<Drained, DrainError> {
         let Some(fleet) = self.fleet.clone().filter(|_| !local) else {
-            return self.set_drain(region, drain, force).map(|e| Drained {
+            return self.set_drain(region, drain, by, force).map(|e| Drained {
                 persist_warning: e.map(|e| e.to_string()),
                 ..Drained::default()
             });
         };
         let guard = self.guard_of(region)?;
         let intent = Intent {
-            drain: drain.map(|(reason, by)| Drain {
+            drain: drain.map(|reason| Drain {
                 reason,
-                by,
+                by: by.to_owned(),
                 since: unix_now(),
                 scope: Scope::Fleet,
                 force,
             }),
+            by: by.to_owned(),
             at_ms: now_ms(),
         };
         let guard = guard.filter(|_| !force);
@@ -133,13 +136,14 @@ impl Control {
 
     /// Applies a fleet intent here (from this call or the watch).
     pub(super) fn apply_fleet_intent(&self, region: &str, intent: Intent, revision: i64) {
+        let by = intent.by.clone();
         let changed = self.drains.change_fleet(|book| {
             let before = book.get(region).cloned();
             book.apply(region, intent);
             (before, book.get(region).cloned())
         });
         if let Some(((before, now), _)) = changed {
-            self.after_drain_change(region, before.as_ref(), now.as_ref());
+            self.after_drain_change(region, before.as_ref(), now.as_ref(), &by);
         }
         if let Some(f) = &self.fleet {
             f.set_applied(revision);
@@ -149,6 +153,7 @@ impl Control {
     /// Holds an intent made while etcd is unreachable (a drain guarded by
     /// what this router sees, unless `guarded` is false).
     fn hold_intent(&self, region: &str, intent: Intent, guarded: bool) -> Result<(), DrainError> {
+        let by = intent.by.clone();
         let changed = self.drains.change_fleet(|book| {
             if guarded && intent.drain.is_some() {
                 self.check_last_serving(region, &*book)?;
@@ -159,18 +164,19 @@ impl Control {
         });
         if let Some((changed, _)) = changed {
             let (before, now) = changed?;
-            self.after_drain_change(region, before.as_ref(), now.as_ref());
+            self.after_drain_change(region, before.as_ref(), now.as_ref(), &by);
         }
         Ok(())
     }
 
-    /// The one path after every drain change: the journal, then a new
-    /// snapshot (whose publisher ramps an undrained region back).
+    /// The one path after every drain change (made by `by`): the journal,
+    /// then a new snapshot (whose publisher ramps an undrained region back).
     pub(super) fn after_drain_change(
         &self,
         region: &str,
         before: Option<&Drain>,
         now: Option<&Drain>,
+        by: &str,
     ) {
         let refused = self.drains.refused_changed();
         for (r, j) in refused.iter().flatten() {
@@ -183,7 +189,7 @@ impl Control {
         }
         if before != now {
             // Drained, undrained, or drained again for another reason.
-            self.journal_drain(region, now);
+            self.journal_drain(region, now, by);
         }
         if before.is_some() != now.is_some() || refused.is_some() {
             self.publish();
@@ -192,12 +198,14 @@ impl Control {
 }
 
 impl Control {
-    /// Drains a region (`Some(reason)`) or undrains it (`None`) on this router
-    /// only (a standalone router's drains, or a fleet member's local ones).
+    /// Drains a region (`Some(reason)`) or undrains it (`None`) for `by`, on
+    /// this router only (a standalone router's drains, or a fleet member's
+    /// local ones).
     pub fn set_drain(
         &self,
         region: &str,
-        drain: Option<(String, String)>,
+        drain: Option<String>,
+        by: &str,
         force: bool,
     ) -> Result<Option<StateFileError>, DrainError> {
         if self
@@ -211,9 +219,9 @@ impl Control {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         }
         let guarded = drain.is_some() && !force;
-        let entry = drain.map(|(reason, by)| Drain {
+        let entry = drain.map(|reason| Drain {
             reason,
-            by,
+            by: by.to_owned(),
             since: unix_now(),
             scope: crate::drains::Scope::Local,
             force,
@@ -227,12 +235,12 @@ impl Control {
             Ok((before, d.get(region).cloned()))
         });
         let (before, now) = changed?;
-        self.after_drain_change(region, before.as_ref(), now.as_ref());
+        self.after_drain_change(region, before.as_ref(), now.as_ref(), by);
         Ok(persisted)
     }
 
     /// The drain (or undrain) just made, in the journal.
-    fn journal_drain(&self, region: &str, drain: Option<&Drain>) {
+    fn journal_drain(&self, region: &str, drain: Option<&Drain>, by: &str) {
         match drain {
             Some(d) => self.journal.record(
                 region,
@@ -240,9 +248,16 @@ impl Control {
                 format!("drained ({})", d.scope.as_str()),
                 format!("{} (by {})", d.reason, d.by),
             ),
-            None => self
-                .journal
-                .record(region, "undrain", "undrained".to_owned(), String::new()),
+            None => self.journal.record(
+                region,
+                "undrain",
+                "undrained".to_owned(),
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!("by {by}")
+                },
+            ),
         }
     }
 }

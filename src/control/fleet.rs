@@ -137,6 +137,7 @@ impl Control {
                         if let Some(region) = fleet.keys.name_in(&dir, &key) {
                             let intent = Intent {
                                 drain: None,
+                                by: "(key deleted in etcd)".to_owned(),
                                 at_ms: now_ms(),
                             };
                             self.apply_fleet_intent(region, intent, mod_revision);
@@ -165,6 +166,10 @@ impl Control {
         let drained = |book: &crate::fleet::book::FleetBook| -> BTreeMap<String, Drain> {
             book.iter().map(|(r, d)| (r.clone(), d.clone())).collect()
         };
+        let actors: BTreeMap<String, String> = intents
+            .iter()
+            .map(|(r, i)| (r.clone(), i.by.clone()))
+            .collect();
         let changed = self.drains.change_fleet(|book| {
             let before = drained(book);
             for region in keep {
@@ -186,7 +191,8 @@ impl Control {
         for region in regions {
             let (b, a) = (before.get(region), after.get(region));
             if b != a {
-                self.after_drain_change(region, b, a);
+                let by = actors.get(region).map_or("", String::as_str);
+                self.after_drain_change(region, b, a, by);
                 published |= b.is_some() != a.is_some();
             }
         }

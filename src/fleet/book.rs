@@ -49,29 +49,16 @@ impl FleetBook {
         book.held = book.file.held();
         let exact = !book.held.is_empty();
         for (region, d) in known {
-            let at_ms = d.since * 1000;
             match d.scope {
                 Scope::Local => {
                     book.local.insert(region, d);
                 }
                 Scope::Fleet => {
-                    book.shared.insert(
-                        region,
-                        Intent {
-                            drain: Some(d),
-                            at_ms,
-                        },
-                    );
+                    book.shared.insert(region, Intent::drained(d));
                 }
                 Scope::Pending if exact => {}
                 Scope::Pending => {
-                    book.held.insert(
-                        region,
-                        Intent {
-                            drain: Some(d),
-                            at_ms,
-                        },
-                    );
+                    book.held.insert(region, Intent::drained(d));
                 }
             }
         }
@@ -256,6 +243,7 @@ mod tests {
             "eu".to_owned(),
             Intent {
                 drain: Some(drain("fleet", Scope::Fleet)),
+                by: "test".to_owned(),
                 at_ms: 10,
             },
         )]));
@@ -265,6 +253,7 @@ mod tests {
             "eu",
             Intent {
                 drain: None,
+                by: "test".to_owned(),
                 at_ms: 20,
             },
         );
@@ -279,6 +268,7 @@ mod tests {
             "us",
             Intent {
                 drain: None,
+                by: "test".to_owned(),
                 at_ms: 30,
             },
         );

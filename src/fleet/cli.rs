@@ -93,11 +93,12 @@ pub async fn set_drain(
     let intent = Intent {
         drain: reason.map(|reason| Drain {
             reason,
-            by,
+            by: by.clone(),
             since: now_ms() / 1000,
             scope: Scope::Fleet,
             force,
         }),
+        by,
         at_ms: now_ms(),
     };
     let revision = fleet.write_drain(region, &intent, guard.as_ref()).await?;
@@ -362,10 +363,7 @@ pub async fn restore(fleet: &Fleet, state_file: &std::path::Path) -> Result<Stri
         if d.scope != Scope::Fleet {
             continue;
         }
-        let intent = Intent {
-            drain: Some(d.clone()),
-            at_ms: d.since.saturating_mul(1000),
-        };
+        let intent = Intent::drained(d.clone());
         fleet.write_drain(region, &intent, None).await?;
         let _ = writeln!(
             out,

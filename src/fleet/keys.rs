@@ -111,6 +111,7 @@ impl FleetDrain {
                 scope: Scope::Fleet,
                 force: self.force,
             }),
+            by: self.by.clone(),
             at_ms: self.at_ms,
         }
     }
@@ -123,11 +124,7 @@ impl FleetDrain {
                 .as_ref()
                 .map(|d| d.reason.clone())
                 .unwrap_or_default(),
-            by: intent
-                .drain
-                .as_ref()
-                .map(|d| d.by.clone())
-                .unwrap_or_default(),
+            by: intent.by.clone(),
             instance: instance.to_owned(),
             at_ms: intent.at_ms,
             force: intent.drain.as_ref().is_some_and(|d| d.force),
