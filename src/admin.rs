@@ -302,7 +302,7 @@ async fn view(
     match path {
         "/regions" => json(StatusCode::OK, &views::regions(control)),
         "/status" => {
-            let mut r = json(StatusCode::OK, &views::status(control));
+            let mut r = json(StatusCode::OK, &views::status(control).await);
             r.headers_mut().insert(
                 header::CACHE_CONTROL,
                 header::HeaderValue::from_static("no-store"),

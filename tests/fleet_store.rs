@@ -188,3 +188,38 @@ async fn a_drain_that_empties_the_jurisdiction_on_another_instance_is_refused() 
     let (s, body) = admin_post(a.admin, "/regions/eu1/drain?force=true", Some(TOKEN)).await;
     assert_eq!(s, 200, "{body}");
 }
+
+/// The status page's data in a fleet: every member and whether it is in
+/// step; cut off from the store, a banner says so (not grey small print).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_the_members_and_a_banner_when_the_store_is_out_of_reach() {
+    let w = World::new().await;
+    let (a, link_a) = w.instance("a").await;
+    let (_b, _) = w.instance("b").await;
+    let (s, body) = admin_post(a.admin, "/regions/eu1/drain?wait=5s", Some(TOKEN)).await;
+    assert_eq!(s, 200, "{body}");
+    let status = georouter::admin::views::status(&a.control).await;
+    let fleet = status.fleet.as_ref().unwrap();
+    let members = fleet.members.as_ref().expect("the members are read");
+    let names: Vec<&str> = members.iter().map(|m| m.instance.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(members.iter().all(|m| m.in_step), "{members:?}");
+    assert!(status.alerts.is_empty(), "{:?}", status.alerts);
+    link_a.set_reachable(false);
+    let fleet_a = a.control.fleet().unwrap().clone();
+    eventually("a cut off", move || !fleet_a.connected()).await;
+    let status = georouter::admin::views::status(&a.control).await;
+    let fleet = status.fleet.as_ref().unwrap();
+    assert!(
+        fleet.members.is_none() && fleet.error.is_some(),
+        "{fleet:?}"
+    );
+    assert!(
+        status
+            .alerts
+            .iter()
+            .any(|a| a.contains("etcd is unreachable")),
+        "{:?}",
+        status.alerts
+    );
+}

@@ -145,6 +145,53 @@ async fn the_status_page_shows_the_regions_and_drains_through_its_buttons() {
     )
     .await;
 
+    // An outage: both EU regions fail their checks and their traffic. The
+    // page says how big it is: the EU card and the banner name the refusals,
+    // a down region shows no RTT.
+    for r in demo.regions.iter().filter(|r| r.name().starts_with("eu-")) {
+        r.set_health(false);
+        r.set_mode(georouter::tools::sim::Mode::Fail);
+    }
+    wait_for(c, "[data-jurisdiction='eu'].none").await;
+    wait_for(c, "[data-jurisdiction='eu']:not([data-refused='0'])").await;
+    let eu = text(c, "[data-jurisdiction='eu']").await;
+    assert!(
+        eu.contains("0 of 2 serving") && eu.contains("refused in the last interval"),
+        "{eu}"
+    );
+    let alerts = wait_for(c, "#alerts:not([hidden])")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        alerts.contains("Jurisdiction eu has no serving region"),
+        "{alerts}"
+    );
+    wait_for(c, "#regions tr[data-region='eu-west'][data-phase='down']").await;
+    assert_eq!(
+        text(c, "#regions tr[data-region='eu-west'] td.rtt").await,
+        "—"
+    );
+    let events = text(c, "#events").await;
+    assert!(
+        events.contains(" UTC"),
+        "event times say their zone: {events}"
+    );
+    let png = c.screenshot().await.unwrap();
+    if std::env::var_os("GEOROUTER_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page-outage.png"),
+            &png,
+        )
+        .unwrap();
+    }
+    for r in &demo.regions {
+        r.set_mode(georouter::tools::sim::Mode::Normal);
+        r.set_health(true);
+    }
+    wait_for(c, "#alerts[hidden]").await;
+
     // The explain form.
     fill(c, "#explain input[name='ip']", "80.128.0.1").await;
     click(c, "#explain button[type='submit']").await;

@@ -50,8 +50,8 @@ async function refresh() {
     const s = await r.json();
     previous = latest;
     latest = s;
+    setConn('live', 'live · ' + utc(new Date()));
     render(s, previous);
-    setConn('live', 'live · ' + new Date().toLocaleTimeString());
   } catch (e) {
     setConn('offline', 'cannot reach the router (' + e.message + '); retrying');
   } finally {
@@ -59,31 +59,69 @@ async function refresh() {
   }
 }
 
+// Times as the logs have them: UTC, said so.
+function utc(d) {
+  return d.toISOString().slice(11, 19) + ' UTC';
+}
+
 function render(s, prev) {
   $('#build').textContent = 'v' + s.version + ' · ' + s.commit + ' · policy generation ' + s.generation +
-    (s.ready ? '' : ' · not ready (first health checks pending)') +
     (s.fleet ? ' · fleet member ' + s.fleet.instance + (s.fleet.connected ? ' (etcd connected, revision ' +
-      s.fleet.applied_revision + ')' : ' (etcd unreachable: serving its last drains)') : '') +
-    ' · at capacity: ' + s.shed.toLocaleString() + ' shed (503), ' + s.spilled_over.toLocaleString() + ' spilled over';
-  renderJurisdictions(s);
+      s.fleet.applied_revision + ')' : '') : '') +
+    ' · since start: ' + s.failovers.toLocaleString() + ' failovers, ' + s.router_5xx.toLocaleString() +
+    ' answered 5xx by the router, ' + s.shed.toLocaleString() + ' shed at capacity (503), ' +
+    s.spilled_over.toLocaleString() + ' spilled over';
+  const alerts = $('#alerts');
+  alerts.hidden = s.alerts.length === 0;
+  alerts.replaceChildren(...s.alerts.map((a) => el('p', {}, a)));
+  if (s.fleet) setConn(s.fleet.connected ? 'live' : 'degraded', s.fleet.connected
+    ? 'live · ' + utc(new Date()) : 'live · etcd unreachable · ' + utc(new Date()));
+  renderJurisdictions(s, prev);
   renderRegions(s, prev);
+  renderFleet(s.fleet);
   renderEvents(s.events);
 }
 
-function renderJurisdictions(s) {
+// A counter's growth since the previous poll (0 on the first).
+function grew(now, before) {
+  return before === undefined ? 0 : Math.max(0, now - before);
+}
+
+function renderJurisdictions(s, prev) {
   const box = $('#jurisdictions');
   if (s.jurisdictions.length === 0) return;
+  const before = new Map((prev ? prev.jurisdictions : []).map((j) => [j.name, j]));
   box.replaceChildren(...s.jurisdictions.map((j) => {
     const total = j.regions.length;
     const cls = j.serving === 0 ? 'card none' : j.serving < total ? 'card partial' : 'card';
     const note = j.serving === 0
       ? (j.strict ? 'residents get 503 (fail closed)' : 'residents go elsewhere')
       : j.regions.join(', ');
-    return el('div', { class: cls, 'data-jurisdiction': j.name },
+    const b = before.get(j.name);
+    const served = grew(j.served, b && b.served);
+    const refused = grew(j.refused, b && b.refused);
+    return el('div', { class: cls, 'data-jurisdiction': j.name, 'data-refused': String(refused) },
       el('div', { class: 'name' }, j.name, ' ', j.strict ? el('span', { class: 'badge strict' }, 'strict') : null),
       el('div', { class: 'count' }, j.serving + ' of ' + total + ' serving'),
+      el('div', { class: 'traffic' }, served.toLocaleString() + ' served, ',
+        el('span', { class: refused > 0 ? 'refused' : '' }, refused.toLocaleString() + ' refused'),
+        ' in the last interval'),
       el('div', { class: 'note' }, note));
   }));
+}
+
+function renderFleet(f) {
+  const section = $('#fleet-section');
+  section.hidden = !f;
+  if (!f) return;
+  $('#fleet-error').textContent = f.error ? 'The members cannot be read: ' + f.error : '';
+  $('#fleet tbody').replaceChildren(...(f.members || []).map((m) => el('tr',
+    { 'data-instance': m.instance, 'data-in-step': String(m.in_step) },
+    el('td', { 'data-label': 'Instance' }, m.instance + (m.instance === f.instance ? ' (this one)' : '')),
+    el('td', { 'data-label': 'In step' }, m.history_changed ? 'history changed'
+      : m.in_step ? 'yes' : el('span', { class: 'error' }, 'no: lagging')),
+    el('td', { class: 'num', 'data-label': 'Applied' }, String(m.applied_revision)),
+    el('td', { class: 'num', 'data-label': 'Last report' }, m.seconds_since_report.toFixed(1) + ' s ago'))));
 }
 
 function renderRegions(s, prev) {
@@ -94,6 +132,8 @@ function renderRegions(s, prev) {
   body.replaceChildren(...s.regions.map((r) => {
     const served = delta(r, 'requests');
     const failed = delta(r, 'upstream_errors');
+    const movedIn = delta(r, 'failovers_in');
+    const movedOut = delta(r, 'failovers_out');
     const share = interval > 0 ? served / interval : null;
     const phase = el('span', { class: 'badge ' + r.phase }, r.phase.replace('_', ' '));
     const state = el('td', { class: 'state', 'data-label': 'State' }, phase,
@@ -117,7 +157,10 @@ function renderRegions(s, prev) {
       el('td', { 'data-label': 'Jurisdiction' }, r.jurisdiction || '—'),
       state,
       drain,
-      el('td', { class: 'num', 'data-label': 'RTT' }, r.rtt_ms === null ? (r.health_checks ? '…' : 'no checks') : r.rtt_ms.toFixed(1) + ' ms'),
+      el('td', { class: 'num rtt', 'data-label': 'RTT' }, r.rtt_ms !== null ? r.rtt_ms.toFixed(1) + ' ms'
+        : !r.healthy ? '—' : r.health_checks ? '…' : 'no checks'),
+      el('td', { class: 'num weight', 'data-label': 'Weight' }, Math.round(r.weight * 100) + ' %',
+        r.serving && r.weight < 1 ? el('span', { class: 'sub' }, 'slow start') : null),
       el('td', { class: 'num share', 'data-label': 'Share' }, share === null ? '—' : (share * 100).toFixed(1) + ' %',
         share === null ? null : bar(share)),
       el('td', { class: 'num load', 'data-label': 'Load' },
@@ -125,9 +168,14 @@ function renderRegions(s, prev) {
         el('span', { class: 'sub' },
           r.load.endpoints.filter((e) => e.healthy).length + ' of ' + r.load.endpoints.length + ' endpoints in rotation' +
           (r.load.queued > 0 ? ' · ' + r.load.queued + ' queued' : ''))),
+      el('td', { class: 'num failovers', 'data-label': 'Failovers' },
+        'in ' + movedIn.toLocaleString() + ' · out ' + movedOut.toLocaleString(),
+        el('span', { class: 'sub' }, 'since start: in ' + r.failovers_in.toLocaleString() +
+          ' · out ' + r.failovers_out.toLocaleString())),
       el('td', { class: 'num', 'data-label': 'Requests' }, r.requests.toLocaleString()),
       el('td', { class: 'num', 'data-label': 'Errors' }, r.upstream_errors.toLocaleString(),
-        served + failed > 0 ? el('span', { class: 'sub' }, (100 * failed / (served + failed)).toFixed(1) + ' % now') : null),
+        served + failed > 0 ? el('span', { class: 'sub' }, (100 * failed / (served + failed)).toFixed(1) + ' % now') : null,
+        el('span', { class: 'sub' }, r.responses_5xx.toLocaleString() + ' answered 5xx')),
       el('td', { class: 'action' }, button));
   }));
 }
@@ -152,7 +200,7 @@ function renderEvents(events) {
   list.replaceChildren(...events.map((e) => {
     const at = new Date(e.at_ms);
     return el('li', { class: e.kind },
-      el('time', { datetime: at.toISOString(), title: at.toString() }, at.toLocaleTimeString()),
+      el('time', { datetime: at.toISOString(), title: at.toISOString() }, utc(at)),
       e.region ? el('strong', {}, e.region + ' ') : null,
       el('span', { class: 'what' }, e.what),
       e.cause ? el('span', { class: 'sub' }, e.cause) : null);
@@ -194,6 +242,14 @@ async function confirmAction(ev) {
     }
     token = t;
     sessionStorage.setItem(TOKEN_KEY, t);
+    // Done, but perhaps not kept: a state file that could not be written.
+    const done = await r.json().catch(() => ({}));
+    const notice = $('#notice');
+    notice.hidden = !done.persist_warning;
+    notice.textContent = done.persist_warning
+      ? 'The ' + action.kind + ' of ' + action.region + ' holds, but was not kept and would be lost at a restart: ' +
+        done.persist_warning
+      : '';
     $('#act').close();
     action = null;
     refresh();
