@@ -2,6 +2,12 @@
 //! pages to the system, and each worker thread calls it every second, so that
 //! resident memory falls back after a burst of connections closes (an idle
 //! thread's allocator would otherwise keep its freed pages indefinitely).
+//!
+//! Measured against mimalloc's own option (`bench/idle.sh`, 8,000 idle
+//! connections, RSS 30 s after they closed): this timer 48 MB; no timer
+//! 192 MB; no timer with `MIMALLOC_PURGE_DELAY=0` 49 MB, but that purges on
+//! the request path: 1,410 to 3,193 `madvise` calls in 8 s of load against 135
+//! to 179 with the timer (strace -c, 200k requests by h2load). The timer stays.
 
 use std::sync::OnceLock;
 use std::time::Duration;
