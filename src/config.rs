@@ -315,14 +315,40 @@ pub struct RouteSpec {
     pub path_escapes: Option<crate::path::PathEscapes>,
 }
 
+/// What the command line sets over the policy file, validated with it (and
+/// again at every reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `admin.address` (`--admin-address`, `GEOROUTER_ADMIN_ADDRESS`).
+    pub admin_address: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, table: &mut toml::Table) {
+        if let Some(address) = &self.admin_address {
+            if let toml::Value::Table(admin) = table
+                .entry("admin")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                admin.insert("address".to_owned(), toml::Value::String(address.clone()));
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a policy file.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// Reads a policy file, sets `overrides` over it, and validates the whole.
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
             path: path.to_owned(),
             error,
         })?;
-        let mut config = Self::from_toml(&text).map_err(|e| match e {
+        let mut config = Self::from_toml_with(&text, overrides).map_err(|e| match e {
             FromTomlError::Parse(error) => LoadError::Parse {
                 path: path.to_owned(),
                 error,
@@ -384,9 +410,14 @@ impl Config {
 
     /// Parses and validates policy text; file paths inside it are taken as they are.
     pub fn from_toml(text: &str) -> Result<Config, FromTomlError> {
+        Self::from_toml_with(text, &Overrides::default())
+    }
+
+    fn from_toml_with(text: &str, overrides: &Overrides) -> Result<Config, FromTomlError> {
         // Syntax first (line and column, with the line); then every section's
         // errors at their dotted paths, all at once.
-        let table: toml::Table = text.parse().map_err(FromTomlError::Parse)?;
+        let mut table: toml::Table = text.parse().map_err(FromTomlError::Parse)?;
+        overrides.apply(&mut table);
         let raw: RawConfig = read::read(table).map_err(FromTomlError::Invalid)?;
         let effective = effective(&raw);
         let mut config = Config::try_from(raw).map_err(FromTomlError::Invalid)?;

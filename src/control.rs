@@ -47,6 +47,8 @@ use record::Record;
 pub struct Options {
     /// The policy file, for reloads.
     pub config_path: Option<PathBuf>,
+    /// What the command line set over the policy file (kept at reloads).
+    pub overrides: crate::config::Overrides,
     /// A mutating admin token given on the command line (the demo's `--admin-token`).
     pub admin_token: Option<String>,
     /// The config is the fleet policy accepted at this etcd revision (kept

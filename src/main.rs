@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 
-use georouter::config::Config;
+use georouter::config::{Config, Overrides};
 use georouter::{control, edge::server, launch, tools::demo};
 
 #[path = "main/cli.rs"]
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     };
     // The policy's choice for `run`, unless the flag or the variable says.
     let format = cli.log_format.unwrap_or(match &cli.command {
-        Command::Run { config } => match Config::load(config) {
+        Command::Run { config, .. } => match Config::load(config) {
             Ok(c) if c.server.log_json => LogFormat::Json,
             _ => LogFormat::Text,
         },
@@ -51,11 +51,17 @@ fn main() -> ExitCode {
     });
     init_logging(default_filter, format);
     let result = match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            admin_address,
+        } => check(&config, &Overrides { admin_address }),
         Command::Geo {
             command: GeoCommand::Lookup { ip, db },
         } => geo_lookup(ip, &db.unwrap_or_else(georouter::geo::default_database)),
-        Command::Run { config } => control_runtime().and_then(|rt| rt.block_on(run(config))),
+        Command::Run {
+            config,
+            admin_address,
+        } => control_runtime().and_then(|rt| rt.block_on(run(config, Overrides { admin_address }))),
         Command::Demo {
             listen,
             admin,
@@ -157,9 +163,9 @@ fn geo_lookup(ip: std::net::IpAddr, db: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn check(path: &std::path::Path) -> Result<()> {
+fn check(path: &std::path::Path, overrides: &Overrides) -> Result<()> {
     use std::io::Write as _;
-    let text = georouter::tools::check::check(path)?;
+    let text = georouter::tools::check::check(path, overrides)?;
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
 }
@@ -187,8 +193,8 @@ async fn serve(config: Config, options: control::Options) -> Result<()> {
     Ok(())
 }
 
-async fn run(path: PathBuf) -> Result<()> {
-    let bootstrap = Config::load(&path)?;
+async fn run(path: PathBuf, overrides: Overrides) -> Result<()> {
+    let bootstrap = Config::load_with(&path, &overrides)?;
     // With fleet.policy: the last fleet policy this instance accepted, not
     // its bootstrap file.
     let (config, fleet_policy_revision) = match georouter::fleet::last_accepted_policy(&bootstrap) {
@@ -202,6 +208,7 @@ async fn run(path: PathBuf) -> Result<()> {
         config,
         control::Options {
             config_path: Some(path),
+            overrides,
             admin_token: None,
             fleet_policy_revision,
             ..Default::default()
@@ -409,7 +416,7 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
         } => cli::set_drain(&fleet, &config, &region, Some(reason), force, wait).await?,
         FleetCommand::Push { wait, key, canary } => {
             // Every check `georouter check` makes, before anything is written.
-            georouter::tools::check::check(&path).context("not pushed")?;
+            georouter::tools::check::check(&path, &Overrides::default()).context("not pushed")?;
             let (revision, status) = cli::push(&fleet, &path, &key, &canary, wait).await?;
             let text = cli::policy_summary(revision, &status);
             std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;

@@ -597,3 +597,88 @@ fn run_refuses_a_corrupt_geo_database_before_saying_it_listens() {
         "{out}{err}"
     );
 }
+
+/// A container's admin address comes from the command line or the
+/// environment (`--admin-address`, `GEOROUTER_ADMIN_ADDRESS`) over the
+/// policy's, validated with it: off loopback without a token, `check` and
+/// `run` refuse it; set, `run` listens there and a reload keeps it.
+#[test]
+fn the_admin_address_can_be_set_from_the_command_line_or_the_environment() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/georouter.toml");
+    let (code, _, err) = georouter(&["check", "-c", example, "--admin-address", "0.0.0.0:9901"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("admin.address") && err.contains("no admin token"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_georouter"))
+        .args(["check", "-c", example])
+        .env("GEOROUTER_ADMIN_ADDRESS", "not-an-address")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("admin.address") && err.contains("not-an-address"),
+        "{err}"
+    );
+
+    let (port, listen) = (free_port(), free_port());
+    let policy = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{listen}\"\n[admin]\naddress = \"127.0.0.1:1\"\n\
+         token_env = \"GEOROUTER_TEST_TOKEN\"\n[health]\nenabled = false\n\
+         [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
+    );
+    let (child, _log) = run_router(
+        "admin-address",
+        &policy,
+        &[],
+        &[
+            ("GEOROUTER_ADMIN_ADDRESS", &format!("127.0.0.1:{port}")),
+            (
+                "GEOROUTER_TEST_TOKEN",
+                "admin-address-test-token-0123456789",
+            ),
+        ],
+        port,
+    );
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Stop(child);
+    let reload = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "%{http_code}", "-X", "POST"])
+        .args([
+            "-H",
+            "Authorization: Bearer admin-address-test-token-0123456789",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/reload"))
+        .output()
+        .unwrap();
+    let reload = String::from_utf8_lossy(&reload.stdout);
+    assert!(reload.ends_with("200"), "{reload}");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "2",
+            "-H",
+            "Authorization: Bearer admin-address-test-token-0123456789",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/config"))
+        .output()
+        .unwrap();
+    let config = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        config.contains(&format!("address = \"127.0.0.1:{port}\"")),
+        "{config}"
+    );
+    assert!(
+        !config.contains("in service only after a restart"),
+        "the override is no pending change: {config}"
+    );
+}

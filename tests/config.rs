@@ -299,7 +299,7 @@ fn tls_resumption_settings_are_checked() {
 fn an_admin_address_that_takes_a_listeners_port_is_refused() {
     let with = |listen: &str, admin: &str| {
         errors(&format!(
-            "[[listeners]]\naddress = \"{listen}\"\n[admin]\naddress = \"{admin}\"\n{REGION}"
+            "[[listeners]]\naddress = \"{listen}\"\n[admin]\naddress = \"{admin}\"\ntoken_env = \"GEOROUTER_TOKEN\"\n{REGION}"
         ))
     };
     assert_eq!(
@@ -314,6 +314,27 @@ fn an_admin_address_that_takes_a_listeners_port_is_refused() {
         "port 0 is any port"
     );
     assert!(with("10.0.0.1:18080", "127.0.0.1:18080").is_empty());
+}
+
+/// An admin API other hosts can reach needs a token: without one, anyone on
+/// the network could read the policy and explain any client.
+#[test]
+fn an_admin_address_off_loopback_needs_a_token() {
+    let with = |admin: &str| {
+        Config::from_toml(&format!(
+            "[[listeners]]\naddress = \"127.0.0.1:18080\"\n[admin]\n{admin}\n{REGION}"
+        ))
+    };
+    let e = with("address = \"0.0.0.0:9901\"").unwrap_err().to_string();
+    assert!(
+        e.contains("admin.address") && e.contains("no admin token") && e.contains("127.0.0.1"),
+        "{e}"
+    );
+    assert!(with("address = \"[::]:9901\"").is_err());
+    assert!(with("address = \"0.0.0.0:9901\"\ntoken_file = \"t\"").is_ok());
+    assert!(with("address = \"0.0.0.0:9901\"\nread_token_env = \"R\"").is_ok());
+    assert!(with("address = \"127.0.0.1:9901\"").is_ok());
+    assert!(with("address = \"[::1]:9901\"").is_ok());
 }
 
 /// With no `[[routes]]`, a fence error names the missing section and says what

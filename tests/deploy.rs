@@ -282,3 +282,38 @@ fn the_images_default_command_line_works_on_the_files_the_image_holds() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `kubectl apply -k` never puts a placeholder Secret back over a real one:
+/// no resource of the kustomization is a Secret.
+#[test]
+fn the_kustomization_applies_no_secret() {
+    let k = read("deploy/kubernetes/kustomization.yaml");
+    let resources: Vec<&str> = k
+        .lines()
+        .skip_while(|l| !l.starts_with("resources:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  - "))
+        .map(|l| l.trim_start_matches("  - ").trim())
+        .collect();
+    assert!(resources.contains(&"deployment.yaml"), "{resources:?}");
+    for r in resources {
+        let text = read(&format!("deploy/kubernetes/{r}"));
+        assert!(
+            !text.lines().any(|l| l.trim() == "kind: Secret"),
+            "{r} is a Secret"
+        );
+    }
+}
+
+/// Every alert links its runbook the way Alertmanager templates expect.
+#[test]
+fn every_alert_has_a_runbook_url() {
+    let alerts = read("deploy/prometheus/alerts.yml");
+    let count = alerts.matches("- alert:").count();
+    assert!(count >= 5);
+    assert_eq!(
+        alerts.matches("runbook_url: \"docs/operations.md#").count(),
+        count
+    );
+    assert!(!alerts.contains(" runbook:"));
+}

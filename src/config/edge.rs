@@ -301,9 +301,24 @@ pub(super) fn admin_clashes(admin: &AdminSettings, listeners: &[ListenerSpec], e
 
 pub(super) fn admin(a: raw::RawAdmin, errs: &mut Invalid) -> AdminSettings {
     let tokens = tokens(a.tokens, errs);
+    let parsed = a.address.parse::<SocketAddr>().is_ok();
+    let address = socket_addr("admin.address", &a.address, errs);
+    let any_token = !tokens.is_empty()
+        || a.token_file.is_some()
+        || a.token_env.is_some()
+        || a.read_token_file.is_some()
+        || a.read_token_env.is_some();
+    if parsed && !address.ip().is_loopback() && !any_token {
+        errs.push(
+            "admin.address",
+            format!(
+                "{address} is reachable from other hosts, and no admin token is set: anyone who reaches it could read the policy and explain any client; set admin.token_file (or token_env, or [[admin.tokens]]), or listen on 127.0.0.1"
+            ),
+        );
+    }
     AdminSettings {
         tokens,
-        address: socket_addr("admin.address", &a.address, errs),
+        address,
         token_file: a.token_file,
         token_env: a.token_env,
         read_token_file: a.read_token_file,

@@ -263,9 +263,12 @@ impl Control {
             .clone()
             .ok_or(ReloadError::NoFile)?;
         let token = self.options.admin_token.clone();
-        tokio::task::spawn_blocking(move || compile(Config::load(&path)?, token.as_deref()))
-            .await
-            .map_err(|_| ReloadError::Interrupted)?
+        let overrides = self.options.overrides.clone();
+        tokio::task::spawn_blocking(move || {
+            compile(Config::load_with(&path, &overrides)?, token.as_deref())
+        })
+        .await
+        .map_err(|_| ReloadError::Interrupted)?
     }
 
     /// Swaps a loaded policy in; returns its generation.

@@ -34,12 +34,19 @@ pub(crate) enum Command {
         /// The policy file (TOML); paths inside it are relative to it.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Where the admin API listens, over the policy's admin.address (a
+        /// container's: 0.0.0.0:9901). Off loopback, an admin token is required.
+        #[arg(long, value_name = "ADDR", env = "GEOROUTER_ADMIN_ADDRESS")]
+        admin_address: Option<String>,
     },
     /// Validate a policy file without serving (like `nginx -t`); exit 0 or 1.
     Check {
         /// The policy file (TOML) to validate.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// As for `run`: the admin address to check the policy with.
+        #[arg(long, value_name = "ADDR", env = "GEOROUTER_ADMIN_ADDRESS")]
+        admin_address: Option<String>,
     },
     /// Geography tools.
     Geo {

@@ -22,9 +22,9 @@ pub enum CheckError {
 }
 
 /// Checks the policy at `path`; its summary.
-pub fn check(path: &Path) -> Result<String, CheckError> {
+pub fn check(path: &Path, overrides: &crate::config::Overrides) -> Result<String, CheckError> {
     let mut out = String::new();
-    let config = Config::load(path)?;
+    let config = Config::load_with(path, overrides)?;
     let table = RoutingTable::compile(&config)?;
     for (i, l) in config.listeners.iter().enumerate() {
         if let Some(tls) = &l.tls {
