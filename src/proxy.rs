@@ -2,6 +2,7 @@
 //! decision chain identity -> geo -> policy -> select, the upstream request,
 //! forwarding, the response), every error mapped to a response in one place.
 
+mod access_log;
 pub(crate) mod admit;
 pub(crate) mod authority;
 pub(crate) mod budget;
@@ -168,7 +169,7 @@ pub async fn handle(
         RequestId::Made(n) => Some(n),
         RequestId::Given(_) => None,
     };
-    let resp = match proxy(
+    let mut resp = match proxy(
         &conn,
         &snapshot,
         req,
@@ -204,7 +205,7 @@ pub async fn handle(
             e.into_response(http1, &request_id)
         }
     };
-    ctx.log(&conn, &resp, &request_id);
+    ctx.log(&conn, &snapshot, &mut resp, &request_id);
     Ok(resp)
 }
 
@@ -289,11 +290,15 @@ async fn proxy<'s>(
         body: upstream.progress.as_deref(),
         client: plan.client,
     };
+    if ctx.logging() {
+        ctx.body_in = upstream.progress.clone();
+    }
     let forwarded = forward::forward(
         &attempt,
         &plan.regions,
         upstream.request,
         upstream.replayable,
+        &mut ctx.trail,
     )
     .await
     .map_err(|e| forward_error(conn, snapshot, &plan, e))?;
@@ -320,6 +325,7 @@ async fn proxy<'s>(
         response,
         Served {
             region: region.name.clone(),
+            endpoint: forwarded.endpoint,
             client: plan.client.0,
             reason: plan.reason,
         },
@@ -538,6 +544,8 @@ fn log_refusal(jurisdiction: &str, client: std::net::IpAddr, why: &'static str) 
 /// What the access log says of a proxied request.
 struct Served {
     region: RegionName,
+    /// The endpoint of `region` that answered.
+    endpoint: usize,
     client: std::net::IpAddr,
     /// Why this region (route, rule, pin); only when the access log is on.
     reason: Option<String>,

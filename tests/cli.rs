@@ -236,7 +236,9 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
              [[listeners]]\naddress = \"127.0.0.1:{listen}\"\n[admin]\naddress = \"127.0.0.1:{port}\"\n\
              token_env = \"GEOROUTER_TEST_TOKEN\"\n[health]\nenabled = false\n\
              [[regions]]\nname = \"a\"\nendpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n\
-             [[routes]]\nregions = [\"a\"]\n"
+             [[regions]]\nname = \"b\"\nendpoints = [{{ url = \"http://127.0.0.1:{port}\" }}]\n\
+             [[routes]]\nname = \"only-a\"\npath_prefix = \"/only-a\"\nregions = [\"a\"]\n\
+             [[routes]]\nregions = [\"a\", \"b\"]\n"
         ),
         &["--log-format", "json"],
         &[("GEOROUTER_TEST_TOKEN", token)],
@@ -265,9 +267,19 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
     let status = curl(&[
         "-H",
         "X-Forwarded-For: 80.128.0.1",
-        &format!("http://127.0.0.1:{listen}/"),
+        &format!("http://127.0.0.1:{listen}/only-a"),
     ]);
     assert_eq!(status, "502");
+    // Served after a failover: region b is this router's own admin API,
+    // which answers a POST to / with 404 and 20 bytes.
+    let status = curl(&[
+        "-H",
+        "User-Agent: drill/1.0 \"quoted\"",
+        "--data-binary",
+        "hello",
+        &format!("http://127.0.0.1:{listen}/"),
+    ]);
+    assert_eq!(status, "404");
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -280,18 +292,32 @@ fn json_logs_and_a_log_filter_changed_at_run_time() {
         "{text}"
     );
     assert!(events.iter().all(|e| e["level"].is_string()), "{text}");
-    let access = events
+    let lines: Vec<&serde_json::Value> = events
         .iter()
-        .find(|e| e["target"] == "georouter::access")
-        .unwrap_or_else(|| panic!("no access log line in {text}"));
+        .filter(|e| e["target"] == "georouter::access")
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let access = lines[0];
     assert_eq!(access["client"], "80.128.0.1", "{access}");
     assert_eq!(access["status"], 502, "{access}");
-    assert_eq!(access["route"], "routes[0]", "{access}");
+    assert_eq!(access["route"], "only-a", "{access}");
     assert_eq!(access["region"], "a", "{access}");
+    assert_eq!(access["tried"], "a/127.0.0.1:1:connect", "{access}");
+    assert_eq!(access["endpoint"], "-", "{access}");
+    assert_eq!(access["host"], format!("127.0.0.1:{listen}"), "{access}");
     assert!(
         access["why"].as_str().unwrap().contains("unreachable"),
         "{access}"
     );
+    let served = lines[1];
+    assert_eq!(served["status"], 404, "{served}");
+    assert_eq!(served["region"], "b", "{served}");
+    assert_eq!(served["endpoint"], format!("127.0.0.1:{port}"), "{served}");
+    assert_eq!(served["tried"], "a/127.0.0.1:1:connect", "{served}");
+    assert_eq!(served["bytes_in"], 5, "{served}");
+    assert_eq!(served["bytes_out"], 20, "{served}");
+    assert_eq!(served["user_agent"], "drill/1.0 \"quoted\"", "{served}");
+    assert_eq!(served["method"], "POST", "{served}");
 }
 
 /// A policy error is printed once, not once more as its own cause.
@@ -461,7 +487,7 @@ fn the_text_audit_log_cannot_be_forged_and_denials_do_not_flood_it() {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
         s.write_all(
-            b"GET /x\"status=200 HTTP/1.1\r\nHost: a\r\nX-Request-Id: id\"route=forged\r\nConnection: close\r\n\r\n",
+            b"GET /x\"status=200 HTTP/1.1\r\nHost: a\r\nUser-Agent: ua\"status=200\r\nX-Request-Id: id\"route=forged\r\nConnection: close\r\n\r\n",
         )
         .unwrap();
         let mut out = Vec::new();
@@ -474,6 +500,11 @@ fn the_text_audit_log_cannot_be_forged_and_denials_do_not_flood_it() {
         .find(|l| l.contains("georouter::access"))
         .unwrap_or_else(|| panic!("no access line: {text}"));
     assert!(access.contains(r#"uri="/x\"status=200""#), "{access}");
+    assert!(
+        access.contains(r#"user_agent="ua\"status=200""#),
+        "{access}"
+    );
+    assert!(access.contains(r#"host="a""#), "{access}");
     assert!(
         access.contains(r#"request_id="id\"route=forged""#),
         "{access}"

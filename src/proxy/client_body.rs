@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,15 +51,21 @@ enum Turn {
     Done { at: Instant },
 }
 
-/// An upload's progress, shared between the body and the forwarder.
+/// An upload's progress, shared between the body, the forwarder and the
+/// access log: whose turn it is, and the bytes received so far.
 #[derive(Debug)]
-pub struct Progress(Mutex<Turn>);
+pub struct Progress(Mutex<Turn>, AtomicU64);
 
 impl Progress {
     fn set(&self, turn: Turn) {
         if let Ok(mut t) = self.0.lock() {
             *t = turn;
         }
+    }
+
+    /// Body bytes received from the client so far.
+    pub fn received(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Since when the region has been the one holding things up (it has every byte
@@ -90,9 +97,12 @@ struct Upload {
 impl ClientBody {
     /// Wraps `inner`; the client may stall at most `idle` between two pieces.
     pub fn new(inner: Incoming, idle: Duration) -> (ClientBody, Arc<Progress>) {
-        let progress = Arc::new(Progress(Mutex::new(Turn::Region {
-            since: Instant::now(),
-        })));
+        let progress = Arc::new(Progress(
+            Mutex::new(Turn::Region {
+                since: Instant::now(),
+            }),
+            AtomicU64::new(0),
+        ));
         let body = ClientBody(Box::new(Upload {
             inner,
             idle,
@@ -116,6 +126,11 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.armed = false;
+                if let Some(data) = frame.data_ref() {
+                    this.progress
+                        .1
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 let now = Instant::now();
                 this.progress.set(if this.inner.is_end_stream() {
                     Turn::Done { at: now }

@@ -19,11 +19,13 @@ use crate::proxy::deadline::{Lent, TimerSlot};
 use crate::proxy::pool::{self, ConnectError, PooledBody, SendError, UpstreamBody};
 use crate::routing::accounting::{Accounts, FailureKind, RegionAccount};
 pub use crate::routing::capacity::ShedReason;
+pub mod trail;
 mod tries;
 
 use crate::routing::capacity::{Attempted, InFlight, Passive, Queued, RegionLoad};
 use crate::routing::table::{Region, RegionId, RoutingTable};
 use crate::routing::State;
+use trail::{Trail, Why};
 use tries::Tries;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ pub enum ForwardError {
 pub struct Forwarded<'t> {
     pub response: Response<PooledBody>,
     pub region: &'t Region,
+    /// The endpoint of `region` that answered.
+    pub endpoint: usize,
     /// The first attempt that failed on the way, and how.
     pub first_failure: Option<(RegionId, FailureKind)>,
 }
@@ -345,10 +349,23 @@ pub async fn forward<'t>(
     candidates: &[RegionId],
     req: Request<UpstreamBody>,
     replayable: bool,
+    trail: &mut Trail,
+) -> Result<Forwarded<'t>, ForwardError> {
+    let mut tries = Tries::new(req);
+    let result = attempts(ctx, candidates, &mut tries, replayable).await;
+    *trail = tries.trail;
+    result
+}
+
+/// The tries of [`forward`], until one answers or none is left.
+async fn attempts<'t>(
+    ctx: &Attempt<'t>,
+    candidates: &[RegionId],
+    tries: &mut Tries,
+    replayable: bool,
 ) -> Result<Forwarded<'t>, ForwardError> {
     let table = ctx.table;
     let timeout = table.settings.upstream.response_timeout;
-    let mut tries = Tries::new(req);
     let mut timer = ctx.timer.lend();
     loop {
         let (id, acquired) = match tries.next_free(ctx, candidates) {
@@ -450,6 +467,7 @@ pub async fn forward<'t>(
     }
     Err(tries
         .last_error
+        .take()
         .expect("forward is called with at least one candidate"))
 }
 

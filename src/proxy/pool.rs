@@ -304,6 +304,7 @@ impl Lease {
                             back,
                             streaming: None,
                             slot: None,
+                            log: None,
                         }))
                     }
                     Err(mut e) => Err(SendError {
@@ -318,6 +319,7 @@ impl Lease {
                     back: None,
                     streaming: None,
                     slot: None,
+                    log: None,
                 })),
                 Err(mut e) => Err(SendError {
                     unsent: e.take_message(),
@@ -336,9 +338,25 @@ pub struct PooledBody {
     streaming: Option<crate::edge::activity::Streaming>,
     /// The request's place in its endpoint's `max_in_flight`, until the body ends.
     slot: Option<crate::routing::capacity::InFlight>,
+    /// The access log's line, written when the body is done (or dropped).
+    log: Option<Box<crate::proxy::access_log::Line>>,
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.log.take() {
+            line.write();
+        }
+    }
 }
 
 impl PooledBody {
+    /// Writes the access log's line when this body is done, with the bytes
+    /// it handed over.
+    pub(crate) fn log_when_done(&mut self, line: Box<crate::proxy::access_log::Line>) {
+        self.log = Some(line);
+    }
+
     /// Keeps the request counted in flight to its endpoint until this body is done.
     pub fn hold_slot(&mut self, slot: crate::routing::capacity::InFlight) {
         if !self.body.is_end_stream() {
@@ -390,6 +408,11 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(line)) = (&polled, &mut self.log) {
+            if let Some(data) = frame.data_ref() {
+                line.sent(data.len());
+            }
+        }
         match &polled {
             // The connection goes back before the slot, so the request the
             // slot lets in finds it idle rather than opening another.

@@ -15,6 +15,8 @@ pub(super) struct Tries {
     /// Candidates found full, a bit per index; the queue is tried once.
     pub(super) full: u64,
     pub(super) queued: bool,
+    /// Every try left, in order, for the access log.
+    pub(super) trail: Trail,
 }
 
 impl Tries {
@@ -26,6 +28,7 @@ impl Tries {
             next: 0,
             full: 0,
             queued: false,
+            trail: Trail::default(),
         }
     }
 
@@ -55,6 +58,8 @@ impl Tries {
     ) -> ForwardError {
         let region = ctx.table.region(id);
         failed(ctx, id, FailureKind::Timeout, &mut self.first_failure);
+        self.trail
+            .push(id, held.endpoint(), Why::Failed(FailureKind::Timeout));
         endpoint_failed(
             ctx,
             region,
@@ -138,6 +143,8 @@ impl Tries {
             return Err(ForwardError::Local { fault, source });
         }
         tracing::debug!(region = %region.name, error = %source, "connect failed");
+        self.trail
+            .push(id, endpoint, Why::Failed(FailureKind::Connect));
         endpoint_failed(ctx, region, &account.load, endpoint, false);
         drop(held);
         // The region's next endpoint first: nothing was sent.
@@ -190,6 +197,8 @@ impl Tries {
             if let Some(copy) = copy.filter(|_| gateway && more_regions) {
                 if may_retry(ctx, FailureKind::Status5xx) {
                     tracing::debug!(region = %region.name, %status, "retrying on the next region");
+                    self.trail
+                        .push(id, endpoint, Why::Failed(FailureKind::Status5xx));
                     self.req = Some(copy);
                     self.last_error = None;
                     return None;
@@ -208,6 +217,7 @@ impl Tries {
         Some(Forwarded {
             response,
             region,
+            endpoint,
             first_failure: self.first_failure,
         })
     }
@@ -239,6 +249,8 @@ impl Tries {
             return Err(ForwardError::Client { fault });
         }
         failed(ctx, id, FailureKind::Reset, &mut self.first_failure);
+        self.trail
+            .push(id, endpoint, Why::Failed(FailureKind::Reset));
         endpoint_failed(ctx, region, load, endpoint, true);
         load.reset_seen();
         let failure = ForwardError::Failed {
@@ -288,9 +300,12 @@ impl Tries {
         drop(held);
         if !timed_out {
             tracing::debug!(region = %region.name, "region left service; sending on to the next region");
+            self.trail.push(id, endpoint, Why::LeftService);
             return None;
         }
         failed(ctx, id, FailureKind::Timeout, &mut self.first_failure);
+        self.trail
+            .push(id, endpoint, Why::Failed(FailureKind::Timeout));
         endpoint_failed(ctx, region, load, endpoint, true);
         let slot = load.acquire(tried);
         tracing::debug!(region = %region.name, sibling = slot.is_some(), "no answer within try_timeout; sending on");
@@ -311,6 +326,8 @@ impl Tries {
         let region = ctx.table.region(id);
         let load = &account_of(ctx, id).load;
         failed(ctx, id, FailureKind::Connect, &mut self.first_failure);
+        self.trail
+            .push(id, endpoint, Why::Failed(FailureKind::Connect));
         endpoint_failed(ctx, region, load, endpoint, false);
         drop(held);
         let slot = load.acquire(tried);
