@@ -317,3 +317,30 @@ fn every_alert_has_a_runbook_url() {
     );
     assert!(!alerts.contains(" runbook:"));
 }
+
+/// The README's metric table names every metric the router exports, and
+/// nothing it does not.
+#[test]
+fn the_readme_lists_every_metric() {
+    let readme = read("README.md");
+    let listed: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `georouter_"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    for name in georouter::metrics::NAMES
+        .iter()
+        .chain(georouter::metrics::FLEET_NAMES)
+    {
+        let bare = name.trim_start_matches("georouter_");
+        assert!(listed.contains(&bare), "README's metric table lacks {name}");
+    }
+    for bare in listed {
+        let name = format!("georouter_{bare}");
+        assert!(
+            georouter::metrics::NAMES.contains(&name.as_str())
+                || georouter::metrics::FLEET_NAMES.contains(&name.as_str()),
+            "README lists {name}, which the router does not export"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //! connects, so a connect failure loses the request (no failover for a POST), and
 //! it spawns a task per HTTP/1.1 request to return the connection. Here the
 //! connection exists before the request is committed, and a sender goes back to
-//! the pool when its response body ends. See README "Performance" for numbers.
+//! the pool when its response body ends. See docs/performance.md for numbers.
 
 use std::cell::RefCell;
 use std::pin::Pin;
