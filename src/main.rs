@@ -79,10 +79,13 @@ fn main() -> ExitCode {
         }),
         Command::Drill(args) => control_runtime().and_then(|rt| rt.block_on(drill(args))),
         Command::Completions { shell } => {
+            // Into memory first: clap_complete panics when stdout is a closed pipe.
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "georouter", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "georouter", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script).map_err(Into::into)
         }
+        Command::Man => man(),
         Command::Fleet { command, config } => {
             control_runtime().and_then(|rt| rt.block_on(fleet(command, config)))
         }
@@ -160,6 +163,15 @@ fn geo_lookup(ip: std::net::IpAddr, db: &std::path::Path) -> Result<()> {
         show(f.location.map(|l| format!("{:.4}, {:.4}", l.lat, l.lon)))
     )?;
     writeln!(out, "database     {}", geo.describe())?;
+    Ok(())
+}
+
+/// The manual page, from the same definitions as `--help`.
+fn man() -> Result<()> {
+    use std::io::Write as _;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+    std::io::stdout().lock().write_all(&page)?;
     Ok(())
 }
 

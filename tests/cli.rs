@@ -119,19 +119,48 @@ fn check_fails_on_an_unwritable_state_file() {
 
 #[test]
 fn check_into_a_closed_pipe_ends_quietly() {
-    // `georouter check ... | head -1`: the reader is gone before the summary.
+    // `georouter check ... | head -1`: the reader is gone before the output.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/georouter.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
-        .args(["check", "-c", example])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run georouter");
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    for args in [
+        &["check", "-c", example][..],
+        &["man"],
+        &["completions", "zsh"],
+        &["geo", "lookup", "80.128.0.1"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run georouter");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
+
+/// `georouter man` prints the manual page from the CLI's own definitions.
+#[test]
+fn the_manual_page_covers_every_command() {
+    let (code, page, err) = georouter(&["man"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        page.contains(".TH georouter 1") && page.contains(".SH NAME"),
+        "{page}"
+    );
+    for command in [
+        "run",
+        "check",
+        "demo",
+        "drill",
+        "fleet",
+        "geo",
+        "completions",
+    ] {
+        assert!(page.contains(command), "the page lacks {command}");
+    }
 }
 
 /// Run from anywhere: the example policy's relative database path is relative

@@ -81,6 +81,8 @@ pub(crate) enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff): `georouter man > /usr/share/man/man1/georouter.1`.
+    Man,
     /// The fleet through etcd directly (the policy's [fleet]), for when no
     /// instance is reachable.
     Fleet {
