@@ -363,3 +363,20 @@ fn a_wrong_type_is_not_also_reported_missing() {
     assert!(!text.contains("missing"), "{text}");
     assert_eq!(errors(&toml), ["regions[0].name"]);
 }
+
+/// Each element of an array of tables is read on its own: a mistake in
+/// `regions[0]` hides none in `regions[1]` (or in a route after them).
+#[test]
+fn a_mistake_in_one_element_hides_none_in_the_next() {
+    let errors = errors(
+        "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [[regions]]\nname = \"a\"\nendpoint = [{ url = \"http://127.0.0.1:1\" }]\n\
+         [[regions]]\nname = 5\nendpoints = [{ url = \"http://127.0.0.1:1\" }]\n\
+         [[routes]]\nregions = [\"a\"]\n[[routes]]\nregion = [\"a\"]\n",
+    );
+    assert_eq!(
+        errors,
+        ["regions[0].endpoint", "regions[1].name", "routes[1].region"],
+        "{errors:?}"
+    );
+}

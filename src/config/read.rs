@@ -1,7 +1,9 @@
 //! Reading a parsed policy into its raw types with every mistake at once:
 //! each section read on its own, the key at fault taken out and the section
 //! read again, each error at its dotted path with a hint (the closest known
-//! key, an example duration).
+//! key, an example duration). Errors come structured (`serde_value`'s: the
+//! unknown key and the known ones, the missing key, the type expected), at
+//! their path (`serde_path_to_error`): no error text is parsed.
 
 use serde::Deserialize;
 
@@ -28,7 +30,10 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
         // Keys meant by a misspelt one: their "missing" would say it twice.
         let mut meant: Vec<String> = Vec::new();
         for _ in 0..64 {
-            let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) else {
+            let Ok(structured) = serde_value::to_value(&value) else {
+                return;
+            };
+            let Err(e) = serde_path_to_error::deserialize::<_, T>(structured) else {
                 return;
             };
             let inner = e.path().to_string();
@@ -37,7 +42,11 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
                 p if p.starts_with('[') => format!("{name}{p}"),
                 p => format!("{name}.{p}"),
             };
-            let (path, message) = explain(path, &e.into_inner().to_string());
+            let Explained {
+                path,
+                message,
+                meant: suggested,
+            } = explain(path, e.into_inner());
             if meant.contains(&path) {
                 return;
             }
@@ -46,10 +55,7 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
             if message == MISSING && errs.0.iter().any(|e| e.path == path) {
                 return;
             }
-            if let Some(key) = message
-                .strip_prefix("unknown key; did you mean `")
-                .and_then(|m| m.split('`').next())
-            {
+            if let Some(key) = suggested {
                 let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
                 meant.push(format!("{parent}.{key}"));
             }
@@ -60,18 +66,34 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
             }
         }
     }
+    /// An array of tables, each element read on its own: a mistake in
+    /// `regions[0]` hides none in `regions[1]`.
+    fn elements<T: serde::de::DeserializeOwned>(
+        name: &str,
+        value: toml::Value,
+        errs: &mut super::Invalid,
+    ) {
+        match value {
+            toml::Value::Array(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    section::<T>(&format!("{name}[{i}]"), item, errs);
+                }
+            }
+            other => section::<Vec<T>>(name, other, errs),
+        }
+    }
     for (key, value) in table {
         match key.as_str() {
             "server" => section::<RawServer>(&key, value, &mut errs),
-            "listeners" => section::<Vec<RawListener>>(&key, value, &mut errs),
+            "listeners" => elements::<RawListener>(&key, value, &mut errs),
             "client" => section::<RawClient>(&key, value, &mut errs),
             "geo" => section::<RawGeo>(&key, value, &mut errs),
             "admin" => section::<RawAdmin>(&key, value, &mut errs),
             "upstream" => section::<RawUpstream>(&key, value, &mut errs),
-            "regions" => section::<Vec<RawRegion>>(&key, value, &mut errs),
-            "jurisdictions" => section::<Vec<RawJurisdiction>>(&key, value, &mut errs),
+            "regions" => elements::<RawRegion>(&key, value, &mut errs),
+            "jurisdictions" => elements::<RawJurisdiction>(&key, value, &mut errs),
             "residency" => section::<RawResidency>(&key, value, &mut errs),
-            "routes" => section::<Vec<RawRoute>>(&key, value, &mut errs),
+            "routes" => elements::<RawRoute>(&key, value, &mut errs),
             "health" => section::<RawHealth>(&key, value, &mut errs),
             "failback" => section::<RawFailback>(&key, value, &mut errs),
             "retry" => section::<RawRetry>(&key, value, &mut errs),
@@ -157,46 +179,86 @@ const SECTIONS: &[&str] = &[
     "fleet",
 ];
 
-/// serde's message made useful: the closest key for an unknown one, an example
-/// for a duration, the path of a missing field.
-fn explain(path: String, message: &str) -> (String, String) {
-    // toml adds "in `key`" lines: the path says it already.
-    let message = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("in `"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let message = message.as_str();
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        // The path ends at the unknown key already, or at its table.
-        let path = if path.ends_with(field) {
-            path
-        } else {
-            format!("{path}.{field}")
-        };
-        let hint = match closest(field, &known) {
-            Some(k) => format!("unknown key; did you mean `{k}`?"),
-            None if known.is_empty() => "unknown key".to_owned(),
-            None => format!("unknown key; the keys here are {}", known.join(", ")),
-        };
-        return (path, hint);
-    }
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        let field = rest.split('`').next().unwrap_or(rest);
-        return (format!("{path}.{field}"), MISSING.to_owned());
-    }
-    if message.contains("duration") || message.contains("time unit") {
-        return (
+/// One mistake, said for an operator: where, what, and the key probably meant.
+struct Explained {
+    path: String,
+    message: String,
+    /// The known key closest to an unknown one.
+    meant: Option<&'static str>,
+}
+
+/// A structured error made useful: the closest key for an unknown one, an
+/// example for a duration, the path of a missing field.
+fn explain(path: String, e: serde_value::DeserializerError) -> Explained {
+    use serde_value::DeserializerError as E;
+    let said = |path, message| Explained {
+        path,
+        message,
+        meant: None,
+    };
+    match e {
+        E::UnknownField(field, known) => {
+            // The path ends at the unknown key already, or at its table.
+            let path = if path.ends_with(field.as_str()) {
+                path
+            } else {
+                format!("{path}.{field}")
+            };
+            let meant = closest(&field, known);
+            let message = match meant {
+                Some(k) => format!("unknown key; did you mean `{k}`?"),
+                None if known.is_empty() => "unknown key".to_owned(),
+                None => format!("unknown key; the keys here are {}", known.join(", ")),
+            };
+            Explained {
+                path,
+                message,
+                meant,
+            }
+        }
+        E::MissingField(field) => said(format!("{path}.{field}"), MISSING.to_owned()),
+        E::UnknownVariant(value, known) => said(
             path,
-            format!(
-                "{message}; a duration is a number and a unit, e.g. \"250ms\", \"10s\", \"5m\""
+            match closest(&value, known) {
+                Some(k) => format!("unknown value `{value}`; did you mean `{k}`?"),
+                None => format!("unknown value `{value}`; one of {}", known.join(", ")),
+            },
+        ),
+        E::DuplicateField(field) => said(format!("{path}.{field}"), "given twice".to_owned()),
+        E::InvalidType(unexpected, expected) => said(
+            path,
+            with_example(
+                format!(
+                    "invalid type: {}, expected {expected}",
+                    unexpected.to_unexpected()
+                ),
+                &expected,
             ),
-        );
+        ),
+        E::InvalidValue(unexpected, expected) => said(
+            path,
+            with_example(
+                format!(
+                    "invalid value: {}, expected {expected}",
+                    unexpected.to_unexpected()
+                ),
+                &expected,
+            ),
+        ),
+        E::InvalidLength(len, expected) => {
+            said(path, format!("invalid length {len}, expected {expected}"))
+        }
+        E::Custom(message) => said(path, message),
     }
-    (path, message.to_owned())
+}
+
+/// A duration's example beside a mistake where one was expected.
+fn with_example(message: String, expected: &str) -> String {
+    if expected.contains("duration") {
+        format!("{message}; a duration is a number and a unit, e.g. \"250ms\", \"10s\", \"5m\"")
+    } else {
+        message
+    }
 }
 
 /// The known name closest to `word` (edit distance at most 2, or a prefix).
