@@ -19,69 +19,6 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
         return Ok(raw);
     }
     let mut errs = super::Invalid::default();
-    /// Every mistake of one section: serde stops at the first, so the key at
-    /// fault is taken out and the section read again, until it reads or the
-    /// mistake is one that taking a key out cannot pass (a missing key).
-    fn section<T: serde::de::DeserializeOwned>(
-        name: &str,
-        mut value: toml::Value,
-        errs: &mut super::Invalid,
-    ) {
-        // Keys meant by a misspelt one: their "missing" would say it twice.
-        let mut meant: Vec<String> = Vec::new();
-        for _ in 0..64 {
-            let Ok(structured) = serde_value::to_value(&value) else {
-                return;
-            };
-            let Err(e) = serde_path_to_error::deserialize::<_, T>(structured) else {
-                return;
-            };
-            let inner = e.path().to_string();
-            let path = match inner.as_str() {
-                "." | "" => name.to_owned(),
-                p if p.starts_with('[') => format!("{name}{p}"),
-                p => format!("{name}.{p}"),
-            };
-            let Explained {
-                path,
-                message,
-                meant: suggested,
-            } = explain(path, e.into_inner());
-            if meant.contains(&path) {
-                return;
-            }
-            // A key of the wrong type was taken out to read on: that it is
-            // now missing is the same mistake, said already.
-            if message == MISSING && errs.0.iter().any(|e| e.path == path) {
-                return;
-            }
-            if let Some(key) = suggested {
-                let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
-                meant.push(format!("{parent}.{key}"));
-            }
-            let within = path.strip_prefix(name).unwrap_or("").to_owned();
-            errs.push(path, message);
-            if !remove_at(&mut value, &within) {
-                return;
-            }
-        }
-    }
-    /// An array of tables, each element read on its own: a mistake in
-    /// `regions[0]` hides none in `regions[1]`.
-    fn elements<T: serde::de::DeserializeOwned>(
-        name: &str,
-        value: toml::Value,
-        errs: &mut super::Invalid,
-    ) {
-        match value {
-            toml::Value::Array(items) => {
-                for (i, item) in items.into_iter().enumerate() {
-                    section::<T>(&format!("{name}[{i}]"), item, errs);
-                }
-            }
-            other => section::<Vec<T>>(name, other, errs),
-        }
-    }
     for (key, value) in table {
         match key.as_str() {
             "server" => section::<RawServer>(&key, value, &mut errs),
@@ -112,6 +49,70 @@ pub fn read(table: toml::Table) -> Result<RawConfig, super::Invalid> {
         errs.push("(policy)", "the policy could not be read as a whole");
     }
     Err(errs)
+}
+
+/// Every mistake of one section: serde stops at the first, so the key at
+/// fault is taken out and the section read again, until it reads or the
+/// mistake is one that taking a key out cannot pass (a missing key).
+fn section<T: serde::de::DeserializeOwned>(
+    name: &str,
+    mut value: toml::Value,
+    errs: &mut super::Invalid,
+) {
+    // Keys meant by a misspelt one: their "missing" would say it twice.
+    let mut meant: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let Ok(structured) = serde_value::to_value(&value) else {
+            return;
+        };
+        let Err(e) = serde_path_to_error::deserialize::<_, T>(structured) else {
+            return;
+        };
+        let inner = e.path().to_string();
+        let path = match inner.as_str() {
+            "." | "" => name.to_owned(),
+            p if p.starts_with('[') => format!("{name}{p}"),
+            p => format!("{name}.{p}"),
+        };
+        let Explained {
+            path,
+            message,
+            meant: suggested,
+        } = explain(path, e.into_inner());
+        if meant.contains(&path) {
+            return;
+        }
+        // A key of the wrong type was taken out to read on: that it is
+        // now missing is the same mistake, said already.
+        if message == MISSING && errs.0.iter().any(|e| e.path == path) {
+            return;
+        }
+        if let Some(key) = suggested {
+            let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+            meant.push(format!("{parent}.{key}"));
+        }
+        let within = path.strip_prefix(name).unwrap_or("").to_owned();
+        errs.push(path, message);
+        if !remove_at(&mut value, &within) {
+            return;
+        }
+    }
+}
+/// An array of tables, each element read on its own: a mistake in
+/// `regions[0]` hides none in `regions[1]`.
+fn elements<T: serde::de::DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    errs: &mut super::Invalid,
+) {
+    match value {
+        toml::Value::Array(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                section::<T>(&format!("{name}[{i}]"), item, errs);
+            }
+        }
+        other => section::<Vec<T>>(name, other, errs),
+    }
 }
 
 /// Takes the key at `path` (`.a.b[2].c`, relative to `value`) out of its
