@@ -141,26 +141,37 @@ impl Intent {
 pub type Fences = Vec<(String, Vec<String>)>;
 
 /// The apply-side guard, one deterministic function of the drains wanted
-/// (region, drain, when in ms since the Unix epoch) and the fences: drains are
-/// taken in the order they were made (then by region name), and one that would
-/// leave a strict jurisdiction with no undrained region is not applied unless
-/// it was forced. Same intents, same result on every instance, whatever was
-/// written to the store and in whichever order it arrived. Returns the drains
-/// applied and those refused (region -> jurisdiction).
+/// (region, drain, when in ms since the Unix epoch), the fences, the regions
+/// this instance sees down by its own checks, and the drains in force: a drain
+/// in force stays (a region failing later never undoes an operator's drain);
+/// the others are taken in the order they were made (then by region name), and
+/// one that would leave a strict jurisdiction with no serving region (up here,
+/// not drained) is not applied unless it was forced, until that changes. Same
+/// intents and view, same result on every instance, whatever was written to
+/// the store and in whichever order it arrived. Returns the drains applied and
+/// those refused (region -> jurisdiction).
 pub fn guard(
     wanted: Vec<(String, Drain, u64)>,
     fences: &Fences,
+    down: &std::collections::BTreeSet<String>,
+    in_force: &BTreeMap<String, Drain>,
 ) -> (BTreeMap<String, Drain>, BTreeMap<String, String>) {
-    let mut wanted = wanted;
-    wanted.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
-    let mut applied: BTreeMap<String, Drain> = BTreeMap::new();
+    let (mut applied, mut rest): (BTreeMap<String, Drain>, Vec<_>) = (BTreeMap::new(), Vec::new());
+    for (region, drain, at) in wanted {
+        if in_force.get(&region) == Some(&drain) {
+            applied.insert(region, drain);
+        } else {
+            rest.push((region, drain, at));
+        }
+    }
+    rest.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
     let mut refused = BTreeMap::new();
-    for (region, drain, _) in wanted {
+    for (region, drain, _) in rest {
         let emptied = fences.iter().find(|(_, regions)| {
             regions.contains(&region)
                 && regions
                     .iter()
-                    .all(|r| *r == region || applied.contains_key(r))
+                    .all(|r| *r == region || applied.contains_key(r) || down.contains(r))
         });
         match emptied {
             Some((jurisdiction, _)) if !drain.force => {
@@ -492,7 +503,12 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
-            let (applied, refused) = guard(wanted(order), &eu());
+            let (applied, refused) = guard(
+                wanted(order),
+                &eu(),
+                &Default::default(),
+                &Default::default(),
+            );
             // The older drain holds; the one that would empty eu does not.
             assert_eq!(
                 applied.keys().collect::<Vec<_>>(),
@@ -508,15 +524,37 @@ mod tests {
         let (applied, refused) = guard(
             vec![("eu1".into(), d(false), 10), ("eu2".into(), d(true), 20)],
             &eu(),
+            &Default::default(),
+            &Default::default(),
         );
         assert_eq!(applied.len(), 2);
         assert!(refused.is_empty());
         let (applied, refused) = guard(
             vec![("eu2".into(), d(false), 10), ("eu1".into(), d(false), 10)],
             &eu(),
+            &Default::default(),
+            &Default::default(),
         );
         assert_eq!(applied.keys().collect::<Vec<_>>(), ["eu1"]);
         assert_eq!(refused.keys().collect::<Vec<_>>(), ["eu2"]);
+    }
+
+    #[test]
+    fn a_new_drain_counts_the_regions_down_here_and_a_drain_in_force_stays() {
+        let down = std::collections::BTreeSet::from(["eu2".to_owned()]);
+        // eu2 fails its checks here: draining eu1 would leave no EU region.
+        let (applied, refused) = guard(
+            vec![("eu1".into(), d(false), 10)],
+            &eu(),
+            &down,
+            &Default::default(),
+        );
+        assert!(applied.is_empty());
+        assert_eq!(refused.get("eu1").map(String::as_str), Some("eu"));
+        // Drained while eu2 served, it stays drained when eu2 fails later.
+        let in_force = BTreeMap::from([("eu1".to_owned(), d(false))]);
+        let (applied, refused) = guard(vec![("eu1".into(), d(false), 10)], &eu(), &down, &in_force);
+        assert!(applied.contains_key("eu1") && refused.is_empty());
     }
 
     #[test]

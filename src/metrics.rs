@@ -153,7 +153,7 @@ impl RegionMetrics {
             drain_refused: gauge(
                 r,
                 "georouter_drain_refused",
-                "1 when a drain of the region is not applied here: it would leave a strict jurisdiction with no undrained region (a fleet intent or a direct write to etcd).",
+                "1 when a drain of the region is not applied here: it would leave a strict jurisdiction with no serving region, undrained and up here (a fleet intent or a direct write to etcd).",
                 &["region"],
             ),
             weight: float_gauge(

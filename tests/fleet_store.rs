@@ -223,3 +223,61 @@ async fn the_status_shows_the_members_and_a_banner_when_the_store_is_out_of_reac
         status.alerts
     );
 }
+
+/// The apply-side guard counts what the instance itself sees: a drain of
+/// eu1 written straight into the store (past the writer's guard) is applied
+/// by A, which sees eu2 serve, and held back by B, whose checks fail eu2 —
+/// until eu2 is back for B. A drain in force stays when a region fails later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_applies_no_drain_that_leaves_it_without_a_serving_region() {
+    let w = World::new().await;
+    let (a, _) = w.instance("a").await;
+    let port = refused_port();
+    let (b, _) = w.instance_seeing("b", Some(port)).await;
+    let control = b.control.clone();
+    eventually("b sees eu2 down", move || {
+        georouter::admin::views::regions(&control)
+            .iter()
+            .any(|v| v.name == "eu2" && !v.healthy)
+    })
+    .await;
+    let fleet = a.control.fleet().unwrap().clone();
+    let value = format!(
+        r#"{{"drained":true,"reason":"direct","by":"mallory","instance":"x","at_ms":{}}}"#,
+        georouter::fleet::now_ms()
+    );
+    fleet
+        .store
+        .put(&fleet.keys.drain("eu1"), value.as_bytes(), None)
+        .await
+        .unwrap();
+    let control = a.control.clone();
+    eventually("a applies it", move || drained_in(&control, "eu1")).await;
+    let control = b.control.clone();
+    eventually("b holds it back", move || {
+        georouter::admin::views::regions(&control)
+            .iter()
+            .any(|v| v.name == "eu1" && v.drain_refused.as_deref() == Some("eu"))
+    })
+    .await;
+    assert!(!drained(&b, "eu1"), "b left its residents no region");
+    let reply = get(&h1_client(), &b.url("/")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.headers["x-georouter-region"], "eu1");
+    // eu2 comes back for B: the drain held back applies there too.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _eu2_for_b = georouter::tools::sim::SimRegion::serve("eu2", listener);
+    let control = b.control.clone();
+    eventually("b applies it once eu2 serves", move || {
+        drained_in(&control, "eu1")
+    })
+    .await;
+}
+
+fn drained_in(control: &std::sync::Arc<georouter::control::Control>, region: &str) -> bool {
+    georouter::admin::views::regions(control)
+        .iter()
+        .any(|v| v.name == region && v.drained)
+}

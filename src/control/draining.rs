@@ -178,22 +178,38 @@ impl Control {
         now: Option<&Drain>,
         by: &str,
     ) {
-        let refused = self.drains.refused_changed();
-        for (r, j) in refused.iter().flatten() {
-            self.journal.record(
-                r,
-                "drain",
-                "drain refused".to_owned(),
-                format!("it would leave jurisdiction {j} with no undrained region"),
-            );
-        }
+        let refused = self.journal_refusals();
         if before != now {
             // Drained, undrained, or drained again for another reason.
             self.journal_drain(region, now, by);
         }
-        if before.is_some() != now.is_some() || refused.is_some() {
+        if before.is_some() != now.is_some() || refused {
             self.publish();
         }
+    }
+
+    /// When the drains the guard holds back changed: journalled, published.
+    pub(super) fn after_refusals(&self) {
+        if self.journal_refusals() {
+            self.publish();
+        }
+    }
+
+    /// Journals the drains newly held back by the guard; whether the
+    /// refusals changed at all.
+    fn journal_refusals(&self) -> bool {
+        let Some(new) = self.drains.refused_changed() else {
+            return false;
+        };
+        for (r, j) in &new {
+            self.journal.record(
+                r,
+                "drain",
+                "drain refused".to_owned(),
+                format!("it would leave jurisdiction {j} with no serving region"),
+            );
+        }
+        true
     }
 }
 

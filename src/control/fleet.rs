@@ -163,41 +163,66 @@ impl Control {
     /// The fleet's intents from a full read; the regions in `keep` (their
     /// value unreadable) keep the intent they had.
     fn replace_fleet_drains(&self, mut intents: BTreeMap<String, Intent>, keep: &[String]) {
-        let drained = |book: &crate::fleet::book::FleetBook| -> BTreeMap<String, Drain> {
-            book.iter().map(|(r, d)| (r.clone(), d.clone())).collect()
-        };
         let actors: BTreeMap<String, String> = intents
             .iter()
             .map(|(r, i)| (r.clone(), i.by.clone()))
             .collect();
+        self.change_fleet_book(
+            |book| {
+                for region in keep {
+                    if let Some(last) = book.intent(region) {
+                        intents.insert(region.clone(), last);
+                    }
+                }
+                book.replace(intents);
+            },
+            |region, _| actors.get(region).cloned().unwrap_or_default(),
+        );
+    }
+
+    /// The fleet's book follows this instance's health (`down`: the regions
+    /// that fail its own checks): a drain held back for want of a serving
+    /// region applies once one is back. A drain in force stays.
+    pub(super) fn book_follows_health(&self, down: std::collections::BTreeSet<String>) {
+        self.change_fleet_book(
+            |book| {
+                book.set_down(down);
+            },
+            |_, drain| drain.map_or_else(String::new, |d| d.by.clone()),
+        );
+    }
+
+    /// A change to the fleet's side of the drains, through the one path:
+    /// each region whose drain changed is journalled (`actor` names who) and
+    /// published; refusals alone make one snapshot, journalled too.
+    fn change_fleet_book(
+        &self,
+        change: impl FnOnce(&mut crate::fleet::book::FleetBook),
+        actor: impl Fn(&str, Option<&Drain>) -> String,
+    ) {
+        let drained = |book: &crate::fleet::book::FleetBook| -> BTreeMap<String, Drain> {
+            book.iter().map(|(r, d)| (r.clone(), d.clone())).collect()
+        };
         let changed = self.drains.change_fleet(|book| {
             let before = drained(book);
-            for region in keep {
-                if let Some(last) = book.intent(region) {
-                    intents.insert(region.clone(), last);
-                }
-            }
-            book.replace(intents);
+            change(book);
             (before, drained(book))
         });
         let Some(((before, after), _)) = changed else {
             return;
         };
-        // Each region whose drain changed, through the one path (journal,
-        // publish); one snapshot when only the guard's refusals moved.
         let regions: std::collections::BTreeSet<&String> =
             before.keys().chain(after.keys()).collect();
         let mut published = false;
         for region in regions {
             let (b, a) = (before.get(region), after.get(region));
             if b != a {
-                let by = actors.get(region).map_or("", String::as_str);
-                self.after_drain_change(region, b, a, by);
+                self.after_drain_change(region, b, a, &actor(region, a.or(b)));
                 published |= b.is_some() != a.is_some();
             }
         }
-        if !published && self.drains.refused_changed().is_some() {
-            self.publish();
+        if !published {
+            self.after_refusals();
         }
     }
 

@@ -120,7 +120,14 @@ impl Control {
         if first {
             self.update_ready(&health);
         }
+        let down = t
+            .as_ref()
+            .and(self.fleet.as_ref())
+            .map(|_| down_here(&health));
         drop(health);
+        if let Some(down) = down {
+            self.book_follows_health(down);
+        }
         if changed {
             self.publish();
         }
@@ -144,9 +151,13 @@ impl Control {
             changed |= rec.republish_latency(now, &config.health);
         }
         waive_last_of_jurisdictions(&mut health, |r| self.drained(r), now, &mut transitions);
+        let down = (!transitions.is_empty() && self.fleet.is_some()).then(|| down_here(&health));
         drop(health);
         for (name, t) in &transitions {
             self.transition(name, t);
+        }
+        if let Some(down) = down {
+            self.book_follows_health(down);
         }
         if changed || !transitions.is_empty() {
             self.publish();
@@ -382,6 +393,17 @@ impl Control {
         }
         out
     }
+}
+
+/// The regions out of service here by health: the fleet's drain guard counts
+/// none of them as serving.
+fn down_here(health: &Health) -> std::collections::BTreeSet<String> {
+    health
+        .regions
+        .iter()
+        .filter(|(_, r)| !r.machine.serving())
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 /// A jurisdiction left with no serving region (by health and drains) gets

@@ -84,7 +84,7 @@ pub struct RegionReport {
     pub state: RegionState,
     pub drain: Option<Drain>,
     /// A drain of the fleet not applied here: it would leave this strict
-    /// jurisdiction with no undrained region.
+    /// jurisdiction with no serving region (undrained and up here).
     pub drain_refused: Option<String>,
     /// Moving average of check round trips.
     pub rtt: Option<Duration>,

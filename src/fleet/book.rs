@@ -24,6 +24,8 @@ pub struct FleetBook {
     fences: Fences,
     /// Drains wanted but not applied by the guard: region -> jurisdiction.
     refused: BTreeMap<String, String>,
+    /// Regions this instance sees down by its own checks, for the guard.
+    down: std::collections::BTreeSet<String>,
 }
 
 impl FleetBook {
@@ -37,6 +39,7 @@ impl FleetBook {
             effective: BTreeMap::new(),
             fences: Fences::new(),
             refused: BTreeMap::new(),
+            down: Default::default(),
             file,
         };
         let known: Vec<(String, Drain)> = book
@@ -97,11 +100,13 @@ impl FleetBook {
         let (effective, refused) = crate::drains::guard(
             wanted.into_iter().map(|(r, (d, at))| (r, d, at)).collect(),
             &self.fences,
+            &self.down,
+            &self.effective,
         );
         if refused != self.refused {
             for (region, jurisdiction) in &refused {
                 if !self.refused.contains_key(region) {
-                    tracing::warn!(target: "georouter::fleet", %region, %jurisdiction, "a drain of the fleet is not applied: it would leave jurisdiction {jurisdiction} with no undrained region");
+                    tracing::warn!(target: "georouter::fleet", %region, %jurisdiction, "a drain of the fleet is not applied: it would leave jurisdiction {jurisdiction} with no serving region (undrained and up here)");
                 }
             }
             for region in self.refused.keys() {
@@ -194,6 +199,18 @@ impl FleetBook {
     /// The fleet's intent for `region` as last applied.
     pub fn intent(&self, region: &str) -> Option<Intent> {
         self.shared.get(region).cloned()
+    }
+
+    /// The regions this instance sees down by its own checks: a drain held
+    /// back because it would have left a jurisdiction without a serving
+    /// region applies once that is no longer so. Whether anything changed.
+    pub fn set_down(&mut self, down: std::collections::BTreeSet<String>) -> bool {
+        if down == self.down {
+            return false;
+        }
+        self.down = down;
+        self.rebuild();
+        true
     }
 
     /// Records an intent made while the fleet was unreachable.
