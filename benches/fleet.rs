@@ -2,7 +2,7 @@
 //! instance of the fleet applying it, over a real etcd (Debian's etcd-server).
 //! N = 50 instances in this process and N = 3 router processes; median and p99
 //! over 100 drain changes. `cargo bench --bench fleet` (add `-- --quick` for
-//! 20 changes).
+//! 20 changes, `-- --instances 500` for 500 in-process instances only).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -164,6 +164,15 @@ async fn processes(etcd: &Etcd, regions: &str, n: usize, changes: usize) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let changes = if quick { 20 } else { 100 };
+    // `-- --instances N`: N in-process instances only (500 simulates a large
+    // fleet on one machine: every one a whole router with its own etcd watch
+    // and lease).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--instances")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse::<usize>().expect("--instances N"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,6 +183,10 @@ fn main() {
         let a = region("a").await;
         let b = region("b").await;
         let regions = regions_toml(&[(&a, None), (&b, None)]);
+        if let Some(n) = only {
+            in_process(&etcd, &regions, n, changes).await;
+            return;
+        }
         processes(&etcd, &regions, 3, changes).await;
         in_process(&etcd, &regions, 50, changes).await;
     });
