@@ -2,7 +2,8 @@
 //! instance of the fleet applying it, over a real etcd (Debian's etcd-server).
 //! N = 50 instances in this process and N = 3 router processes; median and p99
 //! over 100 drain changes. `cargo bench --bench fleet` (add `-- --quick` for
-//! 20 changes, `-- --instances 500` for 500 in-process instances only).
+//! 20 changes, `-- --instances 500` for 500 in-process instances only,
+//! `-- --processes 50` for 50 router processes only).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -173,6 +174,12 @@ fn main() {
         .position(|a| a == "--instances")
         .and_then(|i| args.get(i + 1))
         .map(|n| n.parse::<usize>().expect("--instances N"));
+    // `-- --processes N`: N router processes only.
+    let procs = args
+        .iter()
+        .position(|a| a == "--processes")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse::<usize>().expect("--processes N"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,6 +192,10 @@ fn main() {
         let regions = regions_toml(&[(&a, None), (&b, None)]);
         if let Some(n) = only {
             in_process(&etcd, &regions, n, changes).await;
+            return;
+        }
+        if let Some(n) = procs {
+            processes(&etcd, &regions, n, changes).await;
             return;
         }
         processes(&etcd, &regions, 3, changes).await;

@@ -265,6 +265,17 @@ impl Control {
         self.state.config.load_full()
     }
 
+    /// Whether `region` is in the policy in service: a drain of any other
+    /// name is neither applied nor written to the state file.
+    pub(crate) fn knows_region(&self, region: &str) -> bool {
+        self.state
+            .routing
+            .load()
+            .table
+            .region_by_name(region)
+            .is_some()
+    }
+
     /// Whether `region` is drained here (by the drains' owner, now).
     pub(crate) fn drained(&self, region: &str) -> bool {
         self.drains.read(|d| d.get(region).is_some())

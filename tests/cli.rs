@@ -409,6 +409,16 @@ fn the_policy_chooses_the_log_format() {
     );
 }
 
+/// A router process, stopped by PID whatever happens in the test.
+struct Stop(std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A free loopback port.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -473,13 +483,6 @@ fn the_text_audit_log_cannot_be_forged_and_denials_do_not_flood_it() {
         port,
     );
     // Stopped by PID whatever happens below.
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let child = Stop(child);
     let curl = |args: &[&str]| {
         let out = Command::new("curl")
@@ -702,13 +705,6 @@ fn the_admin_address_can_be_set_from_the_command_line_or_the_environment() {
         ],
         port,
     );
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _child = Stop(child);
     let reload = Command::new("curl")
         .args(["-s", "-m", "5", "-w", "%{http_code}", "-X", "POST"])

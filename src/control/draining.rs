@@ -224,14 +224,7 @@ impl Control {
         by: &str,
         force: bool,
     ) -> Result<Option<StateFileError>, DrainError> {
-        if self
-            .state
-            .routing
-            .load()
-            .table
-            .region_by_name(region)
-            .is_none()
-        {
+        if !self.knows_region(region) {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         }
         let guarded = drain.is_some() && !force;
@@ -354,14 +347,7 @@ impl Control {
         by: &str,
         local: bool,
     ) -> Result<Scaled, DrainError> {
-        if self
-            .state
-            .routing
-            .load()
-            .table
-            .region_by_name(region)
-            .is_none()
-        {
+        if !self.knows_region(region) {
             return Err(DrainError::UnknownRegion(region.to_owned()));
         }
         let keep = keep.clamp(0.0, 1.0);

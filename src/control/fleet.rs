@@ -149,17 +149,6 @@ impl Control {
         }
     }
 
-    /// Whether `region` is in the policy in service: a drain of any other
-    /// name is neither applied nor written to the state file.
-    fn knows_region(&self, region: &str) -> bool {
-        self.state
-            .routing
-            .load()
-            .table
-            .region_by_name(region)
-            .is_some()
-    }
-
     /// The fleet's intents from a full read; the regions in `keep` (their
     /// value unreadable) keep the intent they had.
     fn replace_fleet_drains(&self, mut intents: BTreeMap<String, Intent>, keep: &[String]) {
