@@ -469,6 +469,17 @@ impl Fleet {
             .map(|_| ())
     }
 
+    /// Counts the fleet's members for `georouter_fleet_instances`: one small
+    /// call, whatever the fleet's size (a record written without a lease would
+    /// count here, never as an acknowledgement: see [`Fleet::status`]).
+    pub async fn count_members(&self) -> Result<i64, EtcdError> {
+        let n = self.store.count_prefix(&self.keys.instances()).await?;
+        if let Some(m) = &self.metrics {
+            m.instances.set(n);
+        }
+        Ok(n)
+    }
+
     /// The fleet now: its instances (and whether each has applied the latest
     /// drain change), the ones gone since this router last looked, its drains.
     pub async fn status(&self) -> Result<FleetStatus, EtcdError> {

@@ -149,6 +149,9 @@ async fn a_drain_on_one_of_three_instances_reaches_all_three_and_they_say_so() {
     let m = String::from_utf8(routers[0].state.metrics.render()).unwrap();
     assert!(m.contains("georouter_fleet_connected 1"), "{m}");
     assert!(m.contains("georouter_fleet_instances 3"), "{m}");
+    // What the keepalive refreshes the gauge with: etcd's count alone.
+    let fleet = routers[0].control.fleet().unwrap().clone();
+    assert_eq!(fleet.count_members().await.unwrap(), 3);
 }
 
 /// Two instances drain the two EU regions at the same moment: one transaction

@@ -305,6 +305,36 @@ impl Etcd {
         Ok((a.header.revision, kvs))
     }
 
+    /// How many keys are under `prefix` (etcd sends the count only).
+    pub async fn count_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            // The gateway writes int64 as a string, and leaves out a zero.
+            #[serde(default)]
+            count: Option<serde_json::Value>,
+        }
+        let v = self
+            .call(
+                "range",
+                "/v3/kv/range",
+                json!({
+                    "key": b64(prefix),
+                    "range_end": b64(range_end(prefix)),
+                    "count_only": true,
+                }),
+            )
+            .await?;
+        let a: Answer = serde_json::from_value(v).map_err(|e| EtcdError::Decode {
+            call: "range",
+            detail: e.to_string(),
+        })?;
+        Ok(match a.count {
+            Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+            Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(0),
+            _ => 0,
+        })
+    }
+
     /// Puts `value` at `key` (bound to `lease` if given); the new revision.
     pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
         let mut body = json!({ "key": b64(key), "value": b64(value) });
@@ -438,6 +468,10 @@ fn revision_of(v: &Value) -> i64 {
 impl FleetStore for Etcd {
     fn range_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, (i64, Vec<Kv>)> {
         Box::pin(Etcd::range_prefix(self, prefix))
+    }
+
+    fn count_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, i64> {
+        Box::pin(Etcd::count_prefix(self, prefix))
     }
 
     fn put<'a>(&'a self, key: &'a str, value: &'a [u8], lease: Option<i64>) -> Answer<'a, i64> {

@@ -65,6 +65,8 @@ pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, EtcdError>> + Sen
 pub trait FleetStore: Send + Sync + std::fmt::Debug {
     /// Every key under `prefix`, and the revision they were read at.
     fn range_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, (i64, Vec<Kv>)>;
+    /// How many keys are under `prefix` (no values sent).
+    fn count_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, i64>;
     /// Puts `value` at `key` (bound to `lease` if given); the new revision.
     fn put<'a>(&'a self, key: &'a str, value: &'a [u8], lease: Option<i64>) -> Answer<'a, i64>;
     /// Runs `ops` if every key in `guards` is unchanged; whether it ran, and
@@ -284,6 +286,16 @@ impl MemoryStore {
 }
 
 impl FleetStore for MemoryStore {
+    fn count_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, i64> {
+        let r = self.with(|m| {
+            Ok(m.keys
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .count() as i64)
+        });
+        Box::pin(std::future::ready(r))
+    }
+
     fn range_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, (i64, Vec<Kv>)> {
         let r = self.with(|m| {
             let kvs = m

@@ -69,8 +69,11 @@ impl Control {
                         fleet.refresh_gauges();
                         match fleet.store.lease_keepalive(id).await {
                             Ok(true) => {
-                                // Keeps georouter_fleet_instances current.
-                                let _ = fleet.status().await;
+                                // Keeps georouter_fleet_instances current: a
+                                // count, not every record (at 500 instances,
+                                // reading them all on every keepalive of every
+                                // instance was most of etcd's work).
+                                let _ = fleet.count_members().await;
                                 continue;
                             }
                             Ok(false) => {
