@@ -738,3 +738,111 @@ fn the_admin_address_can_be_set_from_the_command_line_or_the_environment() {
         "the override is no pending change: {config}"
     );
 }
+
+/// `check` is `run`'s start-up without serving: every way a start can fail
+/// on the policy and the files it names fails `check` the same way, naming
+/// the same place. Each case is run both ways.
+#[test]
+fn check_finds_every_failure_run_has_at_start() {
+    let dir = std::env::temp_dir().join(format!("georouter-startup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
+    };
+    let corrupt_db = file("corrupt.mmdb", &[0x5a; 4096]);
+    let not_pem = file("not-a-cert.pem", b"not a certificate\n");
+    let short_key = file("short-cookie-key", b"too short");
+    let base = "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"a\"\n\
+                endpoints = [{ url = \"http://127.0.0.1:1\" }]\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "a token file that is not there",
+            "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"/nonexistent/admin-token\"\n".into(),
+            "/nonexistent/admin-token",
+        ),
+        (
+            "a named token's variable unset",
+            "[admin]\naddress = \"127.0.0.1:0\"\n[[admin.tokens]]\nname = \"oncall\"\nenv = \"GEOROUTER_TEST_UNSET_TOKEN\"\n".into(),
+            "admin.tokens[0].env",
+        ),
+        (
+            "a state file in no directory",
+            "[admin]\naddress = \"127.0.0.1:0\"\nstate_file = \"/nonexistent-dir/state.json\"\n".into(),
+            "admin.state_file",
+        ),
+        (
+            "an admin API off loopback without a token",
+            "[admin]\naddress = \"0.0.0.0:0\"\n".into(),
+            "admin.address",
+        ),
+        (
+            "a corrupt geo database",
+            format!("[admin]\naddress = \"127.0.0.1:0\"\n[geo]\ndatabase = \"{corrupt_db}\"\n"),
+            "geo database",
+        ),
+        (
+            "a geo database that is not there",
+            "[admin]\naddress = \"127.0.0.1:0\"\n[geo]\ndatabase = \"/nonexistent/geo.mmdb\"\n".into(),
+            "/nonexistent/geo.mmdb",
+        ),
+        (
+            "a residency cookie key too short",
+            format!("[admin]\naddress = \"127.0.0.1:0\"\n[residency]\ncookie = \"home\"\ncookie_key_file = \"{short_key}\"\n"),
+            "cookie_key_file",
+        ),
+    ];
+    let mut tls_cases: Vec<(&str, String, &str)> = vec![(
+        "a certificate that is not PEM",
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\ntls.certificates = [{{ cert = \"{not_pem}\", key = \"{not_pem}\" }}]\n\
+             [admin]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"a\"\n\
+             endpoints = [{{ url = \"http://127.0.0.1:1\" }}]\n"
+        ),
+        "not-a-cert.pem",
+    )];
+    let mut all: Vec<(&str, String, &str)> = cases
+        .into_iter()
+        .map(|(what, extra, needle)| (what, format!("{base}{extra}"), needle))
+        .collect();
+    all.append(&mut tls_cases);
+    for (i, (what, policy, needle)) in all.iter().enumerate() {
+        let path = dir.join(format!("case{i}.toml"));
+        std::fs::write(&path, policy).unwrap();
+        let path = path.to_str().unwrap();
+        let (code, out, err) = georouter(&["check", "-c", path]);
+        assert_eq!(code, 1, "check passed {what}: {out}{err}");
+        assert!(
+            err.contains(needle),
+            "check on {what} does not name {needle}: {err}"
+        );
+        // `run` refuses it at start, naming the same place.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
+            .args(["run", "-c", path])
+            .env_remove("GEOROUTER_ADMIN_ADDRESS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("run started with {what}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "run passed {what}: {err}");
+        assert!(
+            err.contains(needle),
+            "run on {what} does not name {needle}: {err}"
+        );
+    }
+}
