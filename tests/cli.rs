@@ -846,3 +846,27 @@ fn check_finds_every_failure_run_has_at_start() {
         );
     }
 }
+
+/// A syntax error does not hide the rest: `check` says it first (line,
+/// column), then checks the policy with the broken line left out and reports
+/// the mistakes of the other sections.
+#[test]
+fn a_syntax_error_is_said_first_and_the_rest_is_checked_too() {
+    let dir = std::env::temp_dir().join(format!("georouter-syntax-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("syntax.toml");
+    std::fs::write(
+        &policy,
+        "[[listeners]]\naddress = \"127.0.0.1:0\n\
+         [[regions]]\nname = \"a\"\nendpoints = [{ url = \"http://127.0.0.1:1\" }]\nweigth = 2\n\
+         [server]\nworkers = \"two\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = georouter(&["check", "-c", policy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let parse = err.find("line 2, column").expect("the syntax error");
+    let rest = err.find("regions[0].weigth").expect("the rest checked");
+    assert!(parse < rest, "{err}");
+    assert!(err.contains("server.workers: invalid type"), "{err}");
+    assert!(!err.contains("listeners[0].address"), "{err}");
+}

@@ -4,13 +4,22 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::config::{Config, LoadError};
+use crate::config::{Config, Invalid, LoadError};
+
+mod recover;
 use crate::routing::table::{RoutingTable, TableError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A syntax error, and what the rest of the policy has wrong besides.
+    #[error("{parse}\nWith line {} left out, the rest of the policy was checked too: {rest}", lines_list(.lines))]
+    ParseAndMore {
+        parse: Box<LoadError>,
+        lines: Vec<usize>,
+        rest: Invalid,
+    },
     #[error(transparent)]
     Table(#[from] TableError),
     #[error("listeners[{0}].tls: {1}")]
@@ -21,10 +30,35 @@ pub enum CheckError {
     Secret(#[from] crate::secret::WorldWritable),
 }
 
+/// A syntax error, with the rest of the policy checked when leaving the
+/// broken lines out makes it parse and it has mistakes of its own.
+fn after_syntax_error(path: std::path::PathBuf, error: toml::de::Error) -> CheckError {
+    let rest = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| recover::rest_of(&text, &error));
+    let parse = LoadError::Parse { path, error };
+    match rest {
+        Some((lines, rest)) if !rest.0.is_empty() => CheckError::ParseAndMore {
+            parse: Box::new(parse),
+            lines,
+            rest,
+        },
+        _ => CheckError::Load(parse),
+    }
+}
+
+fn lines_list(lines: &[usize]) -> String {
+    let n: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    n.join(", ")
+}
+
 /// Checks the policy at `path`; its summary.
 pub fn check(path: &Path, overrides: &crate::config::Overrides) -> Result<String, CheckError> {
     let mut out = String::new();
-    let config = Config::load_with(path, overrides)?;
+    let config = match Config::load_with(path, overrides) {
+        Err(LoadError::Parse { path, error }) => return Err(after_syntax_error(path, error)),
+        other => other?,
+    };
     let table = RoutingTable::compile(&config)?;
     for (i, l) in config.listeners.iter().enumerate() {
         if let Some(tls) = &l.tls {
