@@ -166,6 +166,14 @@ fn geo_lookup(ip: std::net::IpAddr, db: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// A line to standard output; a reader gone (a closed pipe) is an error the
+/// caller returns, never a panic.
+fn say(text: impl std::fmt::Display) -> Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{text}")?;
+    Ok(())
+}
+
 /// The manual page, from the same definitions as `--help`.
 fn man() -> Result<()> {
     use std::io::Write as _;
@@ -257,7 +265,7 @@ async fn run_demo(
     });
     let config = demo::config(listen, admin, &regions, db)?;
     let token = admin_token.unwrap_or_else(|| demo::ADMIN_TOKEN.to_owned());
-    println!("{}", demo::banner(listen, admin, &token));
+    say(demo::banner(listen, admin, &token))?;
     serve(
         config,
         control::Options {
@@ -380,9 +388,9 @@ async fn finish_drill<R: serde::Serialize + std::fmt::Display>(
     demo: Option<demo::InProcess>,
 ) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        say(serde_json::to_string_pretty(report)?)?;
     } else {
-        println!("{report}");
+        say(report)?;
     }
     if let Some(d) = demo {
         d.running.shutdown().await;
@@ -394,7 +402,7 @@ async fn fleet(command: FleetCommand, config: Option<PathBuf>) -> Result<()> {
     use georouter::fleet::cli;
     if let FleetCommand::Keygen { out } = &command {
         let public = georouter::signing::keygen(out)?;
-        println!("{public}");
+        say(&public)?;
         eprintln!(
             "private key written to {} (keep it secret); add the public key above to fleet.policy_keys",
             out.display()

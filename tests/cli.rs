@@ -121,11 +121,17 @@ fn check_fails_on_an_unwritable_state_file() {
 fn check_into_a_closed_pipe_ends_quietly() {
     // `georouter check ... | head -1`: the reader is gone before the output.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/georouter.toml");
+    let key = std::env::temp_dir().join(format!("georouter-pipe-key-{}", std::process::id()));
+    let _ = std::fs::remove_file(&key);
+    let key = key.to_str().unwrap().to_owned();
     for args in [
         &["check", "-c", example][..],
         &["man"],
         &["completions", "zsh"],
         &["geo", "lookup", "80.128.0.1"],
+        &["fleet", "keygen", "--out", &key],
+        &["--help"],
+        &["--version"],
     ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_georouter"))
             .args(args)
