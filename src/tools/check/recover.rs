@@ -107,6 +107,20 @@ mod tests {
         assert_eq!(paths, ["regions[0].weigth", "server.workers"], "{rest}");
     }
 
+    proptest::proptest! {
+        /// Whatever the broken text, recovery ends without a panic, and only
+        /// ever names lines the text has.
+        #[test]
+        fn recovery_never_panics(text in "(\\[\\[?[a-z]{0,6}\\]?\\]?\n|[a-z]{1,6} = (\"[a-z0-9:.]{0,8}\"?|[0-9]{1,3}|\\[)\n|\n){0,12}") {
+            if let Err(FromTomlError::Parse(e)) = Config::from_toml(&text) {
+                if let Some((lines, _)) = rest_of(&text, &e) {
+                    let count = text.lines().count().max(1);
+                    proptest::prop_assert!(lines.iter().all(|&l| l >= 1 && l <= count));
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_text_that_does_not_recover_says_nothing_more() {
         let text = "[[listeners]\n".repeat(20);
