@@ -76,9 +76,24 @@ impl World {
 }
 
 fn drained(r: &TestRouter, region: &str) -> bool {
-    georouter::admin::views::regions(&r.control)
+    drained_in(&r.control, region)
+}
+
+fn drained_in(control: &Arc<georouter::control::Control>, region: &str) -> bool {
+    georouter::admin::views::regions(control)
         .iter()
         .any(|v| v.name == region && v.drained)
+}
+
+/// Until `r`'s own checks have taken `region` out of service.
+async fn sees_down(r: &TestRouter, region: &'static str) {
+    let control = r.control.clone();
+    eventually("the region seen down", move || {
+        georouter::admin::views::regions(&control)
+            .iter()
+            .any(|v| v.name == region && !v.healthy)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,13 +176,7 @@ async fn a_drain_that_empties_the_jurisdiction_on_another_instance_is_refused() 
     let w = World::new().await;
     let (a, _) = w.instance("a").await;
     let (b, _) = w.instance_seeing("b", Some(refused_port())).await;
-    let control = b.control.clone();
-    eventually("b sees eu2 down", move || {
-        georouter::admin::views::regions(&control)
-            .iter()
-            .any(|v| v.name == "eu2" && !v.healthy)
-    })
-    .await;
+    sees_down(&b, "eu2").await;
     // B's record says so in the store.
     let fleet = a.control.fleet().unwrap().clone();
     eventually_async("b's record reporting eu2 down", || {
@@ -234,13 +243,7 @@ async fn an_instance_applies_no_drain_that_leaves_it_without_a_serving_region() 
     let (a, _) = w.instance("a").await;
     let port = refused_port();
     let (b, _) = w.instance_seeing("b", Some(port)).await;
-    let control = b.control.clone();
-    eventually("b sees eu2 down", move || {
-        georouter::admin::views::regions(&control)
-            .iter()
-            .any(|v| v.name == "eu2" && !v.healthy)
-    })
-    .await;
+    sees_down(&b, "eu2").await;
     let fleet = a.control.fleet().unwrap().clone();
     let value = format!(
         r#"{{"drained":true,"reason":"direct","by":"mallory","instance":"x","at_ms":{}}}"#,
@@ -274,10 +277,4 @@ async fn an_instance_applies_no_drain_that_leaves_it_without_a_serving_region() 
         drained_in(&control, "eu1")
     })
     .await;
-}
-
-fn drained_in(control: &std::sync::Arc<georouter::control::Control>, region: &str) -> bool {
-    georouter::admin::views::regions(control)
-        .iter()
-        .any(|v| v.name == region && v.drained)
 }
