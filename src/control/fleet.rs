@@ -40,10 +40,10 @@ impl Control {
 
     async fn fleet_watch(self: Arc<Self>, fleet: Arc<Fleet>) {
         let mut shutdown = self.shutdown.clone();
-        let mut failures = 0usize;
+        let backoff = Backoff::default();
         loop {
             let outcome = tokio::select! {
-                r = self.sync_and_watch(&fleet, &mut failures) => r,
+                r = self.sync_and_watch(&fleet, &backoff) => r,
                 _ = shutdown.changed() => return,
             };
             fleet.set_connected(false);
@@ -65,7 +65,7 @@ impl Control {
                 }
                 Ok(()) => {}
             }
-            if !back_off(&mut failures, &mut shutdown).await {
+            if !backoff.wait(&mut shutdown).await {
                 return;
             }
         }
@@ -73,7 +73,7 @@ impl Control {
 
     /// Reads every drain, reconciles what was held, then follows the changes
     /// until the link breaks.
-    async fn sync_and_watch(&self, fleet: &Fleet, failures: &mut usize) -> Result<(), EtcdError> {
+    async fn sync_and_watch(&self, fleet: &Fleet, backoff: &Backoff) -> Result<(), EtcdError> {
         // The same etcd history, or nothing from it is applied.
         fleet.check_epoch().await?;
         // The instance's record names the epoch from now on.
@@ -108,7 +108,7 @@ impl Control {
             .watch(&fleet.keys.drains(), revision + 1)
             .await?;
         fleet.set_connected(true);
-        *failures = 0;
+        backoff.reset();
         let dir = fleet.keys.drains();
         loop {
             let changes = next_changes(&mut watch, fleet).await?;
@@ -266,14 +266,57 @@ impl Control {
     }
 }
 
-/// Waits out the backoff after the `failures`-th failure in a row (and counts
-/// it); false when the router shuts down first.
-async fn back_off(failures: &mut usize, shutdown: &mut crate::edge::server::Shutdown) -> bool {
-    let wait = BACKOFF[(*failures).min(BACKOFF.len() - 1)];
-    *failures += 1;
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => true,
-        _ = shutdown.changed() => false,
+/// A follower's failures in a row, and the wait they earn before the next
+/// attempt. A follower resets it once its link to etcd is up again.
+#[derive(Debug, Default)]
+struct Backoff(std::sync::atomic::AtomicUsize);
+
+impl Backoff {
+    /// The link is up: the next failure waits the shortest time again.
+    fn reset(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits out the backoff after one more failure; false when the router
+    /// shuts down first.
+    async fn wait(&self, shutdown: &mut crate::edge::server::Shutdown) -> bool {
+        let failures = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.changed() => false,
+        }
+    }
+}
+
+impl Control {
+    /// Keeps a follower going until shutdown: `follow` runs until its link to
+    /// etcd breaks; the break is logged (`interrupted`, at most once a second
+    /// by `log`), then the backoff, then it runs again.
+    async fn keep_following<Fut>(
+        &self,
+        interrupted: &'static str,
+        log: &'static crate::log_limit::Limiter,
+        backoff: &Backoff,
+        follow: impl Fn() -> Fut,
+    ) where
+        Fut: std::future::Future<Output = Result<(), EtcdError>>,
+    {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let outcome = tokio::select! {
+                r = follow() => r,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(e) = outcome {
+                if let Some(suppressed) = log.allow() {
+                    tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "{interrupted}");
+                }
+            }
+            if !backoff.wait(&mut shutdown).await {
+                return;
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ impl Control {
         let every = ttl / 3;
         let mut lease: Option<i64> = None;
         let mut had_lease = false;
-        let mut failures = 0usize;
+        let backoff = Backoff::default();
         // The keepalive keeps its own schedule: acknowledgements made in
         // between (a drain change a second) never push it back.
         let mut renew_at = tokio::time::Instant::now() + every;
@@ -43,7 +43,7 @@ impl Control {
             };
             let id = match id {
                 Ok(id) => {
-                    failures = 0;
+                    backoff.reset();
                     id
                 }
                 Err(e) => {
@@ -54,7 +54,7 @@ impl Control {
                     if let Some(suppressed) = LOG.allow() {
                         tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet heartbeat failed; serving with the drains last applied");
                     }
-                    if !back_off(&mut failures, &mut shutdown).await {
+                    if !backoff.wait(&mut shutdown).await {
                         break;
                     }
                     continue;

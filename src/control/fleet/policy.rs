@@ -9,29 +9,22 @@ impl Control {
     /// (validated again here; a policy that does not load is refused, recorded
     /// in this instance's acknowledgement, and the one in service stays).
     pub(super) async fn fleet_policy(self: Arc<Self>, fleet: Arc<Fleet>) {
-        let mut shutdown = self.shutdown.clone();
-        let mut failures = 0usize;
-        loop {
-            let outcome = tokio::select! {
-                r = self.follow_policy(&fleet, &mut failures) => r,
-                _ = shutdown.changed() => return,
-            };
-            if let Err(e) = outcome {
-                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
-                if let Some(suppressed) = LOG.allow() {
-                    tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet policy watch interrupted; serving the policy last applied");
-                }
-            }
-            if !back_off(&mut failures, &mut shutdown).await {
-                return;
-            }
-        }
+        static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+        let backoff = Backoff::default();
+        let (this, fleet, backoff) = (&self, &fleet, &backoff);
+        self.keep_following(
+            "fleet policy watch interrupted; serving the policy last applied",
+            &LOG,
+            backoff,
+            || this.follow_policy(fleet, backoff),
+        )
+        .await;
     }
 
     async fn follow_policy(
         self: &Arc<Self>,
         fleet: &Fleet,
-        failures: &mut usize,
+        backoff: &Backoff,
     ) -> Result<(), EtcdError> {
         if fleet.history_changed() {
             return Err(history_changed(fleet));
@@ -43,7 +36,7 @@ impl Control {
                 .await;
         }
         let mut watch = fleet.store.watch(&key, revision + 1).await?;
-        *failures = 0;
+        backoff.reset();
         loop {
             let changes = next_changes(&mut watch, fleet).await?;
             let Some(changes) = changes else {

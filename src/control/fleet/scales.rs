@@ -9,26 +9,19 @@ impl Control {
     /// partial drain ends only by a newer record (keep = 1), never because a
     /// read no longer shows it.
     pub(super) async fn fleet_scales(self: Arc<Self>, fleet: Arc<Fleet>) {
-        let mut shutdown = self.shutdown.clone();
-        let mut failures = 0usize;
-        loop {
-            let outcome = tokio::select! {
-                r = self.follow_scales(&fleet, &mut failures) => r,
-                _ = shutdown.changed() => return,
-            };
-            if let Err(e) = outcome {
-                static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
-                if let Some(suppressed) = LOG.allow() {
-                    tracing::warn!(target: "georouter::fleet", error = %e, suppressed, "fleet partial-drain watch interrupted; serving with those last applied");
-                }
-            }
-            if !back_off(&mut failures, &mut shutdown).await {
-                return;
-            }
-        }
+        static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+        let backoff = Backoff::default();
+        let (this, fleet, backoff) = (&self, &fleet, &backoff);
+        self.keep_following(
+            "fleet partial-drain watch interrupted; serving with those last applied",
+            &LOG,
+            backoff,
+            || this.follow_scales(fleet, backoff),
+        )
+        .await;
     }
 
-    async fn follow_scales(&self, fleet: &Fleet, failures: &mut usize) -> Result<(), EtcdError> {
+    async fn follow_scales(&self, fleet: &Fleet, backoff: &Backoff) -> Result<(), EtcdError> {
         if fleet.history_changed() {
             return Err(history_changed(fleet));
         }
@@ -77,7 +70,7 @@ impl Control {
             self.apply_fleet_scale(region, scale);
         }
         let mut watch = fleet.store.watch(&dir, revision + 1).await?;
-        *failures = 0;
+        backoff.reset();
         loop {
             let Some(changes) = next_changes(&mut watch, fleet).await? else {
                 return Ok(());
