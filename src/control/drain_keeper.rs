@@ -2,7 +2,9 @@
 //! fleet's book) behind its own lock, and the writer that keeps each change on
 //! disk (fsynced) once that lock is released, never an older state over a newer.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+
+use super::lock;
 
 use crate::drains::{DrainStore, Drains, StateFileError, StateWrite};
 use crate::fleet::book::FleetBook;
@@ -45,11 +47,6 @@ pub(crate) struct DrainKeeper {
     kept: Mutex<Kept>,
     /// The number of the newest write on disk.
     written: Mutex<u64>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic under the lock is a bug; the data is still consistent enough to serve.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DrainKeeper {

@@ -174,9 +174,7 @@ impl Control {
     /// region applies once one is back. A drain in force stays.
     pub(super) fn book_follows_health(&self, down: std::collections::BTreeSet<String>) {
         self.change_fleet_book(
-            |book| {
-                book.set_down(down);
-            },
+            |book| book.set_down(down),
             |_, drain| drain.map_or_else(String::new, |d| d.by.clone()),
         );
     }

@@ -203,14 +203,12 @@ impl FleetBook {
 
     /// The regions this instance sees down by its own checks: a drain held
     /// back because it would have left a jurisdiction without a serving
-    /// region applies once that is no longer so. Whether anything changed.
-    pub fn set_down(&mut self, down: std::collections::BTreeSet<String>) -> bool {
-        if down == self.down {
-            return false;
+    /// region applies once that is no longer so.
+    pub fn set_down(&mut self, down: std::collections::BTreeSet<String>) {
+        if down != self.down {
+            self.down = down;
+            self.rebuild();
         }
-        self.down = down;
-        self.rebuild();
-        true
     }
 
     /// Records an intent made while the fleet was unreachable.
