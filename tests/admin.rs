@@ -73,24 +73,7 @@ async fn a_drain_records_the_name_of_the_token_that_made_it() {
     "#;
     let router = TestRouter::spawn_with_token(&eu_policy(&a, &b, tokens), "s3cret").await;
     // Reads need a token now (a read token is set): the dashboard's.
-    let view = |name: &'static str| {
-        let admin = router.admin;
-        async move {
-            let req = http::Request::get(format!("http://{admin}/regions"))
-                .header("authorization", format!("Bearer {dashboard}"))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap();
-            let r = send(&h1_client(), req).await;
-            assert_eq!(r.status, 200, "{}", r.body);
-            let all: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-            all.as_array()
-                .unwrap()
-                .iter()
-                .find(|v| v["name"] == name)
-                .cloned()
-                .unwrap()
-        }
-    };
+    let view = |name: &'static str| region_view_as(router.admin, name, Some(dashboard));
     let (s, body) = admin_post(router.admin, "/regions/a/drain?reason=test", Some(oncall)).await;
     assert_eq!(s, 200, "{body}");
     let v = view("a").await;
@@ -105,12 +88,7 @@ async fn a_drain_records_the_name_of_the_token_that_made_it() {
     // An undrain names its actor too, in the journal the status page shows.
     let (s, body) = admin_post(router.admin, "/regions/a/undrain", Some(oncall)).await;
     assert_eq!(s, 200, "{body}");
-    let req = http::Request::get(format!("http://{}/status", router.admin))
-        .header("authorization", format!("Bearer {dashboard}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(&send(&h1_client(), req).await.body).unwrap();
+    let status = admin_json(router.admin, "/status", Some(dashboard)).await;
     let undrain = status["events"]
         .as_array()
         .unwrap()

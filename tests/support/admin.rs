@@ -16,10 +16,30 @@ pub async fn admin_post(
     (r.status, r.body)
 }
 
+/// A read view of the admin API as JSON (`/regions`, `/status`), with an
+/// optional bearer token; it must answer 200.
+pub async fn admin_json(admin: SocketAddr, path: &str, token: Option<&str>) -> serde_json::Value {
+    let mut req = http::Request::get(format!("http://{admin}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let r = send(&h1_client(), req.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.body))
+}
+
 /// `GET /regions` as JSON, the entry for `name`.
 pub async fn region_view(admin: SocketAddr, name: &str) -> serde_json::Value {
-    let r = get(&h1_client(), &format!("http://{admin}/regions")).await;
-    let all: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    region_view_as(admin, name, None).await
+}
+
+/// `GET /regions` with a bearer token, the entry for `name`.
+pub async fn region_view_as(
+    admin: SocketAddr,
+    name: &str,
+    token: Option<&str>,
+) -> serde_json::Value {
+    let all = admin_json(admin, "/regions", token).await;
     all.as_array()
         .unwrap()
         .iter()
