@@ -95,6 +95,10 @@ pub struct Fleet {
     pub reset: tokio::sync::Notify,
     /// Instances seen alive, with when (for "gone").
     seen: Mutex<BTreeMap<String, u64>>,
+    /// The last status read for a view polled by anyone who can reach it
+    /// (the status page), and when: one etcd read a second at most.
+    #[allow(clippy::type_complexity)]
+    recent: tokio::sync::Mutex<Option<(tokio::time::Instant, bool, Result<FleetStatus, String>)>>,
     /// The fleet policy in service here, and the last one refused.
     policy: Mutex<(i64, Option<Rejection>)>,
     /// The fleet's epoch in the etcd history this instance follows.
@@ -128,6 +132,7 @@ impl Fleet {
             applied_changed: tokio::sync::Notify::new(),
             reset: tokio::sync::Notify::new(),
             seen: Mutex::new(BTreeMap::new()),
+            recent: tokio::sync::Mutex::new(None),
             policy: Mutex::new((0, None)),
             epoch: Mutex::new(None),
             history_changed: AtomicBool::new(false),
@@ -478,6 +483,23 @@ impl Fleet {
             m.instances.set(n);
         }
         Ok(n)
+    }
+
+    /// [`Fleet::status`] (or why it failed) at most `max_age` old and read
+    /// while this instance's link was as it is now: callers arriving together
+    /// share one read, so a view polled at any rate costs etcd one read per
+    /// `max_age`.
+    pub async fn recent_status(&self, max_age: Duration) -> Result<FleetStatus, String> {
+        let mut recent = self.recent.lock().await;
+        let connected = self.connected();
+        if let Some((at, was, status)) = recent.as_ref() {
+            if at.elapsed() < max_age && *was == connected {
+                return status.clone();
+            }
+        }
+        let status = self.status().await.map_err(|e| e.to_string());
+        *recent = Some((tokio::time::Instant::now(), connected, status.clone()));
+        status
     }
 
     /// The fleet now: its instances (and whether each has applied the latest

@@ -214,6 +214,22 @@ async fn the_status_shows_the_members_and_a_banner_when_the_store_is_out_of_reac
     assert_eq!(names, ["a", "b"]);
     assert!(members.iter().all(|m| m.in_step), "{members:?}");
     assert!(status.alerts.is_empty(), "{:?}", status.alerts);
+    // Polled by any number of pages, the members cost etcd one read a second:
+    // 50 polls at once, the first read shared (a status is 4 ranges).
+    let before = link_a.reads();
+    let mut polls = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let control = a.control.clone();
+        polls.spawn(async move { georouter::admin::views::status(&control).await });
+    }
+    while let Some(s) = polls.join_next().await {
+        assert!(s.unwrap().fleet.unwrap().members.is_some());
+    }
+    assert!(
+        link_a.reads() - before <= 4,
+        "{} reads",
+        link_a.reads() - before
+    );
     link_a.set_reachable(false);
     let fleet_a = a.control.fleet().unwrap().clone();
     eventually("a cut off", move || !fleet_a.connected()).await;

@@ -283,7 +283,12 @@ pub async fn status(control: &Control) -> StatusView {
 }
 
 async fn fleet_view(f: &crate::fleet::Fleet) -> FleetView {
-    let read = tokio::time::timeout(std::time::Duration::from_secs(1), f.status()).await;
+    // Polled by every open page: one etcd read a second, however many poll.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        f.recent_status(std::time::Duration::from_secs(1)),
+    )
+    .await;
     let (members, error) = match read {
         Ok(Ok(status)) => (
             Some(
@@ -301,7 +306,7 @@ async fn fleet_view(f: &crate::fleet::Fleet) -> FleetView {
             ),
             None,
         ),
-        Ok(Err(e)) => (None, Some(e.to_string())),
+        Ok(Err(e)) => (None, Some(e)),
         Err(_) => (None, Some("etcd did not answer within 1s".to_owned())),
     };
     FleetView {

@@ -100,6 +100,8 @@ pub struct MemoryStore {
     /// This client's link (its calls fail and its watches break while down).
     up: Arc<AtomicBool>,
     id: u64,
+    /// Reads (ranges) this client made.
+    reads: Arc<AtomicU64>,
 }
 
 /// Client ids of the handles on one store.
@@ -124,6 +126,7 @@ impl Default for MemoryStore {
             inner: Arc::new(Mutex::new(Memory::empty(1))),
             up: Arc::new(AtomicBool::new(true)),
             id: CLIENTS.fetch_add(1, Ordering::Relaxed),
+            reads: Arc::default(),
         }
     }
 }
@@ -253,7 +256,13 @@ impl MemoryStore {
             inner: self.inner.clone(),
             up: Arc::new(AtomicBool::new(true)),
             id: CLIENTS.fetch_add(1, Ordering::Relaxed),
+            reads: Arc::default(),
         }
+    }
+
+    /// Reads (ranges and counts) this client has made.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Cuts (false) or restores (true) this client's link: its calls fail as
@@ -287,6 +296,7 @@ impl MemoryStore {
 
 impl FleetStore for MemoryStore {
     fn count_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, i64> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let r = self.with(|m| {
             Ok(m.keys
                 .range(prefix.to_owned()..)
@@ -297,6 +307,7 @@ impl FleetStore for MemoryStore {
     }
 
     fn range_prefix<'a>(&'a self, prefix: &'a str) -> Answer<'a, (i64, Vec<Kv>)> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let r = self.with(|m| {
             let kvs = m
                 .keys
