@@ -324,6 +324,18 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// Errors at a key the command line set say so: the policy file is not
+    /// where to look.
+    fn said(&self, mut errors: Invalid) -> Invalid {
+        if self.admin_address.is_some() {
+            for e in errors.0.iter_mut().filter(|e| e.path == "admin.address") {
+                e.message
+                    .push_str(" (admin.address set by --admin-address or GEOROUTER_ADMIN_ADDRESS, over the policy file)");
+            }
+        }
+        errors
+    }
+
     fn apply(&self, table: &mut toml::Table) {
         if let Some(address) = &self.admin_address {
             if let toml::Value::Table(admin) = table
@@ -418,9 +430,10 @@ impl Config {
         // errors at their dotted paths, all at once.
         let mut table: toml::Table = text.parse().map_err(FromTomlError::Parse)?;
         overrides.apply(&mut table);
-        let raw: RawConfig = read::read(table).map_err(FromTomlError::Invalid)?;
+        let said = |e| FromTomlError::Invalid(overrides.said(e));
+        let raw: RawConfig = read::read(table).map_err(said)?;
         let effective = effective(&raw);
-        let mut config = Config::try_from(raw).map_err(FromTomlError::Invalid)?;
+        let mut config = Config::try_from(raw).map_err(said)?;
         config.effective = effective;
         Ok(config)
     }

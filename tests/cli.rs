@@ -691,6 +691,10 @@ fn the_admin_address_can_be_set_from_the_command_line_or_the_environment() {
         err.contains("admin.address") && err.contains("not-an-address"),
         "{err}"
     );
+    assert!(
+        err.contains("GEOROUTER_ADMIN_ADDRESS"),
+        "where the value came from: {err}"
+    );
 
     let (port, listen) = (free_port(), free_port());
     let policy = format!(
