@@ -344,3 +344,25 @@ fn the_readme_lists_every_metric() {
         );
     }
 }
+
+/// A tag moves under a build; the image is built from the bytes it names.
+#[test]
+fn the_dockerfile_pins_its_base_images_by_digest() {
+    let df = read("deploy/Dockerfile");
+    let images: Vec<&str> = df
+        .lines()
+        .filter_map(|l| l.strip_prefix("ARG "))
+        .filter(|a| a.contains("_IMAGE="))
+        .collect();
+    assert_eq!(images.len(), 2, "build and runtime images: {images:?}");
+    for arg in images {
+        let digest = arg.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{arg} is not pinned by digest"
+        );
+    }
+    for from in df.lines().filter(|l| l.starts_with("FROM ")) {
+        assert!(from.contains("${"), "{from} names an image not pinned above");
+    }
+}
