@@ -161,6 +161,21 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     pub tls: Option<TlsSpec>,
     pub proxy_protocol: bool,
+    /// HTTP/3 over QUIC beside the TLS listener, with the same certificates.
+    pub http3: Option<Http3Spec>,
+}
+
+/// An HTTP/3 (QUIC) endpoint beside a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http3Spec {
+    /// The UDP address.
+    pub address: SocketAddr,
+    /// `ma` of the `Alt-Svc` header TCP responses carry.
+    pub alt_svc_max_age: Duration,
+    /// 0-RTT accepted: safe methods only, the rest answered 425.
+    pub early_data: bool,
+    /// Handshakes in progress past which new clients are sent a Retry first.
+    pub retry_threshold: usize,
 }
 
 /// A TLS listener: its certificates and how clients may resume sessions.

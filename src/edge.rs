@@ -5,6 +5,7 @@
 pub(crate) mod activity;
 pub(crate) mod descriptors;
 pub(crate) mod h2_guard;
+pub(crate) mod h3;
 pub(crate) mod head_guard;
 pub(crate) mod http_conn;
 pub(crate) mod io_delegate;

@@ -191,7 +191,7 @@ fn check(path: &std::path::Path, overrides: &Overrides) -> Result<()> {
 }
 
 async fn serve(config: Config, options: control::Options) -> Result<()> {
-    let listeners = server::bind(&config.listeners)?;
+    let listeners = server::bind(&config.listeners, &config.server)?;
     let admin = std::net::TcpListener::bind(config.admin.address)
         .with_context(|| format!("admin.address: cannot listen on {}", config.admin.address))?;
     // Said only once everything at start passed (the table, the geo database,

@@ -32,6 +32,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::edge::h3::body::H3Body;
+use crate::proxy::client_body::Source;
+
 use crate::config::RegionName;
 use crate::edge::activity::{Activity, Streaming};
 use crate::edge::head_guard::Flaw;
@@ -69,6 +72,8 @@ pub struct Connection {
     pub timer: TimerSlot,
     /// TLS: the names the certificate this connection was given covers.
     pub cert_names: Option<Arc<[Box<str>]>>,
+    /// `Alt-Svc` for responses: the listener also serves HTTP/3.
+    pub alt_svc: Option<HeaderValue>,
 }
 
 impl Connection {
@@ -85,6 +90,7 @@ impl Connection {
             verdicts: opened.verdicts,
             timer: TimerSlot::default(),
             cert_names: opened.cert_names,
+            alt_svc: opened.alt_svc,
         }
     }
 
@@ -119,7 +125,7 @@ impl server::App for App {
 }
 
 /// The requests of one connection, each through [`handle`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Service(Arc<Connection>);
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -135,21 +141,34 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        Box::pin(handle(self.0.clone(), req))
+        Box::pin(handle(self.0.clone(), req.map(Source::Hyper)))
+    }
+}
+
+/// HTTP/3 requests take the same path; only their body comes from elsewhere.
+impl hyper::service::Service<Request<H3Body>> for Service {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<H3Body>) -> Self::Future {
+        Box::pin(handle(self.0.clone(), req.map(Source::from)))
     }
 }
 
 /// The hyper service entry point for one request.
 pub async fn handle(
     conn: Arc<Connection>,
-    req: Request<Incoming>,
+    req: Request<Source>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let active = conn.activity.begin();
     if req.version() == Version::HTTP_2 {
         conn.activity.saw_http2();
     }
     let started = Instant::now();
-    let http1 = req.version() != Version::HTTP_2;
+    let http1 = req.version() < Version::HTTP_2;
     let snapshot = conn.state.routing.load_full();
     let mut ctx = Context::new(&conn, &snapshot, &req, started);
     let flaw = conn.verdicts.of(active.index());
@@ -205,6 +224,10 @@ pub async fn handle(
             e.into_response(http1, &request_id)
         }
     };
+    if let Some(alt_svc) = &conn.alt_svc {
+        resp.headers_mut()
+            .insert(http::header::ALT_SVC, alt_svc.clone());
+    }
     ctx.log(&conn, &snapshot, &mut resp, &request_id);
     Ok(resp)
 }
@@ -230,7 +253,7 @@ fn set_path(uri: &mut http::Uri, path: &str) -> Result<(), ProxyError> {
 /// lowered (no allocation either way). `host` is where admission found it,
 /// `header` the Host header.
 fn request_host<'b>(
-    req: &'b Request<Incoming>,
+    req: &'b Request<Source>,
     host: Option<Host>,
     header: Option<&'b HeaderValue>,
     buf: &'b mut [u8; 256],
@@ -262,7 +285,7 @@ struct Door {
 async fn proxy<'s>(
     conn: &Arc<Connection>,
     snapshot: &'s Snapshot,
-    mut req: Request<Incoming>,
+    mut req: Request<Source>,
     started: Instant,
     door: Door,
     made_id: Option<u64>,
@@ -337,7 +360,7 @@ async fn proxy<'s>(
 /// the size limits. Nothing is decided yet; an ambiguous spelling that the
 /// reading decoded is returned for the route to accept or refuse.
 fn check(
-    req: &mut Request<Incoming>,
+    req: &mut Request<Source>,
     settings: &RequestSettings,
     flaw: Option<Flaw>,
     admitted: Result<Admitted, Refused>,
@@ -350,6 +373,10 @@ fn check(
         }));
     }
     let admitted = admitted?;
+    // RFC 8470 5.1: early data may be replayed; only what is safe to repeat.
+    if req.body().is_early() && !req.method().is_safe() {
+        return Err(ProxyError::TooEarly);
+    }
     let reading = path::read(req.uri().path())?;
     let ambiguity = reading.ambiguity;
     if let Cow::Owned(normal) = reading.path {
@@ -389,7 +416,7 @@ struct Plan<'t> {
 fn decide<'t>(
     conn: &Connection,
     snapshot: &'t Snapshot,
-    req: &Request<Incoming>,
+    req: &Request<Source>,
     admitted: &Admitted,
     host_header: Option<&HeaderValue>,
     ambiguity: Option<Ambiguity>,

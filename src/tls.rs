@@ -183,6 +183,22 @@ pub fn covers(names: &[Box<str>], host: &str) -> bool {
 
 /// Server-side config for one TLS listener; advertises h2 and http/1.1 by ALPN.
 pub fn server_config(spec: &TlsSpec) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(Arc::new(server_config_for(spec, &[b"h2", b"http/1.1"])?))
+}
+
+/// The same certificates, resolver and resumption for a QUIC endpoint: ALPN
+/// `h3` only; with `early_data`, 0-RTT is offered on resumed connections (QUIC
+/// allows no other size than all or nothing).
+pub fn quic_server_config(
+    spec: &TlsSpec,
+    early_data: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = server_config_for(spec, &[b"h3"])?;
+    cfg.max_early_data_size = if early_data { u32::MAX } else { 0 };
+    Ok(cfg)
+}
+
+fn server_config_for(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     let mut by_name = HashMap::new();
     let mut default = None;
     for c in &spec.certificates {
@@ -199,9 +215,9 @@ pub fn server_config(spec: &TlsSpec) -> Result<Arc<rustls::ServerConfig>, TlsErr
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     resumption(&mut cfg, &spec.resumption)?;
-    Ok(Arc::new(cfg))
+    Ok(cfg)
 }
 
 /// Session cache and tickets as the listener's policy says; with neither, no

@@ -363,6 +363,9 @@ fn the_dockerfile_pins_its_base_images_by_digest() {
         );
     }
     for from in df.lines().filter(|l| l.starts_with("FROM ")) {
-        assert!(from.contains("${"), "{from} names an image not pinned above");
+        assert!(
+            from.contains("${"),
+            "{from} names an image not pinned above"
+        );
     }
 }

@@ -380,7 +380,7 @@ async fn a_bad_ticket_key_file_is_refused_where_it_is() {
         toml_path(&keys),
     ))
     .unwrap();
-    let Err(e) = georouter::edge::server::bind(&config.listeners) else {
+    let Err(e) = georouter::edge::server::bind(&config.listeners, &config.server) else {
         panic!("a listener with an unusable ticket key file was bound");
     };
     let e = e.to_string();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{
-    raw, AdminSettings, Capacity, CertificateSpec, ClientSettings, Http2Tuning, Invalid,
+    raw, AdminSettings, Capacity, CertificateSpec, ClientSettings, Http2Tuning, Http3Spec, Invalid,
     ListenerSpec, Resumption, ServerSettings, TlsSpec, UpstreamSettings,
 };
 
@@ -188,6 +188,7 @@ pub(super) fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<L
     }
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
+    let mut udp = HashSet::new();
     raw.into_iter()
         .enumerate()
         .map(|(i, l)| {
@@ -265,14 +266,59 @@ pub(super) fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<L
                     resumption,
                 }
             });
+            let http3 = l
+                .http3
+                .map(|h| http3(&path, address, h, tls.is_some(), &mut udp, errs));
             ListenerSpec {
                 name,
                 address,
                 tls,
                 proxy_protocol: l.proxy_protocol,
+                http3,
             }
         })
         .collect()
+}
+
+/// A listener's HTTP/3 endpoint: on a TLS listener only, on a UDP address of
+/// its own (by default the listener's, over UDP).
+fn http3(
+    path: &str,
+    tcp: SocketAddr,
+    raw: raw::RawHttp3,
+    tls: bool,
+    udp: &mut HashSet<SocketAddr>,
+    errs: &mut Invalid,
+) -> Http3Spec {
+    let path = format!("{path}.http3");
+    if !tls {
+        errs.push(
+            path.clone(),
+            "HTTP/3 needs the listener's certificates: add [listeners.tls] (QUIC is always encrypted)",
+        );
+    }
+    let address = match &raw.address {
+        Some(a) => socket_addr(&format!("{path}.address"), a, errs),
+        None => tcp,
+    };
+    if !udp.insert(address) {
+        errs.push(
+            format!("{path}.address"),
+            format!("{address} (UDP) is used by another listener's HTTP/3"),
+        );
+    }
+    if raw.alt_svc_max_age.as_secs() == 0 {
+        errs.push(
+            format!("{path}.alt_svc_max_age"),
+            "0 tells clients to forget HTTP/3 at once: use at least \"1m\" (e.g. \"24h\")",
+        );
+    }
+    Http3Spec {
+        address,
+        alt_svc_max_age: raw.alt_svc_max_age,
+        early_data: raw.early_data,
+        retry_threshold: raw.retry_threshold,
+    }
 }
 
 /// Two sockets that cannot both be bound: one port (not 0), and one address

@@ -217,6 +217,35 @@ pub struct RawListener {
     /// Expect a PROXY protocol (v1 or v2) header on every connection.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// HTTP/3 over QUIC beside this TLS listener.
+    #[serde(default)]
+    pub http3: Option<RawHttp3>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp3 {
+    /// The UDP address (default: the listener's address, over UDP).
+    pub address: Option<String>,
+    /// How long clients may remember the `Alt-Svc` advertisement.
+    #[serde(with = "humantime_serde")]
+    pub alt_svc_max_age: Duration,
+    /// Accept 0-RTT early data (safe methods only; the rest get 425).
+    pub early_data: bool,
+    /// Handshakes in progress past which a new client must prove its address
+    /// with a Retry round trip first; 0: every client.
+    pub retry_threshold: usize,
+}
+
+impl Default for RawHttp3 {
+    fn default() -> Self {
+        Self {
+            address: None,
+            alt_svc_max_age: Duration::from_secs(24 * 3600),
+            early_data: false,
+            retry_threshold: 64,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerSpec, ServerSettings};
 use crate::edge::activity::Activity;
+use crate::edge::h3::body::H3Body;
 use crate::edge::head_guard::Verdicts;
 use crate::edge::http_conn::{Builders, Served, Version};
 
@@ -32,6 +33,8 @@ pub struct Opened {
     pub verdicts: Arc<Verdicts>,
     /// TLS: the names the certificate this connection was given covers.
     pub cert_names: Option<Arc<[Box<str>]>>,
+    /// `Alt-Svc` for its responses, when the listener serves HTTP/3 too.
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 /// A future a worker runs beside its listeners until shutdown.
@@ -40,11 +43,17 @@ pub type WorkerTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + S
 /// What the edge serves on each connection, and what each worker runs beside
 /// it; `launch` hands it over, so the edge names no service of its own.
 pub trait App: Clone + Send + Sync + 'static {
-    type Body: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    type Body: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send>
         + Send
         + 'static;
     type Service: HttpService<Incoming, ResBody = Self::Body, Future: Send + 'static>
-        + Send
+        + hyper::service::Service<
+            http::Request<H3Body>,
+            Response = http::Response<Self::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Send
+        + Sync
         + 'static;
     /// The service for the requests of one opened connection.
     fn service(&self, opened: Opened) -> Self::Service;
@@ -61,6 +70,10 @@ pub struct Listener {
     pub cert_names: Option<Arc<crate::tls::CertNames>>,
     /// Connections start with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// `Alt-Svc` its responses carry: HTTP/3 beside it.
+    pub alt_svc: Option<http::HeaderValue>,
+    /// Its HTTP/3 endpoint, served by the first worker that takes it.
+    pub quic: Option<crate::edge::h3::QuicSlot>,
 }
 
 impl Listener {
@@ -72,6 +85,8 @@ impl Listener {
             tls: self.tls.clone(),
             cert_names: self.cert_names.clone(),
             proxy_protocol: self.proxy_protocol,
+            alt_svc: self.alt_svc.clone(),
+            quic: self.quic.clone(),
         })
     }
 }
@@ -89,11 +104,16 @@ pub enum BindError {
         index: usize,
         source: crate::tls::TlsError,
     },
+    #[error("listeners[{index}].http3: {source}")]
+    Quic {
+        index: usize,
+        source: crate::edge::h3::QuicError,
+    },
 }
 
 /// Binds every configured listener and loads its certificates. Called at the
 /// binary's edge; everything below takes already-bound listeners.
-pub fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, BindError> {
+pub fn bind(specs: &[ListenerSpec], server: &ServerSettings) -> Result<Vec<Listener>, BindError> {
     specs
         .iter()
         .enumerate()
@@ -111,6 +131,31 @@ pub fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, BindError> {
                     address: spec.address,
                     source,
                 })?;
+            let (quic, alt_svc) = match &spec.http3 {
+                Some(h3) => {
+                    let bound = tcp.local_addr().map_err(|source| BindError::Listen {
+                        index,
+                        address: spec.address,
+                        source,
+                    })?;
+                    let quic = crate::edge::h3::bind(spec, h3, bound, server)
+                        .map_err(|source| BindError::Quic { index, source })?;
+                    let port = quic
+                        .local_addr()
+                        .map_err(|source| BindError::Listen {
+                            index,
+                            address: h3.address,
+                            source,
+                        })?
+                        .port();
+                    let alt_svc = crate::edge::h3::alt_svc(port, h3.alt_svc_max_age);
+                    (
+                        Some(Arc::new(std::sync::Mutex::new(Some(quic)))),
+                        Some(alt_svc),
+                    )
+                }
+                None => (None, None),
+            };
             Ok(Listener {
                 name: spec.name.clone(),
                 cert_names: spec
@@ -120,6 +165,8 @@ pub fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, BindError> {
                 tcp,
                 tls,
                 proxy_protocol: spec.proxy_protocol,
+                alt_svc,
+                quic,
             })
         })
         .collect()
@@ -217,6 +264,15 @@ impl ConnLimits {
 pub async fn run<A: App>(listeners: Vec<Listener>, app: A, limits: ConnLimits, shutdown: Shutdown) {
     let tasks = TaskTracker::new();
     for l in listeners {
+        let quic = l.quic.as_ref().and_then(|slot| slot.lock().ok()?.take());
+        if let Some(quic) = quic {
+            tasks.spawn(crate::edge::h3::serve(
+                quic,
+                app.clone(),
+                limits.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(serve(l, app.clone(), limits.clone(), shutdown.clone()));
     }
     for task in app.worker_tasks(&shutdown) {
@@ -289,6 +345,7 @@ pub async fn serve<A: App>(listener: Listener, app: A, limits: ConnLimits, mut s
             proxy_protocol: listener.proxy_protocol,
             tls: listener.tls.clone(),
             cert_names: listener.cert_names.clone(),
+            alt_svc: listener.alt_svc.clone(),
             tracked: registration.tracked.clone(),
         };
         let (builder, limits, app) = (builder.clone(), limits.clone(), app.clone());
@@ -329,6 +386,7 @@ struct Accepted {
     proxy_protocol: bool,
     tls: Option<TlsAcceptor>,
     cert_names: Option<Arc<crate::tls::CertNames>>,
+    alt_svc: Option<http::HeaderValue>,
     /// Its place in connection pressure, told when it is open.
     tracked: Arc<crate::edge::pressure::Tracked>,
 }
@@ -389,6 +447,7 @@ impl Accepted {
             activity: activity.clone(),
             verdicts: Arc::default(),
             cert_names: None,
+            alt_svc: self.alt_svc,
         };
         let served = match self.tls {
             None => {

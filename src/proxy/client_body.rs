@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::blame::ClientFault;
+use crate::edge::h3::body::H3Body;
 
 /// The client's body failed: its framing, its connection or its pace.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,82 @@ use crate::blame::ClientFault;
 pub struct ClientBodyError {
     pub fault: ClientFault,
     #[source]
-    source: Option<hyper::Error>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Where a client's request body comes from: hyper's connection (HTTP/1.1,
+/// HTTP/2) or an HTTP/3 stream.
+#[derive(Debug)]
+pub enum Source {
+    Hyper(Incoming),
+    H3(Box<H3Body>),
+}
+
+impl Source {
+    /// The request came in TLS early data (HTTP/3 0-RTT): it may be a replay.
+    pub fn is_early(&self) -> bool {
+        matches!(self, Source::H3(b) if b.is_early())
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self {
+            Source::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(|e| ClientBodyError {
+                fault: ClientFault::of_body_error(&e),
+                source: Some(e.into()),
+            }),
+            Source::H3(b) => Pin::new(&mut **b)
+                .poll_frame(cx)
+                .map_err(|e| ClientBodyError {
+                    fault: if e.is_malformed() {
+                        ClientFault::MalformedBody
+                    } else {
+                        ClientFault::Gone
+                    },
+                    source: Some(e.into()),
+                }),
+        }
+    }
+}
+
+impl From<Incoming> for Source {
+    fn from(b: Incoming) -> Self {
+        Source::Hyper(b)
+    }
+}
+
+impl From<H3Body> for Source {
+    fn from(b: H3Body) -> Self {
+        Source::H3(Box::new(b))
+    }
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        self.get_mut().poll(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::H3(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper(b) => b.size_hint(),
+            Source::H3(b) => b.size_hint(),
+        }
+    }
 }
 
 impl ClientBodyError {
@@ -87,7 +163,7 @@ pub struct ClientBody(Box<Upload>);
 
 #[derive(Debug)]
 struct Upload {
-    inner: Incoming,
+    inner: Source,
     idle: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -96,7 +172,7 @@ struct Upload {
 
 impl ClientBody {
     /// Wraps `inner`; the client may stall at most `idle` between two pieces.
-    pub fn new(inner: Incoming, idle: Duration) -> (ClientBody, Arc<Progress>) {
+    pub fn new(inner: Source, idle: Duration) -> (ClientBody, Arc<Progress>) {
         let progress = Arc::new(Progress(
             Mutex::new(Turn::Region {
                 since: Instant::now(),
@@ -123,7 +199,7 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self.0;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        match this.inner.poll(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.armed = false;
                 if let Some(data) = frame.data_ref() {
@@ -139,10 +215,7 @@ impl Body for ClientBody {
                 });
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError {
-                fault: ClientFault::of_body_error(&e),
-                source: Some(e),
-            }))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
                 this.progress.set(Turn::Done { at: Instant::now() });
                 Poll::Ready(None)

@@ -27,6 +27,9 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("no route for this host and path")]
     NoRoute,
+    /// RFC 8470: a request in 0-RTT early data that is not safe to replay.
+    #[error("too early: this request may not be sent in TLS early data (0-RTT); send it again once the handshake is complete")]
+    TooEarly,
     #[error("misdirected request: this connection's certificate does not cover the request's host; open a connection to that host")]
     Misdirected,
     #[error("the client's location could not be determined; data residency forbids guessing (try again later)")]
@@ -85,6 +88,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::TooEarly => StatusCode::TOO_EARLY,
             ProxyError::NoServingRegion { .. }
             | ProxyError::ResidencyRefused { .. }
             | ProxyError::GeoUnreadable => StatusCode::SERVICE_UNAVAILABLE,

@@ -22,6 +22,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_GEOROUTER_REGION: HeaderName = HeaderName::from_static("x-georouter-region");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// RFC 8470 5.2: the request came in TLS early data.
+pub const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 
 /// What clients claim about who they are or where the request came from, that
 /// frameworks read as the truth (Rails, Spring, IIS, Cloudflare, Akamai): the

@@ -9,11 +9,10 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Limited};
-use hyper::body::Incoming;
 
 use super::{Connection, Plan};
 use crate::proxy::admit::{self, Admitted};
-use crate::proxy::client_body::{ClientBody, Progress};
+use crate::proxy::client_body::{ClientBody, Progress, Source};
 use crate::proxy::headers;
 use crate::proxy::pool::UpstreamBody;
 use crate::proxy::request_id::{self, RequestId};
@@ -35,7 +34,7 @@ pub(super) struct Upstream {
 pub(super) fn build(
     conn: &Connection,
     snapshot: &Snapshot,
-    mut req: Request<Incoming>,
+    mut req: Request<Source>,
     admitted: &Admitted,
     host_header: Option<HeaderValue>,
     plan: &Plan<'_>,
@@ -83,6 +82,12 @@ pub(super) fn build(
     parts.headers.reserve(5);
     if let Some(proto) = upgrade {
         headers::set_upgrade(&mut parts.headers, proto);
+    }
+    if body.is_early() {
+        // RFC 8470 5.2: the region learns the request came in early data.
+        parts
+            .headers
+            .insert(headers::EARLY_DATA, HeaderValue::from_static("1"));
     }
     if let Some(n) = made_id {
         parts

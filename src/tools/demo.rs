@@ -65,7 +65,7 @@ pub async fn in_process(db: &Path, token: &str) -> Result<InProcess, InProcessEr
     let regions = spawn_regions(|_| Duration::ZERO).await?;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
     let config = config(any, any, &regions, Some(db))?;
-    let listeners = crate::edge::server::bind(&config.listeners)?;
+    let listeners = crate::edge::server::bind(&config.listeners, &config.server)?;
     let target = listeners[0].tcp.local_addr()?;
     let admin = std::net::TcpListener::bind(any)?;
     let admin_addr = admin.local_addr()?;

@@ -68,7 +68,7 @@ impl TestRouter {
     /// the control plane and admin API on the test's runtime, the listeners on
     /// worker threads.
     pub async fn start(config: Config, options: Options) -> TestRouter {
-        let listeners = server::bind(&config.listeners).expect("bind listeners");
+        let listeners = server::bind(&config.listeners, &config.server).expect("bind listeners");
         let addrs = listeners
             .iter()
             .map(|l| l.tcp.local_addr().unwrap())
@@ -90,7 +90,7 @@ impl TestRouter {
     /// Starts a router that serves on the test's own runtime and thread.
     pub async fn spawn_here(toml: &str) -> TestRouter {
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("test policy invalid: {e}"));
-        let listeners = server::bind(&config.listeners).expect("bind listeners");
+        let listeners = server::bind(&config.listeners, &config.server).expect("bind listeners");
         let addrs = listeners
             .iter()
             .map(|l| l.tcp.local_addr().unwrap())
