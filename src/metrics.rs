@@ -46,8 +46,12 @@ pub const NAMES: &[&str] = &[
     "georouter_endpoint_ejections_total",
     "georouter_latency_outliers_total",
     "georouter_residency_cookie_conflicts_total",
+    "georouter_protocol_requests_total",
     "georouter_build_info",
 ];
+
+/// The client protocols `protocol_requests_total` counts, by ALPN name.
+pub const PROTOCOLS: [&str; 3] = ["http/1.1", "h2", "h3"];
 
 /// The families a router in a fleet exports besides [`NAMES`] (`[fleet]`).
 pub const FLEET_NAMES: &[&str] = &[
@@ -87,6 +91,9 @@ pub struct Metrics {
     pub spillover: IntCounterVec,
     /// Requests whose valid residency cookies named different jurisdictions.
     pub cookie_conflicts: IntCounter,
+    /// `protocol_requests_total{protocol}`: requests by the client's protocol,
+    /// one handle per [`PROTOCOLS`] entry.
+    pub protocol_requests: [IntCounter; 3],
     /// Each region's standing: health, drains, weight, load, endpoints.
     pub regions: RegionMetrics,
     /// The control plane's own doings: reloads, admin calls, capped ejections.
@@ -340,7 +347,14 @@ impl Metrics {
             "georouter_residency_cookie_conflicts_total",
             "Requests with valid residency cookies naming different jurisdictions (a planted cookie beside the router's): neither was believed.",
         );
+        let protocol_requests = counter(
+            &r,
+            "georouter_protocol_requests_total",
+            "Requests by the protocol the client spoke (http/1.1 includes HTTP/1.0; h2; h3 over QUIC).",
+            &["protocol"],
+        );
         let m = Metrics {
+            protocol_requests: PROTOCOLS.map(|p| protocol_requests.with_label_values(&[p])),
             client_errors: ClientFault::ALL.map(|k| client_errors.with_label_values(&[k.as_str()])),
             local_errors: LocalFault::ALL.map(|k| local_errors.with_label_values(&[k.as_str()])),
             geo_lookup_errors,

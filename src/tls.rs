@@ -187,15 +187,42 @@ pub fn server_config(spec: &TlsSpec) -> Result<Arc<rustls::ServerConfig>, TlsErr
 }
 
 /// The same certificates, resolver and resumption for a QUIC endpoint: ALPN
-/// `h3` only; with `early_data`, 0-RTT is offered on resumed connections (QUIC
-/// allows no other size than all or nothing).
+/// `h3` only. With `early_data`, 0-RTT is offered on resumed connections (QUIC
+/// allows no other size than all or nothing), and resumption is stateful only:
+/// each ticket is good for one early flight, on this instance (rustls refuses
+/// early data with stateless tickets, which could be replayed anywhere).
 pub fn quic_server_config(
     spec: &TlsSpec,
     early_data: bool,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = server_config_for(spec, &[b"h3"])?;
-    cfg.max_early_data_size = if early_data { u32::MAX } else { 0 };
+    if early_data {
+        cfg.max_early_data_size = u32::MAX;
+        cfg.ticketer = Arc::new(NoTickets);
+    }
     Ok(cfg)
+}
+
+/// Stateless tickets off: resumption through the session cache only.
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 fn server_config_for(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {

@@ -275,11 +275,13 @@ async fn connection<A: App>(
         };
         match accepted {
             Ok(Some(resolver)) => {
-                let service = service.clone();
-                let (done, quic) = (done.clone(), quic.clone());
+                // Opened before the handshake finished: the request is early
+                // data, whenever its head is read.
+                let early = !done.load(Ordering::Relaxed);
+                let (service, quic) = (service.clone(), quic.clone());
                 let limits = shared.limits.clone();
                 requests.spawn(async move {
-                    request(resolver, &*service, &done, &quic, peer, &limits).await;
+                    request(resolver, &*service, early, &quic, peer, &limits).await;
                 });
             }
             Ok(None) => break,
@@ -300,7 +302,7 @@ type Resolver = h3::server::RequestResolver<h3_quinn::Connection, bytes::Bytes>;
 async fn request<S, B>(
     resolver: Resolver,
     service: &S,
-    done: &AtomicBool,
+    early: bool,
     quic: &quinn::Connection,
     peer: SocketAddr,
     limits: &ConnLimits,
@@ -321,7 +323,6 @@ async fn request<S, B>(
             }
             Err(_) => return,
         };
-    let early = !done.load(Ordering::Relaxed);
     let now = quic.remote_address();
     if now != peer {
         tracing::info!(%peer, moved_to = %now, "HTTP/3 connection migrated; its first address stays the client");

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 pub mod browser;
 pub mod etcd;
+pub mod h3;
 pub mod link;
 pub mod nginx;
 

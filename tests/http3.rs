@@ -1,0 +1,270 @@
+//! HTTP/3 over QUIC, driven by a client that is not the router's own stack
+//! (Python's aioquic): requests reach the regions through the same pipeline as
+//! TCP ones, TCP answers advertise HTTP/3, early data is refused where a replay
+//! could hurt (RFC 8470), residency holds, malformed requests are reset.
+
+mod support;
+
+use std::sync::Arc;
+
+use georouter::tools::sim::SimRegion;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use support::h3::*;
+use support::*;
+use tokio_rustls::TlsConnector;
+
+/// A TLS listener on port 0 with HTTP/3 on the same port over UDP, serving
+/// `a.test`; `http3` goes into `[listeners.http3]`, `rest` after the listener.
+async fn h3_router(pki: &Pki, http3: &str, rest: &str) -> TestRouter {
+    let (cert, key, _) = pki.issue("a", &["a.test"]);
+    let toml = format!(
+        r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [[listeners.tls.certificates]]
+        cert = "{}"
+        key = "{}"
+        server_names = ["a.test"]
+        [listeners.http3]
+        {http3}
+        {rest}
+        "#,
+        toml_path(&cert),
+        toml_path(&key),
+    );
+    TestRouter::spawn(&toml).await
+}
+
+fn one_region(r: &SimRegion) -> String {
+    format!(
+        "[[regions]]\nname = \"{}\"\nendpoints = [{{ url = \"{}\" }}]\n",
+        r.name(),
+        r.url()
+    )
+}
+
+fn target(router: &TestRouter, pki: &Pki) -> H3Target {
+    H3Target {
+        // The HTTP/3 socket takes the TCP listener's port.
+        addr: router.addr(),
+        sni: "a.test".into(),
+        ca: pki.ca_path(),
+    }
+}
+
+#[tokio::test]
+async fn a_get_and_a_streamed_post_reach_the_region_over_http3() {
+    let pki = Pki::new("h3-basic");
+    let up = region("r").await;
+    let router = h3_router(&pki, "", &one_region(&up)).await;
+    let t = target(&router, &pki);
+    let (_, replies) = h3_send(
+        &t,
+        false,
+        vec![
+            H3Request::get("/echo"),
+            H3Request::post("/count", &["one ", "two ", "three"]),
+            H3Request::post("/mirror", &["a", "b", "c"]).header("content-length", "3"),
+        ],
+    )
+    .await;
+    let get = &replies[0];
+    assert_eq!(get.status, Some(200), "{get:?}");
+    assert_eq!(get.header("x-georouter-region"), Some("r"));
+    // The region got an ordinary request: its own protocol, the client's host,
+    // the router's forwarding headers.
+    assert!(get.body.starts_with("GET /echo HTTP/1.1\n"), "{}", get.body);
+    assert!(get.body.contains("host: a.test\n"), "{}", get.body);
+    assert!(
+        get.body.contains("x-forwarded-proto: https\n"),
+        "{}",
+        get.body
+    );
+    assert!(!get.body.contains("early-data"), "{}", get.body);
+    let count = &replies[1];
+    assert_eq!(
+        (count.status, count.body.as_str()),
+        (Some(200), "13\n"),
+        "{count:?}"
+    );
+    let mirror = &replies[2];
+    assert_eq!(
+        (mirror.status, mirror.body.as_str()),
+        (Some(200), "abc"),
+        "{mirror:?}"
+    );
+    assert_eq!(up.requests(), 3);
+}
+
+#[tokio::test]
+async fn tcp_answers_advertise_http3_on_its_port() {
+    let pki = Pki::new("h3-altsvc");
+    let up = region("r").await;
+    let router = h3_router(&pki, "alt_svc_max_age = \"1h\"", &one_region(&up)).await;
+    let connector = TlsConnector::from(Arc::new(pki.client_config(&[b"http/1.1"])));
+    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["alt-svc"],
+        format!("h3=\":{}\"; ma=3600", router.addr().port()).as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_listener_without_http3_advertises_none() {
+    let up = region("r").await;
+    let router = TestRouter::spawn(&policy(&[&up], "")).await;
+    let reply = get(&h1_client(), &router.url("/")).await;
+    assert_eq!(reply.status, 200);
+    assert!(!reply.headers.contains_key("alt-svc"));
+}
+
+#[tokio::test]
+async fn early_data_carries_only_safe_methods_and_the_rest_get_425() {
+    let pki = Pki::new("h3-0rtt");
+    let up = region("r").await;
+    let router = h3_router(&pki, "early_data = true", &one_region(&up)).await;
+    let t = target(&router, &pki);
+    let (accepted, replies) = h3_send(
+        &t,
+        true,
+        vec![
+            H3Request::post("/count", &["payment"]),
+            H3Request::get("/echo"),
+        ],
+    )
+    .await;
+    assert!(
+        accepted,
+        "the router did not accept 0-RTT with early_data on"
+    );
+    let post = &replies[0];
+    assert_eq!(post.status, Some(425), "{post:?}");
+    let echo = &replies[1];
+    assert_eq!(echo.status, Some(200), "{echo:?}");
+    // RFC 8470 5.2: the region is told the request came early.
+    assert!(echo.body.contains("early-data: 1\n"), "{}", echo.body);
+    // The warm-up GET and the early GET; never the early POST.
+    assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test]
+async fn without_early_data_a_resumed_client_waits_for_the_handshake() {
+    let pki = Pki::new("h3-no0rtt");
+    let up = region("r").await;
+    let router = h3_router(&pki, "", &one_region(&up)).await;
+    let t = target(&router, &pki);
+    let (accepted, replies) =
+        h3_send(&t, true, vec![H3Request::post("/count", &["payment"])]).await;
+    assert!(!accepted, "0-RTT accepted although early_data is off");
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (Some(200), "7\n")
+    );
+}
+
+#[tokio::test]
+async fn a_resident_is_refused_over_http3_when_the_jurisdiction_is_down() {
+    let pki = Pki::new("h3-residency");
+    let us = region("us").await;
+    let eu1 = region("eu1").await;
+    let rest = format!(
+        r#"
+        [client]
+        trusted_proxies = ["127.0.0.0/8"]
+        [geo]
+        database = "{db}"
+        {regions}
+        [[jurisdictions]]
+        name = "eu"
+        countries = ["DE"]
+        [[routes]]
+        regions = ["us", "eu1"]
+        [[routes.rules]]
+        continents = ["EU"]
+        regions = ["eu1"]
+        "#,
+        db = toml_path(&country_mmdb()),
+        regions = regions_toml(&[(&us, None), (&eu1, Some("eu"))]),
+    );
+    let router = h3_router(&pki, "", &rest).await;
+    eu1.kill();
+    let t = target(&router, &pki);
+    let (_, replies) = h3_send(
+        &t,
+        false,
+        vec![
+            H3Request::get("/").header("x-forwarded-for", "80.128.0.1"),
+            H3Request::get("/").header("x-forwarded-for", "3.3.3.3"),
+        ],
+    )
+    .await;
+    let resident = &replies[0];
+    assert_eq!(resident.status, Some(503), "{resident:?}");
+    assert_eq!(resident.header("retry-after"), Some("5"));
+    assert!(
+        resident.body.contains("jurisdiction eu"),
+        "{}",
+        resident.body
+    );
+    assert_eq!(
+        (replies[1].status, replies[1].body.as_str()),
+        (Some(200), "us\n")
+    );
+    assert_eq!(
+        us.requests(),
+        1,
+        "the resident's request left the jurisdiction"
+    );
+}
+
+/// RFC 9114 4.2 and 4.1.2: fields that belong to one HTTP/1.1 connection, a
+/// `te` other than `trailers`, and a body that is not its `content-length`
+/// make a request malformed; none of them reaches a region.
+#[tokio::test]
+async fn malformed_http3_requests_are_reset_and_reach_no_region() {
+    let pki = Pki::new("h3-malformed");
+    let up = region("r").await;
+    let router = h3_router(&pki, "", &one_region(&up)).await;
+    let t = target(&router, &pki);
+    let (_, replies) = h3_send(
+        &t,
+        false,
+        vec![
+            H3Request::post("/count", &["abc"]).header("transfer-encoding", "chunked"),
+            H3Request::get("/").header("connection", "close"),
+            H3Request::get("/").header("te", "gzip"),
+            H3Request::post("/count", &["abc"]).header("content-length", "1,3"),
+            H3Request::post("/count", &["abc"]).header("content-length", "10"),
+            H3Request::get("/"),
+        ],
+    )
+    .await;
+    const H3_MESSAGE_ERROR: u64 = 0x10e;
+    for (i, r) in replies[..4].iter().enumerate() {
+        assert_eq!(r.reset, Some(H3_MESSAGE_ERROR), "request {i}: {r:?}");
+    }
+    // A body shorter than it said is the client's fault, answered by the router.
+    let short = &replies[4];
+    assert!(
+        short.status == Some(400) || short.reset.is_some(),
+        "a body short of its content-length was passed on: {short:?}"
+    );
+    assert_eq!(replies[5].status, Some(200));
+    assert_eq!(replies[5].body, "r\n");
+}

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""An HTTP/3 client for the tests that is not the router's own stack (aioquic).
+
+Reads a JSON job on stdin and prints a JSON report on stdout:
+
+  job:    {"host": "127.0.0.1", "port": 4433, "sni": "a.test", "ca": "ca.pem",
+           "zero_rtt": false, "requests": [
+             {"method": "GET", "path": "/", "authority": "a.test",
+              "headers": [["x-k", "v"]], "chunks": ["part1", "part2"]}]}
+  report: {"early_data_accepted": bool, "responses": [
+             {"status": 200, "headers": [["k", "v"]], "body": "...",
+              "reset": null or error code}]}
+
+With "zero_rtt", a first connection collects a session ticket and the
+requests go on a second connection in 0-RTT early data (sent before the
+handshake completes).
+"""
+
+import asyncio
+import json
+import sys
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import StreamReset
+
+TIMEOUT = 20
+
+
+class Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+        self.streams = {}
+
+    def quic_event_received(self, event):
+        if isinstance(event, StreamReset):
+            self._end(event.stream_id, reset=event.error_code)
+            return
+        for ev in self.h3.handle_event(event):
+            if isinstance(ev, HeadersReceived):
+                r = self.streams[ev.stream_id]["response"]
+                if r["status"] is None:
+                    for k, v in ev.headers:
+                        if k == b":status":
+                            r["status"] = int(v)
+                        else:
+                            r["headers"].append([k.decode(), v.decode()])
+                else:
+                    r["trailers"] = [[k.decode(), v.decode()] for k, v in ev.headers]
+                if ev.stream_ended:
+                    self._end(ev.stream_id)
+            elif isinstance(ev, DataReceived):
+                self.streams[ev.stream_id]["body"] += ev.data
+                if ev.stream_ended:
+                    self._end(ev.stream_id)
+
+    def _end(self, stream_id, reset=None):
+        s = self.streams.get(stream_id)
+        if s is None or s["done"].done():
+            return
+        s["response"]["reset"] = reset
+        s["done"].set_result(None)
+
+    def start(self, req):
+        stream_id = self._quic.get_next_available_stream_id()
+        chunks = [c.encode() for c in req.get("chunks", [])]
+        headers = [
+            (b":method", req.get("method", "GET").encode()),
+            (b":scheme", b"https"),
+            (b":authority", req["authority"].encode()),
+            (b":path", req.get("path", "/").encode()),
+        ] + [(k.encode(), v.encode()) for k, v in req.get("headers", [])]
+        response = {"status": None, "headers": [], "reset": None}
+        self.streams[stream_id] = {
+            "response": response,
+            "body": b"",
+            "done": asyncio.get_running_loop().create_future(),
+        }
+        # Sent with the others at the caller's transmit: in 0-RTT, every head
+        # goes in the first flight, not paced behind the handshake.
+        self.h3.send_headers(stream_id, headers, end_stream=not chunks)
+        return stream_id, chunks
+
+    async def send_chunks(self, stream_id, chunks):
+        for i, chunk in enumerate(chunks):
+            # Each piece in its own flight: a streamed upload, not one frame.
+            await asyncio.sleep(0)
+            self.h3.send_data(stream_id, chunk, end_stream=i == len(chunks) - 1)
+            self.transmit()
+
+    async def finish(self, stream_id):
+        s = self.streams[stream_id]
+        await asyncio.wait_for(s["done"], TIMEOUT)
+        r = s["response"]
+        r["body"] = s["body"].decode("utf-8", "replace")
+        return r
+
+
+def configuration(job, ticket=None):
+    c = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    c.load_verify_locations(job["ca"])
+    c.server_name = job["sni"]
+    if ticket is not None:
+        c.session_ticket = ticket
+    return c
+
+
+async def run(job):
+    tickets = []
+    ticket = None
+    if job.get("zero_rtt"):
+        async with connect(
+            job["host"],
+            job["port"],
+            configuration=configuration(job),
+            create_protocol=Client,
+            session_ticket_handler=tickets.append,
+        ) as warm:
+            sid, _ = warm.start({"authority": job["sni"], "path": "/"})
+            warm.transmit()
+            await warm.finish(sid)
+            for _ in range(200):
+                if tickets:
+                    break
+                await asyncio.sleep(0.01)
+        if not tickets:
+            raise SystemExit("no session ticket from the server")
+        ticket = tickets[-1]
+    async with connect(
+        job["host"],
+        job["port"],
+        configuration=configuration(job, ticket),
+        create_protocol=Client,
+        wait_connected=ticket is None,
+    ) as client:
+        started = [client.start(r) for r in job["requests"]]
+        client.transmit()
+        for sid, chunks in started:
+            await client.send_chunks(sid, chunks)
+        responses = [await client.finish(sid) for sid, _ in started]
+        accepted = bool(getattr(client._quic.tls, "early_data_accepted", False))
+    return {"early_data_accepted": accepted, "responses": responses}
+
+
+def main():
+    job = json.load(sys.stdin)
+    report = asyncio.run(run(job))
+    json.dump(report, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
