@@ -380,3 +380,46 @@ fn a_mistake_in_one_element_hides_none_in_the_next() {
         "{errors:?}"
     );
 }
+
+/// HTTP/3 rides a TLS listener's certificates on a UDP address of its own;
+/// 0-RTT needs the single-use session cache.
+#[test]
+fn http3_settings_are_checked() {
+    let tls = |address: &str, extra: &str| {
+        format!(
+            "[[listeners]]\naddress = \"{address}\"\n[[listeners.tls.certificates]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{extra}\n"
+        )
+    };
+    let h3 = tls("127.0.0.1:8443", "[listeners.http3]");
+    assert_eq!(errors(&format!("{h3}{REGION}")), Vec::<String>::new());
+    assert_eq!(
+        errors(&format!("{LISTENER}[listeners.http3]\n{REGION}")),
+        ["listeners[0].http3"]
+    );
+    let twice = format!(
+        "{h3}{}{REGION}",
+        tls(
+            "127.0.0.1:9443",
+            "[listeners.http3]\naddress = \"127.0.0.1:8443\""
+        )
+    );
+    assert_eq!(errors(&twice), ["listeners[1].http3.address"]);
+    let no_cache = tls(
+        "127.0.0.1:8443",
+        "[listeners.tls.resumption]\nsession_cache = 0\n[listeners.http3]\nearly_data = true",
+    );
+    assert_eq!(
+        errors(&format!("{no_cache}{REGION}")),
+        ["listeners[0].http3.early_data"]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{}{REGION}",
+            tls(
+                "127.0.0.1:8443",
+                "[listeners.http3]\nalt_svc_max_age = \"0s\""
+            )
+        )),
+        ["listeners[0].http3.alt_svc_max_age"]
+    );
+}

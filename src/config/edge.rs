@@ -268,7 +268,7 @@ pub(super) fn listeners(raw: Vec<raw::RawListener>, errs: &mut Invalid) -> Vec<L
             });
             let http3 = l
                 .http3
-                .map(|h| http3(&path, address, h, tls.is_some(), &mut udp, errs));
+                .map(|h| http3(&path, address, h, tls.as_ref(), &mut udp, errs));
             ListenerSpec {
                 name,
                 address,
@@ -286,12 +286,18 @@ fn http3(
     path: &str,
     tcp: SocketAddr,
     raw: raw::RawHttp3,
-    tls: bool,
+    tls: Option<&TlsSpec>,
     udp: &mut HashSet<SocketAddr>,
     errs: &mut Invalid,
 ) -> Http3Spec {
     let path = format!("{path}.http3");
-    if !tls {
+    if tls.is_some_and(|t| t.resumption.session_cache == 0) && raw.early_data {
+        errs.push(
+            format!("{path}.early_data"),
+            "0-RTT needs the session cache (each ticket good for one early flight): set tls.resumption.session_cache above 0, or early_data = false",
+        );
+    }
+    if tls.is_none() {
         errs.push(
             path.clone(),
             "HTTP/3 needs the listener's certificates: add [listeners.tls] (QUIC is always encrypted)",
