@@ -268,3 +268,28 @@ async fn malformed_http3_requests_are_reset_and_reach_no_region() {
     assert_eq!(replies[5].status, Some(200));
     assert_eq!(replies[5].body, "r\n");
 }
+
+/// Past `retry_threshold` handshakes in progress a new client proves its
+/// address first (RFC 9000 8.1); below it, no round trip is added. At 0 every
+/// client is asked, and still served.
+#[tokio::test]
+async fn clients_prove_their_address_with_a_retry_past_the_threshold() {
+    let pki = Pki::new("h3-retry");
+    let up = region("r").await;
+    let always = h3_router(&pki, "retry_threshold = 0", &one_region(&up)).await;
+    let (session, replies) =
+        h3_session(&target(&always, &pki), false, vec![H3Request::get("/")]).await;
+    assert!(session.retried, "no Retry with retry_threshold = 0");
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (Some(200), "r\n")
+    );
+    let default = h3_router(&pki, "", &one_region(&up)).await;
+    let (session, replies) =
+        h3_session(&target(&default, &pki), false, vec![H3Request::get("/")]).await;
+    assert!(
+        !session.retried,
+        "a Retry round trip with no handshake in progress"
+    );
+    assert_eq!(replies[0].status, Some(200));
+}

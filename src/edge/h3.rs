@@ -325,7 +325,12 @@ async fn request<S, B>(
         };
     let now = quic.remote_address();
     if now != peer {
-        tracing::info!(%peer, moved_to = %now, "HTTP/3 connection migrated; its first address stays the client");
+        // A client can move at will (a new source port per packet): one line
+        // a second at most.
+        static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
+        if let Some(suppressed) = LOG.allow() {
+            tracing::info!(%peer, moved_to = %now, suppressed, "HTTP/3 connection migrated; its first address stays the client");
+        }
     }
     let declared = match malformed(req.headers()) {
         Ok(declared) => declared,

@@ -66,6 +66,15 @@ pub struct H3Target {
     pub ca: PathBuf,
 }
 
+/// What one client run saw besides its replies.
+#[derive(Debug, Clone, Copy)]
+pub struct H3Session {
+    /// The server accepted 0-RTT early data.
+    pub early_data_accepted: bool,
+    /// The server asked the client to prove its address (a Retry packet).
+    pub retried: bool,
+}
+
 /// Sends `requests` on one HTTP/3 connection (with `zero_rtt`: on a resumed
 /// one, in early data); whether early data was accepted, and the replies. The
 /// client runs as a process of its own, off the test's runtime.
@@ -74,13 +83,27 @@ pub async fn h3_send(
     zero_rtt: bool,
     requests: Vec<H3Request>,
 ) -> (bool, Vec<H3Reply>) {
+    let (session, replies) = h3_session(target, zero_rtt, requests).await;
+    (session.early_data_accepted, replies)
+}
+
+/// [`h3_send`], with what the session saw.
+pub async fn h3_session(
+    target: &H3Target,
+    zero_rtt: bool,
+    requests: Vec<H3Request>,
+) -> (H3Session, Vec<H3Reply>) {
     let target = target.clone();
     tokio::task::spawn_blocking(move || h3_requests(&target, zero_rtt, &requests))
         .await
         .unwrap()
 }
 
-fn h3_requests(target: &H3Target, zero_rtt: bool, requests: &[H3Request]) -> (bool, Vec<H3Reply>) {
+fn h3_requests(
+    target: &H3Target,
+    zero_rtt: bool,
+    requests: &[H3Request],
+) -> (H3Session, Vec<H3Reply>) {
     let python = aioquic();
     let job = json!({
         "host": target.addr.ip().to_string(),
@@ -137,10 +160,11 @@ fn h3_requests(target: &H3Target, zero_rtt: bool, requests: &[H3Request]) -> (bo
             reset: r["reset"].as_u64(),
         })
         .collect();
-    (
-        report["early_data_accepted"].as_bool().unwrap_or(false),
-        replies,
-    )
+    let session = H3Session {
+        early_data_accepted: report["early_data_accepted"].as_bool().unwrap_or(false),
+        retried: report["retried"].as_bool().unwrap_or(false),
+    };
+    (session, replies)
 }
 
 /// A Python that can import aioquic: pip installs it where it can (and apt

@@ -7,7 +7,7 @@ Reads a JSON job on stdin and prints a JSON report on stdout:
            "zero_rtt": false, "requests": [
              {"method": "GET", "path": "/", "authority": "a.test",
               "headers": [["x-k", "v"]], "chunks": ["part1", "part2"]}]}
-  report: {"early_data_accepted": bool, "responses": [
+  report: {"early_data_accepted": bool, "retried": bool, "responses": [
              {"status": 200, "headers": [["k", "v"]], "body": "...",
               "reset": null or error code}]}
 
@@ -143,7 +143,9 @@ async def run(job):
             await client.send_chunks(sid, chunks)
         responses = [await client.finish(sid) for sid, _ in started]
         accepted = bool(getattr(client._quic.tls, "early_data_accepted", False))
-    return {"early_data_accepted": accepted, "responses": responses}
+        # aioquic counts the Retry packets it answered.
+        retried = getattr(client._quic, "_retry_count", 0) > 0
+    return {"early_data_accepted": accepted, "retried": retried, "responses": responses}
 
 
 def main():
