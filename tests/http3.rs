@@ -51,6 +51,7 @@ fn target(router: &TestRouter, pki: &Pki) -> H3Target {
         addr: router.addr(),
         sni: "a.test".into(),
         ca: pki.ca_path(),
+        wait_close: false,
     }
 }
 
@@ -292,4 +293,22 @@ async fn clients_prove_their_address_with_a_retry_past_the_threshold() {
         "a Retry round trip with no handshake in progress"
     );
     assert_eq!(replies[0].status, Some(200));
+}
+
+/// A connection with no request for `idle_timeout` is closed as on TCP, even
+/// while the client keeps QUIC itself alive with PINGs.
+#[tokio::test]
+async fn a_silent_http3_connection_is_closed_after_the_idle_timeout() {
+    let pki = Pki::new("h3-idle");
+    let up = region("r").await;
+    let rest = format!("[server]\nidle_timeout = \"1s\"\n{}", one_region(&up));
+    let router = h3_router(&pki, "", &rest).await;
+    let t = H3Target {
+        wait_close: true,
+        ..target(&router, &pki)
+    };
+    let (session, replies) = h3_session(&t, false, vec![H3Request::get("/")]).await;
+    assert_eq!(replies[0].status, Some(200));
+    const H3_NO_ERROR: u64 = 0x100;
+    assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
 }

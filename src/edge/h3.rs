@@ -18,6 +18,9 @@ use crate::edge::activity::Activity;
 use crate::edge::server::{App, ConnLimits, Opened, Shutdown};
 use body::H3Body;
 
+/// RFC 9114 8.1: closing with nothing wrong.
+const H3_NO_ERROR: u32 = 0x100;
+
 /// A bound QUIC endpoint, waiting for the worker that serves it.
 pub struct QuicListener {
     pub name: String,
@@ -141,13 +144,25 @@ pub async fn serve<A: App>(
             continue;
         }
         let Ok(permit) = shared.limits.max_connections.clone().try_acquire_owned() else {
-            // Every connection slot is taken: refused at once, not queued.
+            // Every connection slot is taken: one that does nothing is closed
+            // to make room, and this one is refused at once (the client falls
+            // back to TCP or tries again), not queued.
+            shared.limits.pressure.reclaim();
+            incoming.refuse();
+            continue;
+        };
+        // Over the per-address cap: refused, as on TCP.
+        let Some(registration) = shared
+            .limits
+            .pressure
+            .register(incoming.remote_address().ip())
+        else {
             incoming.refuse();
             continue;
         };
         let (app, shared, shutdown) = (app.clone(), shared.clone(), shutdown.clone());
         connections.spawn(async move {
-            connection(incoming, app, &shared, shutdown).await;
+            connection(incoming, app, &shared, registration, shutdown).await;
             drop(permit);
         });
     }
@@ -189,58 +204,32 @@ impl Drop for Handshaking<'_> {
 }
 
 /// One QUIC connection: its handshake (within the header deadline), then its
-/// requests, each on a task of its own.
+/// requests, each on a task of its own, until the client goes, the connection
+/// is silent for `idle_timeout`, pressure chooses it to make room, or shutdown.
 async fn connection<A: App>(
     incoming: quinn::Incoming,
     app: A,
     shared: &Shared,
+    registration: crate::edge::pressure::Registration,
     mut shutdown: Shutdown,
 ) {
     let peer = incoming.remote_address();
-    let handshake = Handshaking::new(&shared.handshaking);
-    let Ok(connecting) = incoming.accept() else {
+    let Some((conn, done)) = handshake(incoming, shared).await else {
         return;
     };
-    let deadline = shared.limits.header_read_timeout;
-    // 0-RTT when the policy allows it: requests may arrive before the
-    // handshake is done; until it is, they are early data (RFC 8470).
-    let done = Arc::new(AtomicBool::new(true));
-    let conn = match connecting.into_0rtt() {
-        Ok((conn, accepted)) if shared.spec.early_data => {
-            done.store(false, Ordering::Relaxed);
-            let done = done.clone();
-            tokio::spawn(async move {
-                let _ = accepted.await;
-                done.store(true, Ordering::Relaxed);
-            });
-            conn
-        }
-        Ok((conn, _)) => conn,
-        Err(connecting) => match tokio::time::timeout(deadline, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "QUIC handshake timed out");
-                return;
-            }
-        },
-    };
-    drop(handshake);
     let sni = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.server_name);
     let activity = Arc::new(Activity::new());
     activity.saw_http2();
+    registration.tracked.opened(activity.clone());
     let opened = Opened {
         // The address the connection was established from is the client's,
         // for this connection's every request (a migrated connection keeps it).
         peer,
         tls: true,
-        activity,
+        activity: activity.clone(),
         verdicts: Arc::default(),
         cert_names: shared
             .cert_names
@@ -263,6 +252,13 @@ async fn connection<A: App>(
     };
     let requests = TaskTracker::new();
     let mut draining = false;
+    // Silent for idle_timeout (no request started, none in flight): closed
+    // gracefully, as on TCP. QUIC's own idle timeout only sees packets, and a
+    // client's PINGs would keep a connection open forever.
+    let period = shared.limits.idle_timeout / 2;
+    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let (mut last_mark, mut quiet_checks) = (None, 0u32);
+    let tracked = registration.tracked.clone();
     loop {
         let accepted = tokio::select! {
             a = h3.accept() => a,
@@ -271,6 +267,24 @@ async fn connection<A: App>(
                 // GOAWAY: requests already open finish, no new ones.
                 let _ = h3.shutdown(0).await;
                 continue;
+            }
+            _ = idle.tick(), if !draining => {
+                // Unchanged over two periods: silent for idle_timeout at least.
+                let mark = activity.quiet_mark();
+                quiet_checks = if mark.is_some() && mark == last_mark { quiet_checks + 1 } else { 0 };
+                last_mark = mark;
+                if quiet_checks >= 2 {
+                    // GOAWAY, then closed: nothing is in flight to finish.
+                    let _ = h3.shutdown(0).await;
+                    quic.close(H3_NO_ERROR.into(), b"idle");
+                    break;
+                }
+                continue;
+            }
+            _ = std::future::poll_fn(|cx| tracked.poll_closed(cx)) => {
+                // Chosen to make room: it had nothing in flight.
+                quic.close(H3_NO_ERROR.into(), b"");
+                break;
             }
         };
         match accepted {
@@ -293,6 +307,49 @@ async fn connection<A: App>(
     }
     requests.close();
     requests.wait().await;
+    drop(registration);
+}
+
+/// The QUIC handshake, within the header deadline; with 0-RTT allowed, the
+/// connection is returned at once and `done` turns true when the handshake
+/// completes (until then its requests are early data).
+async fn handshake(
+    incoming: quinn::Incoming,
+    shared: &Shared,
+) -> Option<(quinn::Connection, Arc<AtomicBool>)> {
+    let peer = incoming.remote_address();
+    let _handshaking = Handshaking::new(&shared.handshaking);
+    let connecting = incoming.accept().ok()?;
+    let deadline = shared.limits.header_read_timeout;
+    let connecting = if shared.spec.early_data {
+        match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let done = Arc::new(AtomicBool::new(false));
+                let (flag, quic) = (done.clone(), conn.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(deadline, accepted).await {
+                        Ok(_) => flag.store(true, Ordering::Relaxed),
+                        Err(_) => quic.close(0u32.into(), b"handshake timed out"),
+                    }
+                });
+                return Some((conn, done));
+            }
+            Err(connecting) => connecting,
+        }
+    } else {
+        connecting
+    };
+    match tokio::time::timeout(deadline, connecting).await {
+        Ok(Ok(conn)) => Some((conn, Arc::new(AtomicBool::new(true)))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "QUIC handshake timed out");
+            None
+        }
+    }
 }
 
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, bytes::Bytes>;

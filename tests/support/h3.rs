@@ -64,6 +64,8 @@ pub struct H3Target {
     pub addr: SocketAddr,
     pub sni: String,
     pub ca: PathBuf,
+    /// After the replies, wait for the server to close the connection.
+    pub wait_close: bool,
 }
 
 /// What one client run saw besides its replies.
@@ -73,6 +75,8 @@ pub struct H3Session {
     pub early_data_accepted: bool,
     /// The server asked the client to prove its address (a Retry packet).
     pub retried: bool,
+    /// With [`H3Target::wait_close`]: the error code the server closed with.
+    pub closed: Option<u64>,
 }
 
 /// Sends `requests` on one HTTP/3 connection (with `zero_rtt`: on a resumed
@@ -111,6 +115,7 @@ fn h3_requests(
         "sni": target.sni,
         "ca": target.ca,
         "zero_rtt": zero_rtt,
+        "wait_close": target.wait_close,
         "requests": requests.iter().map(|r| json!({
             "method": r.method,
             "path": r.path,
@@ -163,6 +168,7 @@ fn h3_requests(
     let session = H3Session {
         early_data_accepted: report["early_data_accepted"].as_bool().unwrap_or(false),
         retried: report["retried"].as_bool().unwrap_or(false),
+        closed: report["closed"].as_u64(),
     };
     (session, replies)
 }

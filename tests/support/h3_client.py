@@ -11,6 +11,9 @@ Reads a JSON job on stdin and prints a JSON report on stdout:
              {"status": 200, "headers": [["k", "v"]], "body": "...",
               "reset": null or error code}]}
 
+With "wait_close", the client then waits (without sending anything but
+acknowledgements and keep-alive PINGs) for the server to close the connection,
+and reports the close's error code as "closed".
 With "zero_rtt", a first connection collects a session ticket and the
 requests go on a second connection in 0-RTT early data (sent before the
 handshake completes).
@@ -145,7 +148,25 @@ async def run(job):
         accepted = bool(getattr(client._quic.tls, "early_data_accepted", False))
         # aioquic counts the Retry packets it answered.
         retried = getattr(client._quic, "_retry_count", 0) > 0
-    return {"early_data_accepted": accepted, "retried": retried, "responses": responses}
+        closed = None
+        if job.get("wait_close"):
+            # PINGs keep QUIC's own idle timer from firing: only the server's
+            # HTTP idle rule can close this connection.
+            async def ping():
+                while True:
+                    await client.ping()
+                    await asyncio.sleep(0.2)
+            pinging = asyncio.ensure_future(ping())
+            await asyncio.wait_for(client.wait_closed(), TIMEOUT)
+            pinging.cancel()
+            event = getattr(client._quic, "_close_event", None)
+            closed = event.error_code if event is not None else -1
+    return {
+        "early_data_accepted": accepted,
+        "retried": retried,
+        "closed": closed,
+        "responses": responses,
+    }
 
 
 def main():
