@@ -312,3 +312,30 @@ async fn a_silent_http3_connection_is_closed_after_the_idle_timeout() {
     const H3_NO_ERROR: u64 = 0x100;
     assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
 }
+
+/// At shutdown an HTTP/3 connection gets GOAWAY and, with nothing in flight,
+/// is closed at once: a client that keeps the connection alive does not hold
+/// the router for its whole grace period.
+#[tokio::test]
+async fn shutdown_closes_an_idle_http3_connection_at_once() {
+    let pki = Pki::new("h3-shutdown");
+    let up = region("r").await;
+    let rest = format!("[server]\nshutdown_grace = \"60s\"\n{}", one_region(&up));
+    let router = h3_router(&pki, "", &rest).await;
+    let t = H3Target {
+        wait_close: true,
+        ..target(&router, &pki)
+    };
+    let client =
+        tokio::spawn(async move { h3_session(&t, false, vec![H3Request::get("/")]).await });
+    let state = router.state.clone();
+    eventually("the HTTP/3 request is answered", || {
+        state.metrics.protocol_requests[2].get() == 1
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let (session, replies) = client.await.unwrap();
+    assert_eq!(replies[0].status, Some(200));
+    const H3_NO_ERROR: u64 = 0x100;
+    assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
+}

@@ -264,9 +264,15 @@ async fn connection<A: App>(
             a = h3.accept() => a,
             _ = shutdown.changed(), if !draining => {
                 draining = true;
-                // GOAWAY: requests already open finish, no new ones.
+                // GOAWAY: requests already open finish, no new ones; then the
+                // connection closes (below) without waiting for the client.
                 let _ = h3.shutdown(0).await;
+                requests.close();
                 continue;
+            }
+            _ = requests.wait(), if draining => {
+                quic.close(H3_NO_ERROR.into(), b"shutting down");
+                break;
             }
             _ = idle.tick(), if !draining => {
                 // Unchanged over two periods: silent for idle_timeout at least.
