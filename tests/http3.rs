@@ -45,6 +45,16 @@ fn one_region(r: &SimRegion) -> String {
     )
 }
 
+/// A router with HTTP/3 (`http3` in its section) in front of one region `r`,
+/// and the client's target for it.
+async fn one_region_h3(tag: &str, http3: &str) -> (SimRegion, TestRouter, H3Target) {
+    let pki = Pki::new(tag);
+    let up = region("r").await;
+    let router = h3_router(&pki, http3, &one_region(&up)).await;
+    let t = target(&router, &pki);
+    (up, router, t)
+}
+
 fn target(router: &TestRouter, pki: &Pki) -> H3Target {
     H3Target {
         // The HTTP/3 socket takes the TCP listener's port.
@@ -57,10 +67,7 @@ fn target(router: &TestRouter, pki: &Pki) -> H3Target {
 
 #[tokio::test]
 async fn a_get_and_a_streamed_post_reach_the_region_over_http3() {
-    let pki = Pki::new("h3-basic");
-    let up = region("r").await;
-    let router = h3_router(&pki, "", &one_region(&up)).await;
-    let t = target(&router, &pki);
+    let (up, _router, t) = one_region_h3("h3-basic", "").await;
     let (_, replies) = h3_send(
         &t,
         false,
@@ -137,10 +144,7 @@ async fn a_listener_without_http3_advertises_none() {
 
 #[tokio::test]
 async fn early_data_carries_only_safe_methods_and_the_rest_get_425() {
-    let pki = Pki::new("h3-0rtt");
-    let up = region("r").await;
-    let router = h3_router(&pki, "early_data = true", &one_region(&up)).await;
-    let t = target(&router, &pki);
+    let (up, _router, t) = one_region_h3("h3-0rtt", "early_data = true").await;
     let (accepted, replies) = h3_send(
         &t,
         true,
@@ -166,10 +170,7 @@ async fn early_data_carries_only_safe_methods_and_the_rest_get_425() {
 
 #[tokio::test]
 async fn without_early_data_a_resumed_client_waits_for_the_handshake() {
-    let pki = Pki::new("h3-no0rtt");
-    let up = region("r").await;
-    let router = h3_router(&pki, "", &one_region(&up)).await;
-    let t = target(&router, &pki);
+    let (_up, _router, t) = one_region_h3("h3-no0rtt", "").await;
     let (accepted, replies) =
         h3_send(&t, true, vec![H3Request::post("/count", &["payment"])]).await;
     assert!(!accepted, "0-RTT accepted although early_data is off");
@@ -239,10 +240,7 @@ async fn a_resident_is_refused_over_http3_when_the_jurisdiction_is_down() {
 /// make a request malformed; none of them reaches a region.
 #[tokio::test]
 async fn malformed_http3_requests_are_reset_and_reach_no_region() {
-    let pki = Pki::new("h3-malformed");
-    let up = region("r").await;
-    let router = h3_router(&pki, "", &one_region(&up)).await;
-    let t = target(&router, &pki);
+    let (up, _router, t) = one_region_h3("h3-malformed", "").await;
     let (_, replies) = h3_send(
         &t,
         false,
@@ -251,23 +249,40 @@ async fn malformed_http3_requests_are_reset_and_reach_no_region() {
             H3Request::get("/").header("connection", "close"),
             H3Request::get("/").header("te", "gzip"),
             H3Request::post("/count", &["abc"]).header("content-length", "1,3"),
-            H3Request::post("/count", &["abc"]).header("content-length", "10"),
-            H3Request::get("/"),
+            H3Request::post("/count", &["abc"]).header("content-length", "x"),
         ],
     )
     .await;
     const H3_MESSAGE_ERROR: u64 = 0x10e;
-    for (i, r) in replies[..4].iter().enumerate() {
+    for (i, r) in replies.iter().enumerate() {
         assert_eq!(r.reset, Some(H3_MESSAGE_ERROR), "request {i}: {r:?}");
     }
-    // A body shorter than it said is the client's fault, answered by the router.
-    let short = &replies[4];
+    assert_eq!(up.requests(), 0, "a malformed request reached the region");
+    // A body other than its content-length is the client's fault: answered by
+    // the router, never passed on whole.
+    let (_, replies) = h3_send(
+        &t,
+        false,
+        vec![
+            H3Request::post("/count", &["abc"]).header("content-length", "10"),
+            H3Request::post("/count", &["abcdef"]).header("content-length", "2"),
+            H3Request::get("/"),
+        ],
+    )
+    .await;
+    // Short: found while it streams to the region, which gets no whole body.
+    assert_eq!(replies[0].status, Some(400), "{:?}", replies[0]);
+    // Long: found when the router reads past the length (reset), or while it
+    // streams (400), whichever comes first.
+    let long = &replies[1];
     assert!(
-        short.status == Some(400) || short.reset.is_some(),
-        "a body short of its content-length was passed on: {short:?}"
+        long.status == Some(400) || long.reset == Some(H3_MESSAGE_ERROR),
+        "{long:?}"
     );
-    assert_eq!(replies[5].status, Some(200));
-    assert_eq!(replies[5].body, "r\n");
+    assert_eq!(
+        (replies[2].status, replies[2].body.as_str()),
+        (Some(200), "r\n")
+    );
 }
 
 /// Past `retry_threshold` handshakes in progress a new client proves its

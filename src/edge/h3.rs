@@ -411,13 +411,24 @@ async fn request<S, B>(
     // A GET's or HEAD's body is learnt before it is routed: one that the client
     // ended with its head goes bodiless (and may be retried elsewhere).
     let wait = declared.is_none() && matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut send = send;
     match tokio::time::timeout(limits.header_read_timeout, body.settle(wait)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
+            // Reset, never ended as if answered: a body past its
+            // content-length is malformed; anything else left it unfinished.
             tracing::debug!(%peer, error = %e, "HTTP/3 request body");
+            send.stop_stream(if e.is_malformed() {
+                h3::error::Code::H3_MESSAGE_ERROR
+            } else {
+                h3::error::Code::H3_REQUEST_INCOMPLETE
+            });
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            send.stop_stream(h3::error::Code::H3_REQUEST_INCOMPLETE);
+            return;
+        }
     }
     let Ok(response) = service.call(req.map(|()| body)).await;
     if let Err(e) = respond::send(send, response).await {
@@ -429,13 +440,7 @@ async fn request<S, B>(
 /// `te` may only say `trailers`; a `content-length` must be one number. The
 /// declared length, when there is one.
 fn malformed(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in respond::CONNECTION_SPECIFIC {
         if headers.contains_key(name) {
             return Err("connection-specific header field");
         }
@@ -482,13 +487,7 @@ mod tests {
 
     #[test]
     fn connection_specific_fields_make_a_request_malformed() {
-        for name in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "transfer-encoding",
-            "upgrade",
-        ] {
+        for name in respond::CONNECTION_SPECIFIC {
             assert!(malformed(&headers(&[(name, "x")])).is_err(), "{name}");
         }
         assert!(malformed(&headers(&[("te", "gzip")])).is_err());

@@ -14,9 +14,9 @@ pub enum SendError {
     Body,
 }
 
-/// Fields that describe one HTTP/1.1 connection, never sent over HTTP/3
-/// (RFC 9114 4.2).
-const CONNECTION_SPECIFIC: [&str; 5] = [
+/// Fields that describe one HTTP/1.1 connection: never sent over HTTP/3, and
+/// a request that carries one is malformed (RFC 9114 4.2).
+pub(super) const CONNECTION_SPECIFIC: [&str; 5] = [
     "connection",
     "keep-alive",
     "proxy-connection",
