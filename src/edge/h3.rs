@@ -3,23 +3,23 @@
 //! the [`App`]'s service exactly as a TCP one is (same pipeline, same regions).
 
 pub(crate) mod body;
+mod connection;
+mod request;
 mod respond;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Request};
+use http::HeaderValue;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Http3Spec, ListenerSpec};
-use crate::edge::activity::Activity;
-use crate::edge::server::{App, ConnLimits, Opened, Shutdown};
-use body::H3Body;
+use crate::edge::server::{App, ConnLimits, Shutdown};
 
 /// RFC 9114 8.1: closing with nothing wrong.
-const H3_NO_ERROR: u32 = 0x100;
+pub(crate) const H3_NO_ERROR: u32 = 0x100;
 
 /// A bound QUIC endpoint, waiting for the worker that serves it.
 pub struct QuicListener {
@@ -45,6 +45,8 @@ pub enum QuicError {
     Tls(#[from] crate::tls::TlsError),
     #[error("the TLS provider has no cipher suite QUIC can start with (TLS_AES_128_GCM_SHA256)")]
     Suite,
+    #[error("HTTP/3 needs the listener's certificates: add [listeners.tls]")]
+    NoTls,
 }
 
 /// The `Alt-Svc` value that points clients at a listener's HTTP/3 port
@@ -63,7 +65,7 @@ pub fn bind(
     tcp: SocketAddr,
     limits: &crate::config::ServerSettings,
 ) -> Result<QuicListener, QuicError> {
-    let tls = spec.tls.as_ref().ok_or(QuicError::Suite)?;
+    let tls = spec.tls.as_ref().ok_or(QuicError::NoTls)?;
     let mut address = h3.address;
     if address == spec.address && address.port() == 0 {
         address.set_port(tcp.port());
@@ -162,7 +164,7 @@ pub async fn serve<A: App>(
         };
         let (app, shared, shutdown) = (app.clone(), shared.clone(), shutdown.clone());
         connections.spawn(async move {
-            connection(incoming, app, &shared, registration, shutdown).await;
+            connection::serve(incoming, app, &shared, registration, shutdown).await;
             drop(permit);
         });
     }
@@ -179,7 +181,7 @@ pub async fn serve<A: App>(
 }
 
 /// What every connection of one endpoint reads.
-struct Shared {
+pub(crate) struct Shared {
     spec: Http3Spec,
     cert_names: Option<Arc<crate::tls::CertNames>>,
     /// Connections whose handshake is not done yet.
@@ -188,10 +190,10 @@ struct Shared {
 }
 
 /// Counts a handshake in progress until dropped.
-struct Handshaking<'a>(&'a AtomicUsize);
+pub(crate) struct Handshaking<'a>(&'a AtomicUsize);
 
 impl<'a> Handshaking<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Self(count)
     }
@@ -203,315 +205,9 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-/// One QUIC connection: its handshake (within the header deadline), then its
-/// requests, each on a task of its own, until the client goes, the connection
-/// is silent for `idle_timeout`, pressure chooses it to make room, or shutdown.
-async fn connection<A: App>(
-    incoming: quinn::Incoming,
-    app: A,
-    shared: &Shared,
-    registration: crate::edge::pressure::Registration,
-    mut shutdown: Shutdown,
-) {
-    let peer = incoming.remote_address();
-    let Some((conn, done)) = handshake(incoming, shared).await else {
-        return;
-    };
-    let sni = conn
-        .handshake_data()
-        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|d| d.server_name);
-    let activity = Arc::new(Activity::new());
-    activity.saw_http2();
-    registration.tracked.opened(activity.clone());
-    let opened = Opened {
-        // The address the connection was established from is the client's,
-        // for this connection's every request (a migrated connection keeps it).
-        peer,
-        tls: true,
-        activity: activity.clone(),
-        verdicts: Arc::default(),
-        cert_names: shared
-            .cert_names
-            .as_ref()
-            .and_then(|n| n.for_sni(sni.as_deref())),
-        alt_svc: None,
-    };
-    let service = Arc::new(app.service(opened));
-    let quic = conn.clone();
-    let built = h3::server::builder()
-        .max_field_section_size(shared.limits.max_header_bytes as u64)
-        .build::<_, bytes::Bytes>(h3_quinn::Connection::new(conn))
-        .await;
-    let mut h3 = match built {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "HTTP/3 connection did not start");
-            return;
-        }
-    };
-    let requests = TaskTracker::new();
-    let mut draining = false;
-    // Silent for idle_timeout (no request started, none in flight): closed
-    // gracefully, as on TCP. QUIC's own idle timeout only sees packets, and a
-    // client's PINGs would keep a connection open forever.
-    let period = shared.limits.idle_timeout / 2;
-    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let (mut last_mark, mut quiet_checks) = (None, 0u32);
-    let tracked = registration.tracked.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = h3.accept() => a,
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                // GOAWAY: requests already open finish, no new ones; then the
-                // connection closes (below) without waiting for the client.
-                let _ = h3.shutdown(0).await;
-                requests.close();
-                continue;
-            }
-            _ = requests.wait(), if draining => {
-                quic.close(H3_NO_ERROR.into(), b"shutting down");
-                break;
-            }
-            _ = idle.tick(), if !draining => {
-                // Unchanged over two periods: silent for idle_timeout at least.
-                let mark = activity.quiet_mark();
-                quiet_checks = if mark.is_some() && mark == last_mark { quiet_checks + 1 } else { 0 };
-                last_mark = mark;
-                if quiet_checks >= 2 {
-                    // GOAWAY, then closed: nothing is in flight to finish.
-                    let _ = h3.shutdown(0).await;
-                    quic.close(H3_NO_ERROR.into(), b"idle");
-                    break;
-                }
-                continue;
-            }
-            _ = std::future::poll_fn(|cx| tracked.poll_closed(cx)) => {
-                // Chosen to make room: it had nothing in flight.
-                quic.close(H3_NO_ERROR.into(), b"");
-                break;
-            }
-        };
-        match accepted {
-            Ok(Some(resolver)) => {
-                // Opened before the handshake finished: the request is early
-                // data, whenever its head is read.
-                let early = !done.load(Ordering::Relaxed);
-                let (service, quic) = (service.clone(), quic.clone());
-                let limits = shared.limits.clone();
-                requests.spawn(async move {
-                    request(resolver, &*service, early, &quic, peer, &limits).await;
-                });
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
-                break;
-            }
-        }
-    }
-    requests.close();
-    requests.wait().await;
-    drop(registration);
-}
-
-/// The QUIC handshake, within the header deadline; with 0-RTT allowed, the
-/// connection is returned at once and `done` turns true when the handshake
-/// completes (until then its requests are early data).
-async fn handshake(
-    incoming: quinn::Incoming,
-    shared: &Shared,
-) -> Option<(quinn::Connection, Arc<AtomicBool>)> {
-    let peer = incoming.remote_address();
-    let _handshaking = Handshaking::new(&shared.handshaking);
-    let connecting = incoming.accept().ok()?;
-    let deadline = shared.limits.header_read_timeout;
-    let connecting = if shared.spec.early_data {
-        match connecting.into_0rtt() {
-            Ok((conn, accepted)) => {
-                let done = Arc::new(AtomicBool::new(false));
-                let (flag, quic) = (done.clone(), conn.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(deadline, accepted).await {
-                        Ok(_) => flag.store(true, Ordering::Relaxed),
-                        Err(_) => quic.close(0u32.into(), b"handshake timed out"),
-                    }
-                });
-                return Some((conn, done));
-            }
-            Err(connecting) => connecting,
-        }
-    } else {
-        connecting
-    };
-    match tokio::time::timeout(deadline, connecting).await {
-        Ok(Ok(conn)) => Some((conn, Arc::new(AtomicBool::new(true)))),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "QUIC handshake timed out");
-            None
-        }
-    }
-}
-
-type Resolver = h3::server::RequestResolver<h3_quinn::Connection, bytes::Bytes>;
-
-/// One request stream: its head (within the header deadline), checked as
-/// RFC 9114 4.2 says, its body, the App's answer streamed back.
-async fn request<S, B>(
-    resolver: Resolver,
-    service: &S,
-    early: bool,
-    quic: &quinn::Connection,
-    peer: SocketAddr,
-    limits: &ConnLimits,
-) where
-    S: hyper::service::Service<
-        Request<H3Body>,
-        Response = http::Response<B>,
-        Error = std::convert::Infallible,
-    >,
-    B: http_body::Body,
-{
-    let (req, stream) =
-        match tokio::time::timeout(limits.header_read_timeout, resolver.resolve_request()).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "HTTP/3 request head refused");
-                return;
-            }
-            Err(_) => return,
-        };
-    let now = quic.remote_address();
-    if now != peer {
-        // A client can move at will (a new source port per packet): one line
-        // a second at most.
-        static LOG: crate::log_limit::Limiter = crate::log_limit::Limiter::new();
-        if let Some(suppressed) = LOG.allow() {
-            tracing::info!(%peer, moved_to = %now, suppressed, "HTTP/3 connection migrated; its first address stays the client");
-        }
-    }
-    let declared = match malformed(req.headers()) {
-        Ok(declared) => declared,
-        Err(why) => {
-            // RFC 9114 4.1.2: a malformed request is a stream error.
-            tracing::debug!(%peer, why, "malformed HTTP/3 request");
-            let mut stream = stream;
-            stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
-            stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
-            return;
-        }
-    };
-    let (send, recv) = stream.split();
-    let mut body = H3Body::new(recv, declared, early);
-    // A GET's or HEAD's body is learnt before it is routed: one that the client
-    // ended with its head goes bodiless (and may be retried elsewhere).
-    let wait = declared.is_none() && matches!(*req.method(), Method::GET | Method::HEAD);
-    let mut send = send;
-    match tokio::time::timeout(limits.header_read_timeout, body.settle(wait)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            // Reset, never ended as if answered: a body past its
-            // content-length is malformed; anything else left it unfinished.
-            tracing::debug!(%peer, error = %e, "HTTP/3 request body");
-            send.stop_stream(if e.is_malformed() {
-                h3::error::Code::H3_MESSAGE_ERROR
-            } else {
-                h3::error::Code::H3_REQUEST_INCOMPLETE
-            });
-            return;
-        }
-        Err(_) => {
-            send.stop_stream(h3::error::Code::H3_REQUEST_INCOMPLETE);
-            return;
-        }
-    }
-    let Ok(response) = service.call(req.map(|()| body)).await;
-    if let Err(e) = respond::send(send, response).await {
-        tracing::debug!(%peer, error = %e, "HTTP/3 response not sent whole");
-    }
-}
-
-/// RFC 9114 4.2: connection-specific fields make a request malformed, and
-/// `te` may only say `trailers`; a `content-length` must be one number. The
-/// declared length, when there is one.
-fn malformed(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    for name in respond::CONNECTION_SPECIFIC {
-        if headers.contains_key(name) {
-            return Err("connection-specific header field");
-        }
-    }
-    for te in headers.get_all(http::header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            return Err("te other than trailers");
-        }
-    }
-    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let declared = match lengths.next() {
-        None => None,
-        Some(v) => {
-            let v = v.to_str().map_err(|_| "content-length is not a number")?;
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("content-length is not a number");
-            }
-            Some(
-                v.parse::<u64>()
-                    .map_err(|_| "content-length is not a number")?,
-            )
-        }
-    };
-    if lengths.next().is_some() {
-        return Err("more than one content-length");
-    }
-    Ok(declared)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn connection_specific_fields_make_a_request_malformed() {
-        for name in respond::CONNECTION_SPECIFIC {
-            assert!(malformed(&headers(&[(name, "x")])).is_err(), "{name}");
-        }
-        assert!(malformed(&headers(&[("te", "gzip")])).is_err());
-        assert_eq!(malformed(&headers(&[("te", "trailers")])), Ok(None));
-    }
-
-    #[test]
-    fn a_content_length_is_one_number() {
-        assert_eq!(
-            malformed(&headers(&[("content-length", "12")])),
-            Ok(Some(12))
-        );
-        for bad in ["", "+1", "1,1", " 1", "0x10", "99999999999999999999999"] {
-            assert!(
-                malformed(&headers(&[("content-length", bad)])).is_err(),
-                "{bad:?}"
-            );
-        }
-        assert!(malformed(&headers(&[
-            ("content-length", "1"),
-            ("content-length", "1")
-        ]))
-        .is_err());
-    }
 
     #[test]
     fn alt_svc_names_the_port_and_max_age() {

@@ -1,0 +1,200 @@
+//! One QUIC connection: its handshake, then its HTTP/3 requests, until the
+//! client goes, it is idle, pressure closes it, or the router shuts down.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use super::{request, Handshaking, Shared, H3_NO_ERROR};
+use crate::edge::activity::Activity;
+use crate::edge::server::{App, Opened, Shutdown};
+
+/// One QUIC connection: its handshake (within the header deadline), then its
+/// requests, each on a task of its own, until the client goes, the connection
+/// is silent for `idle_timeout`, pressure chooses it to make room, or shutdown.
+pub(super) async fn serve<A: App>(
+    incoming: quinn::Incoming,
+    app: A,
+    shared: &Shared,
+    registration: crate::edge::pressure::Registration,
+    mut shutdown: Shutdown,
+) {
+    let peer = incoming.remote_address();
+    let Some((conn, done)) = handshake(incoming, shared).await else {
+        return;
+    };
+    let activity = Arc::new(Activity::new());
+    activity.saw_http2();
+    registration.tracked.opened(activity.clone());
+    let service = Arc::new(app.service(opened(&conn, shared, peer, &activity)));
+    let quic = conn.clone();
+    let built = h3::server::builder()
+        .max_field_section_size(shared.limits.max_header_bytes as u64)
+        .build::<_, bytes::Bytes>(h3_quinn::Connection::new(conn))
+        .await;
+    let mut h3 = match built {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 connection did not start");
+            return;
+        }
+    };
+    let requests = TaskTracker::new();
+    let mut draining = false;
+    // Silent for idle_timeout (no request started, none in flight): closed
+    // gracefully, as on TCP. QUIC's own idle timeout only sees packets, and a
+    // client's PINGs would keep a connection open forever.
+    let mut idle = Idle::new(shared.limits.idle_timeout);
+    let tracked = registration.tracked.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = h3.accept() => a,
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                // GOAWAY: requests already open finish, no new ones; then the
+                // connection closes (below) without waiting for the client.
+                let _ = h3.shutdown(0).await;
+                requests.close();
+                continue;
+            }
+            _ = requests.wait(), if draining => {
+                quic.close(H3_NO_ERROR.into(), b"shutting down");
+                break;
+            }
+            _ = idle.tick.tick(), if !draining => {
+                if idle.silent(&activity) {
+                    // GOAWAY, then closed: nothing is in flight to finish.
+                    let _ = h3.shutdown(0).await;
+                    quic.close(H3_NO_ERROR.into(), b"idle");
+                    break;
+                }
+                continue;
+            }
+            _ = std::future::poll_fn(|cx| tracked.poll_closed(cx)) => {
+                // Chosen to make room: it had nothing in flight.
+                quic.close(H3_NO_ERROR.into(), b"");
+                break;
+            }
+        };
+        match accepted {
+            Ok(Some(resolver)) => {
+                // Opened before the handshake finished: the request is early
+                // data, whenever its head is read.
+                let early = !done.load(Ordering::Relaxed);
+                let (service, quic) = (service.clone(), quic.clone());
+                let limits = shared.limits.clone();
+                requests.spawn(async move {
+                    request::serve(resolver, &*service, early, &quic, peer, &limits).await;
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                break;
+            }
+        }
+    }
+    requests.close();
+    requests.wait().await;
+    drop(registration);
+}
+
+/// What the App learns of an HTTP/3 connection.
+fn opened(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+    activity: &Arc<Activity>,
+) -> Opened {
+    let sni = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.server_name);
+    Opened {
+        // The address the connection was established from is the client's,
+        // for this connection's every request (a migrated connection keeps it).
+        peer,
+        tls: true,
+        activity: activity.clone(),
+        verdicts: Arc::default(),
+        cert_names: shared
+            .cert_names
+            .as_ref()
+            .and_then(|n| n.for_sni(sni.as_deref())),
+        alt_svc: None,
+    }
+}
+
+/// The idle rule: a check every half `idle_timeout`; a connection whose
+/// activity mark stayed unchanged (nothing started, nothing in flight) over
+/// two periods has been silent for `idle_timeout` at least.
+struct Idle {
+    tick: tokio::time::Interval,
+    last_mark: Option<u64>,
+    quiet_checks: u32,
+}
+
+impl Idle {
+    fn new(idle_timeout: std::time::Duration) -> Self {
+        let period = idle_timeout / 2;
+        Self {
+            tick: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+            last_mark: None,
+            quiet_checks: 0,
+        }
+    }
+
+    fn silent(&mut self, activity: &Activity) -> bool {
+        let mark = activity.quiet_mark();
+        self.quiet_checks = if mark.is_some() && mark == self.last_mark {
+            self.quiet_checks + 1
+        } else {
+            0
+        };
+        self.last_mark = mark;
+        self.quiet_checks >= 2
+    }
+}
+
+/// The QUIC handshake, within the header deadline; with 0-RTT allowed, the
+/// connection is returned at once and `done` turns true when the handshake
+/// completes (until then its requests are early data).
+async fn handshake(
+    incoming: quinn::Incoming,
+    shared: &Shared,
+) -> Option<(quinn::Connection, Arc<AtomicBool>)> {
+    let peer = incoming.remote_address();
+    let _handshaking = Handshaking::new(&shared.handshaking);
+    let connecting = incoming.accept().ok()?;
+    let deadline = shared.limits.header_read_timeout;
+    let connecting = if shared.spec.early_data {
+        match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let done = Arc::new(AtomicBool::new(false));
+                let (flag, quic) = (done.clone(), conn.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(deadline, accepted).await {
+                        Ok(_) => flag.store(true, Ordering::Relaxed),
+                        Err(_) => quic.close(0u32.into(), b"handshake timed out"),
+                    }
+                });
+                return Some((conn, done));
+            }
+            Err(connecting) => connecting,
+        }
+    } else {
+        connecting
+    };
+    match tokio::time::timeout(deadline, connecting).await {
+        Ok(Ok(conn)) => Some((conn, Arc::new(AtomicBool::new(true)))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "QUIC handshake timed out");
+            None
+        }
+    }
+}
