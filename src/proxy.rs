@@ -32,16 +32,15 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::edge::h3::body::H3Body;
-use crate::proxy::client_body::Source;
-
 use crate::config::RegionName;
 use crate::edge::activity::{Activity, Streaming};
+use crate::edge::h3::body::H3Body;
 use crate::edge::head_guard::Flaw;
 use crate::edge::server::{self, Opened};
 use crate::path::{self, Ambiguity, PathError};
 use crate::proxy::admit::{Admitted, Refused};
 use crate::proxy::authority::Host;
+use crate::proxy::client_body::Source;
 use crate::proxy::deadline::TimerSlot;
 use crate::proxy::forward::ForwardError;
 use crate::proxy::pool::PooledBody;
