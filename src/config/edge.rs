@@ -316,7 +316,7 @@ fn http3(
     if raw.alt_svc_max_age.as_secs() == 0 {
         errs.push(
             format!("{path}.alt_svc_max_age"),
-            "0 tells clients to forget HTTP/3 at once: use at least \"1m\" (e.g. \"24h\")",
+            "0 tells clients to forget HTTP/3 at once: set a positive max-age (e.g. \"24h\")",
         );
     }
     Http3Spec {
