@@ -354,3 +354,95 @@ async fn shutdown_closes_an_idle_http3_connection_at_once() {
     const H3_NO_ERROR: u64 = 0x100;
     assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
 }
+
+/// Holds one HTTP/3 connection open (its client PINGs until the server closes
+/// it) once its request was answered; returns the client's task.
+async fn hold_a_connection(
+    router: &TestRouter,
+    t: &H3Target,
+) -> tokio::task::JoinHandle<(H3Session, Vec<H3Reply>)> {
+    let holder = H3Target {
+        wait_close: true,
+        ..t.clone()
+    };
+    let held =
+        tokio::spawn(async move { h3_session(&holder, false, vec![H3Request::get("/")]).await });
+    let state = router.state.clone();
+    eventually("the held connection's request is answered", || {
+        state.metrics.protocol_requests[2].get() == 1
+    })
+    .await;
+    held
+}
+
+/// `client.max_connections_per_ip` counts QUIC connections as TCP ones.
+#[tokio::test]
+async fn the_per_address_cap_holds_for_http3() {
+    let pki = Pki::new("h3-per-ip");
+    let up = region("r").await;
+    let rest = format!("[client]\nmax_connections_per_ip = 1\n{}", one_region(&up));
+    let router = h3_router(&pki, "", &rest).await;
+    let t = target(&router, &pki);
+    let held = hold_a_connection(&router, &t).await;
+    let (session, replies) = h3_session(&t, false, vec![H3Request::get("/")]).await;
+    assert!(
+        session.refused.is_some(),
+        "a second connection from the address: {replies:?}"
+    );
+    router.shutdown().await.unwrap();
+    let (session, replies) = held.await.unwrap();
+    assert_eq!(replies[0].status, Some(200));
+    assert_eq!(session.closed, Some(0x100), "{session:?}");
+}
+
+/// Every connection slot taken: an idle connection is closed to make room and
+/// the newcomer refused at once, never queued.
+#[tokio::test]
+async fn a_full_router_reclaims_an_idle_http3_connection() {
+    let pki = Pki::new("h3-full");
+    let up = region("r").await;
+    let rest = format!("[server]\nmax_connections = 1\n{}", one_region(&up));
+    let router = h3_router(&pki, "", &rest).await;
+    let t = target(&router, &pki);
+    let held = hold_a_connection(&router, &t).await;
+    let (session, _) = h3_session(&t, false, vec![H3Request::get("/")]).await;
+    assert!(session.refused.is_some(), "{session:?}");
+    let (session, replies) = held.await.unwrap();
+    assert_eq!(replies[0].status, Some(200));
+    assert_eq!(
+        session.closed,
+        Some(0x100),
+        "the idle connection was not reclaimed: {session:?}"
+    );
+    // Room again: a client that tries again is served.
+    let (_, replies) = h3_send(&t, false, vec![H3Request::get("/")]).await;
+    assert_eq!(replies[0].status, Some(200));
+}
+
+/// An answer still streaming when the router shuts down reaches the client
+/// whole: closing the connection at once would discard what the client had
+/// not acknowledged yet.
+#[tokio::test]
+async fn an_answer_streaming_at_shutdown_arrives_whole() {
+    const SIZE: usize = 4 << 20;
+    let pki = Pki::new("h3-shutdown-streaming");
+    let up = region("r").await;
+    let router = h3_router(&pki, "", &one_region(&up)).await;
+    let t = target(&router, &pki);
+    let client = tokio::spawn(async move {
+        h3_session(&t, false, vec![H3Request::get(&format!("/bytes/{SIZE}"))]).await
+    });
+    let state = router.state.clone();
+    eventually("the download has started", || {
+        state.metrics.protocol_requests[2].get() == 1
+    })
+    .await;
+    router.shutdown().await.unwrap();
+    let (_, replies) = client.await.unwrap();
+    assert_eq!(replies[0].status, Some(200), "{:?}", replies[0].reset);
+    assert_eq!(
+        replies[0].body.len(),
+        SIZE,
+        "the answer was cut at shutdown"
+    );
+}

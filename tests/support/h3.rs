@@ -69,7 +69,7 @@ pub struct H3Target {
 }
 
 /// What one client run saw besides its replies.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct H3Session {
     /// The server accepted 0-RTT early data.
     pub early_data_accepted: bool,
@@ -77,6 +77,8 @@ pub struct H3Session {
     pub retried: bool,
     /// With [`H3Target::wait_close`]: the error code the server closed with.
     pub closed: Option<u64>,
+    /// The connection was refused or closed before any request (and why).
+    pub refused: Option<String>,
 }
 
 /// Sends `requests` on one HTTP/3 connection (with `zero_rtt`: on a resumed
@@ -169,6 +171,7 @@ fn h3_requests(
         early_data_accepted: report["early_data_accepted"].as_bool().unwrap_or(false),
         retried: report["retried"].as_bool().unwrap_or(false),
         closed: report["closed"].as_u64(),
+        refused: report["refused"].as_str().map(str::to_owned),
     };
     (session, replies)
 }

@@ -7,7 +7,8 @@ Reads a JSON job on stdin and prints a JSON report on stdout:
            "zero_rtt": false, "requests": [
              {"method": "GET", "path": "/", "authority": "a.test",
               "headers": [["x-k", "v"]], "chunks": ["part1", "part2"]}]}
-  report: {"early_data_accepted": bool, "retried": bool, "responses": [
+  report: {"early_data_accepted": bool, "retried": bool, "closed": code,
+           "refused": null or why the connection was refused, "responses": [
              {"status": 200, "headers": [["k", "v"]], "body": "...",
               "reset": null or error code}]}
 
@@ -133,6 +134,15 @@ async def run(job):
         if not tickets:
             raise SystemExit("no session ticket from the server")
         ticket = tickets[-1]
+    try:
+        report = await session(job, ticket)
+    except ConnectionError as e:
+        # Refused or closed before any request: said, not raised.
+        return {"refused": str(e) or type(e).__name__, "responses": []}
+    return report
+
+
+async def session(job, ticket):
     async with connect(
         job["host"],
         job["port"],

@@ -10,6 +10,29 @@ use super::{request, Handshaking, Shared, H3_NO_ERROR};
 use crate::edge::activity::Activity;
 use crate::edge::server::{App, Opened, Shutdown};
 
+/// How often a connection done at shutdown looks for acknowledgements.
+const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Waits, at shutdown, until what the connection sent is acknowledged: the
+/// last answers may still be in flight, and closing discards what the client
+/// has not acknowledged. Done when the client closes (GOAWAY asked it to), or
+/// when a step passes with no acknowledgement (it has everything, or is gone);
+/// the listener's shutdown grace bounds it all.
+async fn linger(quic: &quinn::Connection) {
+    let mut acks = quic.stats().frame_rx.acks;
+    loop {
+        tokio::select! {
+            _ = quic.closed() => return,
+            _ = tokio::time::sleep(LINGER_STEP) => {}
+        }
+        let now = quic.stats().frame_rx.acks;
+        if now == acks {
+            return;
+        }
+        acks = now;
+    }
+}
+
 /// One QUIC connection: its handshake (within the header deadline), then its
 /// requests, each on a task of its own, until the client goes, the connection
 /// is silent for `idle_timeout`, pressure chooses it to make room, or shutdown.
@@ -59,6 +82,7 @@ pub(super) async fn serve<A: App>(
                 continue;
             }
             _ = requests.wait(), if draining => {
+                linger(&quic).await;
                 quic.close(H3_NO_ERROR.into(), b"shutting down");
                 break;
             }
