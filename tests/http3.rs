@@ -353,6 +353,9 @@ async fn shutdown_closes_an_idle_http3_connection_at_once() {
     assert_eq!(replies[0].status, Some(200));
     const H3_NO_ERROR: u64 = 0x100;
     assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
+    // RFC 9114 5.2: requests from the GOAWAY's identifier on were not
+    // processed; request 0 was, so the identifier is past it.
+    assert_eq!(session.goaways, [4], "{session:?}");
 }
 
 /// Holds one HTTP/3 connection open (its client PINGs until the server closes
@@ -438,11 +441,14 @@ async fn an_answer_streaming_at_shutdown_arrives_whole() {
     })
     .await;
     router.shutdown().await.unwrap();
-    let (_, replies) = client.await.unwrap();
+    let (session, replies) = client.await.unwrap();
     assert_eq!(replies[0].status, Some(200), "{:?}", replies[0].reset);
     assert_eq!(
         replies[0].body.len(),
         SIZE,
         "the answer was cut at shutdown"
     );
+    // The download in flight is one the router says it processes: a client
+    // that read GOAWAY as "not processed" would send it again elsewhere.
+    assert_eq!(session.goaways, [4], "{session:?}");
 }

@@ -79,6 +79,8 @@ pub struct H3Session {
     pub closed: Option<u64>,
     /// The connection was refused or closed before any request (and why).
     pub refused: Option<String>,
+    /// The GOAWAY identifiers the server sent, in order.
+    pub goaways: Vec<u64>,
 }
 
 /// Sends `requests` on one HTTP/3 connection (with `zero_rtt`: on a resumed
@@ -172,6 +174,10 @@ fn h3_requests(
         retried: report["retried"].as_bool().unwrap_or(false),
         closed: report["closed"].as_u64(),
         refused: report["refused"].as_str().map(str::to_owned),
+        goaways: report["goaways"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default(),
     };
     (session, replies)
 }

@@ -8,6 +8,7 @@ Reads a JSON job on stdin and prints a JSON report on stdout:
              {"method": "GET", "path": "/", "authority": "a.test",
               "headers": [["x-k", "v"]], "chunks": ["part1", "part2"]}]}
   report: {"early_data_accepted": bool, "retried": bool, "closed": code,
+           "goaways": [GOAWAY identifiers received],
            "refused": null or why the connection was refused, "responses": [
              {"status": 200, "headers": [["k", "v"]], "body": "...",
               "reset": null or error code}]}
@@ -26,18 +27,52 @@ import sys
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.buffer import Buffer, BufferReadError
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import StreamReset
+from aioquic.quic.events import StreamDataReceived, StreamReset
 
 TIMEOUT = 20
+
+
+class Recording(H3Connection):
+    """aioquic's HTTP/3 connection, also reading the server's control stream
+    for the GOAWAY identifiers it sends (aioquic discards their payload)."""
+
+    def __init__(self, quic):
+        super().__init__(quic)
+        self.goaways = []
+        self._uni = {}
+
+    def handle_event(self, event):
+        # Server-initiated unidirectional streams have ids 3 mod 4.
+        if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 3:
+            self._uni[event.stream_id] = self._uni.get(event.stream_id, b"") + event.data
+            self._read_control(event.stream_id)
+        return super().handle_event(event)
+
+    def _read_control(self, stream_id):
+        buf = Buffer(data=self._uni[stream_id])
+        try:
+            if buf.pull_uint_var() != 0:  # not the control stream
+                self._uni[stream_id] = b""
+                return
+            frames = []
+            while not buf.eof():
+                frame_type = buf.pull_uint_var()
+                payload = buf.pull_bytes(buf.pull_uint_var())
+                frames.append((frame_type, payload))
+        except BufferReadError:
+            return  # a frame not whole yet: read again with more data
+        goaways = [Buffer(data=p).pull_uint_var() for t, p in frames if t == FrameType.GOAWAY]
+        self.goaways = goaways
 
 
 class Client(QuicConnectionProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.h3 = H3Connection(self._quic)
+        self.h3 = Recording(self._quic)
         self.streams = {}
 
     def quic_event_received(self, event):
@@ -175,6 +210,7 @@ async def session(job, ticket):
         "early_data_accepted": accepted,
         "retried": retried,
         "closed": closed,
+        "goaways": client.h3.goaways,
         "responses": responses,
     }
 

@@ -77,7 +77,7 @@ pub(super) async fn serve<A: App>(
                 draining = true;
                 // GOAWAY: requests already open finish, no new ones; then the
                 // connection closes (below) without waiting for the client.
-                let _ = h3.shutdown(0).await;
+                let _ = goaway(&mut h3).await;
                 requests.close();
                 continue;
             }
@@ -89,7 +89,7 @@ pub(super) async fn serve<A: App>(
             _ = idle.tick.tick(), if !draining => {
                 if idle.silent(&activity) {
                     // GOAWAY, then closed: nothing is in flight to finish.
-                    let _ = h3.shutdown(0).await;
+                    let _ = goaway(&mut h3).await;
                     quic.close(H3_NO_ERROR.into(), b"idle");
                     break;
                 }
@@ -122,6 +122,17 @@ pub(super) async fn serve<A: App>(
     requests.close();
     requests.wait().await;
     drop(registration);
+}
+
+/// Sends GOAWAY naming the first request stream not accepted: RFC 9114 5.2
+/// says those from its identifier on were not processed, so it lies past every
+/// request accepted (h3's `shutdown(n)` names the last accepted plus `n`; with
+/// 0 it would disown the last request, which a client may then send again
+/// elsewhere while the router still answers it).
+async fn goaway(
+    h3: &mut h3::server::Connection<h3_quinn::Connection, bytes::Bytes>,
+) -> Result<(), h3::error::ConnectionError> {
+    h3.shutdown(1).await
 }
 
 /// What the App learns of an HTTP/3 connection.
