@@ -77,7 +77,14 @@ pub fn bind(
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|_| QuicError::Suite)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    // The HTTP/2 windows bound what a connection buffers each way: quinn's
+    // defaults would let one connection hold 1.25 MB per stream received (no
+    // connection-wide cap) and 10 MB unacknowledged sent.
+    let window = limits.http2.connection_window;
     transport
+        .stream_receive_window(limits.http2.stream_window.into())
+        .receive_window(window.into())
+        .send_window(u64::from(window))
         .max_concurrent_bidi_streams(limits.http2_max_concurrent_streams.into())
         // The client's control stream, its QPACK encoder and decoder streams,
         // and a few reserved (grease) ones.
@@ -162,9 +169,12 @@ pub async fn serve<A: App>(
             incoming.refuse();
             continue;
         };
+        // Counted from here, not from when its task first runs: a burst of
+        // Initials is seen as one at once.
+        let handshaking = Handshaking::new(&shared);
         let (app, shared, shutdown) = (app.clone(), shared.clone(), shutdown.clone());
         connections.spawn(async move {
-            connection::serve(incoming, app, &shared, registration, shutdown).await;
+            connection::serve(incoming, handshaking, app, shared, registration, shutdown).await;
             drop(permit);
         });
     }
@@ -186,22 +196,22 @@ pub(crate) struct Shared {
     cert_names: Option<Arc<crate::tls::CertNames>>,
     /// Connections whose handshake is not done yet.
     handshaking: AtomicUsize,
-    limits: ConnLimits,
+    pub(crate) limits: ConnLimits,
 }
 
 /// Counts a handshake in progress until dropped.
-pub(crate) struct Handshaking<'a>(&'a AtomicUsize);
+pub(crate) struct Handshaking(Arc<Shared>);
 
-impl<'a> Handshaking<'a> {
-    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
+impl Handshaking {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.handshaking.fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
     }
 }
 
-impl Drop for Handshaking<'_> {
+impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

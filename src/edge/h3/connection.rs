@@ -38,19 +38,20 @@ async fn linger(quic: &quinn::Connection) {
 /// is silent for `idle_timeout`, pressure chooses it to make room, or shutdown.
 pub(super) async fn serve<A: App>(
     incoming: quinn::Incoming,
+    handshaking: Handshaking,
     app: A,
-    shared: &Shared,
+    shared: Arc<Shared>,
     registration: crate::edge::pressure::Registration,
     mut shutdown: Shutdown,
 ) {
     let peer = incoming.remote_address();
-    let Some((conn, done)) = handshake(incoming, shared).await else {
+    let Some((conn, done)) = handshake(incoming, handshaking, &shared).await else {
         return;
     };
     let activity = Arc::new(Activity::new());
     activity.saw_http2();
     registration.tracked.opened(activity.clone());
-    let service = Arc::new(app.service(opened(&conn, shared, peer, &activity)));
+    let service = Arc::new(app.service(opened(&conn, &shared, peer, &activity)));
     let quic = conn.clone();
     let built = h3::server::builder()
         .max_field_section_size(shared.limits.max_header_bytes as u64)
@@ -106,10 +107,9 @@ pub(super) async fn serve<A: App>(
                 // Opened before the handshake finished: the request is early
                 // data, whenever its head is read.
                 let early = !done.load(Ordering::Relaxed);
-                let (service, quic) = (service.clone(), quic.clone());
-                let limits = shared.limits.clone();
+                let (service, quic, shared) = (service.clone(), quic.clone(), shared.clone());
                 requests.spawn(async move {
-                    request::serve(resolver, &*service, early, &quic, peer, &limits).await;
+                    request::serve(resolver, &*service, early, &quic, peer, &shared.limits).await;
                 });
             }
             Ok(None) => break,
@@ -197,10 +197,10 @@ impl Idle {
 /// completes (until then its requests are early data).
 async fn handshake(
     incoming: quinn::Incoming,
+    handshaking: Handshaking,
     shared: &Shared,
 ) -> Option<(quinn::Connection, Arc<AtomicBool>)> {
     let peer = incoming.remote_address();
-    let _handshaking = Handshaking::new(&shared.handshaking);
     let connecting = incoming.accept().ok()?;
     let deadline = shared.limits.header_read_timeout;
     let connecting = if shared.spec.early_data {
@@ -213,6 +213,8 @@ async fn handshake(
                         Ok(_) => flag.store(true, Ordering::Relaxed),
                         Err(_) => quic.close(0u32.into(), b"handshake timed out"),
                     }
+                    // In progress until here, requests served meanwhile or not.
+                    drop(handshaking);
                 });
                 return Some((conn, done));
             }
@@ -221,7 +223,9 @@ async fn handshake(
     } else {
         connecting
     };
-    match tokio::time::timeout(deadline, connecting).await {
+    let done = tokio::time::timeout(deadline, connecting).await;
+    drop(handshaking);
+    match done {
         Ok(Ok(conn)) => Some((conn, Arc::new(AtomicBool::new(true)))),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "QUIC handshake failed");

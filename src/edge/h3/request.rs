@@ -57,12 +57,11 @@ pub(super) async fn serve<S, B>(
             return;
         }
     };
-    let (send, recv) = stream.split();
+    let (mut send, recv) = stream.split();
     let mut body = H3Body::new(recv, declared, early);
     // A GET's or HEAD's body is learnt before it is routed: one that the client
     // ended with its head goes bodiless (and may be retried elsewhere).
     let wait = declared.is_none() && matches!(*req.method(), Method::GET | Method::HEAD);
-    let mut send = send;
     match tokio::time::timeout(limits.header_read_timeout, body.settle(wait)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
