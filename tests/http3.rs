@@ -5,15 +5,9 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use georouter::tools::sim::SimRegion;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use support::h3::*;
 use support::*;
-use tokio_rustls::TlsConnector;
 
 /// A TLS listener on port 0 with HTTP/3 on the same port over UDP, serving
 /// `a.test`; `http3` goes into `[listeners.http3]`, `rest` after the listener.
@@ -46,13 +40,42 @@ fn one_region(r: &SimRegion) -> String {
 }
 
 /// A router with HTTP/3 (`http3` in its section) in front of one region `r`,
-/// and the client's target for it.
-async fn one_region_h3(tag: &str, http3: &str) -> (SimRegion, TestRouter, H3Target) {
+/// with `sections` (whole policy sections) besides, and the client's target.
+async fn one_region_h3(
+    tag: &str,
+    http3: &str,
+    sections: &str,
+) -> (SimRegion, TestRouter, H3Target) {
     let pki = Pki::new(tag);
     let up = region("r").await;
-    let router = h3_router(&pki, http3, &one_region(&up)).await;
+    let router = h3_router(&pki, http3, &format!("{sections}\n{}", one_region(&up))).await;
     let t = target(&router, &pki);
     (up, router, t)
+}
+
+/// RFC 9114 8.1: closing with nothing wrong.
+const H3_NO_ERROR: u64 = 0x100;
+
+/// Starts a client on a task of its own and returns once the router has begun
+/// its request; with `hold`, the client then keeps the connection (PINGing)
+/// until the server closes it.
+async fn started(
+    router: &TestRouter,
+    t: &H3Target,
+    request: H3Request,
+    hold: bool,
+) -> tokio::task::JoinHandle<(H3Session, Vec<H3Reply>)> {
+    let t = H3Target {
+        wait_close: hold,
+        ..t.clone()
+    };
+    let client = tokio::spawn(async move { h3_session(&t, false, vec![request]).await });
+    let state = router.state.clone();
+    eventually("the router has begun the request", || {
+        state.metrics.protocol_requests[2].get() == 1
+    })
+    .await;
+    client
 }
 
 fn target(router: &TestRouter, pki: &Pki) -> H3Target {
@@ -67,7 +90,7 @@ fn target(router: &TestRouter, pki: &Pki) -> H3Target {
 
 #[tokio::test]
 async fn a_get_and_a_streamed_post_reach_the_region_over_http3() {
-    let (up, _router, t) = one_region_h3("h3-basic", "").await;
+    let (up, _router, t) = one_region_h3("h3-basic", "", "").await;
     let (_, replies) = h3_send(
         &t,
         false,
@@ -111,21 +134,8 @@ async fn tcp_answers_advertise_http3_on_its_port() {
     let pki = Pki::new("h3-altsvc");
     let up = region("r").await;
     let router = h3_router(&pki, "alt_svc_max_age = \"1h\"", &one_region(&up)).await;
-    let connector = TlsConnector::from(Arc::new(pki.client_config(&[b"http/1.1"])));
-    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("a.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/")
-        .header("host", "a.test")
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
+    let (tls, _, _) = pki.connect(router.addr(), "a.test", &[b"http/1.1"]).await;
+    let resp = h1_get_over(tls, "a.test", "/").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["alt-svc"],
@@ -144,7 +154,7 @@ async fn a_listener_without_http3_advertises_none() {
 
 #[tokio::test]
 async fn early_data_carries_only_safe_methods_and_the_rest_get_425() {
-    let (up, _router, t) = one_region_h3("h3-0rtt", "early_data = true").await;
+    let (up, _router, t) = one_region_h3("h3-0rtt", "early_data = true", "").await;
     let (accepted, replies) = h3_send(
         &t,
         true,
@@ -170,7 +180,7 @@ async fn early_data_carries_only_safe_methods_and_the_rest_get_425() {
 
 #[tokio::test]
 async fn without_early_data_a_resumed_client_waits_for_the_handshake() {
-    let (_up, _router, t) = one_region_h3("h3-no0rtt", "").await;
+    let (_up, _router, t) = one_region_h3("h3-no0rtt", "", "").await;
     let (accepted, replies) =
         h3_send(&t, true, vec![H3Request::post("/count", &["payment"])]).await;
     assert!(!accepted, "0-RTT accepted although early_data is off");
@@ -240,7 +250,7 @@ async fn a_resident_is_refused_over_http3_when_the_jurisdiction_is_down() {
 /// make a request malformed; none of them reaches a region.
 #[tokio::test]
 async fn malformed_http3_requests_are_reset_and_reach_no_region() {
-    let (up, _router, t) = one_region_h3("h3-malformed", "").await;
+    let (up, _router, t) = one_region_h3("h3-malformed", "", "").await;
     let (_, replies) = h3_send(
         &t,
         false,
@@ -290,19 +300,15 @@ async fn malformed_http3_requests_are_reset_and_reach_no_region() {
 /// client is asked, and still served.
 #[tokio::test]
 async fn clients_prove_their_address_with_a_retry_past_the_threshold() {
-    let pki = Pki::new("h3-retry");
-    let up = region("r").await;
-    let always = h3_router(&pki, "retry_threshold = 0", &one_region(&up)).await;
-    let (session, replies) =
-        h3_session(&target(&always, &pki), false, vec![H3Request::get("/")]).await;
+    let (_up, _always, t) = one_region_h3("h3-retry", "retry_threshold = 0", "").await;
+    let (session, replies) = h3_session(&t, false, vec![H3Request::get("/")]).await;
     assert!(session.retried, "no Retry with retry_threshold = 0");
     assert_eq!(
         (replies[0].status, replies[0].body.as_str()),
         (Some(200), "r\n")
     );
-    let default = h3_router(&pki, "", &one_region(&up)).await;
-    let (session, replies) =
-        h3_session(&target(&default, &pki), false, vec![H3Request::get("/")]).await;
+    let (_up, _default, t) = one_region_h3("h3-no-retry", "", "").await;
+    let (session, replies) = h3_session(&t, false, vec![H3Request::get("/")]).await;
     assert!(
         !session.retried,
         "a Retry round trip with no handshake in progress"
@@ -314,17 +320,13 @@ async fn clients_prove_their_address_with_a_retry_past_the_threshold() {
 /// while the client keeps QUIC itself alive with PINGs.
 #[tokio::test]
 async fn a_silent_http3_connection_is_closed_after_the_idle_timeout() {
-    let pki = Pki::new("h3-idle");
-    let up = region("r").await;
-    let rest = format!("[server]\nidle_timeout = \"1s\"\n{}", one_region(&up));
-    let router = h3_router(&pki, "", &rest).await;
+    let (_up, _router, t) = one_region_h3("h3-idle", "", "[server]\nidle_timeout = \"1s\"").await;
     let t = H3Target {
         wait_close: true,
-        ..target(&router, &pki)
+        ..t
     };
     let (session, replies) = h3_session(&t, false, vec![H3Request::get("/")]).await;
     assert_eq!(replies[0].status, Some(200));
-    const H3_NO_ERROR: u64 = 0x100;
     assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
 }
 
@@ -333,60 +335,24 @@ async fn a_silent_http3_connection_is_closed_after_the_idle_timeout() {
 /// the router for its whole grace period.
 #[tokio::test]
 async fn shutdown_closes_an_idle_http3_connection_at_once() {
-    let pki = Pki::new("h3-shutdown");
-    let up = region("r").await;
-    let rest = format!("[server]\nshutdown_grace = \"60s\"\n{}", one_region(&up));
-    let router = h3_router(&pki, "", &rest).await;
-    let t = H3Target {
-        wait_close: true,
-        ..target(&router, &pki)
-    };
-    let client =
-        tokio::spawn(async move { h3_session(&t, false, vec![H3Request::get("/")]).await });
-    let state = router.state.clone();
-    eventually("the HTTP/3 request is answered", || {
-        state.metrics.protocol_requests[2].get() == 1
-    })
-    .await;
+    let (_up, router, t) =
+        one_region_h3("h3-shutdown", "", "[server]\nshutdown_grace = \"60s\"").await;
+    let client = started(&router, &t, H3Request::get("/"), true).await;
     router.shutdown().await.unwrap();
     let (session, replies) = client.await.unwrap();
     assert_eq!(replies[0].status, Some(200));
-    const H3_NO_ERROR: u64 = 0x100;
     assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
     // RFC 9114 5.2: requests from the GOAWAY's identifier on were not
     // processed; request 0 was, so the identifier is past it.
     assert_eq!(session.goaways, [4], "{session:?}");
 }
 
-/// Holds one HTTP/3 connection open (its client PINGs until the server closes
-/// it) once its request was answered; returns the client's task.
-async fn hold_a_connection(
-    router: &TestRouter,
-    t: &H3Target,
-) -> tokio::task::JoinHandle<(H3Session, Vec<H3Reply>)> {
-    let holder = H3Target {
-        wait_close: true,
-        ..t.clone()
-    };
-    let held =
-        tokio::spawn(async move { h3_session(&holder, false, vec![H3Request::get("/")]).await });
-    let state = router.state.clone();
-    eventually("the held connection's request is answered", || {
-        state.metrics.protocol_requests[2].get() == 1
-    })
-    .await;
-    held
-}
-
 /// `client.max_connections_per_ip` counts QUIC connections as TCP ones.
 #[tokio::test]
 async fn the_per_address_cap_holds_for_http3() {
-    let pki = Pki::new("h3-per-ip");
-    let up = region("r").await;
-    let rest = format!("[client]\nmax_connections_per_ip = 1\n{}", one_region(&up));
-    let router = h3_router(&pki, "", &rest).await;
-    let t = target(&router, &pki);
-    let held = hold_a_connection(&router, &t).await;
+    let (_up, router, t) =
+        one_region_h3("h3-per-ip", "", "[client]\nmax_connections_per_ip = 1").await;
+    let held = started(&router, &t, H3Request::get("/"), true).await;
     let (session, replies) = h3_session(&t, false, vec![H3Request::get("/")]).await;
     assert!(
         session.refused.is_some(),
@@ -395,26 +361,22 @@ async fn the_per_address_cap_holds_for_http3() {
     router.shutdown().await.unwrap();
     let (session, replies) = held.await.unwrap();
     assert_eq!(replies[0].status, Some(200));
-    assert_eq!(session.closed, Some(0x100), "{session:?}");
+    assert_eq!(session.closed, Some(H3_NO_ERROR), "{session:?}");
 }
 
 /// Every connection slot taken: an idle connection is closed to make room and
 /// the newcomer refused at once, never queued.
 #[tokio::test]
 async fn a_full_router_reclaims_an_idle_http3_connection() {
-    let pki = Pki::new("h3-full");
-    let up = region("r").await;
-    let rest = format!("[server]\nmax_connections = 1\n{}", one_region(&up));
-    let router = h3_router(&pki, "", &rest).await;
-    let t = target(&router, &pki);
-    let held = hold_a_connection(&router, &t).await;
+    let (_up, router, t) = one_region_h3("h3-full", "", "[server]\nmax_connections = 1").await;
+    let held = started(&router, &t, H3Request::get("/"), true).await;
     let (session, _) = h3_session(&t, false, vec![H3Request::get("/")]).await;
     assert!(session.refused.is_some(), "{session:?}");
     let (session, replies) = held.await.unwrap();
     assert_eq!(replies[0].status, Some(200));
     assert_eq!(
         session.closed,
-        Some(0x100),
+        Some(H3_NO_ERROR),
         "the idle connection was not reclaimed: {session:?}"
     );
     // Room again: a client that tries again is served.
@@ -428,18 +390,9 @@ async fn a_full_router_reclaims_an_idle_http3_connection() {
 #[tokio::test]
 async fn an_answer_streaming_at_shutdown_arrives_whole() {
     const SIZE: usize = 4 << 20;
-    let pki = Pki::new("h3-shutdown-streaming");
-    let up = region("r").await;
-    let router = h3_router(&pki, "", &one_region(&up)).await;
-    let t = target(&router, &pki);
-    let client = tokio::spawn(async move {
-        h3_session(&t, false, vec![H3Request::get(&format!("/bytes/{SIZE}"))]).await
-    });
-    let state = router.state.clone();
-    eventually("the download has started", || {
-        state.metrics.protocol_requests[2].get() == 1
-    })
-    .await;
+    let (_up, router, t) = one_region_h3("h3-shutdown-streaming", "", "").await;
+    let path = format!("/bytes/{SIZE}");
+    let client = started(&router, &t, H3Request::get(&path), false).await;
     router.shutdown().await.unwrap();
     let (session, replies) = client.await.unwrap();
     assert_eq!(replies[0].status, Some(200), "{:?}", replies[0].reset);

@@ -44,30 +44,6 @@ async fn tls_router(pki: &Pki, upstream: &SimRegion) -> TestRouter {
     TestRouter::spawn(&toml).await
 }
 
-/// Connects with SNI `name` and ALPN `alpn`; returns the stream, the leaf
-/// certificate presented and the negotiated protocol.
-async fn connect(
-    pki: &Pki,
-    router: &TestRouter,
-    name: &str,
-    alpn: &[&[u8]],
-) -> (
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    Vec<u8>,
-    Option<Vec<u8>>,
-) {
-    let connector = TlsConnector::from(Arc::new(pki.client_config(alpn)));
-    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
-        .await
-        .expect("TLS handshake");
-    let (_, session) = tls.get_ref();
-    let leaf = session.peer_certificates().unwrap()[0].to_vec();
-    let alpn = session.alpn_protocol().map(|p| p.to_vec());
-    (tls, leaf, alpn)
-}
-
 #[tokio::test]
 async fn sni_picks_the_certificate() {
     let pki = Pki::new("sni");
@@ -77,7 +53,7 @@ async fn sni_picks_the_certificate() {
     let b_der = std::fs::read_to_string(pki.dir.join("b.pem")).unwrap();
     assert_ne!(a_der, b_der);
     for (sni, want) in [("a.test", "a"), ("b.test", "b"), ("www.b.test", "b")] {
-        let (_, leaf, _) = connect(&pki, &router, sni, &[b"http/1.1"]).await;
+        let (_, leaf, _) = pki.connect(router.addr(), sni, &[b"http/1.1"]).await;
         let expected =
             rustls::pki_types::CertificateDer::from_pem_file(pki.dir.join(format!("{want}.pem")));
         assert_eq!(
@@ -96,7 +72,9 @@ async fn alpn_h2_and_http11_are_both_served_over_tls() {
     let up = region("r").await;
     let router = tls_router(&pki, &up).await;
 
-    let (tls, _, alpn) = connect(&pki, &router, "a.test", &[b"h2", b"http/1.1"]).await;
+    let (tls, _, alpn) = pki
+        .connect(router.addr(), "a.test", &[b"h2", b"http/1.1"])
+        .await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -112,17 +90,9 @@ async fn alpn_h2_and_http11_are_both_served_over_tls() {
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
 
-    let (tls, _, alpn) = connect(&pki, &router, "a.test", &[b"http/1.1"]).await;
+    let (tls, _, alpn) = pki.connect(router.addr(), "a.test", &[b"http/1.1"]).await;
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/")
-        .header("host", "a.test")
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
+    let resp = h1_get_over(tls, "a.test", "/").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-georouter-region"], "r");
 }
@@ -394,7 +364,7 @@ async fn a_bad_ticket_key_file_is_refused_where_it_is() {
 /// One HTTP/1.1 request on a TLS connection with SNI `sni` and `Host: host`.
 async fn status_with(pki: &Pki, router: &TestRouter, sni: &str, host: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut tls, _, _) = connect(pki, router, sni, &[b"http/1.1"]).await;
+    let (mut tls, _, _) = pki.connect(router.addr(), sni, &[b"http/1.1"]).await;
     tls.write_all(
         format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )

@@ -212,9 +212,9 @@ fn aioquic() -> &'static str {
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !has_pip && Path::new("/usr/bin/apt-get").exists() {
+        if !has_pip {
             eprintln!("pip missing: apt-get install python3-pip");
-            let _ = tools_apt("python3-pip");
+            super::tools::apt_install("python3-pip");
         }
         eprintln!("aioquic missing: python3 -m pip install aioquic");
         // Debian's own Python refuses a system-wide pip install without the flag.
@@ -227,14 +227,4 @@ fn aioquic() -> &'static str {
         "the HTTP/3 tests need Python's aioquic and it could not be installed: python3 -m pip install aioquic"
     );
     "python3"
-}
-
-fn tools_apt(package: &str) -> bool {
-    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-    Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", package])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }

@@ -152,22 +152,26 @@ async def run(job):
     tickets = []
     ticket = None
     if job.get("zero_rtt"):
+        got = asyncio.Event()
+
+        def keep(t):
+            tickets.append(t)
+            got.set()
+
         async with connect(
             job["host"],
             job["port"],
             configuration=configuration(job),
             create_protocol=Client,
-            session_ticket_handler=tickets.append,
+            session_ticket_handler=keep,
         ) as warm:
             sid, _ = warm.start({"authority": job["sni"], "path": "/"})
             warm.transmit()
             await warm.finish(sid)
-            for _ in range(200):
-                if tickets:
-                    break
-                await asyncio.sleep(0.01)
-        if not tickets:
-            raise SystemExit("no session ticket from the server")
+            try:
+                await asyncio.wait_for(got.wait(), TIMEOUT)
+            except asyncio.TimeoutError:
+                raise SystemExit("no session ticket from the server")
         ticket = tickets[-1]
     try:
         report = await session(job, ticket)

@@ -62,3 +62,43 @@ impl Pki {
         c
     }
 }
+
+impl Pki {
+    /// Connects to `addr` over TLS with SNI `name` and ALPN `alpn`; returns
+    /// the stream, the leaf certificate presented and the negotiated protocol.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        alpn: &[&[u8]],
+    ) -> (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+        Option<Vec<u8>>,
+    ) {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.client_config(alpn)));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let (_, session) = tls.get_ref();
+        let leaf = session.peer_certificates().unwrap()[0].to_vec();
+        let alpn = session.alpn_protocol().map(|p| p.to_vec());
+        (tls, leaf, alpn)
+    }
+}
+
+/// One HTTP/1.1 GET of `path` with Host `host` over an open connection.
+pub async fn h1_get_over<I>(io: I, host: &str, path: &str) -> http::Response<hyper::body::Incoming>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    send.send_request(req).await.unwrap()
+}

@@ -30,14 +30,9 @@ pub fn tool(binary: &str, probe: &str, package: &str) -> std::process::Command {
             .arg("-u")
             .output()
             .is_ok_and(|o| o.stdout.starts_with(b"0"));
-        if !found() && root && Path::new("/usr/bin/apt-get").exists() {
+        if !found() && root {
             eprintln!("{binary} missing: apt-get install {package}");
-            let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends", package])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status();
+            apt_install(package);
         }
         assert!(
             found(),
@@ -45,4 +40,20 @@ pub fn tool(binary: &str, probe: &str, package: &str) -> std::process::Command {
         );
     }
     Command::new(binary)
+}
+
+/// `apt-get install PACKAGE` where apt-get is there (the caller checks that
+/// it runs as root, or lets the install fail); whether it succeeded.
+pub fn apt_install(package: &str) -> bool {
+    use std::process::{Command, Stdio};
+    if !Path::new("/usr/bin/apt-get").exists() {
+        return false;
+    }
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
