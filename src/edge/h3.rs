@@ -56,30 +56,50 @@ pub fn alt_svc(port: u16, max_age: Duration) -> HeaderValue {
         .expect("digits and quotes make a header value")
 }
 
-/// Binds a listener's UDP socket and builds its QUIC configuration. `tcp` is
-/// where its TCP socket was bound: an HTTP/3 address that is the listener's
-/// own with port 0 takes the TCP socket's port, so `Alt-Svc` names one port.
+/// Binds a listener's UDP socket and builds its QUIC configuration: the
+/// endpoint, waiting for the worker that serves it, and the `Alt-Svc` value
+/// naming its port. `tcp` is where its TCP socket was bound: an HTTP/3
+/// address that is the listener's own with port 0 takes the TCP socket's
+/// port, so `Alt-Svc` names one port.
 pub fn bind(
     spec: &ListenerSpec,
     h3: &Http3Spec,
     tcp: SocketAddr,
+    cert_names: Option<Arc<crate::tls::CertNames>>,
     limits: &crate::config::ServerSettings,
-) -> Result<QuicListener, QuicError> {
+) -> Result<(QuicSlot, HeaderValue), QuicError> {
     let tls = spec.tls.as_ref().ok_or(QuicError::NoTls)?;
     let mut address = h3.address;
     if address == spec.address && address.port() == 0 {
         address.set_port(tcp.port());
     }
-    let socket =
-        std::net::UdpSocket::bind(address).map_err(|source| QuicError::Bind { address, source })?;
+    let bound = std::net::UdpSocket::bind(address)
+        .and_then(|socket| Ok((socket.local_addr()?.port(), socket)));
+    let (port, socket) = bound.map_err(|source| QuicError::Bind { address, source })?;
     let crypto = crate::tls::quic_server_config(tls, h3.early_data)?;
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|_| QuicError::Suite)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport(limits)));
+    let listener = QuicListener {
+        name: spec.name.clone(),
+        socket,
+        config,
+        spec: h3.clone(),
+        cert_names,
+    };
+    Ok((
+        Arc::new(Mutex::new(Some(listener))),
+        alt_svc(port, h3.alt_svc_max_age),
+    ))
+}
+
+/// QUIC's limits from the server's: streams, idle timeout, and the HTTP/2
+/// windows bounding what a connection buffers each way (quinn's defaults
+/// would let one connection hold 1.25 MB per stream received, with no
+/// connection-wide cap, and 10 MB unacknowledged sent).
+fn transport(limits: &crate::config::ServerSettings) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    // The HTTP/2 windows bound what a connection buffers each way: quinn's
-    // defaults would let one connection hold 1.25 MB per stream received (no
-    // connection-wide cap) and 10 MB unacknowledged sent.
     let window = limits.http2.connection_window;
     transport
         .stream_receive_window(limits.http2.stream_window.into())
@@ -90,21 +110,7 @@ pub fn bind(
         // and a few reserved (grease) ones.
         .max_concurrent_uni_streams(8u32.into())
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
-    config.transport_config(Arc::new(transport));
-    Ok(QuicListener {
-        name: spec.name.clone(),
-        socket,
-        config,
-        spec: h3.clone(),
-        cert_names: Some(Arc::new(crate::tls::CertNames::of(tls))),
-    })
-}
-
-impl QuicListener {
-    /// The UDP address it is bound to.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
+    transport
 }
 
 /// Serves HTTP/3 on one endpoint until `shutdown`, then lets open requests

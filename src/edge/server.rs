@@ -131,37 +131,27 @@ pub fn bind(specs: &[ListenerSpec], server: &ServerSettings) -> Result<Vec<Liste
                     address: spec.address,
                     source,
                 })?;
+            let cert_names = spec
+                .tls
+                .as_ref()
+                .map(|t| Arc::new(crate::tls::CertNames::of(t)));
             let (quic, alt_svc) = match &spec.http3 {
                 Some(h3) => {
-                    let bound = tcp.local_addr().map_err(|source| BindError::Listen {
+                    let tcp = tcp.local_addr().map_err(|source| BindError::Listen {
                         index,
                         address: spec.address,
                         source,
                     })?;
-                    let quic = crate::edge::h3::bind(spec, h3, bound, server)
-                        .map_err(|source| BindError::Quic { index, source })?;
-                    let port = quic
-                        .local_addr()
-                        .map_err(|source| BindError::Listen {
-                            index,
-                            address: h3.address,
-                            source,
-                        })?
-                        .port();
-                    let alt_svc = crate::edge::h3::alt_svc(port, h3.alt_svc_max_age);
-                    (
-                        Some(Arc::new(std::sync::Mutex::new(Some(quic)))),
-                        Some(alt_svc),
-                    )
+                    let (quic, alt_svc) =
+                        crate::edge::h3::bind(spec, h3, tcp, cert_names.clone(), server)
+                            .map_err(|source| BindError::Quic { index, source })?;
+                    (Some(quic), Some(alt_svc))
                 }
                 None => (None, None),
             };
             Ok(Listener {
                 name: spec.name.clone(),
-                cert_names: spec
-                    .tls
-                    .as_ref()
-                    .map(|t| Arc::new(crate::tls::CertNames::of(t))),
+                cert_names,
                 tcp,
                 tls,
                 proxy_protocol: spec.proxy_protocol,
