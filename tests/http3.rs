@@ -295,6 +295,71 @@ async fn malformed_http3_requests_are_reset_and_reach_no_region() {
     );
 }
 
+/// RFC 9114 4.3: a repeated pseudo-header field, one after a regular field,
+/// and a response's `:status` in a request make it malformed. h3 keeps the
+/// last of a repeat and drops the rest, so the router reads the field section
+/// as the client encoded it: two `:path`s are two readings of where a request
+/// goes (a second one named a path the region would then serve).
+#[tokio::test]
+async fn pseudo_headers_repeated_out_of_order_or_for_responses_are_reset() {
+    let (up, _router, t) = one_region_h3("h3-pseudo", "", "").await;
+    let a = t.sni.as_str();
+    let (_, replies) = h3_send(
+        &t,
+        false,
+        vec![
+            H3Request::fields(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", a),
+                (":path", "/"),
+                (":path", "/count"),
+            ]),
+            H3Request::fields(&[
+                (":method", "GET"),
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", a),
+                (":path", "/"),
+            ]),
+            H3Request::fields(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", a),
+                ("x-a", "1"),
+                (":path", "/"),
+            ]),
+            H3Request::fields(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", a),
+                (":path", "/"),
+                (":status", "200"),
+            ]),
+        ],
+    )
+    .await;
+    const H3_MESSAGE_ERROR: u64 = 0x10e;
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r.reset, Some(H3_MESSAGE_ERROR), "request {i}: {r:?}");
+    }
+    assert_eq!(up.requests(), 0, "a malformed request reached the region");
+    // The same fields once each and in order are served.
+    let (_, replies) = h3_send(
+        &t,
+        false,
+        vec![H3Request::fields(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", a),
+            (":path", "/"),
+            ("x-a", "1"),
+        ])],
+    )
+    .await;
+    assert_eq!(replies[0].status, Some(200), "{:?}", replies[0]);
+}
+
 /// Past `retry_threshold` handshakes in progress a new client proves its
 /// address first (RFC 9000 8.1); below it, no round trip is added. At 0 every
 /// client is asked, and still served.

@@ -4,6 +4,7 @@
 
 pub(crate) mod body;
 mod connection;
+mod fields;
 mod request;
 mod respond;
 

@@ -14,6 +14,9 @@ pub struct H3Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub chunks: Vec<String>,
+    /// The whole field section, pseudo-header fields too, sent in this order
+    /// instead of the usual one made of method, path and headers.
+    pub fields: Option<Vec<(String, String)>>,
 }
 
 impl H3Request {
@@ -30,6 +33,20 @@ impl H3Request {
             method: "POST",
             path: path.to_owned(),
             chunks: chunks.iter().map(|c| c.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// A bodiless request whose field section is exactly `fields`.
+    pub fn fields(fields: &[(&str, &str)]) -> Self {
+        Self {
+            method: "GET",
+            fields: Some(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Self::default()
         }
     }
@@ -126,6 +143,7 @@ fn h3_requests(
             "authority": target.sni,
             "headers": r.headers,
             "chunks": r.chunks,
+            "fields": r.fields,
         })).collect::<Vec<_>>(),
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/h3_client.py");

@@ -6,7 +6,8 @@ Reads a JSON job on stdin and prints a JSON report on stdout:
   job:    {"host": "127.0.0.1", "port": 4433, "sni": "a.test", "ca": "ca.pem",
            "zero_rtt": false, "requests": [
              {"method": "GET", "path": "/", "authority": "a.test",
-              "headers": [["x-k", "v"]], "chunks": ["part1", "part2"]}]}
+              "headers": [["x-k", "v"]], "chunks": ["part1", "part2"],
+              "fields": null or [[name, value], ...]: the whole field section}]}
   report: {"early_data_accepted": bool, "retried": bool, "closed": code,
            "goaways": [GOAWAY identifiers received],
            "refused": null or why the connection was refused, "responses": [
@@ -107,12 +108,16 @@ class Client(QuicConnectionProtocol):
     def start(self, req):
         stream_id = self._quic.get_next_available_stream_id()
         chunks = [c.encode() for c in req.get("chunks", [])]
-        headers = [
-            (b":method", req.get("method", "GET").encode()),
-            (b":scheme", b"https"),
-            (b":authority", req["authority"].encode()),
-            (b":path", req.get("path", "/").encode()),
-        ] + [(k.encode(), v.encode()) for k, v in req.get("headers", [])]
+        if req.get("fields") is not None:
+            # The field section exactly as given: order, repeats and all.
+            headers = [(k.encode(), v.encode()) for k, v in req["fields"]]
+        else:
+            headers = [
+                (b":method", req.get("method", "GET").encode()),
+                (b":scheme", b"https"),
+                (b":authority", req["authority"].encode()),
+                (b":path", req.get("path", "/").encode()),
+            ] + [(k.encode(), v.encode()) for k, v in req.get("headers", [])]
         response = {"status": None, "headers": [], "reset": None}
         self.streams[stream_id] = {
             "response": response,

@@ -1,15 +1,20 @@
-//! One HTTP/3 request stream: its head checked as RFC 9114 4.2 says, its body,
-//! the App's answer streamed back.
+//! One HTTP/3 request stream: its head checked as RFC 9114 4.2 and 4.3 say
+//! (the field section as encoded, then as decoded), its body, the App's answer
+//! streamed back.
 
 use std::net::SocketAddr;
 
 use http::{HeaderMap, Method, Request};
 
+use h3::proto::frame::Frame;
+
 use super::body::H3Body;
+use super::fields;
 use super::respond;
 use crate::edge::server::ConnLimits;
 
 pub(super) type Resolver = h3::server::RequestResolver<h3_quinn::Connection, bytes::Bytes>;
+type Stream = h3::server::RequestStream<h3_quinn::BidiStream<bytes::Bytes>, bytes::Bytes>;
 
 /// One request stream: its head (within the header deadline), checked as
 /// RFC 9114 4.2 says, its body, the App's answer streamed back.
@@ -28,9 +33,9 @@ pub(super) async fn serve<S, B>(
     >,
     B: http_body::Body,
 {
-    let (req, stream) =
-        match tokio::time::timeout(limits.header_read_timeout, resolver.resolve_request()).await {
-            Ok(Ok(pair)) => pair,
+    let (req, stream, flaw) =
+        match tokio::time::timeout(limits.header_read_timeout, head(resolver)).await {
+            Ok(Ok(head)) => head,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "HTTP/3 request head refused");
                 return;
@@ -46,7 +51,11 @@ pub(super) async fn serve<S, B>(
             tracing::info!(%peer, moved_to = %now, suppressed, "HTTP/3 connection migrated; its first address stays the client");
         }
     }
-    let declared = match malformed(req.headers()) {
+    let checked = match flaw {
+        Err(flaw) => Err(flaw.as_str()),
+        Ok(()) => malformed(req.headers()),
+    };
+    let declared = match checked {
         Ok(declared) => declared,
         Err(why) => {
             // RFC 9114 4.1.2: a malformed request is a stream error.
@@ -84,6 +93,21 @@ pub(super) async fn serve<S, B>(
     if let Err(e) = respond::send(send, response).await {
         tracing::debug!(%peer, error = %e, "HTTP/3 response not sent whole");
     }
+}
+
+/// A request's head as h3 resolves it, and what its field section says that
+/// h3 folds away: the HEADERS frame is read here, checked as the client
+/// encoded it ([`fields::check`]), then handed to h3 to decode.
+async fn head(
+    mut resolver: Resolver,
+) -> Result<(Request<()>, Stream, Result<(), fields::Flaw>), h3::error::StreamError> {
+    let frame = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx)).await;
+    let flaw = match &frame {
+        Ok(Some(Frame::Headers(section))) => fields::check(section),
+        _ => Ok(()),
+    };
+    let (req, stream) = resolver.accept_with_frame(frame)?.resolve().await?;
+    Ok((req, stream, flaw))
 }
 
 /// RFC 9114 4.2: connection-specific fields make a request malformed, and
