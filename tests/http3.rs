@@ -277,6 +277,8 @@ async fn malformed_http3_requests_are_reset_and_reach_no_region() {
             H3Request::post("/count", &["abc"]).header("content-length", "10"),
             H3Request::post("/count", &["abcdef"]).header("content-length", "2"),
             H3Request::get("/"),
+            // A value padded with whitespace (RFC 9114 4.2 by RFC 9110 5.5).
+            H3Request::get("/").header("x-a", " lead"),
         ],
     )
     .await;
@@ -293,6 +295,7 @@ async fn malformed_http3_requests_are_reset_and_reach_no_region() {
         (replies[2].status, replies[2].body.as_str()),
         (Some(200), "r\n")
     );
+    assert_eq!(replies[3].status, Some(400), "{:?}", replies[3]);
 }
 
 /// RFC 9114 4.3: a repeated pseudo-header field, one after a regular field,

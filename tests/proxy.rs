@@ -36,6 +36,28 @@ async fn h2c_client_is_served_over_http1_upstream() {
     );
 }
 
+/// RFC 9113 8.2.1: an HTTP/2 field value neither starts nor ends with
+/// whitespace. HTTP/1.1 parsers trim it, so a region would read another value
+/// than the router did: refused, and the region never sees it.
+#[tokio::test]
+async fn h2c_values_padded_with_whitespace_are_refused() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    let client = h2c_client();
+    for v in [" lead", "trail ", "\ttab"] {
+        let req = http::Request::get(router.url("/echo"))
+            .header("x-a", v)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = send(&client, req).await;
+        assert_eq!(r.status, 400, "{v:?}: {}", r.body);
+        assert!(r.body.contains("whitespace"), "{}", r.body);
+    }
+    assert_eq!(a.requests(), 0, "a padded value reached the region");
+    // The connection stays usable: each refusal was one stream's.
+    assert_eq!(get(&client, &router.url("/")).await.status, 200);
+}
+
 #[tokio::test]
 async fn http2_endpoint_is_reached_with_prior_knowledge() {
     let a = region("a").await;

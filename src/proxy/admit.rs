@@ -42,6 +42,8 @@ pub enum Refused {
     BareLineFeed,
     #[error("bad request: methods are case-sensitive; send the standard method in upper case")]
     MethodCase,
+    #[error("bad request: a header field value starts or ends with whitespace")]
+    FieldWhitespace,
 }
 
 impl Refused {
@@ -57,14 +59,18 @@ impl Refused {
             | Refused::InvalidHost
             | Refused::HostMismatch
             | Refused::BareLineFeed
-            | Refused::MethodCase => StatusCode::BAD_REQUEST,
+            | Refused::MethodCase
+            | Refused::FieldWhitespace => StatusCode::BAD_REQUEST,
         }
     }
 
     /// Whether the connection must close: the body's framing is in doubt, so
     /// nothing after this head can be trusted to be a request.
     pub fn closes(self) -> bool {
-        !matches!(self, Refused::Trace | Refused::MethodCase)
+        !matches!(
+            self,
+            Refused::Trace | Refused::MethodCase | Refused::FieldWhitespace
+        )
     }
 }
 
@@ -82,6 +88,8 @@ pub struct Scan<'a> {
     identity: bool,
     /// The client's `x-request-id`, found on the way (no second lookup).
     pub request_id: Option<&'a HeaderValue>,
+    /// A value starts or ends with SP or HTAB.
+    padded: bool,
 }
 
 impl<'a> Scan<'a> {
@@ -112,6 +120,14 @@ const OWNED_PREFIX: &str = "x-georouter-";
 pub fn scan(headers: &HeaderMap) -> Scan<'_> {
     let mut scan = Scan::default();
     for (name, value) in headers {
+        // RFC 9113 8.2.1 and RFC 9114 4.2 (by RFC 9110 5.5's grammar): a value
+        // neither starts nor ends with whitespace. HTTP/1.1's parser trims it;
+        // HTTP/2 and HTTP/3 carry it, and a region reading the value trimmed
+        // would read another value than the router.
+        let v = value.as_bytes();
+        if matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t')) {
+            scan.padded = true;
+        }
         if name == header::HOST {
             scan.hosts = scan.hosts.saturating_add(1);
             scan.host = Some(value);
@@ -146,6 +162,9 @@ pub fn check(
 ) -> Result<Admitted, Refused> {
     if *method == Method::TRACE && !allow_trace {
         return Err(Refused::Trace);
+    }
+    if scan.padded {
+        return Err(Refused::FieldWhitespace);
     }
     if case_variant(method) {
         return Err(Refused::MethodCase);
@@ -269,7 +288,7 @@ mod tests {
         let host = ("host", "example.com");
         assert!(h11(&[host, ("content-length", "5")]).is_ok());
         assert!(h11(&[host, ("transfer-encoding", "chunked")]).is_ok());
-        assert!(h11(&[host, ("transfer-encoding", " Chunked ")]).is_ok());
+        assert!(h11(&[host, ("transfer-encoding", "Chunked")]).is_ok());
         for (pairs, want) in [
             (
                 vec![
@@ -357,5 +376,22 @@ mod tests {
         h.insert("x-other", HeaderValue::from_static("y"));
         strip_owned(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn a_value_padded_with_whitespace_is_refused() {
+        let h2 =
+            |pairs: &[(&str, &str)]| head("GET", "https://api.example/x", Version::HTTP_2, pairs);
+        for v in [" lead", "trail ", "\tlead", "trail\t", " "] {
+            assert_eq!(
+                h2(&[("x-a", v)]).unwrap_err(),
+                Refused::FieldWhitespace,
+                "{v:?}"
+            );
+        }
+        assert!(!Refused::FieldWhitespace.closes());
+        for v in ["a b", "a\tb", ""] {
+            assert!(h2(&[("x-a", v)]).is_ok(), "{v:?}");
+        }
     }
 }
