@@ -245,6 +245,17 @@ async fn a_resident_is_refused_over_http3_when_the_jurisdiction_is_down() {
     );
 }
 
+const H3_MESSAGE_ERROR: u64 = 0x10e;
+
+/// Every request was reset as malformed (RFC 9114 4.1.2) and none reached the
+/// region.
+fn all_reset_as_malformed(replies: &[H3Reply], up: &SimRegion) {
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r.reset, Some(H3_MESSAGE_ERROR), "request {i}: {r:?}");
+    }
+    assert_eq!(up.requests(), 0, "a malformed request reached the region");
+}
+
 /// RFC 9114 4.2 and 4.1.2: fields that belong to one HTTP/1.1 connection, a
 /// `te` other than `trailers`, and a body that is not its `content-length`
 /// make a request malformed; none of them reaches a region.
@@ -263,11 +274,7 @@ async fn malformed_http3_requests_are_reset_and_reach_no_region() {
         ],
     )
     .await;
-    const H3_MESSAGE_ERROR: u64 = 0x10e;
-    for (i, r) in replies.iter().enumerate() {
-        assert_eq!(r.reset, Some(H3_MESSAGE_ERROR), "request {i}: {r:?}");
-    }
-    assert_eq!(up.requests(), 0, "a malformed request reached the region");
+    all_reset_as_malformed(&replies, &up);
     // A body other than its content-length is the client's fault: answered by
     // the router, never passed on whole.
     let (_, replies) = h3_send(
@@ -342,11 +349,7 @@ async fn pseudo_headers_repeated_out_of_order_or_for_responses_are_reset() {
         ],
     )
     .await;
-    const H3_MESSAGE_ERROR: u64 = 0x10e;
-    for (i, r) in replies.iter().enumerate() {
-        assert_eq!(r.reset, Some(H3_MESSAGE_ERROR), "request {i}: {r:?}");
-    }
-    assert_eq!(up.requests(), 0, "a malformed request reached the region");
+    all_reset_as_malformed(&replies, &up);
     // The same fields once each and in order are served.
     let (_, replies) = h3_send(
         &t,
