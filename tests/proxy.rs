@@ -58,6 +58,40 @@ async fn h2c_values_padded_with_whitespace_are_refused() {
     assert_eq!(get(&client, &router.url("/")).await.status, 200);
 }
 
+/// By difference against a real nginx region: nginx reads a padded value
+/// trimmed, so the router, which would read it whole, refuses it instead.
+#[tokio::test]
+async fn nginx_reads_a_padded_value_trimmed_so_the_router_refuses_it() {
+    let nginx = support::nginx::Nginx::start("padded").await;
+    // nginx's own reading of `x-a:  lead ` (HTTP/1.1 allows the padding).
+    let mut s = tokio::net::TcpStream::connect(nginx.addr).await.unwrap();
+    s.write_all(b"GET /header HTTP/1.1\r\nHost: n\r\nx-a:  lead \r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.ends_with("[lead]"), "{raw}");
+    let toml = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[regions]]\nname = \"n\"\n\
+         endpoints = [{{ url = \"{}\" }}]\n",
+        nginx.url()
+    );
+    let router = TestRouter::spawn(&toml).await;
+    let client = h2c_client();
+    let padded = http::Request::get(router.url("/header"))
+        .header("x-a", " lead ")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&client, padded).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Unpadded, the same value reads the same at both.
+    let plain = http::Request::get(router.url("/header"))
+        .header("x-a", "lead")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client, plain).await.body, "[lead]");
+}
+
 #[tokio::test]
 async fn http2_endpoint_is_reached_with_prior_knowledge() {
     let a = region("a").await;

@@ -1,7 +1,7 @@
 //! A real nginx as a region that reads paths its own way: Debian's `nginx`,
 //! started in the foreground on a free loopback port with a directory of its
-//! own, answering every request with its decoded, normalised `$uri`; stopped
-//! by PID.
+//! own, answering every request with its decoded, normalised `$uri` (and
+//! `/header` with its reading of `x-a`); stopped by PID.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -45,6 +45,11 @@ http {{
         location / {{
             default_type text/plain;
             return 200 "$uri";
+        }}
+        # A header as nginx reads it, bracketed.
+        location = /header {{
+            default_type text/plain;
+            return 200 "[$http_x_a]";
         }}
     }}
 }}
