@@ -170,6 +170,21 @@ async fn a_request_hidden_behind_a_refused_head_never_reaches_a_region() {
     assert_eq!(a.requests(), 0, "nothing reached the region");
 }
 
+/// RFC 9112 2.2: a server SHOULD ignore at least one empty line before the
+/// request line (a client may send a stray CRLF after a body). The cleartext
+/// listener's HTTP/2 sniffing answered it with a binary GOAWAY before.
+#[tokio::test]
+async fn empty_lines_before_the_first_request_line_are_ignored() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    for lead in [&b"\r\n"[..], b"\r\n\r\n", b"\n"] {
+        let mut req = lead.to_vec();
+        req.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let reply = raw(router.addr(), &req).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{lead:?}: {reply:?}");
+    }
+}
+
 /// The head the region received, as the simulated region's `/echo` reports it.
 async fn echoed(router: &TestRouter, raw_request: &[u8]) -> String {
     let reply = raw(router.addr(), raw_request).await;

@@ -7,7 +7,9 @@
 //! never payloads; past `limit` such frames in a second it answers
 //! GOAWAY(ENHANCE_YOUR_CALM) at a frame boundary of what the server writes, then
 //! ends the connection. An invalid connection preface gets GOAWAY(PROTOCOL_ERROR)
-//! (RFC 9113 3.4). HTTP/1 connections pass untouched.
+//! (RFC 9113 3.4); so does a first line that is neither that preface nor an
+//! HTTP/1.x request line, empty lines before it skipped (RFC 9112 2.2).
+//! HTTP/1 connections pass untouched.
 
 use std::io;
 use std::pin::Pin;
@@ -73,8 +75,9 @@ enum Mode {
     /// Comparing the first bytes with the HTTP/2 preface.
     Preface(usize),
     /// Not HTTP/2: reading the first line, which must end in ` HTTP/1.x`
-    /// (its length so far, and its last ten bytes).
-    FirstLine(usize, [u8; 10]),
+    /// (the bytes read so far, the current line's length, and its last ten
+    /// bytes). Empty lines before it are skipped (RFC 9112 2.2).
+    FirstLine(usize, usize, [u8; 10]),
     Http2,
     /// HTTP/1: nothing to watch.
     Http1,
@@ -129,7 +132,7 @@ impl<IO> FrameGuard<IO> {
                     self.mode = Mode::Http1;
                     return Some(PROTOCOL_ERROR);
                 }
-                self.mode = Mode::FirstLine(seen, [0; 10]);
+                self.mode = Mode::FirstLine(seen, seen, [0; 10]);
             } else if seen + n < PREFACE.len() {
                 self.mode = Mode::Preface(seen + n);
                 return None;
@@ -138,8 +141,16 @@ impl<IO> FrameGuard<IO> {
                 bytes = &bytes[n..];
             }
         }
-        if let Mode::FirstLine(len, tail) = &mut self.mode {
+        if let Mode::FirstLine(len, line_len, tail) = &mut self.mode {
             for &b in bytes {
+                *len += 1;
+                if b == b'\n' && (*line_len == 0 || (*line_len == 1 && tail[9] == b'\r')) {
+                    // RFC 9112 2.2: a server SHOULD ignore at least one empty
+                    // line before the request line (hyper's parser does).
+                    *line_len = 0;
+                    *tail = [0; 10];
+                    continue;
+                }
                 if b == b'\n' {
                     // A line that does not end in ` HTTP/1.x` is neither
                     // protocol: a broken HTTP/2 preface as much as a bad
@@ -155,7 +166,7 @@ impl<IO> FrameGuard<IO> {
                 }
                 tail.copy_within(1.., 0);
                 tail[9] = b;
-                *len += 1;
+                *line_len += 1;
                 if *len > 64 * 1024 {
                     // hyper refuses a line this long on its own.
                     self.mode = Mode::Http1;
@@ -434,6 +445,19 @@ mod tests {
         assert_eq!(g.inspect(b"TP/1.0\r"), None);
         assert_eq!(g.inspect(b"\nHost: x\r\n"), None);
         assert_eq!(g.mode, Mode::Http1);
+        // Empty lines before the request line are skipped (RFC 9112 2.2),
+        // in one read or across reads.
+        let mut g = FrameGuard::new((), 10);
+        assert_eq!(g.inspect(b"\r\n\nGET / HTTP/1.1\r\n"), None);
+        assert_eq!(g.mode, Mode::Http1);
+        let mut g = FrameGuard::new((), 10);
+        assert_eq!(g.inspect(b"\r"), None);
+        assert_eq!(g.inspect(b"\nGET / HTTP/1.0\r"), None);
+        assert_eq!(g.inspect(b"\n"), None);
+        assert_eq!(g.mode, Mode::Http1);
+        // A line that is only a space is not empty.
+        let mut g = FrameGuard::new((), 10);
+        assert_eq!(g.inspect(b" \r\nGET / HTTP/1.1\r\n"), Some(PROTOCOL_ERROR));
         // Neither protocol (h2spec 3.5's invalid preface): GOAWAY.
         let mut g = FrameGuard::new((), 10);
         assert_eq!(
