@@ -183,6 +183,10 @@ async fn empty_lines_before_the_first_request_line_are_ignored() {
         let reply = raw(router.addr(), &req).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{lead:?}: {reply:?}");
     }
+    // An HTTP/1 minor version hyper does not speak gets an HTTP/1.1 refusal
+    // (hyper's 400), not an HTTP/2 frame.
+    let reply = raw(router.addr(), b"GET / HTTP/1.2\r\nHost: x\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
 }
 
 /// The head the region received, as the simulated region's `/echo` reports it.

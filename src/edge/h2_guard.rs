@@ -160,7 +160,9 @@ impl<IO> FrameGuard<IO> {
                     } else {
                         &tail[1..]
                     };
-                    let http1 = line == b" HTTP/1.1" || line == b" HTTP/1.0";
+                    // Any HTTP/1 minor version is hyper's to answer (400
+                    // for one it does not speak), not a broken preface.
+                    let http1 = line.starts_with(b" HTTP/1.") && line[8].is_ascii_digit();
                     self.mode = Mode::Http1;
                     return (!http1).then_some(PROTOCOL_ERROR);
                 }
@@ -454,6 +456,10 @@ mod tests {
         assert_eq!(g.inspect(b"\r"), None);
         assert_eq!(g.inspect(b"\nGET / HTTP/1.0\r"), None);
         assert_eq!(g.inspect(b"\n"), None);
+        assert_eq!(g.mode, Mode::Http1);
+        // Another HTTP/1 minor version is HTTP/1's to refuse.
+        let mut g = FrameGuard::new((), 10);
+        assert_eq!(g.inspect(b"GET / HTTP/1.2\r\n"), None);
         assert_eq!(g.mode, Mode::Http1);
         // A line that is only a space is not empty.
         let mut g = FrameGuard::new((), 10);
