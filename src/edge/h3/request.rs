@@ -17,7 +17,7 @@ pub(super) type Resolver = h3::server::RequestResolver<h3_quinn::Connection, byt
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<bytes::Bytes>, bytes::Bytes>;
 
 /// One request stream: its head (within the header deadline), checked as
-/// RFC 9114 4.2 says, its body, the App's answer streamed back.
+/// RFC 9114 4.2 and 4.3 say, its body, the App's answer streamed back.
 pub(super) async fn serve<S, B>(
     resolver: Resolver,
     service: &S,
