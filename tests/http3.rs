@@ -366,6 +366,27 @@ async fn pseudo_headers_repeated_out_of_order_or_for_responses_are_reset() {
     assert_eq!(replies[0].status, Some(200), "{:?}", replies[0]);
 }
 
+/// RFC 9114 4.2.1: cookies split into several fields reach an HTTP/1.1 region
+/// as one, joined with "; ".
+#[tokio::test]
+async fn split_cookies_reach_the_region_as_one_field() {
+    let (_up, _router, t) = one_region_h3("h3-cookies", "", "").await;
+    let (_, replies) = h3_send(
+        &t,
+        false,
+        vec![H3Request::get("/echo")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")],
+    )
+    .await;
+    let cookies: Vec<&str> = replies[0]
+        .body
+        .lines()
+        .filter(|l| l.starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies, ["cookie: a=1; b=2"], "{:?}", replies[0]);
+}
+
 /// Past `retry_threshold` handshakes in progress a new client proves its
 /// address first (RFC 9000 8.1); below it, no round trip is added. At 0 every
 /// client is asked, and still served.

@@ -58,6 +58,30 @@ async fn h2c_values_padded_with_whitespace_are_refused() {
     assert_eq!(get(&client, &router.url("/")).await.status, 200);
 }
 
+/// RFC 9113 8.2.3: HTTP/2 may split `Cookie` into several fields, which must
+/// be joined with "; " before an HTTP/1.1 hop; an application reading only the
+/// first `Cookie` line would miss what the router read in the others.
+#[tokio::test]
+async fn split_cookies_reach_the_region_as_one_field() {
+    let a = region("a").await;
+    let router = TestRouter::spawn(&policy(&[&a], "")).await;
+    for client in [h2c_client(), h1_client()] {
+        let req = http::Request::get(router.url("/echo"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = send(&client, req).await;
+        assert_eq!(r.status, 200);
+        let cookies: Vec<&str> = r
+            .body
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("cookie:"))
+            .collect();
+        assert_eq!(cookies, ["cookie: a=1; b=2"], "{:?}: {}", r.version, r.body);
+    }
+}
+
 /// By difference against a real nginx region: nginx reads a padded value
 /// trimmed, so the router, which would read it whole, refuses it instead.
 #[tokio::test]

@@ -90,6 +90,7 @@ pub struct Scan<'a> {
     pub request_id: Option<&'a HeaderValue>,
     /// A value starts or ends with SP or HTAB.
     padded: bool,
+    cookies: u8,
 }
 
 impl<'a> Scan<'a> {
@@ -112,6 +113,9 @@ pub struct Admitted {
     pub upgrade: bool,
     /// It carries `Forwarded` or `X-Real-IP`: the router writes them anew.
     pub identity: bool,
+    /// More than one `Cookie` field: joined into one upstream
+    /// ([`crate::proxy::headers::join_cookies`]).
+    pub split_cookies: bool,
 }
 
 const OWNED_PREFIX: &str = "x-georouter-";
@@ -128,7 +132,9 @@ pub fn scan(headers: &HeaderMap) -> Scan<'_> {
         if matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t')) {
             scan.padded = true;
         }
-        if name == header::HOST {
+        if name == header::COOKIE {
+            scan.cookies = scan.cookies.saturating_add(1);
+        } else if name == header::HOST {
             scan.hosts = scan.hosts.saturating_add(1);
             scan.host = Some(value);
         } else if name == header::TRANSFER_ENCODING {
@@ -197,6 +203,7 @@ pub fn check(
         host,
         upgrade: scan.upgrade,
         identity: scan.identity,
+        split_cookies: scan.cookies > 1,
     })
 }
 

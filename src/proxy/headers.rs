@@ -223,6 +223,24 @@ pub fn strip_forwarded(headers: &mut HeaderMap) {
     }
 }
 
+/// More than one `Cookie` field, joined into one with "; " (RFC 9113 8.2.3,
+/// RFC 9114 4.2.1: HTTP/2 and HTTP/3 split cookies into fields that must be
+/// joined before an HTTP/1.1 hop). An HTTP/1.1 application may read only the
+/// first `Cookie` line; the router reads them all, so the region gets them
+/// as the router read them.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// `Forwarded` and `X-Real-IP` that came with a request, written anew: the
 /// peer appended to `Forwarded` (RFC 7239 `for=`, as to `X-Forwarded-For`),
 /// and `X-Real-IP` set to the client as the router identified it.
@@ -331,5 +349,17 @@ mod tests {
         set_forwarded(&mut h, &peer, &proto, None);
         assert_eq!(h["x-forwarded-for"], "192.0.2.9");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn split_cookies_are_joined_in_order() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        h.append(header::HOST, HeaderValue::from_static("x"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        assert_eq!(h.len(), 2);
     }
 }

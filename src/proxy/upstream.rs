@@ -1,7 +1,7 @@
 //! The upstream request, built once from the client's: what the router owns or
-//! distrusts stripped, hop-by-hop headers out, an allowed upgrade kept,
-//! `X-Forwarded-*`, Host and the request id set, the body wrapped so its faults
-//! are the client's.
+//! distrusts stripped, hop-by-hop headers out, split cookies joined, an allowed
+//! upgrade kept, `X-Forwarded-*`, Host and the request id set, the body wrapped
+//! so its faults are the client's.
 
 use std::sync::Arc;
 
@@ -77,6 +77,9 @@ pub(super) fn build(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     headers::strip_hop_by_hop(&mut parts.headers);
+    if admitted.split_cookies {
+        headers::join_cookies(&mut parts.headers);
+    }
     // Room for what the router adds (X-Forwarded-*, x-request-id, Upgrade): one
     // growth of the map at most, not one per insert.
     parts.headers.reserve(5);
