@@ -428,48 +428,42 @@ mod tests {
 
     #[test]
     fn an_invalid_preface_is_a_protocol_error_and_http1_is_not_watched() {
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(
-            g.inspect(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
-            Some(PROTOCOL_ERROR)
-        );
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b"PRI * HTTP/2.0\r\n\r\n"), None);
-        assert_eq!(g.inspect(b"SX\r\n\r\n"), Some(PROTOCOL_ERROR));
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b"GET / HTTP/1.1\r\n\r\n"), None);
-        assert_eq!(g.mode, Mode::Http1);
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b"POST / HTTP/1.1\r\n"), None);
-        assert_eq!(g.mode, Mode::Http1);
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b"GET /x HT"), None);
-        assert_eq!(g.inspect(b"TP/1.0\r"), None);
-        assert_eq!(g.inspect(b"\nHost: x\r\n"), None);
-        assert_eq!(g.mode, Mode::Http1);
-        // Empty lines before the request line are skipped (RFC 9112 2.2),
-        // in one read or across reads.
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b"\r\n\nGET / HTTP/1.1\r\n"), None);
-        assert_eq!(g.mode, Mode::Http1);
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b"\r"), None);
-        assert_eq!(g.inspect(b"\nGET / HTTP/1.0\r"), None);
-        assert_eq!(g.inspect(b"\n"), None);
-        assert_eq!(g.mode, Mode::Http1);
-        // Another HTTP/1 minor version is HTTP/1's to refuse.
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b"GET / HTTP/1.2\r\n"), None);
-        assert_eq!(g.mode, Mode::Http1);
-        // A line that is only a space is not empty.
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(g.inspect(b" \r\nGET / HTTP/1.1\r\n"), Some(PROTOCOL_ERROR));
-        // Neither protocol (h2spec 3.5's invalid preface): GOAWAY.
-        let mut g = FrameGuard::new((), 10);
-        assert_eq!(
-            g.inspect(b"INVALID CONNECTION PREFACE\r\n\r\n"),
-            Some(PROTOCOL_ERROR)
-        );
+        // Each case: the reads a connection starts with, and what the last
+        // one earns; `None` cases end as HTTP/1, not watched.
+        let cases: [(&[&[u8]], Option<u32>); 10] = [
+            (&[b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"], Some(PROTOCOL_ERROR)),
+            (
+                &[b"PRI * HTTP/2.0\r\n\r\n", b"SX\r\n\r\n"],
+                Some(PROTOCOL_ERROR),
+            ),
+            (&[b"GET / HTTP/1.1\r\n\r\n"], None),
+            (&[b"POST / HTTP/1.1\r\n"], None),
+            (&[b"GET /x HT", b"TP/1.0\r", b"\nHost: x\r\n"], None),
+            // Empty lines before the request line are skipped (RFC 9112
+            // 2.2), in one read or across reads.
+            (&[b"\r\n\nGET / HTTP/1.1\r\n"], None),
+            (&[b"\r", b"\nGET / HTTP/1.0\r", b"\n"], None),
+            // Another HTTP/1 minor version is HTTP/1's to refuse.
+            (&[b"GET / HTTP/1.2\r\n"], None),
+            // A line that is only a space is not empty.
+            (&[b" \r\nGET / HTTP/1.1\r\n"], Some(PROTOCOL_ERROR)),
+            // Neither protocol (h2spec 3.5's invalid preface): GOAWAY.
+            (
+                &[b"INVALID CONNECTION PREFACE\r\n\r\n"],
+                Some(PROTOCOL_ERROR),
+            ),
+        ];
+        for (reads, earned) in cases {
+            let mut g = FrameGuard::new((), 10);
+            let (last, first) = reads.split_last().unwrap();
+            for r in first {
+                assert_eq!(g.inspect(r), None, "{reads:?}");
+            }
+            assert_eq!(g.inspect(last), earned, "{reads:?}");
+            if earned.is_none() {
+                assert_eq!(g.mode, Mode::Http1, "{reads:?}");
+            }
+        }
     }
 
     /// A writer that takes vectored writes, as a TCP socket does.
