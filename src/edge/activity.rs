@@ -48,6 +48,37 @@ impl Activity {
     }
 }
 
+/// A watchdog's count of its checks in a row that found a connection quiet:
+/// nothing started since the last check and nothing in flight.
+#[derive(Debug)]
+pub struct Quiet {
+    last_mark: Option<u64>,
+    checks: u32,
+}
+
+impl Quiet {
+    /// Counting from the connection's state now.
+    pub fn new(activity: &Activity) -> Self {
+        Self {
+            last_mark: activity.quiet_mark(),
+            checks: 0,
+        }
+    }
+
+    /// One check: how many checks in a row, this one included, found the
+    /// connection quiet since the one before.
+    pub fn check(&mut self, activity: &Activity) -> u32 {
+        let mark = activity.quiet_mark();
+        self.checks = if mark.is_some() && mark == self.last_mark {
+            self.checks + 1
+        } else {
+            0
+        };
+        self.last_mark = mark;
+        self.checks
+    }
+}
+
 pub struct ActiveRequest<'a>(&'a Activity, u64);
 
 impl ActiveRequest<'_> {

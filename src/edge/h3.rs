@@ -193,7 +193,7 @@ pub async fn serve<A: App>(
     {
         tracing::warn!(listener = %name, left = connections.len(), "shutdown grace expired; closing HTTP/3 connections");
     }
-    endpoint.close(0u32.into(), b"shutting down");
+    endpoint.close(H3_NO_ERROR.into(), b"shutting down");
     endpoint.wait_idle().await;
 }
 

@@ -564,8 +564,7 @@ async fn watch(
     let idle_checks = checks_for(limits.idle_timeout);
     let idle = tokio::time::sleep(period);
     tokio::pin!(idle);
-    let mut last_mark = activity.quiet_mark();
-    let mut quiet_checks = 0u32;
+    let mut quiet = crate::edge::activity::Quiet::new(activity);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -581,9 +580,7 @@ async fn watch(
                 served.as_mut().graceful_shutdown();
             }
             _ = &mut idle, if !draining => {
-                let mark = activity.quiet_mark();
-                quiet_checks = if mark.is_some() && mark == last_mark { quiet_checks + 1 } else { 0 };
-                last_mark = mark;
+                let quiet_checks = quiet.check(activity);
                 if quiet_checks + 1 >= head_checks && !activity.is_http2() {
                     return;
                 }

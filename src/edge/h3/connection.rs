@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
 use super::{request, Handshaking, Shared, H3_NO_ERROR};
-use crate::edge::activity::Activity;
+use crate::edge::activity::{Activity, Quiet};
 use crate::edge::server::{App, Opened, Shutdown};
 
 /// How often a connection done at shutdown looks for acknowledgements.
@@ -49,7 +49,6 @@ pub(super) async fn serve<A: App>(
         return;
     };
     let activity = Arc::new(Activity::new());
-    activity.saw_http2();
     registration.tracked.opened(activity.clone());
     let service = Arc::new(app.service(opened(&conn, &shared, peer, &activity)));
     let quic = conn.clone();
@@ -69,7 +68,7 @@ pub(super) async fn serve<A: App>(
     // Silent for idle_timeout (no request started, none in flight): closed
     // gracefully, as on TCP. QUIC's own idle timeout only sees packets, and a
     // client's PINGs would keep a connection open forever.
-    let mut idle = Idle::new(shared.limits.idle_timeout);
+    let mut idle = Idle::new(shared.limits.idle_timeout, &activity);
     let tracked = registration.tracked.clone();
     loop {
         let accepted = tokio::select! {
@@ -161,34 +160,25 @@ fn opened(
     }
 }
 
-/// The idle rule: a check every half `idle_timeout`; a connection whose
-/// activity mark stayed unchanged (nothing started, nothing in flight) over
-/// two periods has been silent for `idle_timeout` at least.
+/// The idle rule, as on TCP: a check every half `idle_timeout`; two checks
+/// in a row that found the connection quiet (nothing started, nothing in
+/// flight) mean it was silent for `idle_timeout` at least.
 struct Idle {
     tick: tokio::time::Interval,
-    last_mark: Option<u64>,
-    quiet_checks: u32,
+    quiet: Quiet,
 }
 
 impl Idle {
-    fn new(idle_timeout: std::time::Duration) -> Self {
+    fn new(idle_timeout: std::time::Duration, activity: &Activity) -> Self {
         let period = idle_timeout / 2;
         Self {
             tick: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
-            last_mark: None,
-            quiet_checks: 0,
+            quiet: Quiet::new(activity),
         }
     }
 
     fn silent(&mut self, activity: &Activity) -> bool {
-        let mark = activity.quiet_mark();
-        self.quiet_checks = if mark.is_some() && mark == self.last_mark {
-            self.quiet_checks + 1
-        } else {
-            0
-        };
-        self.last_mark = mark;
-        self.quiet_checks >= 2
+        self.quiet.check(activity) >= 2
     }
 }
 
@@ -211,7 +201,7 @@ async fn handshake(
                 tokio::spawn(async move {
                     match tokio::time::timeout(deadline, accepted).await {
                         Ok(_) => flag.store(true, Ordering::Relaxed),
-                        Err(_) => quic.close(0u32.into(), b"handshake timed out"),
+                        Err(_) => quic.close(H3_NO_ERROR.into(), b"handshake timed out"),
                     }
                     // In progress until here, requests served meanwhile or not.
                     drop(handshaking);
