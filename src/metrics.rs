@@ -53,6 +53,15 @@ pub const NAMES: &[&str] = &[
 /// The client protocols `protocol_requests_total` counts, by ALPN name.
 pub const PROTOCOLS: [&str; 3] = ["http/1.1", "h2", "h3"];
 
+/// A request's place in [`PROTOCOLS`] (and `Metrics::protocol_requests`).
+pub fn protocol_of(version: http::Version) -> usize {
+    match version {
+        http::Version::HTTP_2 => 1,
+        http::Version::HTTP_3 => 2,
+        _ => 0,
+    }
+}
+
 /// The families a router in a fleet exports besides [`NAMES`] (`[fleet]`).
 pub const FLEET_NAMES: &[&str] = &[
     "georouter_fleet_connected",

@@ -163,15 +163,10 @@ pub async fn handle(
     req: Request<Source>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let active = conn.activity.begin();
-    let protocol = match req.version() {
-        Version::HTTP_2 => {
-            conn.activity.saw_http2();
-            1
-        }
-        Version::HTTP_3 => 2,
-        _ => 0,
-    };
-    conn.state.metrics.protocol_requests[protocol].inc();
+    if req.version() == Version::HTTP_2 {
+        conn.activity.saw_http2();
+    }
+    conn.state.metrics.protocol_requests[crate::metrics::protocol_of(req.version())].inc();
     let started = Instant::now();
     let http1 = req.version() < Version::HTTP_2;
     let snapshot = conn.state.routing.load_full();

@@ -31,14 +31,6 @@ async fn h3_router(pki: &Pki, http3: &str, rest: &str) -> TestRouter {
     TestRouter::spawn(&toml).await
 }
 
-fn one_region(r: &SimRegion) -> String {
-    format!(
-        "[[regions]]\nname = \"{}\"\nendpoints = [{{ url = \"{}\" }}]\n",
-        r.name(),
-        r.url()
-    )
-}
-
 /// A router with HTTP/3 (`http3` in its section) in front of one region `r`,
 /// with `sections` (whole policy sections) besides, and the client's target.
 async fn one_region_h3(
@@ -48,7 +40,12 @@ async fn one_region_h3(
 ) -> (SimRegion, TestRouter, H3Target) {
     let pki = Pki::new(tag);
     let up = region("r").await;
-    let router = h3_router(&pki, http3, &format!("{sections}\n{}", one_region(&up))).await;
+    let router = h3_router(
+        &pki,
+        http3,
+        &format!("{sections}\n{}", regions_toml(&[(&up, None)])),
+    )
+    .await;
     let t = target(&router, &pki);
     (up, router, t)
 }
@@ -72,7 +69,9 @@ async fn started(
     let client = tokio::spawn(async move { h3_session(&t, false, vec![request]).await });
     let state = router.state.clone();
     eventually("the router has begun the request", || {
-        state.metrics.protocol_requests[2].get() == 1
+        state.metrics.protocol_requests[georouter::metrics::protocol_of(http::Version::HTTP_3)]
+            .get()
+            == 1
     })
     .await;
     client
@@ -133,7 +132,12 @@ async fn a_get_and_a_streamed_post_reach_the_region_over_http3() {
 async fn tcp_answers_advertise_http3_on_its_port() {
     let pki = Pki::new("h3-altsvc");
     let up = region("r").await;
-    let router = h3_router(&pki, "alt_svc_max_age = \"1h\"", &one_region(&up)).await;
+    let router = h3_router(
+        &pki,
+        "alt_svc_max_age = \"1h\"",
+        &regions_toml(&[(&up, None)]),
+    )
+    .await;
     let (tls, _, _) = pki.connect(router.addr(), "a.test", &[b"http/1.1"]).await;
     let resp = h1_get_over(tls, "a.test", "/").await;
     assert_eq!(resp.status(), 200);
