@@ -70,7 +70,7 @@ const NAMES: [(Pseudo, &[u8], &[u8]); 6] = [
 /// it starts with `:`.
 const COLON_HUFFMAN: u8 = 0b1011_1000;
 
-/// What a field line's name is.
+/// The pseudo-header a static-table entry names, if it names one.
 fn static_name(index: u64) -> Option<Pseudo> {
     // RFC 9204 Appendix A: the static table's pseudo-header entries.
     match index {
@@ -83,6 +83,7 @@ fn static_name(index: u64) -> Option<Pseudo> {
     }
 }
 
+/// The pseudo-header a literal name (plain or Huffman-coded) is, if it is one.
 fn literal_name(huffman: bool, name: &[u8]) -> Option<Pseudo> {
     let pseudo = if huffman {
         name.first().is_some_and(|b| b & 0xfe == COLON_HUFFMAN)
